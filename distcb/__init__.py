@@ -1,0 +1,56 @@
+"""distcb: Keras callbacks coordinated across a distributed training job.
+
+Workers train and stream their logs; one coordinator aggregates them, runs
+the callback chain once and sends every worker the same decisions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from distcb.core.config import Config
+from distcb.core.coordinator import Coordinator
+from distcb.core.errors import (
+    AggregationError,
+    CoordinatorLostError,
+    DecisionError,
+    DistcbError,
+    JoinTimeoutError,
+    ProtocolError,
+    WorkerLostError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": "distcb.launch.api",
+    "worker_context": "distcb.launch.context",
+    "WorkerContext": "distcb.launch.context",
+    "History": "distcb.callbacks.history",
+}
+
+__all__ = [
+    "AggregationError",
+    "Config",
+    "Coordinator",
+    "CoordinatorLostError",
+    "DecisionError",
+    "DistcbError",
+    "History",
+    "JoinTimeoutError",
+    "ProtocolError",
+    "WorkerContext",
+    "WorkerLostError",
+    "run",
+    "worker_context",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distcb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

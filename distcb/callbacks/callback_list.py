@@ -1,0 +1,93 @@
+"""Run a chain of callbacks, Keras-style: one logs dict flows down the chain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+Logs = dict[str, Any]
+
+_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+# Base classes whose batch hooks do nothing but forward to the Keras 2 names.
+_BASE_CALLBACKS = {
+    ("distcb.callbacks.base", "Callback"),
+    ("keras.src.callbacks.callback", "Callback"),
+    ("tf_keras.src.callbacks", "Callback"),
+    ("keras.callbacks", "Callback"),
+}
+
+
+def overrides_batch_hooks(callback: Any) -> bool:
+    """Whether `callback` implements a training batch hook (its own or a parent's, not a base's)."""
+    for hook in _BATCH_HOOKS:
+        for klass in type(callback).__mro__:
+            if hook in vars(klass):
+                if (klass.__module__, klass.__name__) not in _BASE_CALLBACKS:
+                    return True
+                break
+    return False
+
+
+def decides_on_batch(callback: Any) -> bool:
+    """Whether `callback` may make a decision from a batch hook."""
+    return overrides_batch_hooks(callback) and bool(getattr(callback, "decides_on_batch", True))
+
+
+class CallbackList:
+    """The coordinator's chain: user callbacks in order, then History (and ProgbarLogger)."""
+
+    def __init__(self, callbacks: Iterable[Any] = ()):
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            if not callable(getattr(callback, "on_epoch_end", None)):
+                raise TypeError(
+                    "callbacks must be Keras-style callback objects (distcb.callbacks.Callback or "
+                    f"keras.callbacks.Callback subclasses), received {callback!r}"
+                )
+        self.params: dict[str, Any] = {}
+        self.model: Any = None
+
+    def append(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        self.params = params
+        for callback in self.callbacks:
+            callback.set_params(params)
+
+    def set_model(self, model: Any) -> None:
+        self.model = model
+        for callback in self.callbacks:
+            callback.set_model(model)
+
+    @property
+    def has_batch_hooks(self) -> bool:
+        return any(overrides_batch_hooks(cb) for cb in self.callbacks)
+
+    @property
+    def decides_on_batch(self) -> bool:
+        return any(decides_on_batch(cb) for cb in self.callbacks)
+
+    def _call(self, hook: str, *args: Any, logs: Logs | None) -> Logs:
+        logs = {} if logs is None else logs
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args, logs)
+        return logs
+
+    def on_train_begin(self, logs: Logs | None = None) -> Logs:
+        return self._call("on_train_begin", logs=logs)
+
+    def on_train_end(self, logs: Logs | None = None) -> Logs:
+        return self._call("on_train_end", logs=logs)
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> Logs:
+        return self._call("on_epoch_begin", epoch, logs=logs)
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> Logs:
+        return self._call("on_epoch_end", epoch, logs=logs)
+
+    def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> Logs:
+        return self._call("on_train_batch_begin", batch, logs=logs)
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> Logs:
+        return self._call("on_train_batch_end", batch, logs=logs)

@@ -1,0 +1,156 @@
+"""CSVLogger: one row per epoch of the aggregated logs, byte for byte as Keras writes it.
+
+The file has one writer, the coordinator. The hook formats the row (columns
+fixed at the first epoch as ``sorted(keys)``, ``val_`` copies filled with
+``NA`` when no ``val_`` key exists, 0-based ``epoch``, lists as ``"[a, b]"``)
+and, when the coordinator lent a runtime, hands the text to a private writer
+thread, so the epoch barrier never waits on the disk. Each epoch's text goes
+out in one ``write`` followed by a flush, so a reader never sees half a row.
+
+The file is opened in ``on_train_begin`` on the calling thread, as Keras does:
+a path that cannot be opened fails before training starts instead of
+vanishing into a background thread. Without a runtime (hooks driven directly)
+every write happens in the hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import csv
+import io
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+import numpy as np
+
+from distcb.callbacks.base import Callback, Logs
+
+logger = logging.getLogger(__name__)
+
+
+def _cell(value: Any) -> Any:
+    """A log value as Keras's CSVLogger puts it in a cell."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Iterable) and not (isinstance(value, np.ndarray) and value.ndim == 0):
+        return '"[' + ", ".join(str(item) for item in value) + ']"'
+    return value
+
+
+class CSVLogger(Callback):
+    """Stream each epoch's aggregated logs to a CSV file (``keras.callbacks.CSVLogger``).
+
+    Args:
+        filename: path of the CSV file (str or ``os.PathLike``).
+        separator: the cell separator.
+        append: append to an existing file (the header is written only when the
+            file is missing or empty) instead of overwriting it.
+    """
+
+    decides_on_batch = False
+
+    def __init__(
+        self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False
+    ):
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = append
+        self.keys: list[str] | None = None
+        self._runtime: Any = None
+        self._file: TextIO | None = None
+        self._needs_header = True
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed: concurrent.futures.Future[None] | None = None
+        self._failed = False
+
+        class _Dialect(csv.excel):
+            delimiter = separator
+
+        self._dialect = _Dialect
+
+    def set_runtime(self, runtime: Any) -> None:
+        """Receive the coordinator's runtime: writes then happen on a writer thread."""
+        self._runtime = runtime
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._close_file()
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename) as existing:
+                self._needs_header = not existing.readline()
+        else:
+            self._needs_header = True
+        self._file = open(self.filename, "a" if self.append else "w")  # noqa: SIM115
+        self.keys = None
+        self._failed = False
+        self._closed = None
+        if self._runtime is not None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="distcb-csv"
+            )
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        logs = logs or {}
+        text = io.StringIO()
+        writer = csv.writer(text, dialect=self._dialect)
+        if self.keys is None:
+            self.keys = sorted(logs)
+            if self.keys and not any(k.startswith("val_") for k in self.keys):
+                self.keys += [f"val_{k}" for k in self.keys]
+            if self._needs_header:
+                writer.writerow(["epoch", *self.keys])
+        writer.writerow([epoch, *(_cell(logs.get(k, "NA")) for k in self.keys)])
+        self._run(self._write, text.getvalue())
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        if self._executor is None:
+            self._close_file()
+            return
+        executor, self._executor = self._executor, None
+        self._closed = executor.submit(self._close_file)
+        executor.shutdown(wait=False)
+
+    async def aclose(self) -> None:
+        """Wait until every row is on disk and the file is closed."""
+        if self._closed is not None:
+            await asyncio.wrap_future(self._closed)
+
+    # ------------------------------------------------------------------ writer side
+
+    def _run(self, fn: Callable[[str], None], text: str) -> None:
+        if self._executor is None:
+            fn(text)
+        else:
+            self._executor.submit(fn, text)
+
+    def _write(self, text: str) -> None:
+        if self._file is None or self._file.closed:
+            raise ValueError(
+                f"CSVLogger({self.filename!r}): on_epoch_end was called without on_train_begin; "
+                "the file is not open."
+            )
+        if self._executor is None:
+            self._file.write(text)
+            self._file.flush()
+            return
+        if self._failed:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as exc:  # a full disk must not end the training it records
+            self._failed = True
+            logger.warning(
+                "CSVLogger could not write %s (%s); later epochs are not written.",
+                self.filename,
+                exc,
+            )
+
+    def _close_file(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()

@@ -1,0 +1,75 @@
+"""Every limit and timeout distcb uses, in one frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    """Limits and timeouts shared by the coordinator, the transports and the workers.
+
+    Args:
+        join_timeout_s: how long the coordinator waits for all ranks to join.
+        connect_timeout_s: how long a worker tries to reach its coordinator.
+        heartbeat_interval_s: how often each side says it is alive.
+        heartbeat_timeout_s: silence after which a peer counts as lost.
+        reply_timeout_s: how long a worker waits for an answer that needs no
+            other worker (join acknowledgement, the train-end reply once all
+            workers ended). The epoch barrier itself has no timeout: a slow
+            worker is fine as long as it sends heartbeats.
+        stop_timeout_s: after a failure, how long the coordinator waits for the
+            surviving workers to reach `on_train_end` before giving up on them.
+        sink_close_timeout_s: deadline for output sinks (RemoteMonitor,
+            TensorBoard, CSV) to flush at the end of training.
+        window_steps: the window W of the window rule (DESIGN.md): how many
+            steps a worker may run ahead of the last step the coordinator
+            processed when a callback can decide on batch ends.
+        flush_interval_s: how often a worker's sender flushes buffered batch logs.
+        max_message_bytes: the largest message a transport accepts.
+        max_frame_entries: the largest number of batch entries in one frame.
+    """
+
+    join_timeout_s: float = 120.0
+    connect_timeout_s: float = 60.0
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 15.0
+    reply_timeout_s: float = 60.0
+    stop_timeout_s: float = 30.0
+    sink_close_timeout_s: float = 10.0
+    window_steps: int = 32
+    flush_interval_s: float = 0.005
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_frame_entries: int = 4096
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(
+                    f"Config.{field.name} must be a number, received {value!r} "
+                    f"of type {type(value).__name__}."
+                )
+            if value <= 0:
+                raise ValueError(f"Config.{field.name} must be > 0, received {value!r}.")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                "Config.heartbeat_timeout_s must exceed heartbeat_interval_s, received "
+                f"{self.heartbeat_timeout_s} <= {self.heartbeat_interval_s}."
+            )
+
+    def replace(self, **changes: float) -> Config:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown Config fields {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**data)  # type: ignore[arg-type]

@@ -1,0 +1,596 @@
+"""The coordinator: one state machine per job, fed by worker connections.
+
+Every connection's messages go into one queue consumed by one engine task,
+the sole owner of the job's state, so that state changes happen one at a time
+and in arrival order. Callback hooks run on a dedicated callback thread (user
+code may block; the event loop must not). The phases:
+
+    JOINING -> TRAINING -> ENDING -> DONE
+         \\________\\_________\\-> (failure: WorkerLostError, on_train_end still runs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distcb.callbacks.callback_list import CallbackList
+from distcb.callbacks.history import History
+from distcb.core.aggregate import BatchMerger, MergedStep, merge_logs
+from distcb.core.config import Config
+from distcb.core.decisions import Decision, EffectPoint, StopTraining
+from distcb.core.errors import (
+    AggregationError,
+    DistcbError,
+    JoinTimeoutError,
+    ProtocolError,
+    WorkerLostError,
+)
+from distcb.core.messages import (
+    Abort,
+    BatchFrame,
+    Done,
+    EpochEnd,
+    EpochReply,
+    Heartbeat,
+    Join,
+    Logs,
+    Message,
+    Progress,
+    Saved,
+    Start,
+    TrainEnd,
+    TrainEndReply,
+    WorkerFailed,
+)
+from distcb.core.model_proxy import DecisionRecorder, ModelProxy
+from distcb.core.runtime import JobState, Runtime
+from distcb.core.transport import Connection, ConnectionClosed
+
+logger = logging.getLogger("distcb.coordinator")
+
+
+class Phase(enum.Enum):
+    JOINING = "joining"
+    TRAINING = "training"
+    ENDING = "ending"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class _Lost:
+    rank: int
+    error: WorkerLostError
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """The stop timeout after a failure ran out."""
+
+
+@dataclass
+class _Worker:
+    rank: int
+    connection: Connection
+    params: dict[str, Any]
+    last_seen: float
+    ended_epoch: EpochEnd | None = None
+    train_ended: bool = False
+    done: bool = False
+    report: dict[str, Any] | None = None
+
+
+class Coordinator:
+    """Runs the callback chain once for `world_size` workers and sends them its decisions.
+
+    Args:
+        callbacks: Keras-style callbacks (distcb's or unmodified keras.callbacks.Callback
+            subclasses). A `History` is appended, as Keras does.
+        world_size: the number of workers (ranks 0 .. world_size - 1); rank 0 is the chief.
+        config: limits and timeouts.
+        stateful_metrics: metric names taken from the chief rather than averaged.
+
+    Use: hand each worker connection to `serve` (a transport does this) and
+    await `run`, which returns the aggregated History or raises the job's error.
+    """
+
+    def __init__(
+        self,
+        callbacks: Iterable[Any] = (),
+        *,
+        world_size: int,
+        config: Config | None = None,
+        stateful_metrics: Iterable[str] = (),
+    ):
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1, received {world_size!r}")
+        self.world_size = world_size
+        self.config = config or Config()
+        self.stateful_metrics = frozenset(stateful_metrics)
+        user_callbacks = list(callbacks)
+        histories = [cb for cb in user_callbacks if isinstance(cb, History)]
+        self.history = histories[0] if histories else History()
+        self.callbacks = CallbackList(user_callbacks + ([] if histories else [self.history]))
+        self.recorder = DecisionRecorder()
+        self.model = ModelProxy(self.recorder)
+        self.state = JobState(num_workers=world_size)
+        self.phase = Phase.JOINING
+        self.params: dict[str, Any] = {}
+        self.decisions: list[Decision] = []
+        self.saved: list[Saved] = []
+        self.failure: DistcbError | None = None
+        self.epoch = 0
+        self.last_epoch_logs: Logs = {}
+        self.last_batch_logs: Logs = {}
+        self._workers: dict[int, _Worker] = {}
+        self._live: set[int] = set()
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._all_joined = asyncio.Event()
+        self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
+        self._epoch_ends: dict[int, EpochEnd] = {}
+        self._callback_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="distcb-callbacks"
+        )
+        self._runtime: Runtime | None = None
+        self._epochs_planned = 0
+        self._finished = asyncio.Event()
+
+    # ------------------------------------------------------------------ connections
+
+    async def serve(self, connection: Connection) -> None:
+        """Handle one worker connection until it closes. Never raises: a bad peer closes
+        its own connection only (and, once joined, counts as a lost worker)."""
+        try:
+            first = await asyncio.wait_for(connection.receive(), self.config.join_timeout_s)
+        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            await connection.close(f"no valid join: {exc}")
+            return
+        try:
+            if not isinstance(first, Join):
+                raise ProtocolError(f"the first message must be a join, received {first.type!r}")
+            self._admit(first, connection)
+        except ProtocolError as exc:
+            logger.warning("rejected %s: %s", connection.peer, exc)
+            await connection.close(str(exc))
+            return
+        rank = first.rank
+        try:
+            while True:
+                message = await connection.receive()
+                self._workers[rank].last_seen = time.monotonic()
+                if isinstance(message, Heartbeat):
+                    continue
+                claimed = getattr(message, "rank", rank)
+                if claimed != rank or isinstance(message, Join):
+                    raise ProtocolError(
+                        f"rank {rank}'s connection sent {message.type!r} claiming rank {claimed}"
+                    )
+                self._events.put_nowait((rank, message))
+        except (ConnectionClosed, ProtocolError) as exc:
+            worker = self._workers.get(rank)
+            if worker is not None and not worker.done:
+                self._events.put_nowait(_Lost(rank, WorkerLostError(rank, _lost_reason(exc))))
+            with contextlib.suppress(ConnectionClosed):
+                await connection.close(str(exc))
+
+    def _admit(self, join: Join, connection: Connection) -> None:
+        if self.phase is not Phase.JOINING:
+            raise ProtocolError(f"rank {join.rank} joined after training started; rejoining is not supported")
+        if join.world_size != self.world_size:
+            raise ProtocolError(
+                f"rank {join.rank} says world_size={join.world_size}, the coordinator expects "
+                f"{self.world_size}"
+            )
+        if join.rank in self._workers:
+            raise ProtocolError(f"rank {join.rank} joined twice")
+        self._workers[join.rank] = _Worker(join.rank, connection, join.params, time.monotonic())
+        self._live.add(join.rank)
+        if len(self._workers) == self.world_size:
+            self._all_joined.set()
+
+    # ------------------------------------------------------------------ the engine
+
+    async def run(self) -> History:
+        """Run the job to its end; returns the aggregated History.
+
+        Raises:
+            JoinTimeoutError: not every rank joined in time.
+            WorkerLostError: a worker disconnected, went silent or raised.
+            AggregationError: worker logs could not be merged.
+        """
+        loop = asyncio.get_running_loop()
+        self._runtime = Runtime(loop, self.config, self.state)
+        watchdog = loop.create_task(self._watch_heartbeats(), name="distcb-heartbeats")
+        try:
+            try:
+                await asyncio.wait_for(self._all_joined.wait(), self.config.join_timeout_s)
+            except TimeoutError:
+                missing = set(range(self.world_size)) - set(self._workers)
+                self.failure = JoinTimeoutError(missing, self.config.join_timeout_s, self.world_size)
+                await self._broadcast(Abort(reason=str(self.failure)))
+                raise self.failure from None
+            await self._start()
+            while not self._finished.is_set():
+                event = await self._events.get()
+                try:
+                    await self._handle(event)
+                except AggregationError as exc:
+                    await self._fail(exc)
+            if self.failure is not None:
+                raise self.failure
+            return self.history
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await self._close_connections()
+            await self._runtime.aclose()
+            self._callback_thread.shutdown(wait=False)
+
+    async def _handle(self, event: Any) -> None:
+        if isinstance(event, _Lost):
+            await self._on_lost(event.rank, event.error)
+            return
+        if isinstance(event, _Deadline):
+            await self._give_up_on_survivors()
+            return
+        rank, message = event
+        if rank not in self._live:
+            return  # a worker already counted as lost
+        if isinstance(message, BatchFrame):
+            await self._on_batches(rank, message)
+        elif isinstance(message, EpochEnd):
+            await self._on_epoch_end(rank, message)
+        elif isinstance(message, TrainEnd):
+            await self._on_train_end(rank)
+        elif isinstance(message, Done):
+            await self._on_done(rank, message)
+        elif isinstance(message, Saved):
+            self.saved.append(message)
+            if message.error:
+                logger.warning("rank %d could not save %s: %s", rank, message.filepath, message.error)
+        elif isinstance(message, WorkerFailed):
+            await self._on_lost(
+                rank, WorkerLostError(rank, f"training raised {message.error}", message.traceback)
+            )
+        else:
+            await self._on_lost(
+                rank, WorkerLostError(rank, f"sent a coordinator message {message.type!r}")
+            )
+
+    async def _in_callbacks(self, phase: str, epoch: int, step: int, fn: Callable[[], Any]) -> list[Decision]:
+        """Run hooks on the callback thread; returns the decisions they made."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> list[Decision]:
+            self.recorder.set_context(phase, epoch, step)
+            fn()
+            return self.recorder.take()
+
+        decisions: list[Decision] = await loop.run_in_executor(self._callback_thread, run)
+        self.decisions.extend(decisions)
+        return decisions
+
+    # ------------------------------------------------------------------ phases
+
+    async def _start(self) -> None:
+        self.params = self._merge_params()
+        chief = self._workers[0].params
+        self._epochs_planned = int(self.params.get("epochs") or 1)
+        self.recorder.window_steps = (
+            self.config.window_steps if self.callbacks.decides_on_batch else None
+        )
+        self.model.optimizer._sync(chief.get("learning_rate", float("nan")))
+        self.callbacks.set_params(self.params)
+        self.callbacks.set_model(self.model)
+        for callback in self.callbacks.callbacks:
+            set_runtime = getattr(callback, "set_runtime", None)
+            if callable(set_runtime):
+                set_runtime(self._runtime)
+        self.phase = Phase.TRAINING
+
+        def begin() -> None:
+            self.callbacks.on_train_begin()
+            if not self.model.stop_training:
+                self.callbacks.on_epoch_begin(0)
+
+        decisions = await self._in_callbacks("train_begin", 0, -1, begin)
+        histogram_freq = max(
+            (int(getattr(cb, "histogram_freq", 0) or 0) for cb in self.callbacks.callbacks),
+            default=0,
+        )
+        await self._broadcast(
+            Start(
+                decisions=tuple(decisions),
+                window_steps=self.recorder.window_steps,
+                want_batch_logs=self.callbacks.has_batch_hooks,
+                histogram_freq=histogram_freq,
+            )
+        )
+
+    def _merge_params(self) -> dict[str, Any]:
+        chief = self._workers[0].params
+        for rank, worker in sorted(self._workers.items()):
+            if worker.params.get("epochs") != chief.get("epochs"):
+                raise ProtocolError(
+                    f"rank {rank} trains for epochs={worker.params.get('epochs')!r} but the chief "
+                    f"for epochs={chief.get('epochs')!r}; every worker must run the same epochs"
+                )
+        samples = [w.params.get("samples") for w in self._workers.values()]
+        directions: dict[str, str] = {}
+        for worker in self._workers.values():
+            directions.update(worker.params.get("directions") or {})
+        params: dict[str, Any] = {
+            "verbose": chief.get("verbose", 0),
+            "epochs": chief.get("epochs"),
+            "steps": chief.get("steps"),
+            "num_workers": self.world_size,
+            "samples": sum(samples) if all(s is not None for s in samples) else None,
+            "batch_size": chief.get("batch_size"),
+            "metrics": list(chief.get("metrics") or []),
+            "directions": directions,
+            "flavour": chief.get("flavour"),
+        }
+        return params
+
+    async def _on_batches(self, rank: int, frame: BatchFrame) -> None:
+        if frame.epoch != self.epoch:
+            raise AggregationError(
+                f"[Rank {rank}] sent batch logs for epoch {frame.epoch} during epoch {self.epoch}",
+                rank=rank,
+            )
+        self._merger.add(rank, frame.entries)
+        await self._process_steps(self._merger.pop_ready(self._live))
+
+    async def _process_steps(self, steps: Sequence[MergedStep]) -> None:
+        if not steps:
+            return
+        epoch = self.epoch
+        for merged in steps:
+            self.state.global_step += 1
+        self.last_batch_logs = dict(steps[-1].logs)
+        self.state.batch_spread = steps[-1].spread
+        decisions: list[Decision] = []
+        if self.callbacks.has_batch_hooks:
+            for merged in steps:
+                # Each step is its own hook chain so that each decision gets its own effect step.
+                decisions += await self._in_callbacks(
+                    "batch", epoch, merged.step, lambda m=merged: self._batch_hooks(m)
+                )
+        if self.recorder.window_steps is not None or decisions:
+            await self._broadcast(Progress(epoch, steps[-1].step, tuple(decisions)))
+
+    def _batch_hooks(self, merged: MergedStep) -> None:
+        self.callbacks.on_train_batch_begin(merged.step)
+        self.callbacks.on_train_batch_end(merged.step, dict(merged.logs))
+
+    async def _on_epoch_end(self, rank: int, message: EpochEnd) -> None:
+        if message.epoch != self.epoch or rank in self._epoch_ends:
+            raise AggregationError(
+                f"[Rank {rank}] ended epoch {message.epoch} while the job is at epoch {self.epoch}",
+                rank=rank,
+            )
+        self._epoch_ends[rank] = message
+        await self._maybe_finish_epoch()
+
+    async def _maybe_finish_epoch(self) -> None:
+        if self.phase is not Phase.TRAINING or not self._live:
+            return
+        if not all(r in self._epoch_ends for r in self._live):
+            return
+        epoch = self.epoch
+        await self._process_steps(self._merger.flush(self._live))
+        ends = {r: self._epoch_ends[r] for r in self._live}
+        merged = merge_logs(
+            {r: e.logs for r, e in ends.items()},
+            {r: e.samples for r, e in ends.items()},
+            val_samples={r: e.val_samples for r, e in ends.items()},
+            stateful_metrics=self.stateful_metrics,
+        )
+        self.state.epoch = epoch
+        self.state.epoch_spread = merged.spread
+        self.state.epoch_extras = {r: e.extras for r, e in ends.items()}
+        logs = dict(merged.logs)
+        planned_last = epoch + 1 >= self._epochs_planned
+
+        def end_epoch() -> None:
+            self.callbacks.on_epoch_end(epoch, logs)
+
+        decisions = await self._in_callbacks("epoch_end", epoch, -1, end_epoch)
+        self.last_epoch_logs = logs
+        stopping = self.model.stop_training or planned_last or self.failure is not None
+        if not stopping:
+            decisions += await self._in_callbacks(
+                "epoch_begin", epoch + 1, -1, lambda: self.callbacks.on_epoch_begin(epoch + 1)
+            )
+            self.epoch = epoch + 1
+            self._merger = BatchMerger(self.epoch, stateful_metrics=self.stateful_metrics)
+        else:
+            self.phase = Phase.ENDING
+        self._epoch_ends = {}
+        await self._broadcast(EpochReply(epoch, tuple(decisions)))
+
+    async def _on_train_end(self, rank: int) -> None:
+        self._workers[rank].train_ended = True
+        self.phase = Phase.ENDING
+        await self._maybe_end_training()
+
+    async def _maybe_end_training(self) -> None:
+        if self.phase is not Phase.ENDING or self._finished.is_set():
+            return
+        if not all(self._workers[r].train_ended for r in self._live):
+            return
+        await self._end_training()
+
+    async def _end_training(self) -> None:
+        self.phase = Phase.DONE
+        logs = dict(self.last_epoch_logs)
+        try:
+            decisions = await self._in_callbacks(
+                "train_end", self.epoch, -1, lambda: self.callbacks.on_train_end(logs)
+            )
+        except Exception as exc:  # a failing on_train_end must not hide an earlier failure
+            if self.failure is None:
+                raise
+            logger.exception("on_train_end raised after the job had failed: %s", exc)
+            decisions = []
+        error = str(self.failure) if self.failure is not None else None
+        await self._broadcast(TrainEndReply(tuple(decisions), error=error))
+        await self._close_sinks()
+        if not self._live or all(self._workers[r].done for r in self._live):
+            self._finished.set()
+        else:
+            asyncio.get_running_loop().call_later(
+                self.config.reply_timeout_s, self._finished.set
+            )
+
+    async def _on_done(self, rank: int, message: Done) -> None:
+        worker = self._workers[rank]
+        worker.done = True
+        worker.report = message.report
+        if self.phase is Phase.DONE and all(self._workers[r].done for r in self._live):
+            self._finished.set()
+
+    async def _close_sinks(self) -> None:
+        closers = [cb.aclose() for cb in self.callbacks.callbacks if callable(getattr(cb, "aclose", None))]
+        if not closers:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*closers, return_exceptions=True), self.config.sink_close_timeout_s
+            )
+        except TimeoutError:
+            logger.warning(
+                "output sinks did not close within Config.sink_close_timeout_s=%g s",
+                self.config.sink_close_timeout_s,
+            )
+
+    # ------------------------------------------------------------------ failures
+
+    async def _on_lost(self, rank: int, error: WorkerLostError) -> None:
+        if rank not in self._live:
+            return
+        self._live.discard(rank)
+        with contextlib.suppress(ConnectionClosed):
+            await self._workers[rank].connection.close(error.reason)
+        if self.phase is Phase.DONE:
+            if all(self._workers[r].done for r in self._live):
+                self._finished.set()
+            return
+        await self._fail(error)
+
+    async def _fail(self, error: DistcbError) -> None:
+        if self.failure is None:
+            self.failure = error
+            logger.error("%s", error)
+            # Stop the survivors at a common point they cannot have passed yet.
+            if self.phase is Phase.TRAINING and self.recorder.window_steps is not None:
+                at = EffectPoint.batch(self.epoch, self._merger.processed_step + self.recorder.window_steps + 1)
+            else:
+                at = EffectPoint.epoch_end(self.epoch)
+            stop = StopTraining(at=at)
+            self.decisions.append(stop)
+            self.model._stop_training = True
+            await self._broadcast(Abort(reason=str(error), decisions=(stop,)))
+            asyncio.get_running_loop().call_later(
+                self.config.stop_timeout_s, self._events.put_nowait, _Deadline()
+            )
+        if not self._live:
+            await self._end_training()
+            self._finished.set()
+            return
+        # Barriers may now be complete without the lost worker.
+        await self._process_steps(self._merger.pop_ready(self._live))
+        await self._maybe_finish_epoch()
+        await self._maybe_end_training()
+
+    async def _give_up_on_survivors(self) -> None:
+        if self._finished.is_set():
+            return
+        for rank in sorted(self._live):
+            worker = self._workers[rank]
+            if not worker.train_ended:
+                logger.warning(
+                    "rank %d did not reach on_train_end within Config.stop_timeout_s=%g s after "
+                    "the failure", rank, self.config.stop_timeout_s,
+                )
+        if self.phase is not Phase.DONE:
+            await self._end_training()
+        self._finished.set()
+
+    async def _watch_heartbeats(self) -> None:
+        interval = self.config.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self._broadcast(Heartbeat())
+            now = time.monotonic()
+            for rank in list(self._live):
+                silent = now - self._workers[rank].last_seen
+                if silent > self.config.heartbeat_timeout_s and not self._workers[rank].done:
+                    self._events.put_nowait(
+                        _Lost(
+                            rank,
+                            WorkerLostError(
+                                rank,
+                                f"sent nothing for {silent:.1f} s (Config.heartbeat_timeout_s="
+                                f"{self.config.heartbeat_timeout_s:g})",
+                            ),
+                        )
+                    )
+                    self._workers[rank].last_seen = float("inf")  # report once
+
+    # ------------------------------------------------------------------ sending
+
+    async def _broadcast(self, message: Message) -> None:
+        ranks = sorted(self._live)
+        results = await asyncio.gather(
+            *(self._send(r, message) for r in ranks), return_exceptions=True
+        )
+        for rank, result in zip(ranks, results, strict=True):
+            if isinstance(result, BaseException):
+                self._events.put_nowait(
+                    _Lost(rank, WorkerLostError(rank, f"could not be reached: {result}"))
+                )
+
+    async def _send(self, rank: int, message: Message) -> None:
+        await asyncio.wait_for(
+            self._workers[rank].connection.send(message), self.config.reply_timeout_s
+        )
+
+    async def _close_connections(self) -> None:
+        for worker in self._workers.values():
+            with contextlib.suppress(Exception):
+                await worker.connection.close("job finished")
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-compatible picture of the job (for /status and humans)."""
+        return {
+            "phase": self.phase.value,
+            "world_size": self.world_size,
+            "joined": sorted(self._workers),
+            "live": sorted(self._live),
+            "epoch": self.epoch,
+            "processed_step": self._merger.processed_step,
+            "global_step": self.state.global_step,
+            "last_epoch_logs": self.last_epoch_logs,
+            "last_batch_logs": self.last_batch_logs,
+            "epoch_spread": {k: s.to_dict() for k, s in self.state.epoch_spread.items()},
+            "batch_spread": {k: s.to_dict() for k, s in self.state.batch_spread.items()},
+            "decisions": [{"kind": d.kind, **d.to_dict()} for d in self.decisions[-200:]],
+            "failure": str(self.failure) if self.failure else None,
+        }
+
+
+def _lost_reason(exc: BaseException) -> str:
+    if isinstance(exc, ProtocolError):
+        return f"sent a bad message: {exc}"
+    return f"disconnected ({exc})"

@@ -1,0 +1,1 @@
+"""Transports: memory (in-process), websocket (aiohttp), ray (actors)."""
