@@ -153,7 +153,7 @@ def test_stop_in_on_train_begin_runs_no_epoch():
     recorder = Recorder()
     result = simulate([Never(), recorder], [[{"loss": 1.0}]] * 3)
     assert result.history.epoch == []
-    assert result.workers[0].epochs_run == 0 and result.workers[1].epochs_run == 0
+    assert result.workers[0].epochs_run == 0 and result.workers[0].stopped_by_decision
     assert recorder.calls[-1][0] == "train_end"
 
 
