@@ -18,7 +18,17 @@ _BASE_CALLBACKS = {
 
 
 def overrides_batch_hooks(callback: Any) -> bool:
-    """Whether `callback` implements a training batch hook (its own or a parent's, not a base's)."""
+    """Whether `callback` implements a training batch hook (its own or a parent's, not a base's).
+
+    A callback may answer for itself with ``implements_batch_hooks()`` (a
+    ModelCheckpoint saving per epoch has the method but no use for it); hooks
+    stored on the instance (keras.callbacks.LambdaCallback) count too.
+    """
+    answer = getattr(callback, "implements_batch_hooks", None)
+    if callable(answer):
+        return bool(answer())
+    if any(callable(vars(callback).get(hook)) for hook in _BATCH_HOOKS if hasattr(callback, "__dict__")):
+        return True
     for hook in _BATCH_HOOKS:
         for klass in type(callback).__mro__:
             if hook in vars(klass):

@@ -21,6 +21,9 @@ class History(Callback):
         super().__init__()
         self.history: dict[str, list[Any]] = {}
         self.epoch: list[int] = []
+        # Set by distcb.run: rank -> what each worker reported at its end
+        # (learning rate, weights digest, decisions applied).
+        self.worker_reports: dict[int, dict[str, Any]] = {}
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self.epoch = []

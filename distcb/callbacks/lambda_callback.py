@@ -77,6 +77,10 @@ class LambdaCallback(Callback):
             name in self._functions for name in ("on_train_batch_begin", "on_train_batch_end")
         )
 
+    def implements_batch_hooks(self) -> bool:
+        """Batch hooks matter only when they can act (see CallbackList)."""
+        return bool(self.decides_on_batch)
+
     def _call(self, name: str, *args: Any) -> None:
         fn = self._functions.get(name)
         if fn is not None:

@@ -7,7 +7,13 @@ import warnings
 from typing import Any
 
 from distcb.callbacks.base import Logs
-from distcb.callbacks.monitor import MonitorCallback, check_int, decode_float, encode_float
+from distcb.callbacks.monitor import (
+    MonitorCallback,
+    check_int,
+    check_number,
+    decode_float,
+    encode_float,
+)
 
 
 class ModelCheckpoint(MonitorCallback):
@@ -76,7 +82,7 @@ class ModelCheckpoint(MonitorCallback):
                 )
         self.period = 1 if period is None else period
         if initial_value_threshold is not None:
-            self.best = float(initial_value_threshold)
+            self.best = check_number(initial_value_threshold, "initial_value_threshold", owner)
         if self.save_weights_only:
             if not self.filepath.endswith(".weights.h5"):
                 raise ValueError(
@@ -96,6 +102,10 @@ class ModelCheckpoint(MonitorCallback):
         self._last_batch_seen: int | None = None
         self._current_epoch = 0
         self.saved: list[str] = []  # paths saved, in order
+
+    def implements_batch_hooks(self) -> bool:
+        """Batch hooks matter only when they can act (see CallbackList)."""
+        return bool(self.decides_on_batch)
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         if self.save_best_only:

@@ -13,6 +13,7 @@ from typing import Any
 from distcb.callbacks.base import Callback, Logs
 
 _NOT_METRICS = ("batch", "size", "num_steps")
+_BAR_WIDTH = 30
 
 
 def _format_value(value: Any) -> str:
@@ -114,8 +115,6 @@ class ProgbarLogger(Callback):
         self._prev_width = 0
         self._reset_epoch()
 
-    # ----------------------------------------------------------------- hooks
-
     def on_train_begin(self, logs: Logs | None = None) -> None:
         params = self.params
         verbose = params.get("verbose", 1)
@@ -164,8 +163,6 @@ class ProgbarLogger(Callback):
         self._values = {k: v for k, v in (logs or {}).items() if k not in _NOT_METRICS}
         self._draw(self._line(now, final=True), final=True)
 
-    # --------------------------------------------------------------- drawing
-
     def _reset_epoch(self) -> None:
         self.seen = 0
         self._epoch_start = self._clock()
@@ -211,27 +208,31 @@ class ProgbarLogger(Callback):
     def _line(self, now: float, *, final: bool) -> str:
         target = self.target
         current = target if final and target else self.seen
-        metrics = "".join(f" - {k}: {_format_value(v)}" for k, v in self._values.items())
-        count = f"{current:>{len(str(target))}}/{target}" if target else f"{current:>7}/Unknown"
         elapsed = now - self._epoch_start
-        if self.verbose == 2:
-            per_unit = elapsed / current if current else 0.0
-            return f"{count} - {elapsed:.0f}s - {_format_rate(per_unit, self.unit)}{metrics}"
-        bar = ""
+        parts: list[str] = []  # joined with " - ", as Keras does
         if target:
-            width = 30
-            filled = int(width * min(current, target) / target)
-            body = "=" * filled
-            if filled < width:
-                body += ">" if current else "."
-                body += "." * (width - filled - 1)
-            bar = f" [{body}]"
-        per_unit = self._per_unit(now) if not final else (elapsed / current if current else 0.0)
-        if final or not target:
-            timing = f" - {elapsed:.0f}s {_format_rate(per_unit, self.unit)}"
+            count = f"{current:>{len(str(target))}}/{target}"
+            if self.verbose == 1:
+                filled = int(_BAR_WIDTH * min(current, target) / target)
+                body = "=" * filled
+                if filled < _BAR_WIDTH:
+                    body += (">" if current else ".") + "." * (_BAR_WIDTH - filled - 1)
+                count += f" [{body}]"
+            parts.append(count)
+        elif current:  # no step count known: "n/Unknown", as Keras
+            parts.append(f"{current:>7}/Unknown")
+        per_unit, rate = 0.0, ""
+        if current:
+            per_unit = self._per_unit(now) if not final else elapsed / current
+            rate = _format_rate(per_unit, self.unit)
+        if self.verbose == 2:
+            parts += [f"{elapsed:.0f}s", rate] if current else [f"{elapsed:.0f}s"]
+        elif final or not target:
+            parts.append(f"{elapsed:.0f}s {rate}" if current else f"{elapsed:.0f}s")
         else:
-            timing = f" - ETA: {_format_eta(per_unit * (target - current))}"
-        return f"{count}{bar}{timing}{metrics}"
+            parts.append(f"ETA: {_format_eta(per_unit * (target - current))}")
+        parts += [f"{k}: {_format_value(v)}" for k, v in self._values.items()]
+        return " - ".join(parts)
 
     def _draw(self, line: str, *, final: bool) -> None:
         if not self._dynamic:

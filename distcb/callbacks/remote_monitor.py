@@ -16,8 +16,10 @@ in order through one ``aiohttp.ClientSession``; each request has its own
 ``ClientTimeout``. The queue is bounded: when it is full the oldest body is
 dropped and counted. Connection errors, timeouts and 5xx answers are retried up
 to ``max_retries`` times with exponential backoff and jitter; 4xx answers are
-not retried. At the end of training the queue is flushed under a deadline;
-what is still unsent then is counted as failed.
+not retried. At the end of training the queue is flushed under a deadline
+(``aclose``, awaited by the coordinator; without a runtime, ``on_train_end``
+waits for it and then stops the private loop); what is still unsent then is
+counted as failed.
 
 Failures are reported through :mod:`logging` (logger
 ``distcb.callbacks.remote_monitor``), once per kind of failure and monitor,

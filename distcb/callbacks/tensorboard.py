@@ -216,7 +216,7 @@ class TensorBoard(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
         self._epoch_start_s = time.monotonic()
-        self._epoch_start_step = self._global_step
+        self._epoch_start_step = self._steps_done()
 
     def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
         self._global_step += 1
@@ -260,7 +260,7 @@ class TensorBoard(Callback):
         if self.write_steps_per_second:
             elapsed = time.monotonic() - self._epoch_start_s
             if elapsed > 0:
-                steps = self._global_step - self._epoch_start_step
+                steps = self._steps_done() - self._epoch_start_step
                 train["epoch_steps_per_second"] = steps / elapsed
         runs = {TRAIN_RUN: train, VALIDATION_RUN: val}
         self._add_spread(runs, "epoch", getattr(self._state, "epoch_spread", None))
@@ -292,6 +292,19 @@ class TensorBoard(Callback):
     @property
     def _state(self) -> Any:
         return getattr(self._runtime, "state", None)
+
+    @property
+    def wants_batch_logs(self) -> bool:
+        """Whether the batch hooks do anything (only with update_freq "batch" or N).
+
+        A hint for the coordinator: with update_freq="epoch" this sink needs no batch logs.
+        """
+        return self._every is not None
+
+    def _steps_done(self) -> int:
+        """Merged steps so far: the coordinator's count, else the batch hooks seen."""
+        step = getattr(self._state, "global_step", None)
+        return step if isinstance(step, int) else self._global_step
 
     def _add_spread(self, runs: dict[str, dict[str, float]], prefix: str, spread: Any) -> None:
         if not spread or getattr(self._state, "num_workers", 0) < 2:

@@ -133,6 +133,7 @@ class Coordinator:
         self._live: set[int] = set()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._all_joined = asyncio.Event()
+        self._never_joined: dict[int, WorkerLostError] = {}
         self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
         self._epoch_ends: dict[int, EpochEnd] = {}
         self._callback_thread = concurrent.futures.ThreadPoolExecutor(
@@ -195,6 +196,18 @@ class Coordinator:
         if len(self._workers) == self.world_size:
             self._all_joined.set()
 
+    def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
+        """A launcher saw worker `rank` die (exit code, dead actor); safe from the event loop only."""
+        worker = self._workers.get(rank)
+        if worker is not None and worker.done:
+            return
+        if rank not in self._workers:
+            # It never joined: the join barrier cannot complete, fail it now.
+            self._never_joined[rank] = WorkerLostError(rank, reason, traceback_text)
+            self._all_joined.set()
+            return
+        self._events.put_nowait(_Lost(rank, WorkerLostError(rank, reason, traceback_text)))
+
     # ------------------------------------------------------------------ the engine
 
     async def run(self) -> History:
@@ -216,6 +229,10 @@ class Coordinator:
                 self.failure = JoinTimeoutError(missing, self.config.join_timeout_s, self.world_size)
                 await self._broadcast(Abort(reason=str(self.failure)))
                 raise self.failure from None
+            if self._never_joined:
+                self.failure = self._never_joined[min(self._never_joined)]
+                await self._broadcast(Abort(reason=str(self.failure)))
+                raise self.failure
             await self._start()
             while not self._finished.is_set():
                 event = await self._events.get()
@@ -225,6 +242,9 @@ class Coordinator:
                     await self._fail(exc)
             if self.failure is not None:
                 raise self.failure
+            self.history.worker_reports = {
+                r: w.report for r, w in sorted(self._workers.items()) if w.report is not None
+            }
             return self.history
         finally:
             watchdog.cancel()
@@ -328,7 +348,7 @@ class Coordinator:
         for worker in self._workers.values():
             directions.update(worker.params.get("directions") or {})
         params: dict[str, Any] = {
-            "verbose": chief.get("verbose", 0),
+            "verbose": 1 if chief.get("verbose") is None else chief.get("verbose"),
             "epochs": chief.get("epochs"),
             "steps": chief.get("steps"),
             "num_workers": self.world_size,

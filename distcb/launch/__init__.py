@@ -1,0 +1,1 @@
+"""Launchers behind `distcb.run`: one module per backend."""

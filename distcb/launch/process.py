@@ -1,0 +1,192 @@
+"""The process backend: coordinator in this process, workers as child processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from distcb.callbacks.history import History
+from distcb.core.config import Config
+from distcb.core.coordinator import Coordinator
+from distcb.launch.context import (
+    ENV_ADDRESS,
+    ENV_CONFIG,
+    ENV_RANK,
+    ENV_RUN_DIR,
+    ENV_TOKEN,
+    ENV_WORLD_SIZE,
+)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on loopback (for TF_CONFIG)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tf_config_for(rank: int, ports: Sequence[int]) -> str:
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": rank},
+        }
+    )
+
+
+class _Child:
+    """One worker process, its output pump and its exit watcher."""
+
+    def __init__(self, rank: int, process: subprocess.Popen[str], out: TextIO):
+        self.rank = rank
+        self.process = process
+        self.pump = threading.Thread(target=self._pump, args=(out,), name=f"distcb-out-{rank}", daemon=True)
+        self.pump.start()
+
+    def _pump(self, out: TextIO) -> None:
+        assert self.process.stdout is not None
+        prefix = f"[rank {self.rank}] "
+        for line in self.process.stdout:
+            out.write(prefix + line)
+            out.flush()
+
+
+async def run_processes(
+    train_fn: Callable[..., Any],
+    *,
+    num_workers: int,
+    callbacks: Sequence[Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    config: Config,
+    tf_config: bool = False,
+    gpus_per_worker: int | None = None,
+    threads_per_worker: int | None = None,
+    run_dir: str | None = None,
+    env: dict[str, str] | None = None,
+    stateful_metrics: Sequence[str] = (),
+    output: TextIO | None = None,
+) -> History:
+    from distcb.transport.websocket import WebSocketServer
+
+    out = output or sys.stdout
+    coordinator = Coordinator(
+        callbacks, world_size=num_workers, config=config, stateful_metrics=stateful_metrics
+    )
+    loop = asyncio.get_running_loop()
+    children: list[_Child] = []
+    with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
+        spec_path = os.path.join(spec_dir, "spec.pkl")
+        main = sys.modules.get("__main__")
+        main_path = getattr(main, "__file__", None)
+        with open(os.open(spec_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:
+            pickle.dump(
+                {
+                    "payload": pickle.dumps((train_fn, tuple(args), dict(kwargs))),
+                    "main_path": os.path.abspath(main_path) if main_path else None,
+                },
+                handle,
+            )
+        async with WebSocketServer(coordinator, config=config) as server:
+            ports = free_ports(num_workers) if tf_config else []
+            threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
+            for rank in range(num_workers):
+                child_env = dict(os.environ)
+                child_env.update(env or {})
+                child_env.update(
+                    {
+                        ENV_ADDRESS: server.address,
+                        ENV_TOKEN: server.token,
+                        ENV_RANK: str(rank),
+                        ENV_WORLD_SIZE: str(num_workers),
+                        ENV_CONFIG: json.dumps(config.to_dict()),
+                        "PYTHONUNBUFFERED": "1",
+                    }
+                )
+                child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+                for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+                    child_env.setdefault(name, str(threads))
+                if run_dir:
+                    child_env[ENV_RUN_DIR] = os.path.abspath(run_dir)
+                if tf_config:
+                    child_env["TF_CONFIG"] = tf_config_for(rank, ports)
+                if gpus_per_worker is not None:
+                    devices = range(rank * gpus_per_worker, (rank + 1) * gpus_per_worker)
+                    child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "distcb.launch.child", spec_path],
+                    env=child_env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    start_new_session=True,
+                )
+                children.append(_Child(rank, process, out))
+            watchers = [
+                loop.create_task(_watch(child, coordinator, spec_dir), name=f"distcb-watch-{child.rank}")
+                for child in children
+            ]
+            try:
+                return await coordinator.run()
+            finally:
+                await _stop_children(children, config.stop_timeout_s)
+                for watcher in watchers:
+                    watcher.cancel()
+                await asyncio.gather(*watchers, return_exceptions=True)
+                for child in children:
+                    child.pump.join(5.0)
+
+
+async def _watch(child: _Child, coordinator: Coordinator, spec_dir: str) -> None:
+    code = await asyncio.to_thread(child.process.wait)
+    if code == 0:
+        coordinator.report_lost(child.rank, "exited before it finished training (exit code 0)")
+        return
+    traceback_text = None
+    result = os.path.join(spec_dir, f"rank-{child.rank}.json")
+    if os.path.exists(result):
+        with open(result) as handle:
+            data = json.load(handle)
+        traceback_text = data.get("traceback")
+        reason = f"training raised {data.get('error')}"
+    elif code < 0:
+        reason = f"was killed by signal {signal.Signals(-code).name}"
+    else:
+        reason = f"exited with code {code}"
+    coordinator.report_lost(child.rank, reason, traceback_text)
+
+
+async def _stop_children(children: Sequence[_Child], grace_s: float) -> None:
+    def wait_all(timeout: float) -> None:
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout)
+
+    await asyncio.to_thread(wait_all, grace_s / 2)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [c for c in children if c.process.poll() is None]
+        if not alive:
+            return
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, sig)
+        await asyncio.to_thread(wait_all, 5.0)

@@ -1,0 +1,111 @@
+"""The workers' websocket client: `connect` to a coordinator's `WebSocketServer`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from yarl import URL
+
+from distcb.core.config import Config
+from distcb.core.errors import ProtocolError
+from distcb.core.transport import ConnectionClosed
+from distcb.transport.websocket_connection import WebSocketConnection
+from distcb.transport.websocket_server import WS_PATH
+
+__all__ = ["connect"]
+
+
+async def connect(
+    address_or_url: str,
+    token: str,
+    *,
+    config: Config | None = None,
+    peer: str = "coordinator",
+) -> WebSocketConnection:
+    """Connect a worker to its coordinator; retries refused connections (workers often
+    start before the coordinator listens) until `Config.connect_timeout_s`.
+
+    Args:
+        address_or_url: ``host:port`` or a ``ws://`` / ``wss://`` URL (path ``/ws`` by default).
+        token: the job's token (`WebSocketServer.token`).
+        config: limits and timeouts; the defaults when None.
+        peer: the name of the other end in error messages.
+
+    Raises:
+        ConnectionClosed: the coordinator could not be reached in time (names address and cause).
+        ProtocolError: the coordinator rejected the token.
+    """
+    config = config or Config()
+    url = _worker_url(address_or_url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.connect_timeout_s
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
+    )
+    delay_s = 0.02
+    last_error: BaseException | None = None
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    ws = await session.ws_connect(
+                        url,
+                        headers={"Authorization": f"Bearer {token}"},
+                        max_msg_size=config.max_message_bytes,
+                        heartbeat=None,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=config.heartbeat_interval_s * 2),
+                    )
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401:
+                    raise ProtocolError(
+                        f"token rejected by the coordinator at {url}; pass the token the "
+                        "coordinator was started with (WebSocketServer.token)"
+                    ) from None
+                raise ConnectionClosed(
+                    f"the coordinator at {url} refused the websocket upgrade: HTTP {exc.status} "
+                    f"{exc.message}"
+                ) from exc
+            except aiohttp.ClientConnectorError as exc:  # refused, or not resolvable yet
+                last_error = exc
+            except TimeoutError:
+                pass
+            except (aiohttp.ClientError, OSError) as exc:
+                raise ConnectionClosed(
+                    f"could not connect to the coordinator at {url}: {exc}"
+                ) from exc
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                cause = f"last error: {_describe(last_error)}" if last_error else "no answer"
+                raise ConnectionClosed(
+                    f"could not reach the coordinator at {url} within Config.connect_timeout_s="
+                    f"{config.connect_timeout_s:g} s ({cause}). Check that it runs and that the "
+                    "address is right, or raise connect_timeout_s."
+                ) from last_error
+            await asyncio.sleep(min(delay_s, remaining_s))
+            delay_s = min(delay_s * 2, 1.0)
+    except BaseException:
+        await session.close()
+        raise
+    return WebSocketConnection(
+        ws, peer, config, receive_timeout_s=config.heartbeat_timeout_s, drop=session.close
+    )
+
+
+def _worker_url(address_or_url: str) -> str:
+    if "://" not in address_or_url:
+        return f"ws://{address_or_url}{WS_PATH}"
+    url = URL(address_or_url)
+    if url.scheme not in ("ws", "wss"):
+        raise ValueError(
+            f"the coordinator URL must be ws:// or wss://, received {address_or_url!r} "
+            "(or pass 'host:port')"
+        )
+    return str(url.with_path(WS_PATH) if url.path in ("", "/") else url)
+
+
+def _describe(error: BaseException) -> str:
+    os_error = getattr(error, "os_error", None)  # ClientConnectorError: say *why* it failed
+    cause = os_error if isinstance(os_error, OSError) else error
+    return f"{type(cause).__name__}: {cause}"

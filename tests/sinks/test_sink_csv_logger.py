@@ -1,0 +1,117 @@
+"""CSVLogger output compared byte for byte with keras.callbacks.CSVLogger."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from sink_helpers import wait_until
+
+from distcb.callbacks.csv_logger import CSVLogger
+from distcb.core.config import Config
+from distcb.core.runtime import JobState, Runtime
+
+WITH_VAL = [
+    {"loss": 0.5, "accuracy": np.float32(0.7), "val_loss": 0.6, "val_accuracy": 0.65},
+    {"loss": 0.25, "accuracy": np.float32(0.8), "val_loss": np.float64(0.4), "val_accuracy": 0.7},
+]
+WITHOUT_VAL = [{"loss": 0.5, "mae": 2}, {"loss": 0.125, "mae": 1}]
+WITH_LIST = [
+    {"loss": 0.5, "per_class": [0.1, 0.2], "vector": np.array([1.5, 2.5], dtype=np.float32)},
+    {"loss": 0.4, "per_class": [0.3, 0.4], "vector": np.array([3.0, 4.0], dtype=np.float32)},
+]
+# A key missing later is written NA; a key appearing later is left out (columns are fixed).
+CHANGING_KEYS = [{"loss": 0.5, "val_loss": 0.7}, {"loss": 0.4, "extra": 1.0}]
+NOT_NUMBERS = [{"loss": np.array(0.5), "phase": "warmup", "none": None, "flag": True}]
+
+CASES = {
+    "with_val": WITH_VAL,
+    "without_val": WITHOUT_VAL,
+    "with_list": WITH_LIST,
+    "changing_keys": CHANGING_KEYS,
+    "not_numbers": NOT_NUMBERS,
+    "empty_logs": [{}, {}],
+}
+
+
+def drive(callback, model, logs_per_epoch, first_epoch: int = 0) -> None:
+    callback.set_model(model)
+    callback.on_train_begin()
+    for offset, logs in enumerate(logs_per_epoch):
+        callback.on_epoch_end(first_epoch + offset, dict(logs))
+    callback.on_train_end()
+
+
+async def drive_ours(callback, model, logs_per_epoch, with_runtime: bool, first_epoch: int = 0):
+    if with_runtime:
+        loop = asyncio.get_running_loop()
+        callback.set_runtime(Runtime(loop, Config(), JobState(num_workers=1)))
+    await asyncio.to_thread(drive, callback, model, logs_per_epoch, first_epoch)
+    await callback.aclose()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("with_runtime", [False, True])
+async def test_fresh_file_is_byte_identical(tmp_path, keras_model, case, with_runtime):
+    import keras
+
+    drive(keras.callbacks.CSVLogger(str(tmp_path / "keras.csv")), keras_model, CASES[case])
+    await drive_ours(CSVLogger(tmp_path / "ours.csv"), keras_model, CASES[case], with_runtime)
+    expected = (tmp_path / "keras.csv").read_bytes()
+    assert (tmp_path / "ours.csv").read_bytes() == expected
+    assert expected.startswith(b"epoch")
+
+
+@pytest.mark.parametrize("existing", ["missing", "empty", "with_rows"])
+@pytest.mark.parametrize("with_runtime", [False, True])
+async def test_append_is_byte_identical(tmp_path, keras_model, existing, with_runtime):
+    import keras
+
+    for name in ("keras.csv", "ours.csv"):
+        if existing == "empty":
+            (tmp_path / name).write_bytes(b"")
+        elif existing == "with_rows":
+            drive(keras.callbacks.CSVLogger(str(tmp_path / name)), keras_model, WITH_VAL)
+    drive(
+        keras.callbacks.CSVLogger(str(tmp_path / "keras.csv"), append=True),
+        keras_model,
+        WITH_VAL,
+        first_epoch=2,
+    )
+    ours = CSVLogger(tmp_path / "ours.csv", append=True)
+    await drive_ours(ours, keras_model, WITH_VAL, with_runtime, first_epoch=2)
+    expected = (tmp_path / "keras.csv").read_bytes()
+    assert (tmp_path / "ours.csv").read_bytes() == expected
+    assert expected.count(b"epoch,") == 1
+
+
+async def test_separator_and_second_fit(tmp_path, keras_model):
+    import keras
+
+    theirs = keras.callbacks.CSVLogger(str(tmp_path / "keras.csv"), separator=";", append=True)
+    ours = CSVLogger(tmp_path / "ours.csv", separator=";", append=True)
+    for logs in (WITH_VAL, WITHOUT_VAL):  # the same callbacks reused for a second fit
+        drive(theirs, keras_model, logs)
+        await drive_ours(ours, keras_model, logs, with_runtime=True)
+    assert (tmp_path / "ours.csv").read_bytes() == (tmp_path / "keras.csv").read_bytes()
+
+
+async def test_rows_are_on_disk_after_each_epoch_with_a_runtime(tmp_path):
+    ours = CSVLogger(tmp_path / "ours.csv")
+    ours.set_runtime(Runtime(asyncio.get_running_loop(), Config(), JobState()))
+    await asyncio.to_thread(ours.on_train_begin)
+    await asyncio.to_thread(ours.on_epoch_end, 0, {"loss": 1.0})
+    path = tmp_path / "ours.csv"
+    # Flushed by the writer thread while the file is still open.
+    await wait_until(lambda: path.read_bytes() == b"epoch,loss,val_loss\r\n0,1.0,NA\r\n")
+    await asyncio.to_thread(ours.on_epoch_end, 1, {"loss": 0.5})
+    await wait_until(lambda: path.read_bytes().endswith(b"\r\n1,0.5,NA\r\n"))
+    ours.on_train_end()
+    await ours.aclose()
+    assert ours._file is not None
+    assert ours._file.closed
+
+
+def test_unopenable_path_fails_at_train_begin(tmp_path):
+    ours = CSVLogger(tmp_path / "missing_dir" / "log.csv")
+    with pytest.raises(FileNotFoundError):
+        ours.on_train_begin()
