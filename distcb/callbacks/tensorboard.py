@@ -301,6 +301,15 @@ class TensorBoard(Callback):
         """
         return self._every is not None
 
+    def implements_batch_hooks(self) -> bool:
+        """Read by CallbackList: workers stream batch logs only when this writes them."""
+        return self.wants_batch_logs
+
+    @property
+    def wants_model_json(self) -> bool:
+        """Read by the coordinator: ask the chief for ``model.to_json()`` at epoch 0."""
+        return bool(self.write_graph)
+
     def _steps_done(self) -> int:
         """Merged steps so far: the coordinator's count, else the batch hooks seen."""
         step = getattr(self._state, "global_step", None)

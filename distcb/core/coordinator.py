@@ -49,6 +49,7 @@ from distcb.core.messages import (
     TrainEnd,
     TrainEndReply,
     WorkerFailed,
+    encode_logs,
 )
 from distcb.core.model_proxy import DecisionRecorder, ModelProxy
 from distcb.core.runtime import JobState, Runtime
@@ -332,6 +333,9 @@ class Coordinator:
                 window_steps=self.recorder.window_steps,
                 want_batch_logs=self.callbacks.has_batch_hooks,
                 histogram_freq=histogram_freq,
+                want_model_json=any(
+                    bool(getattr(cb, "wants_model_json", False)) for cb in self.callbacks.callbacks
+                ),
             )
         )
 
@@ -601,8 +605,8 @@ class Coordinator:
             "epoch": self.epoch,
             "processed_step": self._merger.processed_step,
             "global_step": self.state.global_step,
-            "last_epoch_logs": self.last_epoch_logs,
-            "last_batch_logs": self.last_batch_logs,
+            "last_epoch_logs": encode_logs(self.last_epoch_logs),
+            "last_batch_logs": encode_logs(self.last_batch_logs),
             "epoch_spread": {k: s.to_dict() for k, s in self.state.epoch_spread.items()},
             "batch_spread": {k: s.to_dict() for k, s in self.state.batch_spread.items()},
             "decisions": [{"kind": d.kind, **d.to_dict()} for d in self.decisions[-200:]],

@@ -176,7 +176,7 @@ def decision_from_dict(data: Any) -> Decision:
     if not isinstance(data, dict):
         raise ProtocolError(f"a decision must be an object, received {type(data).__name__}")
     kind = data.get("kind")
-    cls = DECISION_TYPES.get(kind)  # type: ignore[arg-type]
+    cls = DECISION_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(
             f"unknown decision kind {kind!r}; expected one of {sorted(DECISION_TYPES)}"

@@ -180,6 +180,7 @@ class Start(Message):
     window_steps: int | None = None
     want_batch_logs: bool = True
     histogram_freq: int = 0
+    want_model_json: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -188,6 +189,7 @@ class Start(Message):
             "window_steps": self.window_steps,
             "want_batch_logs": self.want_batch_logs,
             "histogram_freq": self.histogram_freq,
+            "want_model_json": self.want_model_json,
         }
 
     @classmethod
@@ -195,11 +197,15 @@ class Start(Message):
         window = data.get("window_steps")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
             raise ProtocolError(f"start: window_steps must be an int or null, got {window!r}")
+        histogram_freq = data.get("histogram_freq", 0)
+        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
+            raise ProtocolError(f"start: histogram_freq must be an int >= 0, got {histogram_freq!r}")
         return cls(
             decisions=_decisions(data, "start"),
             window_steps=window,
             want_batch_logs=bool(data.get("want_batch_logs", True)),
-            histogram_freq=int(data.get("histogram_freq", 0)),
+            histogram_freq=histogram_freq,
+            want_model_json=bool(data.get("want_model_json", False)),
         )
 
 

@@ -73,6 +73,7 @@ class WorkerLink:
         self.window_steps: int | None = None
         self.want_batch_logs = True
         self.histogram_freq = 0
+        self.want_model_json = False
         # Batch buffers: written by the training thread (and Keras's batch-end pool), read by IO.
         self._epoch = 0
         self._begun: collections.deque[int] = collections.deque()
@@ -103,6 +104,7 @@ class WorkerLink:
         self.window_steps = start.window_steps
         self.want_batch_logs = start.want_batch_logs
         self.histogram_freq = start.histogram_freq
+        self.want_model_json = start.want_model_json
         with self._cond:
             self._pending.add(list(start.decisions))
         return start

@@ -92,6 +92,7 @@ class WorkerCallback:
         self._link: WorkerLink | None = None
         self._snapshots: dict[int, list[Any]] = {}
         self._epoch = 0
+        self._first_epoch: int | None = None
         self.applied: list[tuple[int, int, Decision]] = []  # (epoch, step, decision)
         self.saved_paths: list[str] = []
         self.job_error: str | None = None
@@ -129,6 +130,8 @@ class WorkerCallback:
         self._link.start(Join(self.context.rank, self.context.world_size, join_params))
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._first_epoch is None:
+            self._first_epoch = epoch
         self._epoch = epoch
         self._apply(self._require_link().begin_epoch(epoch), -1)
 
@@ -155,6 +158,11 @@ class WorkerCallback:
             from distcb.histograms import weight_histograms
 
             extras["histograms"] = weight_histograms(flavours.named_weights(self.model))
+        if self.is_chief and link.want_model_json and epoch == self._first_epoch:
+            try:
+                extras["model_json"] = self.model.to_json()
+            except Exception:  # a subclassed model has no JSON config; nothing to draw then
+                pass
         message = EpochEnd(
             self.context.rank,
             epoch,

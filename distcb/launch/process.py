@@ -96,7 +96,8 @@ async def run_processes(
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
         spec_path = os.path.join(spec_dir, "spec.pkl")
         main = sys.modules.get("__main__")
-        main_path = getattr(main, "__file__", None)
+        # Only a function defined in the launching script needs that script re-run.
+        main_path = getattr(main, "__file__", None) if _defined_in_main(train_fn) else None
         with open(os.open(spec_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:
             pickle.dump(
                 {
@@ -122,6 +123,10 @@ async def run_processes(
                     }
                 )
                 child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+                # The child must import what the parent imports (multiprocessing does the same).
+                child_env["PYTHONPATH"] = os.pathsep.join(
+                    [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
+                ).rstrip(os.pathsep)
                 for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
                     child_env.setdefault(name, str(threads))
                 if run_dir:
@@ -154,6 +159,10 @@ async def run_processes(
                 await asyncio.gather(*watchers, return_exceptions=True)
                 for child in children:
                     child.pump.join(5.0)
+
+
+def _defined_in_main(fn: Any) -> bool:
+    return getattr(fn, "__module__", None) in ("__main__", "__mp_main__")
 
 
 async def _watch(child: _Child, coordinator: Coordinator, spec_dir: str) -> None:

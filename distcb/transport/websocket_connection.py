@@ -133,13 +133,17 @@ class WebSocketConnection:
                 )
             elif msg.type is WSMsgType.ERROR:
                 await self._on_error(msg.data)
-            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                code = msg.data if msg.type is WSMsgType.CLOSE else self._ws.close_code
-                detail = f": {msg.extra}" if msg.type is WSMsgType.CLOSE and msg.extra else ""
-                self._unusable = self._unusable or f"{self._peer} closed the connection" + (
-                    f" (code {code}{detail})" if code is not None else ""
+            elif msg.type is WSMsgType.CLOSE:
+                detail = f": {msg.extra}" if msg.extra else ""
+                self._unusable = self._unusable or (
+                    f"{self._peer} closed the connection (code {msg.data}{detail})"
                 )
                 await self.close(self._unusable)  # frees what this end holds
+            elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                self._unusable = self._unusable or (
+                    f"the connection to {self._peer} dropped without a closing handshake"
+                )
+                await self.close(self._unusable)
             # PING/PONG are answered by aiohttp (autoping); read on.
 
     async def close(self, reason: str = "", *, code: int = WSCloseCode.OK) -> None:

@@ -16,13 +16,15 @@ import logging
 import math
 import secrets
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
 from distcb.core.config import Config
-from distcb.core.coordinator import Coordinator
 from distcb.transport.websocket_connection import WebSocketConnection
+
+if TYPE_CHECKING:  # workers import this package too; they need no coordinator
+    from distcb.core.coordinator import Coordinator
 
 __all__ = ["WS_PATH", "WebSocketServer"]
 
@@ -77,7 +79,7 @@ class WebSocketServer:
         self._host = "127.0.0.1" if host == "localhost" else host  # one socket, one port
         self._port = port
         self._token = token
-        self._expected = f"Bearer {token}".encode()
+        self._token_bytes = token.encode()
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
@@ -144,8 +146,10 @@ class WebSocketServer:
         await self.aclose()
 
     def _denied(self, request: web.Request) -> web.Response | None:
-        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-        if hmac.compare_digest(given, self._expected):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), self._token_bytes
+        ):
             return None
         logger.warning("rejected %s %s from %s: missing or wrong token",
                        request.method, request.path, request.remote)

@@ -8,7 +8,7 @@ import socket
 
 import aiohttp
 import pytest
-from aiohttp import WSCloseCode, WSMsgType
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from distcb.callbacks import Callback, LearningRateScheduler
 from distcb.core.config import Config
@@ -58,13 +58,25 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def start_worker(server: WebSocketServer, worker: ScriptedWorker) -> asyncio.Task[None]:
-    connection = await connect(server.address, server.token, config=FAST)
-    return asyncio.create_task(worker.run(connection))
+class Workers:
+    """Scripted workers connected over websockets; `finish` awaits them and closes their ends."""
 
+    def __init__(self, server: WebSocketServer):
+        self.server = server
+        self.tasks: list[asyncio.Task[None]] = []
+        self.connections: list[Connection] = []
 
-async def finish(tasks: list[asyncio.Task[None]]) -> list[object]:
-    return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+    async def start(self, worker: ScriptedWorker, wrap=lambda conn: conn) -> None:
+        connection = wrap(await connect(self.server.address, self.server.token, config=FAST))
+        self.connections.append(connection)
+        self.tasks.append(asyncio.create_task(worker.run(connection)))
+
+    async def finish(self) -> list[object]:
+        gathered = asyncio.gather(*self.tasks, return_exceptions=True)
+        results = await asyncio.wait_for(gathered, WAIT_S)
+        for connection in self.connections:
+            await connection.close("test over")
+        return results
 
 
 async def test_scripted_workers_complete_a_run_like_the_memory_transport():
@@ -89,9 +101,11 @@ async def test_scripted_workers_complete_a_run_like_the_memory_transport():
         for rank in range(2)
     ]
     async with WebSocketServer(coordinator) as server:
-        tasks = [await start_worker(server, worker) for worker in workers]
+        running = Workers(server)
+        for worker in workers:
+            await running.start(worker)
         history = await asyncio.wait_for(coordinator.run(), WAIT_S)
-        results = await finish(tasks)
+        results = await running.finish()
 
     assert results == [None, None]
     assert history.history == memory.history.history
@@ -124,7 +138,8 @@ async def test_intruders_are_rejected_while_the_job_completes():
     coordinator = Coordinator([], world_size=2, config=FAST)
     async with WebSocketServer(coordinator) as server, aiohttp.ClientSession() as session:
         run = asyncio.create_task(coordinator.run())
-        tasks = [await start_worker(server, ScriptedWorker(0, 2, epoch_logs))]
+        running = Workers(server)
+        await running.start(ScriptedWorker(0, 2, epoch_logs))
 
         for headers in ({}, auth("wrong-token"), {"Authorization": server.token}):
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
@@ -146,9 +161,9 @@ async def test_intruders_are_rejected_while_the_job_completes():
 
         status = coordinator.status()
         assert (status["phase"], status["joined"], status["live"]) == ("joining", [0], [0])
-        tasks.append(await start_worker(server, ScriptedWorker(1, 2, epoch_logs)))
+        await running.start(ScriptedWorker(1, 2, epoch_logs))
         history = await asyncio.wait_for(run, WAIT_S)
-        assert await finish(tasks) == [None, None]
+        assert await running.finish() == [None, None]
     assert history.history["loss"] == [1.0] * 3
 
 
@@ -167,7 +182,7 @@ async def test_healthz_needs_no_token_and_status_needs_one():
         async with session.get(f"{base}/status", headers=auth(server.token)) as response:
             assert response.status == 200
             status = json.loads(await response.text())
-    assert status["world_size"] == 2 and status["epoch"] == 0 and status["decisions"] == []
+    assert (status["world_size"], status["epoch"], status["decisions"]) == (2, 0, [])
     assert status["last_epoch_logs"] == {"loss": "NaN"}
 
 
@@ -201,7 +216,8 @@ async def test_connect_to_a_closed_port_fails_within_connect_timeout():
     with pytest.raises(ConnectionClosed, match="connect_timeout_s") as info:
         await connect(address, "token", config=config)
     assert loop.time() - began < 0.5 + 1.0
-    assert address in str(info.value) and "refused" in str(info.value).lower()
+    assert address in str(info.value)
+    assert "refused" in str(info.value).lower()
 
 
 async def test_a_worker_started_before_the_coordinator_connects_once_it_listens():
@@ -215,7 +231,8 @@ async def test_a_worker_started_before_the_coordinator_connects_once_it_listens(
         connection = await asyncio.wait_for(pending, WAIT_S)
         task = asyncio.create_task(ScriptedWorker(0, 1, [{"loss": 2.0}]).run(connection))
         history = await asyncio.wait_for(coordinator.run(), WAIT_S)
-        assert await finish([task]) == [None]
+        assert await asyncio.wait_for(task, WAIT_S) is None
+        await connection.close()
     assert history.history["loss"] == [2.0]
 
 
@@ -250,14 +267,17 @@ async def test_a_worker_that_drops_mid_run_is_named_in_worker_lost_error(how):
     epoch_logs = [{"loss": 1.0}] * 4
     coordinator = Coordinator([], world_size=2, config=FAST)
     async with WebSocketServer(coordinator) as server:
-        survivor = await start_worker(server, ScriptedWorker(0, 2, epoch_logs))
-        connection = DropAtEpochEnd(await connect(server.address, server.token, config=FAST), 1, how)
-        assert isinstance(connection, Connection)
-        dropper = asyncio.create_task(ScriptedWorker(1, 2, epoch_logs).run(connection))
+        running = Workers(server)
+        await running.start(ScriptedWorker(0, 2, epoch_logs))
+        await running.start(ScriptedWorker(1, 2, epoch_logs), lambda c: DropAtEpochEnd(c, 1, how))
+        assert isinstance(running.connections[1], Connection)
         with pytest.raises(WorkerLostError) as info:
             await asyncio.wait_for(coordinator.run(), WAIT_S)
-        results = await finish([survivor, dropper])
-    assert info.value.rank == 1 and "disconnected" in info.value.reason
+        results = await running.finish()
+    assert info.value.rank == 1
+    assert "disconnected" in info.value.reason
+    expected = {"abort": "without a closing handshake", "close": "the worker crashed"}[how]
+    assert expected in info.value.reason
     assert results[0] is None  # the survivor was stopped and ended cleanly
     assert isinstance(results[1], ConnectionClosed)
     assert coordinator.history.epoch == [0, 1]
@@ -296,3 +316,46 @@ async def test_an_oversized_send_fails_here_with_a_clear_error():
         with pytest.raises(ProtocolError, match="max_message_bytes"):
             await connection.send(big)
         await connection.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", WSCloseCode.INVALID_TEXT),
+        ('{"type": "start", "histogram_freq": "x"}', WSCloseCode.POLICY_VIOLATION),
+        (
+            '{"type": "progress", "epoch": 0, "processed_step": 0, "decisions": [{"kind": [1]}]}',
+            WSCloseCode.POLICY_VIOLATION,
+        ),
+    ],
+)
+async def test_a_bad_frame_from_the_coordinator_closes_the_worker_connection(frame, code):
+    closed: asyncio.Future[tuple[int | None, str]] = asyncio.get_running_loop().create_future()
+
+    async def bad_coordinator(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(frame)
+        msg = await ws.receive(timeout=WAIT_S)
+        closed.set_result((msg.data, msg.extra))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", bad_coordinator)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        connection = await connect(f"127.0.0.1:{port}", "any", config=FAST)
+        with pytest.raises(ProtocolError, match="coordinator sent"):
+            await connection.receive()
+        assert connection.closed
+        close_code, reason = await asyncio.wait_for(closed, WAIT_S)
+        assert close_code == code
+        assert reason
+        with pytest.raises(ConnectionClosed):
+            await connection.receive()
+    finally:
+        await runner.cleanup()
