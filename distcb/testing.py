@@ -298,7 +298,8 @@ async def asimulate(
     for epoch, row in enumerate(epoch_logs):
         if len(row) != world_size:
             raise ValueError(
-                f"epoch_logs[{epoch}] has logs for {len(row)} workers, epoch_logs[0] for {world_size}"
+                f"epoch_logs[{epoch}] has logs for {len(row)} workers, "
+                f"epoch_logs[0] for {world_size}"
             )
     if batch_logs is not None and len(batch_logs) != len(epoch_logs):
         raise ValueError(
@@ -387,5 +388,3 @@ def _at(values: Sequence[float | None] | None, index: int) -> float | None:
         return None
     value = values[index]
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-

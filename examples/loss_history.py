@@ -46,7 +46,11 @@ def train(epochs: int, samples: int) -> None:
     model.add(Activation("softmax"))
     model.compile(loss="categorical_crossentropy", optimizer="rmsprop")
     model.fit(
-        x_train, y_train, batch_size=128, epochs=epochs, verbose=0,
+        x_train,
+        y_train,
+        batch_size=128,
+        epochs=epochs,
+        verbose=0,
         callbacks=[distcb.keras.WorkerCallback(samples=samples, batch_size=128)],
     )
 
@@ -59,7 +63,9 @@ def main() -> None:
     options = parser.parse_args()
     history = LossHistory()
     distcb.run(
-        train, num_workers=options.workers, callbacks=[history],
+        train,
+        num_workers=options.workers,
+        callbacks=[history],
         kwargs={"epochs": options.epochs, "samples": options.samples},
     )
     print(f"{len(history.losses)} aggregated batch losses")

@@ -72,7 +72,9 @@ def main() -> None:
         run_dir=options.run_dir,
         callbacks=[
             EarlyStopping(monitor="val_loss", mode="min", verbose=1, patience=options.patience),
-            ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", verbose=1, save_best_only=True),
+            ModelCheckpoint(
+                best_path, monitor="val_accuracy", mode="max", verbose=1, save_best_only=True
+            ),
         ],
     )
     wall_s = time.perf_counter() - started
@@ -88,7 +90,7 @@ def main() -> None:
     saved_model = keras.models.load_model(best_path)
     _, train_acc = saved_model.evaluate(train_x, train_y, verbose=0)
     _, test_acc = saved_model.evaluate(test_x, test_y, verbose=0)
-    print("Train: %.3f, Test: %.3f" % (train_acc, test_acc))
+    print(f"Train: {train_acc:.3f}, Test: {test_acc:.3f}")
 
 
 if __name__ == "__main__":

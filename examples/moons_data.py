@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def make_moons(n_samples: int = 100, noise: float = 0.2, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def make_moons(
+    n_samples: int = 100, noise: float = 0.2, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Two interleaved half circles with Gaussian noise: (X float32 [n, 2], y float32 [n])."""
     rng = np.random.default_rng(seed)
     n_outer = n_samples // 2

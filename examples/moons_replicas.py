@@ -80,7 +80,7 @@ def main() -> None:
     saved_model = keras.models.load_model(best_path)
     _, train_acc = saved_model.evaluate(train_x, train_y, verbose=0)
     _, test_acc = saved_model.evaluate(test_x, test_y, verbose=0)
-    print("Train: %.3f, Test: %.3f" % (train_acc, test_acc))
+    print(f"Train: {train_acc:.3f}, Test: {test_acc:.3f}")
 
 
 if __name__ == "__main__":

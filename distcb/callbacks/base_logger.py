@@ -26,7 +26,8 @@ class BaseLogger(Callback):
         super().__init__()
         if isinstance(stateful_metrics, str):
             raise TypeError(
-                f"stateful_metrics must be a collection of names, received the string {stateful_metrics!r}"
+                "stateful_metrics must be a collection of names, received the string "
+                f"{stateful_metrics!r}"
             )
         self.stateful_metrics = set(stateful_metrics or ())
         self.seen = 0.0

@@ -27,7 +27,9 @@ def overrides_batch_hooks(callback: Any) -> bool:
     answer = getattr(callback, "implements_batch_hooks", None)
     if callable(answer):
         return bool(answer())
-    if any(callable(vars(callback).get(hook)) for hook in _BATCH_HOOKS if hasattr(callback, "__dict__")):
+    if any(
+        callable(vars(callback).get(hook)) for hook in _BATCH_HOOKS if hasattr(callback, "__dict__")
+    ):
         return True
     for hook in _BATCH_HOOKS:
         for klass in type(callback).__mro__:

@@ -30,7 +30,12 @@ class Spread:
     max_rank: int
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"min": self.min, "max": self.max, "min_rank": self.min_rank, "max_rank": self.max_rank}
+        return {
+            "min": self.min,
+            "max": self.max,
+            "min_rank": self.min_rank,
+            "max_rank": self.max_rank,
+        }
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ class BatchMerger:
         self._last_step_of[rank] = last
 
     def pop_ready(self, live_ranks: Collection[int]) -> list[MergedStep]:
-        """Steps every live rank has reported, in order (earlier partial steps flushed with them)."""
+        """Steps every live rank has reported, in order (earlier partial steps flushed too)."""
         if not live_ranks:
             return []
         complete = [s for s, by in self._pending.items() if all(r in by for r in live_ranks)]

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -184,7 +185,9 @@ class Coordinator:
 
     def _admit(self, join: Join, connection: Connection) -> None:
         if self.phase is not Phase.JOINING:
-            raise ProtocolError(f"rank {join.rank} joined after training started; rejoining is not supported")
+            raise ProtocolError(
+                f"rank {join.rank} joined after training started; rejoining is not supported"
+            )
         if join.world_size != self.world_size:
             raise ProtocolError(
                 f"rank {join.rank} says world_size={join.world_size}, the coordinator expects "
@@ -198,7 +201,7 @@ class Coordinator:
             self._all_joined.set()
 
     def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
-        """A launcher saw worker `rank` die (exit code, dead actor); safe from the event loop only."""
+        """A launcher saw worker `rank` die (exit code, dead actor). Call on the event loop."""
         worker = self._workers.get(rank)
         if worker is not None and worker.done:
             return
@@ -227,7 +230,9 @@ class Coordinator:
                 await asyncio.wait_for(self._all_joined.wait(), self.config.join_timeout_s)
             except TimeoutError:
                 missing = set(range(self.world_size)) - set(self._workers)
-                self.failure = JoinTimeoutError(missing, self.config.join_timeout_s, self.world_size)
+                self.failure = JoinTimeoutError(
+                    missing, self.config.join_timeout_s, self.world_size
+                )
                 await self._broadcast(Abort(reason=str(self.failure)))
                 raise self.failure from None
             if self._never_joined:
@@ -276,7 +281,9 @@ class Coordinator:
         elif isinstance(message, Saved):
             self.saved.append(message)
             if message.error:
-                logger.warning("rank %d could not save %s: %s", rank, message.filepath, message.error)
+                logger.warning(
+                    "rank %d could not save %s: %s", rank, message.filepath, message.error
+                )
         elif isinstance(message, WorkerFailed):
             await self._on_lost(
                 rank, WorkerLostError(rank, f"training raised {message.error}", message.traceback)
@@ -286,7 +293,9 @@ class Coordinator:
                 rank, WorkerLostError(rank, f"sent a coordinator message {message.type!r}")
             )
 
-    async def _in_callbacks(self, phase: str, epoch: int, step: int, fn: Callable[[], Any]) -> list[Decision]:
+    async def _in_callbacks(
+        self, phase: str, epoch: int, step: int, fn: Callable[[], Any]
+    ) -> list[Decision]:
         """Run hooks on the callback thread; returns the decisions they made."""
         loop = asyncio.get_running_loop()
 
@@ -377,8 +386,7 @@ class Coordinator:
         if not steps:
             return
         epoch = self.epoch
-        for merged in steps:
-            self.state.global_step += 1
+        self.state.global_step += len(steps)
         self.last_batch_logs = dict(steps[-1].logs)
         self.state.batch_spread = steps[-1].spread
         decisions: list[Decision] = []
@@ -386,7 +394,7 @@ class Coordinator:
             for merged in steps:
                 # Each step is its own hook chain so that each decision gets its own effect step.
                 decisions += await self._in_callbacks(
-                    "batch", epoch, merged.step, lambda m=merged: self._batch_hooks(m)
+                    "batch", epoch, merged.step, functools.partial(self._batch_hooks, merged)
                 )
         if self.recorder.window_steps is not None or decisions:
             await self._broadcast(Progress(epoch, steps[-1].step, tuple(decisions)))
@@ -471,9 +479,7 @@ class Coordinator:
         if not self._live or all(self._workers[r].done for r in self._live):
             self._finished.set()
         else:
-            asyncio.get_running_loop().call_later(
-                self.config.reply_timeout_s, self._finished.set
-            )
+            asyncio.get_running_loop().call_later(self.config.reply_timeout_s, self._finished.set)
 
     async def _on_done(self, rank: int, message: Done) -> None:
         worker = self._workers[rank]
@@ -483,7 +489,9 @@ class Coordinator:
             self._finished.set()
 
     async def _close_sinks(self) -> None:
-        closers = [cb.aclose() for cb in self.callbacks.callbacks if callable(getattr(cb, "aclose", None))]
+        closers = [
+            cb.aclose() for cb in self.callbacks.callbacks if callable(getattr(cb, "aclose", None))
+        ]
         if not closers:
             return
         try:
@@ -516,7 +524,9 @@ class Coordinator:
             logger.error("%s", error)
             # Stop the survivors at a common point they cannot have passed yet.
             if self.phase is Phase.TRAINING and self.recorder.window_steps is not None:
-                at = EffectPoint.batch(self.epoch, self._merger.processed_step + self.recorder.window_steps + 1)
+                at = EffectPoint.batch(
+                    self.epoch, self._merger.processed_step + self.recorder.window_steps + 1
+                )
             else:
                 at = EffectPoint.epoch_end(self.epoch)
             stop = StopTraining(at=at)
@@ -543,7 +553,9 @@ class Coordinator:
             if not worker.train_ended:
                 logger.warning(
                     "rank %d did not reach on_train_end within Config.stop_timeout_s=%g s after "
-                    "the failure", rank, self.config.stop_timeout_s,
+                    "the failure",
+                    rank,
+                    self.config.stop_timeout_s,
                 )
         if self.phase is not Phase.DONE:
             await self._end_training()

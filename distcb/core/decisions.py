@@ -231,11 +231,15 @@ class PendingDecisions:
 
     def take_epoch_begin(self, epoch: int) -> list[Decision]:
         """Decisions to apply before the first batch of `epoch`."""
-        return self._take(lambda at: at.phase != "train_end" and at <= EffectPoint.epoch_begin(epoch))
+        return self._take(
+            lambda at: at.phase != "train_end" and at <= EffectPoint.epoch_begin(epoch)
+        )
 
     def take_batch_begin(self, epoch: int, step: int) -> list[Decision]:
         """Decisions to apply from `on_train_batch_begin(step)`."""
-        return self._take(lambda at: at.phase != "train_end" and at <= EffectPoint.batch(epoch, step))
+        return self._take(
+            lambda at: at.phase != "train_end" and at <= EffectPoint.batch(epoch, step)
+        )
 
     def take_epoch_end(self, epoch: int) -> list[Decision]:
         """Decisions to apply at the end of `epoch`, batch decisions past its last step included."""

@@ -30,8 +30,10 @@ _DIRECTIONS = ("min", "max")
 def _encode_value(value: Any) -> Any:
     if value is None or isinstance(value, str | bool):
         return value
-    if isinstance(value, numbers.Real) or hasattr(value, "__float__") and not hasattr(
-        value, "__len__"
+    if (
+        isinstance(value, numbers.Real)
+        or hasattr(value, "__float__")
+        and not hasattr(value, "__len__")
     ):
         number = float(value)
         return number if math.isfinite(number) else _NON_FINITE_OUT[repr(number)]
@@ -198,8 +200,14 @@ class Start(Message):
         if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
             raise ProtocolError(f"start: window_steps must be an int or null, got {window!r}")
         histogram_freq = data.get("histogram_freq", 0)
-        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
-            raise ProtocolError(f"start: histogram_freq must be an int >= 0, got {histogram_freq!r}")
+        if (
+            isinstance(histogram_freq, bool)
+            or not isinstance(histogram_freq, int)
+            or histogram_freq < 0
+        ):
+            raise ProtocolError(
+                f"start: histogram_freq must be an int >= 0, got {histogram_freq!r}"
+            )
         return cls(
             decisions=_decisions(data, "start"),
             window_steps=window,
@@ -346,7 +354,10 @@ class EpochReply(Message):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EpochReply:
-        return cls(epoch=_nonneg_int(data, "epoch", "epoch_reply"), decisions=_decisions(data, "epoch_reply"))
+        return cls(
+            epoch=_nonneg_int(data, "epoch", "epoch_reply"),
+            decisions=_decisions(data, "epoch_reply"),
+        )
 
 
 @dataclass(frozen=True)
@@ -416,7 +427,12 @@ class Saved(Message):
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "rank": self.rank, "filepath": self.filepath, "error": self.error}
+        return {
+            "type": self.type,
+            "rank": self.rank,
+            "filepath": self.filepath,
+            "error": self.error,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Saved:
@@ -440,7 +456,12 @@ class WorkerFailed(Message):
     traceback: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "rank": self.rank, "error": self.error, "traceback": self.traceback}
+        return {
+            "type": self.type,
+            "rank": self.rank,
+            "error": self.error,
+            "traceback": self.traceback,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerFailed:
@@ -477,11 +498,17 @@ class Abort(Message):
     decisions: tuple[Decision, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "reason": self.reason, "decisions": [d.to_dict() for d in self.decisions]}
+        return {
+            "type": self.type,
+            "reason": self.reason,
+            "decisions": [d.to_dict() for d in self.decisions],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Abort:
-        return cls(reason=_require(data, "reason", str, "abort"), decisions=_decisions(data, "abort"))
+        return cls(
+            reason=_require(data, "reason", str, "abort"), decisions=_decisions(data, "abort")
+        )
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -519,7 +546,9 @@ def decode(data: Any) -> Message:
     kind = data.get("type")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {kind!r}; expected one of {sorted(MESSAGE_TYPES)}")
+        raise ProtocolError(
+            f"unknown message type {kind!r}; expected one of {sorted(MESSAGE_TYPES)}"
+        )
     return cls.from_dict(data)
 
 

@@ -158,7 +158,7 @@ class LearningRate:
     __le__ = _binary("__le__")
     __gt__ = _binary("__gt__")
     __ge__ = _binary("__ge__")
-    __eq__ = _binary("__eq__")  # type: ignore[assignment]
+    __eq__ = _binary("__eq__")
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -236,7 +236,9 @@ class ModelProxy:
                 f"model.get_weights() returned; received {type(weights).__name__}. Arrays cannot "
                 "be pushed to the workers from a callback."
             )
-        self._recorder.record(RestoreWeights(at=self._recorder.effect_point(), snapshot_id=weights.snapshot_id))
+        self._recorder.record(
+            RestoreWeights(at=self._recorder.effect_point(), snapshot_id=weights.snapshot_id)
+        )
 
     def save(self, filepath: Any, overwrite: bool = True, **kwargs: Any) -> None:
         """The chief worker saves the whole model to `filepath`, atomically."""

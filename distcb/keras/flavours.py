@@ -77,7 +77,11 @@ def _compiled_metrics(model: Any) -> list[Any]:
     found = []
     for metric in getattr(model, "metrics", []) or []:
         inner = getattr(metric, "metrics", None)
-        if isinstance(inner, list) and type(metric).__name__ in ("CompileMetrics", "MetricsList", "MetricsContainer"):
+        if isinstance(inner, list) and type(metric).__name__ in (
+            "CompileMetrics",
+            "MetricsList",
+            "MetricsContainer",
+        ):
             found.extend(inner)
         else:
             found.append(metric)
@@ -108,9 +112,10 @@ def metric_directions(model: Any) -> dict[str, str]:
         direction = getattr(metric, "_direction", None)
         if direction in ("up", "down"):
             directions[name] = "max" if direction == "up" else "min"
-        elif any(word in type(metric).__name__.lower() for word in ("accuracy", "auc", "precision", "recall", "iou")):
-            directions[name] = "max"
-        elif name != "loss" and any(word in name.lower() for word in _MAX_WORDS):
+        elif any(
+            word in type(metric).__name__.lower()
+            for word in ("accuracy", "auc", "precision", "recall", "iou")
+        ) or name != "loss" and any(word in name.lower() for word in _MAX_WORDS):
             directions[name] = "max"
     return directions
 

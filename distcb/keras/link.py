@@ -91,7 +91,10 @@ class WorkerLink:
         """Connect, join and wait for the go signal (blocking)."""
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._run_loop, args=(join, ready), name=f"distcb-worker-{self.rank}-io", daemon=True
+            target=self._run_loop,
+            args=(join, ready),
+            name=f"distcb-worker-{self.rank}-io",
+            daemon=True,
         )
         self._thread.start()
         ready.wait()
@@ -143,7 +146,9 @@ class WorkerLink:
     def end_epoch(self, message: EpochEnd) -> list[Decision]:
         """Flush batch logs, send the epoch logs and wait for the coordinator's decisions."""
         self._submit(self._send_epoch_end(message))
-        reply = self._wait_reply(f"epoch_reply:{message.epoch}", None, f"epoch {message.epoch}'s decisions")
+        reply = self._wait_reply(
+            f"epoch_reply:{message.epoch}", None, f"epoch {message.epoch}'s decisions"
+        )
         assert isinstance(reply, EpochReply)
         with self._cond:
             self._pending.add(list(reply.decisions))
@@ -245,10 +250,14 @@ class WorkerLink:
     async def _main(self, join: Join) -> None:
         assert self._closing is not None
         try:
-            self._connection = await asyncio.wait_for(self._connect(), self.config.connect_timeout_s)
+            self._connection = await asyncio.wait_for(
+                self._connect(), self.config.connect_timeout_s
+            )
             await self._connection.send(join)
         except Exception as exc:
-            self._set_lost(CoordinatorLostError(f"rank {self.rank}: could not reach the coordinator: {exc}"))
+            self._set_lost(
+                CoordinatorLostError(f"rank {self.rank}: could not reach the coordinator: {exc}")
+            )
             return
         self._last_heard = time.monotonic()
         tasks = [
@@ -275,9 +284,7 @@ class WorkerLink:
                 self._last_heard = time.monotonic()
                 self._on_message(message)
         except (ConnectionClosed, DistcbError) as exc:
-            self._set_lost(
-                CoordinatorLostError(f"rank {self.rank}: lost the coordinator ({exc})")
-            )
+            self._set_lost(CoordinatorLostError(f"rank {self.rank}: lost the coordinator ({exc})"))
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, Heartbeat):
@@ -331,7 +338,9 @@ class WorkerLink:
         while self._begun:
             first = self._begun[0]
             upper = self._begun[1] if len(self._begun) > 1 else None
-            candidates = [s for s in list(self._ended) if s >= first and (upper is None or s < upper)]
+            candidates = [
+                s for s in list(self._ended) if s >= first and (upper is None or s < upper)
+            ]
             if not candidates:
                 break
             step = min(candidates)
@@ -357,4 +366,8 @@ class WorkerLink:
             try:
                 await asyncio.wait_for(connection.send(message), self.config.reply_timeout_s)
             except (ConnectionClosed, TimeoutError) as exc:
-                self._set_lost(CoordinatorLostError(f"rank {self.rank}: could not send to the coordinator ({exc!r})"))
+                self._set_lost(
+                    CoordinatorLostError(
+                        f"rank {self.rank}: could not send to the coordinator ({exc!r})"
+                    )
+                )

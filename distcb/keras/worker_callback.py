@@ -9,6 +9,7 @@ and with tf_keras (the Keras 2 API, required for MultiWorkerMirroredStrategy).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -68,8 +69,14 @@ class WorkerCallback:
         connect: Connector | None = None,
     ):
         super().__init__()
-        for name, value in (("samples", samples), ("val_samples", val_samples), ("batch_size", batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        for name, value in (
+            ("samples", samples),
+            ("val_samples", val_samples),
+            ("batch_size", batch_size),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
                 raise ValueError(f"{name} must be an int >= 0 or None, received {value!r}")
         context = worker_context()
         self.context = WorkerContext(
@@ -97,6 +104,10 @@ class WorkerCallback:
         self.saved_paths: list[str] = []
         self.job_error: str | None = None
 
+    # Set by Keras (the flavour's Callback base provides them).
+    model: Any
+    params: dict[str, Any]
+
     # Keras 3: our batch-end hook only buffers, so Keras may run it on its thread pool.
     async_safe = True
     # tf_keras: pass logs as tensors; they become floats on the IO thread, not here.
@@ -111,7 +122,9 @@ class WorkerCallback:
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         connect = self._connect or _websocket_connector(self.context)
         self._link = WorkerLink(
-            rank=self.context.rank, world_size=self.context.world_size, connect=connect,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+            connect=connect,
             config=self.context.config,
         )
         params = dict(self.params or {})
@@ -159,10 +172,9 @@ class WorkerCallback:
 
             extras["histograms"] = weight_histograms(flavours.named_weights(self.model))
         if self.is_chief and link.want_model_json and epoch == self._first_epoch:
-            try:
+            # A subclassed model has no JSON config; there is nothing to draw then.
+            with contextlib.suppress(Exception):
                 extras["model_json"] = self.model.to_json()
-            except Exception:  # a subclassed model has no JSON config; nothing to draw then
-                pass
         message = EpochEnd(
             self.context.rank,
             epoch,
@@ -222,7 +234,9 @@ class WorkerCallback:
             suffix = ".weights.h5" if path.endswith(".weights.h5") else os.path.splitext(path)[1]
             fd, tmp = tempfile.mkstemp(prefix=".distcb-", suffix=suffix, dir=directory)
             os.close(fd)
-            os.unlink(tmp)  # Keras refuses to overwrite some formats silently; let it create the file
+            os.unlink(
+                tmp
+            )  # Keras refuses to overwrite some formats silently; let it create the file
             try:
                 if decision.weights_only:
                     self.model.save_weights(tmp)
@@ -233,9 +247,13 @@ class WorkerCallback:
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-        except Exception as exc:  # reported to the coordinator; training goes on, as in Keras's warning path
+        except (
+            Exception
+        ) as exc:  # reported to the coordinator; training goes on, as in Keras's warning path
             error = f"{type(exc).__name__}: {exc}"
-            print(f"distcb rank {self.context.rank}: could not save {path}: {error}", file=sys.stderr)
+            print(
+                f"distcb rank {self.context.rank}: could not save {path}: {error}", file=sys.stderr
+            )
         if self._link is not None:
             self._link.send(Saved(self.context.rank, path, error))
 
@@ -257,6 +275,6 @@ def _websocket_connector(context: WorkerContext) -> Connector:
     async def connect() -> Any:
         from distcb.transport.websocket import connect as ws_connect
 
-        return await ws_connect(context.address, context.token or "", config=context.config)
+        return await ws_connect(context.address or "", context.token or "", config=context.config)
 
     return connect

@@ -58,7 +58,9 @@ class _Child:
     def __init__(self, rank: int, process: subprocess.Popen[str], out: TextIO):
         self.rank = rank
         self.process = process
-        self.pump = threading.Thread(target=self._pump, args=(out,), name=f"distcb-out-{rank}", daemon=True)
+        self.pump = threading.Thread(
+            target=self._pump, args=(out,), name=f"distcb-out-{rank}", daemon=True
+        )
         self.pump.start()
 
     def _pump(self, out: TextIO) -> None:
@@ -94,18 +96,7 @@ async def run_processes(
     loop = asyncio.get_running_loop()
     children: list[_Child] = []
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
-        spec_path = os.path.join(spec_dir, "spec.pkl")
-        main = sys.modules.get("__main__")
-        # Only a function defined in the launching script needs that script re-run.
-        main_path = getattr(main, "__file__", None) if _defined_in_main(train_fn) else None
-        with open(os.open(spec_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:
-            pickle.dump(
-                {
-                    "payload": pickle.dumps((train_fn, tuple(args), dict(kwargs))),
-                    "main_path": os.path.abspath(main_path) if main_path else None,
-                },
-                handle,
-            )
+        spec_path = await asyncio.to_thread(_write_spec, spec_dir, train_fn, args, kwargs)
         async with WebSocketServer(coordinator, config=config) as server:
             ports = free_ports(num_workers) if tf_config else []
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
@@ -130,24 +121,17 @@ async def run_processes(
                 for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
                     child_env.setdefault(name, str(threads))
                 if run_dir:
-                    child_env[ENV_RUN_DIR] = os.path.abspath(run_dir)
+                    child_env[ENV_RUN_DIR] = os.path.abspath(run_dir)  # noqa: ASYNC240 (no disk I/O)
                 if tf_config:
                     child_env["TF_CONFIG"] = tf_config_for(rank, ports)
                 if gpus_per_worker is not None:
                     devices = range(rank * gpus_per_worker, (rank + 1) * gpus_per_worker)
                     child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "distcb.launch.child", spec_path],
-                    env=child_env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                    start_new_session=True,
-                )
-                children.append(_Child(rank, process, out))
+                children.append(await asyncio.to_thread(_spawn, rank, spec_path, child_env, out))
             watchers = [
-                loop.create_task(_watch(child, coordinator, spec_dir), name=f"distcb-watch-{child.rank}")
+                loop.create_task(
+                    _watch(child, coordinator, spec_dir), name=f"distcb-watch-{child.rank}"
+                )
                 for child in children
             ]
             try:
@@ -161,6 +145,47 @@ async def run_processes(
                     child.pump.join(5.0)
 
 
+def _write_spec(
+    spec_dir: str, train_fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+) -> str:
+    """Pickle what the children run into a file only this user can read."""
+    spec_path = os.path.join(spec_dir, "spec.pkl")
+    main = sys.modules.get("__main__")
+    # Only a function defined in the launching script needs that script re-run.
+    main_path = getattr(main, "__file__", None) if _defined_in_main(train_fn) else None
+    with open(os.open(spec_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:
+        pickle.dump(
+            {
+                "payload": pickle.dumps((train_fn, tuple(args), dict(kwargs))),
+                "main_path": os.path.abspath(main_path) if main_path else None,
+            },
+            handle,
+        )
+    return spec_path
+
+
+def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Child:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distcb.launch.child", spec_path],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its own process group: stopping it stops its children too
+    )
+    return _Child(rank, process, out)
+
+
+def _read_failure(spec_dir: str, rank: int) -> dict[str, Any] | None:
+    path = os.path.join(spec_dir, f"rank-{rank}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        data: dict[str, Any] = json.load(handle)
+    return data
+
+
 def _defined_in_main(fn: Any) -> bool:
     return getattr(fn, "__module__", None) in ("__main__", "__mp_main__")
 
@@ -171,10 +196,8 @@ async def _watch(child: _Child, coordinator: Coordinator, spec_dir: str) -> None
         coordinator.report_lost(child.rank, "exited before it finished training (exit code 0)")
         return
     traceback_text = None
-    result = os.path.join(spec_dir, f"rank-{child.rank}.json")
-    if os.path.exists(result):
-        with open(result) as handle:
-            data = json.load(handle)
+    data = await asyncio.to_thread(_read_failure, spec_dir, child.rank)
+    if data is not None:
         traceback_text = data.get("traceback")
         reason = f"training raised {data.get('error')}"
     elif code < 0:

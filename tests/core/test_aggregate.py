@@ -15,8 +15,10 @@ def test_epoch_logs_are_sample_weighted_and_val_uses_val_samples():
     )
     assert merged.logs["loss"] == pytest.approx((1.0 * 30 + 4.0 * 10) / 40)
     assert merged.logs["val_loss"] == pytest.approx((2.0 * 10 + 5.0 * 30) / 40)
-    assert merged.spread["loss"].min == 1.0 and merged.spread["loss"].min_rank == 0
-    assert merged.spread["loss"].max == 4.0 and merged.spread["loss"].max_rank == 1
+    assert merged.spread["loss"].min == 1.0
+    assert merged.spread["loss"].min_rank == 0
+    assert merged.spread["loss"].max == 4.0
+    assert merged.spread["loss"].max_rank == 1
     assert "spread" not in merged.logs
 
 
@@ -44,7 +46,8 @@ def test_one_worker_nan_or_inf_is_not_hidden_by_the_mean():
 def test_missing_key_names_rank_and_key():
     with pytest.raises(AggregationError, match=r"\[Rank 1\] logs lack the key 'val_loss'") as info:
         merge_logs({0: {"loss": 1.0, "val_loss": 1.0}, 1: {"loss": 1.0}}, {})
-    assert info.value.rank == 1 and info.value.key == "val_loss"
+    assert info.value.rank == 1
+    assert info.value.key == "val_loss"
 
 
 def test_batch_merger_releases_a_step_once_every_live_rank_sent_it():

@@ -44,7 +44,9 @@ class Recorder(Callback):
 
 
 def batches(epochs, steps, workers, value=1.0):
-    return [[[{"loss": value + s} for _ in range(workers)] for s in range(steps)] for _ in range(epochs)]
+    return [
+        [[{"loss": value + s} for _ in range(workers)] for s in range(steps)] for _ in range(epochs)
+    ]
 
 
 @pytest.mark.parametrize("speeds", [[1, 1, 1], [1, 7, 3], [9, 1, 1]])
@@ -59,13 +61,16 @@ def test_window_rule_batch_stop_lands_on_one_common_step(speeds):
     )
     effect_step = 5 + window + 1
     stops = [d for d in result.decisions if isinstance(d, StopTraining)]
-    assert len(stops) == 1 and stops[0].at.epoch == 1 and stops[0].at.step == effect_step
+    assert len(stops) == 1
+    assert stops[0].at.epoch == 1
+    assert stops[0].at.step == effect_step
     for worker in result.workers:
         applied = [a for a in worker.applied if isinstance(a.decision, StopTraining)]
         arrived = [a for a in worker.received if isinstance(a.decision, StopTraining)]
         assert [(a.epoch, a.step) for a in applied] == [(1, effect_step)]
         # When the decision arrived, no worker had begun the effect step yet.
-        assert arrived[0].epoch == 1 and arrived[0].max_step_begun < effect_step
+        assert arrived[0].epoch == 1
+        assert arrived[0].max_step_begun < effect_step
         # Stop lands after the effect step on every worker: same last step.
         assert max(s for e, s in worker.steps_sent if e == 1) == effect_step
         assert worker.epochs_run == 2
@@ -90,8 +95,11 @@ def test_window_bounds_how_far_a_fast_worker_runs_ahead():
 
     async def go():
         task = asimulate(
-            [watch], [[{"loss": 1.0}] * 2], batch_logs=batches(1, 30, 2),
-            config=FAST.replace(window_steps=window), yields_per_step=[1, 25],
+            [watch],
+            [[{"loss": 1.0}] * 2],
+            batch_logs=batches(1, 30, 2),
+            config=FAST.replace(window_steps=window),
+            yields_per_step=[1, 25],
         )
         return await task
 
@@ -153,7 +161,8 @@ def test_stop_in_on_train_begin_runs_no_epoch():
     recorder = Recorder()
     result = simulate([Never(), recorder], [[{"loss": 1.0}]] * 3)
     assert result.history.epoch == []
-    assert result.workers[0].epochs_run == 0 and result.workers[0].stopped_by_decision
+    assert result.workers[0].epochs_run == 0
+    assert result.workers[0].stopped_by_decision
     assert recorder.calls[-1][0] == "train_end"
 
 
@@ -165,7 +174,9 @@ async def test_join_timeout_names_the_missing_ranks():
         tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
         worker = ScriptedWorker(rank, 3, [{"loss": 1.0}])
         tasks.append(asyncio.create_task(worker.run(worker_end)))
-    with pytest.raises(JoinTimeoutError, match=r"Ranks \[1\] of world_size=3 did not join within 0.3 s") as info:
+    with pytest.raises(
+        JoinTimeoutError, match=r"Ranks \[1\] of world_size=3 did not join within 0.3 s"
+    ) as info:
         await coordinator.run()
     assert info.value.missing_ranks == [1]
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -205,7 +216,8 @@ async def test_worker_disconnect_mid_epoch_names_rank_stops_others_runs_train_en
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[3], ConnectionError)
     for survivor in (workers[0], workers[2]):
-        assert survivor.abort_reason is not None and "Rank 1" in survivor.abort_reason
+        assert survivor.abort_reason is not None
+        assert "Rank 1" in survivor.abort_reason
         assert survivor.stopped_by_decision
         assert survivor.epochs_run == 2  # stopped in epoch 1, never began epoch 2
     last = {w.rank: max(s for e, s in w.steps_sent if e == 1) for w in (workers[0], workers[2])}
@@ -220,11 +232,15 @@ async def test_garbage_and_bad_joins_close_only_their_connection():
     for rank in range(2):
         coordinator_end, worker_end = connection_pair()
         tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
-        tasks.append(asyncio.create_task(ScriptedWorker(rank, 2, [{"loss": 1.0}] * 2).run(worker_end)))
+        tasks.append(
+            asyncio.create_task(ScriptedWorker(rank, 2, [{"loss": 1.0}] * 2).run(worker_end))
+        )
     intruders = []
-    for frame in ["not json", json.dumps({"type": "join", "protocol": 1, "rank": 0,
-                                          "world_size": 5, "params": {}}),
-                  json.dumps({"type": "heartbeat"})]:
+    for frame in [
+        "not json",
+        json.dumps({"type": "join", "protocol": 1, "rank": 0, "world_size": 5, "params": {}}),
+        json.dumps({"type": "heartbeat"}),
+    ]:
         coordinator_end, worker_end = connection_pair("intruder")
         worker_end._outbox.put_nowait(frame)
         intruders.append(asyncio.create_task(coordinator.serve(coordinator_end)))
@@ -238,9 +254,12 @@ async def test_garbage_and_bad_joins_close_only_their_connection():
 async def _expect_closed(connection):
     from distcb.core.transport import ConnectionClosed
 
-    with pytest.raises(ConnectionClosed):
+    async def drain():
         while True:
             await connection.receive()
+
+    with pytest.raises(ConnectionClosed):
+        await drain()
 
 
 def test_simulate_refuses_mismatched_scripts():

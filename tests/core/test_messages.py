@@ -40,8 +40,10 @@ def test_every_message_roundtrips_through_strict_json():
         back = roundtrip(message)
         assert type(back) is type(message)
         if isinstance(message, EpochEnd):
-            assert math.isnan(back.logs["loss"]) and back.logs["val_loss"] == 0.25
-            assert back.samples == 30.0 and back.val_samples == 70.0
+            assert math.isnan(back.logs["loss"])
+            assert back.logs["val_loss"] == 0.25
+            assert back.samples == 30.0
+            assert back.val_samples == 70.0
         elif isinstance(message, BatchFrame):
             assert back.entries[1].logs["loss"] == math.inf
         else:
@@ -61,19 +63,51 @@ def test_numpy_scalars_are_unwrapped():
         ([1, 2], "must be a JSON object"),
         ({"type": "nope"}, "unknown message type 'nope'"),
         ({"type": "join", "protocol": 99, "rank": 0, "world_size": 1, "params": {}}, "version 99"),
-        ({"type": "join", "protocol": PROTOCOL_VERSION, "rank": 2, "world_size": 2, "params": {}},
-         "rank 2 is outside world_size 2"),
-        ({"type": "join", "protocol": PROTOCOL_VERSION, "rank": 0, "world_size": 1,
-          "params": {"directions": {"loss": "down"}}}, "'min' or 'max'"),
-        ({"type": "batches", "rank": 0, "epoch": 0, "entries": [[1, None, {}], [1, None, {}]]},
-         "step must be an int above 1"),
+        (
+            {
+                "type": "join",
+                "protocol": PROTOCOL_VERSION,
+                "rank": 2,
+                "world_size": 2,
+                "params": {},
+            },
+            "rank 2 is outside world_size 2",
+        ),
+        (
+            {
+                "type": "join",
+                "protocol": PROTOCOL_VERSION,
+                "rank": 0,
+                "world_size": 1,
+                "params": {"directions": {"loss": "down"}},
+            },
+            "'min' or 'max'",
+        ),
+        (
+            {"type": "batches", "rank": 0, "epoch": 0, "entries": [[1, None, {}], [1, None, {}]]},
+            "step must be an int above 1",
+        ),
         ({"type": "batches", "rank": 0, "epoch": 0, "entries": [[0, -3, {}]]}, "count >= 0"),
         ({"type": "epoch_end", "rank": -1, "epoch": 0, "logs": {}}, "'rank' must be >= 0"),
         ({"type": "epoch_end", "rank": 0, "epoch": 0, "logs": {"loss": {"x": 1}}}, "unsupported"),
-        ({"type": "epoch_reply", "epoch": 0, "decisions": [{"kind": "explode"}]}, "unknown decision"),
-        ({"type": "epoch_reply", "epoch": 0,
-          "decisions": [{"kind": "set_lr", "at": {"phase": "epoch_begin", "epoch": 1},
-                         "learning_rate": "fast"}]}, "must be float"),
+        (
+            {"type": "epoch_reply", "epoch": 0, "decisions": [{"kind": "explode"}]},
+            "unknown decision",
+        ),
+        (
+            {
+                "type": "epoch_reply",
+                "epoch": 0,
+                "decisions": [
+                    {
+                        "kind": "set_lr",
+                        "at": {"phase": "epoch_begin", "epoch": 1},
+                        "learning_rate": "fast",
+                    }
+                ],
+            },
+            "must be float",
+        ),
         ({"type": "progress", "epoch": 0, "processed_step": True}, "must not be a boolean"),
     ],
 )

@@ -23,11 +23,16 @@ def test_stop_lr_and_restore_reach_every_worker(tmp_path, read_reports):
     # No epoch improves `loss` by more than 10: best is epoch 0, stop after `patience` epochs.
     stopper = EarlyStopping(monitor="loss", min_delta=10.0, patience=2, restore_best_weights=True)
     history = distcb.run(
-        tiny_keras3, num_workers=2, kwargs={"epochs": 10}, callbacks=[schedule, stopper],
-        run_dir=str(tmp_path), config=FAST,
+        tiny_keras3,
+        num_workers=2,
+        kwargs={"epochs": 10},
+        callbacks=[schedule, stopper],
+        run_dir=str(tmp_path),
+        config=FAST,
     )
     assert history.epoch == [0, 1, 2]
-    assert stopper.stopped_epoch == 2 and stopper.best_epoch == 0
+    assert stopper.stopped_epoch == 2
+    assert stopper.best_epoch == 0
     reports = read_reports(tmp_path, 2)
     for rank, report in enumerate(reports):
         assert len(report["digests"]) == 3, f"rank {rank} ran {len(report['digests'])} epochs"
@@ -49,8 +54,12 @@ def test_batch_stop_lands_on_the_same_step_on_every_worker(tmp_path, read_report
 
     config = FAST.replace(window_steps=3)
     history = distcb.run(
-        tiny_keras3, num_workers=2, kwargs={"epochs": 5, "batch_size": 2}, callbacks=[StopAtBatch()],
-        run_dir=str(tmp_path), config=config,
+        tiny_keras3,
+        num_workers=2,
+        kwargs={"epochs": 5, "batch_size": 2},
+        callbacks=[StopAtBatch()],
+        run_dir=str(tmp_path),
+        config=config,
     )
     assert history.epoch == [0, 1]
     for report in read_reports(tmp_path, 2):
@@ -64,9 +73,12 @@ def test_only_the_chief_writes_checkpoints_and_keras_loads_them(tmp_path, read_r
 
     path = str(tmp_path / "ckpt" / "model-{epoch:02d}.keras")
     distcb.run(
-        tiny_keras3, num_workers=2, kwargs={"epochs": 3},
+        tiny_keras3,
+        num_workers=2,
+        kwargs={"epochs": 3},
         callbacks=[ModelCheckpoint(path, monitor="loss", save_best_only=False)],
-        run_dir=str(tmp_path), config=FAST,
+        run_dir=str(tmp_path),
+        config=FAST,
     )
     files = sorted(os.listdir(tmp_path / "ckpt"))
     assert files == ["model-01.keras", "model-02.keras", "model-03.keras"]
@@ -81,8 +93,11 @@ def test_sigkilled_worker_is_named_and_the_others_stop(tmp_path):
     started = time.monotonic()
     with pytest.raises(distcb.WorkerLostError, match=r"\[Rank 1\]") as info:
         distcb.run(
-            tiny_keras3, num_workers=2, kwargs={"epochs": 50, "kill_at_epoch": 2},
-            run_dir=str(tmp_path), config=FAST,
+            tiny_keras3,
+            num_workers=2,
+            kwargs={"epochs": 50, "kill_at_epoch": 2},
+            run_dir=str(tmp_path),
+            config=FAST,
         )
     assert info.value.rank == 1
     assert "SIGKILL" in str(info.value) or "disconnected" in str(info.value)
@@ -92,8 +107,11 @@ def test_sigkilled_worker_is_named_and_the_others_stop(tmp_path):
 def test_worker_exception_carries_rank_and_traceback(tmp_path):
     with pytest.raises(distcb.WorkerLostError) as info:
         distcb.run(
-            tiny_keras3, num_workers=2, kwargs={"epochs": 50, "raise_at_epoch": 1},
-            run_dir=str(tmp_path), config=FAST,
+            tiny_keras3,
+            num_workers=2,
+            kwargs={"epochs": 50, "raise_at_epoch": 1},
+            run_dir=str(tmp_path),
+            config=FAST,
         )
     assert info.value.rank == 1
     assert "boom at epoch 1" in str(info.value)

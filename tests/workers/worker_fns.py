@@ -24,8 +24,13 @@ def data(rank: int, n: int = 64):
     return x, y
 
 
-def tiny_keras3(epochs: int, batch_size: int = 16, kill_at_epoch: int | None = None,
-                raise_at_epoch: int | None = None, steps_log: bool = False):
+def tiny_keras3(
+    epochs: int,
+    batch_size: int = 16,
+    kill_at_epoch: int | None = None,
+    raise_at_epoch: int | None = None,
+    steps_log: bool = False,
+):
     import keras
 
     import distcb
@@ -34,10 +39,16 @@ def tiny_keras3(epochs: int, batch_size: int = 16, kill_at_epoch: int | None = N
     ctx = distcb.worker_context()
     keras.utils.set_random_seed(7)
     x, y = data(ctx.rank)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05), loss="binary_crossentropy", metrics=["accuracy"]
+    )
     digests: list[str] = []
     steps: list[list[int]] = []
 
@@ -47,7 +58,7 @@ def tiny_keras3(epochs: int, batch_size: int = 16, kill_at_epoch: int | None = N
             if kill_at_epoch is not None and epoch == kill_at_epoch and ctx.rank == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             if raise_at_epoch is not None and epoch == raise_at_epoch and ctx.rank == 1:
-                raise RuntimeError("boom at epoch %d" % epoch)
+                raise RuntimeError(f"boom at epoch {epoch}")
 
         def on_train_batch_end(self, batch, logs=None):
             steps[-1].append(batch)
@@ -56,7 +67,14 @@ def tiny_keras3(epochs: int, batch_size: int = 16, kill_at_epoch: int | None = N
             digests.append(digest(self.model.get_weights()))
 
     worker = distcb.keras.WorkerCallback(samples=len(x), val_samples=len(x), batch_size=batch_size)
-    model.fit(x, y, validation_data=(x, y), epochs=epochs, batch_size=batch_size, verbose=0,
-              callbacks=[Probe(), worker])
+    model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=0,
+        callbacks=[Probe(), worker],
+    )
     with open(os.path.join(ctx.run_dir, f"rank-{ctx.rank}.json"), "w") as handle:
         json.dump({"digests": digests, "final": worker.report(), "steps": steps}, handle)
