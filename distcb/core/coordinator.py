@@ -15,7 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -138,6 +137,7 @@ class Coordinator:
         self._never_joined: dict[int, WorkerLostError] = {}
         self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
         self._epoch_ends: dict[int, EpochEnd] = {}
+        self._progress_sent = -1  # the last processed step told to the workers this epoch
         self._callback_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="distcb-callbacks"
         )
@@ -386,18 +386,35 @@ class Coordinator:
         if not steps:
             return
         epoch = self.epoch
-        self.state.global_step += len(steps)
         self.last_batch_logs = dict(steps[-1].logs)
-        self.state.batch_spread = steps[-1].spread
         decisions: list[Decision] = []
         if self.callbacks.has_batch_hooks:
-            for merged in steps:
-                # Each step is its own hook chain so that each decision gets its own effect step.
-                decisions += await self._in_callbacks(
-                    "batch", epoch, merged.step, functools.partial(self._batch_hooks, merged)
-                )
-        if self.recorder.window_steps is not None or decisions:
-            await self._broadcast(Progress(epoch, steps[-1].step, tuple(decisions)))
+
+            def run_all() -> list[Decision]:
+                # One trip to the callback thread for all ready steps, but each step is
+                # its own hook chain so that each decision gets its own effect step.
+                made: list[Decision] = []
+                for merged in steps:
+                    self.state.global_step += 1
+                    self.state.batch_spread = merged.spread
+                    self.recorder.set_context("batch", epoch, merged.step)
+                    self._batch_hooks(merged)
+                    made += self.recorder.take()
+                return made
+
+            loop = asyncio.get_running_loop()
+            decisions = await loop.run_in_executor(self._callback_thread, run_all)
+            self.decisions.extend(decisions)
+        else:
+            self.state.global_step += len(steps)
+            self.state.batch_spread = steps[-1].spread
+        last = steps[-1].step
+        window = self.recorder.window_steps
+        # Workers need the processed step only to stay within the window: telling them
+        # every W/4 steps keeps them from waiting while sparing a message per frame.
+        if decisions or (window is not None and last - self._progress_sent >= max(1, window // 4)):
+            self._progress_sent = last
+            await self._broadcast(Progress(epoch, last, tuple(decisions)))
 
     def _batch_hooks(self, merged: MergedStep) -> None:
         self.callbacks.on_train_batch_begin(merged.step)
@@ -444,6 +461,7 @@ class Coordinator:
             )
             self.epoch = epoch + 1
             self._merger = BatchMerger(self.epoch, stateful_metrics=self.stateful_metrics)
+            self._progress_sent = -1
         else:
             self.phase = Phase.ENDING
         self._epoch_ends = {}

@@ -1,0 +1,283 @@
+"""Benchmark: what a worker pays for distcb, and how fast the epoch barrier is.
+
+1. Per-step overhead (issue 5): a small MLP (~1 ms steps, the anchor
+   naive_callback_overhead.py's model and data) in one worker process of a
+   ``distcb.run`` job. The worker times, in the same process and run:
+   plain ``fit`` with no callback; ``fit`` with ``WorkerCallback`` streaming every
+   batch to a coordinator whose LossHistory-style callback has batch hooks (so
+   the window rule is on); and the naive approach, an HTTP POST to a loopback
+   aiohttp server from every ``on_train_batch_end``. Jobs are repeated, the
+   medians of per-step times compared.
+2. Epoch barrier round trip over real websockets on loopback, with 2 and 8
+   scripted workers: the time from the last worker's epoch end to its reply.
+3. The seed's moons example with 1 worker against the same script in plain
+   single-process Keras (the anchor seed_moons_keras.py), whole-process wall
+   time, a fixed number of epochs.
+
+Standalone: ``python bench/bench_worker.py`` prints the Markdown section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+STEP_JOBS = 3
+STEPS_PER_FIT = 1200  # 3 epochs of 400 steps, batch 64 (the anchor's run)
+BARRIER_EPOCHS = 300
+MOONS_EPOCHS = 300
+MOONS_ROUNDS = 3
+
+
+# --------------------------------------------------------------------------- 1. per step
+
+
+def step_worker(post_url: str) -> None:
+    """Runs in the distcb worker process: times plain, naive and distcb fits."""
+    import keras
+    import numpy as np
+    import requests
+
+    import distcb
+    import distcb.keras
+
+    context = distcb.worker_context()
+    rng = np.random.default_rng(0)
+    x = rng.random((64 * 400, 20), dtype="float32")
+    y = (x.sum(1) > 10).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((20,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x[: 64 * 20], y[: 64 * 20], batch_size=64, epochs=1, verbose=0)
+    session = requests.Session()
+
+    class NaivePost(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            session.post(post_url, json={k: float(v) for k, v in (logs or {}).items()}, timeout=5)
+
+    def timed(callbacks: list[Any]) -> float:
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=callbacks)
+        return (time.perf_counter() - started) / STEPS_PER_FIT * 1e6
+
+    results = {"plain": [timed([])], "naive_http": [timed([NaivePost()])]}
+    results["plain"].append(timed([]))
+    results["distcb"] = [timed([distcb.keras.WorkerCallback(samples=len(x), batch_size=64)])]
+    results["plain"].append(timed([]))
+    with open(os.path.join(context.run_dir or ".", "steps.json"), "w") as handle:
+        json.dump(results, handle)
+
+
+def _start_sink_server() -> tuple[str, Any]:
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["port"] = runner.addresses[0][1]
+        holder["runner"] = runner
+        ready.set()
+
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True
+    )
+    thread.start()
+    ready.wait(10)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+    return f"http://127.0.0.1:{holder['port']}/", stop
+
+
+def bench_steps() -> dict[str, list[float]]:
+    import distcb
+    from distcb.callbacks import Callback
+
+    class BatchLosses(Callback):
+        """Has a batch hook and may decide there: the window rule is on."""
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.last = (logs or {}).get("loss")
+
+    url, stop = _start_sink_server()
+    merged: dict[str, list[float]] = {}
+    try:
+        for _ in range(STEP_JOBS):
+            with tempfile.TemporaryDirectory() as run_dir:
+                distcb.run(
+                    step_worker,
+                    num_workers=1,
+                    args=(url,),
+                    callbacks=[BatchLosses()],
+                    run_dir=run_dir,
+                    threads_per_worker=1,
+                )
+                with open(os.path.join(run_dir, "steps.json")) as handle:
+                    for key, values in json.load(handle).items():
+                        merged.setdefault(key, []).extend(values)
+    finally:
+        stop()
+    return merged
+
+
+# --------------------------------------------------------------------------- 2. barrier
+
+
+async def _barrier(num_workers: int) -> list[float]:
+    from distcb.core.config import Config
+    from distcb.core.coordinator import Coordinator
+    from distcb.testing import ScriptedWorker
+    from distcb.transport.websocket import WebSocketServer, connect
+
+    waits: dict[int, list[float]] = {}
+
+    class TimedWorker(ScriptedWorker):
+        async def _wait_reply(self, key: str) -> Any:
+            started = time.perf_counter()
+            reply = await super()._wait_reply(key)
+            if key.startswith("epoch_reply"):
+                waits.setdefault(int(key.split(":")[1]), []).append(time.perf_counter() - started)
+            return reply
+
+    config = Config(heartbeat_interval_s=0.5)
+    coordinator = Coordinator([], world_size=num_workers, config=config)
+    logs = [{"loss": 1.0, "val_loss": 1.0}] * BARRIER_EPOCHS
+    async with WebSocketServer(coordinator, config=config) as server:
+        connections = [
+            await connect(server.address, server.token, config=config) for _ in range(num_workers)
+        ]
+        workers = [TimedWorker(r, num_workers, logs) for r in range(num_workers)]
+        tasks = [asyncio.create_task(w.run(c)) for w, c in zip(workers, connections, strict=True)]
+        await coordinator.run()
+        await asyncio.gather(*tasks)
+        for connection in connections:
+            await connection.close()
+    # The last worker to arrive waits only for the coordinator: its wait is the round trip.
+    return [min(per_worker) for _, per_worker in sorted(waits.items())][10:]
+
+
+def bench_barrier(num_workers: int) -> list[float]:
+    return asyncio.run(_barrier(num_workers))
+
+
+# --------------------------------------------------------------------------- 3. moons
+
+
+def _wall(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT, timeout=900)
+    return time.perf_counter() - started
+
+
+def bench_moons() -> dict[str, list[float]]:
+    anchor = os.path.join(ROOT, "..", "shared", "anchors", "seed_moons_keras.py")
+    ours = os.path.join(ROOT, "examples", "moons_replicas.py")
+    out: dict[str, list[float]] = {"keras": [], "distcb": []}
+    with tempfile.TemporaryDirectory() as run_dir:
+        for _ in range(MOONS_ROUNDS):
+            out["keras"].append(_wall([sys.executable, anchor, str(MOONS_EPOCHS)]))
+            out["distcb"].append(
+                _wall(
+                    [
+                        sys.executable,
+                        ours,
+                        "--workers",
+                        "1",
+                        "--epochs",
+                        str(MOONS_EPOCHS),
+                        "--patience",
+                        str(MOONS_EPOCHS + 1),
+                        "--run-dir",
+                        run_dir,
+                    ]
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> str:
+    steps = bench_steps()
+    plain = statistics.median(steps["plain"])
+    ours = statistics.median(steps["distcb"])
+    naive = statistics.median(steps["naive_http"])
+    barrier = {n: bench_barrier(n) for n in (2, 8)}
+    moons = bench_moons()
+    keras_s, distcb_s = statistics.median(moons["keras"]), statistics.median(moons["distcb"])
+    lines = [
+        "## Worker overhead, epoch barrier, moons (issue 5)",
+        "",
+        "Command: `python bench/bench_worker.py` (also run by `make bench`).",
+        "",
+        f"### Per-step cost, small MLP, batch 64, {STEPS_PER_FIT} steps per fit, "
+        f"{STEP_JOBS} jobs (median µs/step)",
+        "",
+        "| fit | µs/step | ratio to plain |",
+        "|---|---|---|",
+        f"| plain `fit`, no callback | {plain:.1f} | 1.00 |",
+        f"| `WorkerCallback` streaming every batch (window rule on) | {ours:.1f} | "
+        f"{ours / plain:.3f} |",
+        f"| naive: HTTP POST from every `on_train_batch_end` | {naive:.1f} | {naive / plain:.2f} |",
+        "",
+        "### Epoch barrier round trip over websockets on loopback (last worker's wait)",
+        "",
+        "| workers | p50 µs | p99 µs |",
+        "|---|---|---|",
+    ]
+    for n, waits in barrier.items():
+        lines.append(f"| {n} | {_pct(waits, 0.5) * 1e6:.0f} | {_pct(waits, 0.99) * 1e6:.0f} |")
+    lines += [
+        "",
+        f"### Moons, {MOONS_EPOCHS} epochs, whole process wall time, median of {MOONS_ROUNDS}",
+        "",
+        "| run | wall s | ratio |",
+        "|---|---|---|",
+        f"| plain Keras 3, single process, keras.callbacks (anchor) | {keras_s:.1f} | 1.00 |",
+        f"| distcb, 1 worker (`examples/moons_replicas.py --workers 1`) | {distcb_s:.1f} | "
+        f"{distcb_s / keras_s:.3f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main())
