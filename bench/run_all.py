@@ -28,7 +28,8 @@ def main() -> None:
         try:
             sections.append(importlib.import_module(name).main())
         except Exception:
-            sections.append(f"## {name}\n\nFailed in this run:\n\n```\n{traceback.format_exc()}```\n")
+            failure = traceback.format_exc()
+            sections.append(f"## {name}\n\nFailed in this run:\n\n```\n{failure}```\n")
     header = [
         "# Benchmarks",
         "",

@@ -24,9 +24,15 @@ class Callback:
     Class attribute ``decides_on_batch``: set it to False on a callback whose batch
     hooks only observe (a progress bar, a log writer). When no callback with batch
     hooks decides, workers never wait on batch progress.
+
+    Class attribute ``observes_only``: True on callbacks that never decide (sinks,
+    History, ProgbarLogger). At an epoch barrier the coordinator runs their epoch
+    hooks after it has released the workers, each with the logs as they stood at
+    its place in the chain, so that their I/O never adds to the barrier.
     """
 
     decides_on_batch: bool = True
+    observes_only: bool = False
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}

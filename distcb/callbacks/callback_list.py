@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 Logs = dict[str, Any]
@@ -45,6 +46,19 @@ def decides_on_batch(callback: Any) -> bool:
     return overrides_batch_hooks(callback) and bool(getattr(callback, "decides_on_batch", True))
 
 
+@dataclass(frozen=True)
+class DeferredCall:
+    """An observer's hook call, run after the workers were released."""
+
+    callback: Any
+    hook: str
+    args: tuple[Any, ...]
+    logs: Logs
+
+    def __call__(self) -> None:
+        getattr(self.callback, self.hook)(*self.args, self.logs)
+
+
 class CallbackList:
     """The coordinator's chain: user callbacks in order, then History (and ProgbarLogger)."""
 
@@ -80,11 +94,25 @@ class CallbackList:
     def decides_on_batch(self) -> bool:
         return any(decides_on_batch(cb) for cb in self.callbacks)
 
-    def _call(self, hook: str, *args: Any, logs: Logs | None) -> Logs:
+    def _call(
+        self, hook: str, *args: Any, logs: Logs | None, defer: list[DeferredCall] | None = None
+    ) -> Logs:
         logs = {} if logs is None else logs
         for callback in self.callbacks:
-            getattr(callback, hook)(*args, logs)
+            if defer is not None and getattr(callback, "observes_only", False):
+                # The logs as they stand at this callback's place in the chain.
+                defer.append(DeferredCall(callback, hook, args, dict(logs)))
+            else:
+                getattr(callback, hook)(*args, logs)
         return logs
+
+    def on_epoch_end_deferring(self, epoch: int, logs: Logs, defer: list[DeferredCall]) -> Logs:
+        """`on_epoch_end` for deciding callbacks now; observers' calls appended to `defer`."""
+        return self._call("on_epoch_end", epoch, logs=logs, defer=defer)
+
+    def on_epoch_begin_deferring(self, epoch: int, defer: list[DeferredCall]) -> Logs:
+        """`on_epoch_begin` for deciding callbacks now; observers' calls appended to `defer`."""
+        return self._call("on_epoch_begin", epoch, logs=None, defer=defer)
 
     def on_train_begin(self, logs: Logs | None = None) -> Logs:
         return self._call("on_train_begin", logs=logs)

@@ -51,6 +51,7 @@ class CSVLogger(Callback):
     """
 
     decides_on_batch = False
+    observes_only = True  # runs after the workers are released (DESIGN principle 3)
 
     def __init__(
         self, filename: str | os.PathLike[str], separator: str = ",", append: bool = False

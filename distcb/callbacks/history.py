@@ -16,6 +16,7 @@ class History(Callback):
     """
 
     decides_on_batch = False
+    observes_only = True  # runs after the workers are released (DESIGN principle 3)
 
     def __init__(self) -> None:
         super().__init__()

@@ -70,6 +70,7 @@ class ProgbarLogger(Callback):
     """
 
     decides_on_batch = False  # it only observes
+    observes_only = True  # runs after the workers are released (DESIGN principle 3)
 
     def __init__(
         self,

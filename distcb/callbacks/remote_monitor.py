@@ -112,6 +112,7 @@ class RemoteMonitor(Callback):
     """
 
     decides_on_batch = False
+    observes_only = True  # runs after the workers are released (DESIGN principle 3)
 
     def __init__(
         self,

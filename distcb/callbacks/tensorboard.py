@@ -102,6 +102,7 @@ class TensorBoard(Callback):
     """
 
     decides_on_batch = False
+    observes_only = True  # runs after the workers are released (DESIGN principle 3)
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distcb.callbacks.callback_list import CallbackList
+from distcb.callbacks.callback_list import CallbackList, DeferredCall
 from distcb.callbacks.history import History
 from distcb.core.aggregate import BatchMerger, MergedStep, merge_logs
 from distcb.core.config import Config
@@ -449,15 +449,20 @@ class Coordinator:
         logs = dict(merged.logs)
         planned_last = epoch + 1 >= self._epochs_planned
 
+        deferred: list[DeferredCall] = []
+
         def end_epoch() -> None:
-            self.callbacks.on_epoch_end(epoch, logs)
+            self.callbacks.on_epoch_end_deferring(epoch, logs, deferred)
 
         decisions = await self._in_callbacks("epoch_end", epoch, -1, end_epoch)
         self.last_epoch_logs = logs
         stopping = self.model.stop_training or planned_last or self.failure is not None
         if not stopping:
             decisions += await self._in_callbacks(
-                "epoch_begin", epoch + 1, -1, lambda: self.callbacks.on_epoch_begin(epoch + 1)
+                "epoch_begin",
+                epoch + 1,
+                -1,
+                lambda: self.callbacks.on_epoch_begin_deferring(epoch + 1, deferred),
             )
             self.epoch = epoch + 1
             self._merger = BatchMerger(self.epoch, stateful_metrics=self.stateful_metrics)
@@ -466,6 +471,18 @@ class Coordinator:
             self.phase = Phase.ENDING
         self._epoch_ends = {}
         await self._broadcast(EpochReply(epoch, tuple(decisions)))
+        if deferred:
+            # Workers are released: now the observers (sinks, History) do their work.
+            late = await self._in_callbacks(
+                "epoch_end", epoch, -1, lambda: [call() for call in deferred]
+            )
+            if late:
+                logger.warning(
+                    "an observes_only callback made decisions %s; they take effect at the "
+                    "next epoch", late,
+                )
+                del self.decisions[-len(late) :]  # counted when they are sent
+                self.recorder.record_all(late)
 
     async def _on_train_end(self, rank: int) -> None:
         self._workers[rank].train_ended = True

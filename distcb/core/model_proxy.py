@@ -70,6 +70,9 @@ class DecisionRecorder:
     def record(self, decision: Decision) -> None:
         self._decisions.append(decision)
 
+    def record_all(self, decisions: list[Decision]) -> None:
+        self._decisions.extend(decisions)
+
     def discard(self, kind: type[Decision]) -> None:
         self._decisions = [d for d in self._decisions if not isinstance(d, kind)]
 

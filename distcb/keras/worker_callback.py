@@ -271,10 +271,19 @@ class WorkerCallback:
         }
 
 
+# Address scheme -> "module:function" opening a connection as (address, token, *, config);
+# any other address ("host:port", "ws://...") goes to the websocket client.
+CONNECTORS = {"ray": "distcb.transport.ray:connect"}
+
+
 def _websocket_connector(context: WorkerContext) -> Connector:
     async def connect() -> Any:
-        from distcb.transport.websocket import connect as ws_connect
+        import importlib
 
-        return await ws_connect(context.address or "", context.token or "", config=context.config)
+        address = context.address or ""
+        target = CONNECTORS.get(address.partition(":")[0], "distcb.transport.websocket:connect")
+        module_name, function_name = target.split(":")
+        open_connection = getattr(importlib.import_module(module_name), function_name)
+        return await open_connection(address, context.token or "", config=context.config)
 
     return connect

@@ -1,0 +1,398 @@
+"""The Ray backend: the coordinator is an async Ray actor, each worker a Ray actor.
+
+    history = distcb.run(train_fn, num_workers=4, backend="ray", num_cpus_per_worker=2,
+                         callbacks=[EarlyStopping(...)])
+
+Where things run. The coordinator actor (no CPU reserved) runs the callback
+chain; the callbacks travel to it pickled by Ray and, when the job ends,
+every attribute of theirs that pickles travels back into the objects passed
+to `distcb.run`, so ``early_stopping.stopped_epoch`` reads right in the
+driver. Worker actors set the ``DISTCB_*`` variables (``DISTCB_ADDRESS`` is
+``ray:<coordinator actor name>``), ``TF_CONFIG`` when asked (ports reserved
+on each actor's own node) and call `train_fn`; their `WorkerCallback` finds
+the Ray transport from the address. Weights never leave the workers;
+snapshots stay where they were taken.
+
+Cluster: an existing one is used when this process is connected
+(`ray.init` already called), or when ``RAY_ADDRESS`` or a ``ray start``
+cluster on this machine is found; otherwise a local one is started (with
+`ray_init` options) and shut down at the end. Files written by the chief
+(checkpoints) and the coordinator (CSV, TensorBoard) land on their own
+nodes: give a path on shared storage on a multi-node cluster.
+
+Failure: a worker actor that raises, dies or is killed is reported with its
+rank (`WorkerLostError`, with the traceback when it raised); the others stop
+at a common step; every actor started here is killed before `run_ray`
+returns or raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import socket
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distcb.callbacks.history import History
+from distcb.core.config import Config
+from distcb.core.errors import CoordinatorLostError, DistcbError
+from distcb.launch.context import (
+    ENV_ADDRESS,
+    ENV_CONFIG,
+    ENV_RANK,
+    ENV_RUN_DIR,
+    ENV_TOKEN,
+    ENV_WORLD_SIZE,
+)
+
+__all__ = ["RayJob", "run_ray"]
+
+_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+class _WorkerRunner:
+    """The body of a worker actor: one rank, one `train_fn` call."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def reserve_port(self) -> tuple[str, int]:
+        """This actor's node address and a port free on it (for TF_CONFIG)."""
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = int(sock.getsockname()[1])
+        return ray.util.get_node_ip_address(), port
+
+    def run(
+        self,
+        train_fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        env: dict[str, str],
+        env_defaults: dict[str, str],
+    ) -> dict[str, Any]:
+        """Run `train_fn` with the job's environment; a raise comes back as a value."""
+        os.environ.update(env)
+        for name, value in env_defaults.items():
+            os.environ.setdefault(name, value)
+        try:
+            train_fn(*args, **kwargs)
+        except BaseException as exc:  # reported with its traceback, like the process backend
+            from distcb.keras.link import active_links
+
+            for link in active_links():
+                link.fail(exc)
+            return {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+            }
+        return {"error": None, "traceback": None}
+
+
+def _ensure_ray(init_options: dict[str, Any] | None) -> bool:
+    """Connect to Ray unless connected; True when this call did (and must shut down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"include_dashboard": False}
+    options.update(init_options or {})
+    ray.init(**options)  # RAY_ADDRESS / a `ray start` cluster if any, else a local one
+    return True
+
+
+def _describe(exc: BaseException) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line}"
+
+
+class RayJob:
+    """One distcb job on Ray: its coordinator actor, its worker actors, their end.
+
+    Use as ``async with RayJob(...) as job: history = await job.wait()``; leaving
+    the block kills every actor the job started (after `Config.stop_timeout_s`
+    for workers still finishing). `observer` hooks an extra coordinator callback
+    in (see `distcb.transport.ray.CoordinatorActor`); `job.coordinator` is the
+    coordinator actor's handle.
+
+    Args: as `run_ray`.
+    """
+
+    def __init__(
+        self,
+        train_fn: Callable[..., Any],
+        *,
+        num_workers: int,
+        callbacks: Sequence[Any],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        config: Config | None = None,
+        stateful_metrics: Sequence[str] = (),
+        num_gpus_per_worker: float = 0,
+        num_cpus_per_worker: float = 1,
+        resources_per_worker: dict[str, float] | None = None,
+        runtime_env: dict[str, Any] | None = None,
+        tf_config: bool = False,
+        run_dir: str | None = None,
+        env: dict[str, str] | None = None,
+        ray_init: dict[str, Any] | None = None,
+        observer: Any = None,
+    ):
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, received {num_workers!r}")
+        for name, value in (
+            ("num_cpus_per_worker", num_cpus_per_worker),
+            ("num_gpus_per_worker", num_gpus_per_worker),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, received {value!r}")
+        self.train_fn = train_fn
+        self.num_workers = num_workers
+        self.callbacks = list(callbacks)
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.config = config or Config()
+        self.stateful_metrics = tuple(stateful_metrics)
+        self.num_gpus_per_worker = num_gpus_per_worker
+        self.num_cpus_per_worker = num_cpus_per_worker
+        self.resources_per_worker = dict(resources_per_worker or {})
+        self.runtime_env = runtime_env
+        self.tf_config = tf_config
+        self.run_dir = run_dir
+        self.env = dict(env or {})
+        self.ray_init = ray_init
+        self.observer = observer
+        self.name = f"distcb-coordinator-{secrets.token_hex(6)}"
+        self.coordinator: Any = None
+        self.workers: list[Any] = []
+        self.outcome: dict[str, Any] | None = None  # what the coordinator actor returned
+        self._token = secrets.token_hex(16)
+        self._started_ray = False
+        self._run: asyncio.Future[Any] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> RayJob:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        """Start the coordinator actor, then the worker actors and their watchers."""
+        self._started_ray = _ensure_ray(self.ray_init)
+        import ray
+
+        from distcb.transport.ray import RayCoordinator
+
+        common: dict[str, Any] = {"max_restarts": 0}
+        if self.runtime_env is not None:
+            common["runtime_env"] = self.runtime_env
+        self.coordinator = RayCoordinator.options(name=self.name, num_cpus=0, **common).remote(
+            self.callbacks,
+            world_size=self.num_workers,
+            config=self.config.to_dict(),
+            token=self._token,
+            stateful_metrics=self.stateful_metrics,
+            observer=self.observer,
+        )
+        self._run = asyncio.ensure_future(self.coordinator.run.remote())
+        runner = ray.remote(_WorkerRunner)
+        suffix = self.name.rsplit("-", 1)[-1]
+        for rank in range(self.num_workers):
+            options = dict(common)
+            options.update(
+                name=f"distcb-worker-{suffix}-{rank}",
+                num_cpus=self.num_cpus_per_worker,
+                num_gpus=self.num_gpus_per_worker,
+            )
+            if self.resources_per_worker:
+                options["resources"] = self.resources_per_worker
+            self.workers.append(runner.options(**options).remote(rank))
+        tf_configs = await self._tf_configs() if self.tf_config else [None] * self.num_workers
+        threads = str(max(1, int(self.num_cpus_per_worker)))
+        defaults = {"TF_CPP_MIN_LOG_LEVEL": "3", **{name: threads for name in _THREAD_VARS}}
+        loop = asyncio.get_running_loop()
+        for rank, worker in enumerate(self.workers):
+            env = dict(self.env)
+            env.update(
+                {
+                    ENV_ADDRESS: f"ray:{self.name}",
+                    ENV_TOKEN: self._token,
+                    ENV_RANK: str(rank),
+                    ENV_WORLD_SIZE: str(self.num_workers),
+                    ENV_CONFIG: json.dumps(self.config.to_dict()),
+                }
+            )
+            if self.run_dir:
+                env[ENV_RUN_DIR] = os.path.abspath(self.run_dir)
+            tf_config = tf_configs[rank]
+            if tf_config is not None:
+                env["TF_CONFIG"] = tf_config
+            ref = worker.run.remote(self.train_fn, self.args, self.kwargs, env, defaults)
+            self._watchers.append(
+                loop.create_task(self._watch(rank, ref), name=f"distcb-ray-watch-{rank}")
+            )
+
+    async def _tf_configs(self) -> list[str | None]:
+        try:
+            addresses = await asyncio.wait_for(
+                asyncio.gather(*(w.reserve_port.remote() for w in self.workers)),
+                self.config.join_timeout_s,
+            )
+        except TimeoutError:
+            raise DistcbError(
+                f"worker actors did not start within Config.join_timeout_s="
+                f"{self.config.join_timeout_s:g} s (not enough free resources?)"
+            ) from None
+        cluster = [f"{host}:{port}" for host, port in addresses]
+        return [
+            json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": rank}})
+            for rank in range(self.num_workers)
+        ]
+
+    async def _watch(self, rank: int, ref: Any) -> None:
+        from ray.exceptions import RayError
+
+        traceback_text = None
+        try:
+            result = await ref
+        except RayError as exc:
+            reason = f"its Ray actor died ({_describe(exc)})"
+        else:
+            if result.get("error") is None:
+                # Normally it said Done first and the job ends now; give that message time
+                # to reach the coordinator's engine ahead of this report.
+                assert self._run is not None
+                await asyncio.wait([self._run], timeout=self.config.heartbeat_interval_s)
+                if self._run.done():
+                    return
+                reason = "returned from train_fn before it finished training"
+            else:
+                reason = f"training raised {result['error']}"
+                traceback_text = result.get("traceback")
+        with contextlib.suppress(RayError, TimeoutError):
+            await asyncio.wait_for(
+                self.coordinator.report_lost.remote(rank, reason, traceback_text),
+                self.config.reply_timeout_s,
+            )
+
+    # ---------------------------------------------------------------- end
+
+    async def wait(self) -> History:
+        """The job's History; raises the job's error (WorkerLostError names the rank)."""
+        from ray.exceptions import RayError
+
+        assert self._run is not None, "start() first"
+        try:
+            outcome: dict[str, Any] = await self._run
+        except RayError as exc:
+            raise CoordinatorLostError(
+                f"the coordinator actor {self.name} failed: {_describe(exc)}"
+            ) from None
+        self.outcome = outcome
+        for callback, state in zip(self.callbacks, outcome["callback_states"], strict=False):
+            with contextlib.suppress(Exception):
+                vars(callback).update(state)
+        error = outcome.get("error")
+        if error is not None:
+            raise error
+        histories = [cb for cb in self.callbacks if isinstance(cb, History)]
+        if histories:
+            history = histories[0]
+        else:
+            history = History()
+            history.history = outcome["history"]
+            history.epoch = outcome["epoch"]
+        history.worker_reports = outcome["worker_reports"]
+        return history
+
+    async def close(self) -> None:
+        """Let workers finish (up to `Config.stop_timeout_s`), then kill every actor started."""
+        import ray
+
+        if self._watchers:
+            _, pending = await asyncio.wait(self._watchers, timeout=self.config.stop_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._watchers, return_exceptions=True)
+            self._watchers = []
+        if self._run is not None and not self._run.done():
+            self._run.cancel()
+            await asyncio.gather(self._run, return_exceptions=True)
+        for actor in [*self.workers, self.coordinator]:
+            if actor is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+        self.workers = []
+        self.coordinator = None
+        if self._started_ray:
+            self._started_ray = False
+            ray.shutdown()
+
+
+async def run_ray(
+    train_fn: Callable[..., Any],
+    *,
+    num_workers: int,
+    callbacks: Sequence[Any],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    config: Config,
+    stateful_metrics: Sequence[str] = (),
+    num_gpus_per_worker: float = 0,
+    num_cpus_per_worker: float = 1,
+    resources_per_worker: dict[str, float] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    tf_config: bool = False,
+    run_dir: str | None = None,
+    env: dict[str, str] | None = None,
+    ray_init: dict[str, Any] | None = None,
+    **_: Any,
+) -> History:
+    """`distcb.run(..., backend="ray")`: run `train_fn` on `num_workers` Ray actors.
+
+    Args:
+        num_gpus_per_worker, num_cpus_per_worker, resources_per_worker: what each
+            worker actor reserves (fractions allowed; CPUs in Ray are logical).
+        runtime_env: Ray runtime environment of every actor (code, packages, env vars).
+        tf_config: set ``TF_CONFIG`` for MultiWorkerMirroredStrategy (ports reserved on
+            each worker's node).
+        run_dir: ``DISTCB_RUN_DIR`` of the workers (absolute; shared storage on many nodes).
+        env: extra environment variables of the workers.
+        ray_init: options for `ray.init` when no cluster is connected yet.
+
+    Options of the process backend (``threads_per_worker``, ``gpus_per_worker``,
+    ``output``) are accepted and ignored.
+    """
+    async with RayJob(
+        train_fn,
+        num_workers=num_workers,
+        callbacks=callbacks,
+        args=args,
+        kwargs=kwargs,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        num_gpus_per_worker=num_gpus_per_worker,
+        num_cpus_per_worker=num_cpus_per_worker,
+        resources_per_worker=resources_per_worker,
+        runtime_env=runtime_env,
+        tf_config=tf_config,
+        run_dir=run_dir,
+        env=env,
+        ray_init=ray_init,
+    ) as job:
+        return await job.wait()
