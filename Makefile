@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install run run-sync run-demo test lint bench clean
+.PHONY: install run run-replicas run-loss-history test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,14 +15,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The seed's moons example on 2 synchronous workers (tf_keras + MultiWorkerMirroredStrategy).
 run: $(STAMP)
-	$(PY) examples/moons_replicas.py
-
-run-sync: $(STAMP)
 	$(PY) examples/moons.py
 
-run-demo: $(STAMP)
-	$(PY) -m distcb.testing
+run-replicas: $(STAMP)
+	$(PY) examples/moons_replicas.py
+
+run-loss-history: $(STAMP)
+	$(PY) examples/loss_history.py
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -473,9 +473,11 @@ class Coordinator:
         await self._broadcast(EpochReply(epoch, tuple(decisions)))
         if deferred:
             # Workers are released: now the observers (sinks, History) do their work.
-            late = await self._in_callbacks(
-                "epoch_end", epoch, -1, lambda: [call() for call in deferred]
-            )
+            def run_deferred() -> None:
+                for call in deferred:
+                    call()
+
+            late = await self._in_callbacks("epoch_end", epoch, -1, run_deferred)
             if late:
                 logger.warning(
                     "an observes_only callback made decisions %s; they take effect at the "

@@ -47,6 +47,7 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayError
 
+from distcb.callbacks.history import History
 from distcb.core.config import Config
 from distcb.core.coordinator import Coordinator
 from distcb.core.errors import DistcbError, ProtocolError
@@ -173,8 +174,8 @@ class CoordinatorActor:
         token: the secret every worker presents when it opens its connection.
         stateful_metrics: metric names taken from the chief rather than averaged.
         observer: optional object that adds one callback after History
-            (``observer.callback()``) and answers `observe` calls with async
-            methods taking the coordinator first (distcb.tune uses it).
+            (``observer.callback(actor)``) and answers `observe` calls with async
+            methods taking this actor first (distcb.tune uses it).
         user_callbacks: how many of `callbacks` are the user's (their state is
             returned by `run`); default all.
     """
@@ -195,16 +196,18 @@ class CoordinatorActor:
         self._config = Config.from_dict(config) if config else Config()
         self._token = token
         self._observer = observer
+        self.changed = asyncio.Event()  # set on every message received (observers wait on it)
         chain = list(callbacks)
         self._user_count = len(chain) if user_callbacks is None else user_callbacks
         if observer is not None:
-            chain.append(observer.callback())
+            if not any(isinstance(cb, History) for cb in chain):
+                chain.append(History())  # the observer sees the logs as History records them
+            chain.append(observer.callback(self))
         self.coordinator = Coordinator(
             chain, world_size=world_size, config=self._config, stateful_metrics=stateful_metrics
         )
         self._connections: dict[str, _ServerConnection] = {}
         self._serving: set[asyncio.Task[None]] = set()
-        self.changed = asyncio.Event()  # set on every message received (observers wait on it)
 
     # ---------------------------------------------------------------- data path (default group)
 
