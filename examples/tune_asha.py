@@ -33,6 +33,7 @@ def train(lr: float, width: int, epochs: int, data: tuple[Any, ...]) -> None:
     import keras
 
     import distcb.keras
+    import distcb.tune
 
     context = distcb.worker_context()
     keras.utils.set_random_seed(1 + context.rank)
