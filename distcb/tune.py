@@ -282,6 +282,7 @@ class TuneObserver:
         if coordinator.epoch <= epoch and coordinator.phase is Phase.TRAINING:
             return None  # epoch `epoch`'s decisions are not recorded yet
         at = EffectPoint.epoch_end(epoch)
+        self._decisions_seen = min(self._decisions_seen, len(coordinator.decisions))
         expected = {
             d.filepath
             for d in coordinator.decisions[self._decisions_seen :]

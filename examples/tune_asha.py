@@ -74,8 +74,12 @@ def trainable(config: dict[str, Any]) -> None:
         train,
         num_workers=2,
         num_cpus_per_worker=CPUS_PER_WORKER,
-        kwargs={"lr": config["lr"], "width": config["width"], "epochs": config["epochs"],
-                "data": split()},
+        kwargs={
+            "lr": config["lr"],
+            "width": config["width"],
+            "epochs": config["epochs"],
+            "data": split(),
+        },
         callbacks=[
             EarlyStopping(monitor="val_loss", patience=10),
             ModelCheckpoint(best, monitor="val_loss", save_best_only=True, save_weights_only=True),
@@ -115,9 +119,7 @@ def main() -> None:
         tune_config=tune.TuneConfig(
             metric="val_loss",
             mode="min",
-            scheduler=ASHAScheduler(
-                max_t=options.epochs + 1, grace_period=5, reduction_factor=2
-            ),
+            scheduler=ASHAScheduler(max_t=options.epochs + 1, grace_period=5, reduction_factor=2),
             max_concurrent_trials=2,  # 2 cores: at most 4 TensorFlow workers at a time
         ),
         run_config=tune.RunConfig(storage_path=options.storage, verbose=0),
@@ -133,8 +135,11 @@ def main() -> None:
         )
     best = results.get_best_result()
     print(f"best: {best.config['lr']=} {best.config['width']=}  wall {wall_s:.1f} s")
-    left = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith("distcb-")]
+    left = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("distcb-")
+    ]
     print(f"distcb actors still alive: {left}")
     ray.shutdown()
 

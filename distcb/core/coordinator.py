@@ -1,9 +1,9 @@
 """The coordinator: one state machine per job, fed by worker connections.
 
-Every connection's messages go into one queue consumed by one engine task,
-the sole owner of the job's state, so that state changes happen one at a time
-and in arrival order. Callback hooks run on a dedicated callback thread (user
-code may block; the event loop must not). The phases:
+The roster turns every connection's messages into events in one queue, consumed
+by one engine task, the sole owner of the job's state: state changes happen one
+at a time, in arrival order. Callback hooks run on a dedicated thread (user code
+may block; the event loop must not). The phases:
 
     JOINING -> TRAINING -> ENDING -> DONE
          \\________\\_________\\-> (failure: WorkerLostError, on_train_end still runs)
@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import enum
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,6 @@ from distcb.core.errors import (
     AggregationError,
     DistcbError,
     JoinTimeoutError,
-    ProtocolError,
     WorkerLostError,
 )
 from distcb.core.messages import (
@@ -39,10 +37,7 @@ from distcb.core.messages import (
     Done,
     EpochEnd,
     EpochReply,
-    Heartbeat,
-    Join,
     Logs,
-    Message,
     Progress,
     Saved,
     Start,
@@ -52,8 +47,9 @@ from distcb.core.messages import (
     encode_logs,
 )
 from distcb.core.model_proxy import DecisionRecorder, ModelProxy
+from distcb.core.roster import Roster, WorkerLost
 from distcb.core.runtime import JobState, Runtime
-from distcb.core.transport import Connection, ConnectionClosed
+from distcb.core.transport import Connection
 
 logger = logging.getLogger("distcb.coordinator")
 
@@ -66,26 +62,8 @@ class Phase(enum.Enum):
 
 
 @dataclass(frozen=True)
-class _Lost:
-    rank: int
-    error: WorkerLostError
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    """The stop timeout after a failure ran out."""
-
-
-@dataclass
-class _Worker:
-    rank: int
-    connection: Connection
-    params: dict[str, Any]
-    last_seen: float
-    ended_epoch: EpochEnd | None = None
-    train_ended: bool = False
-    done: bool = False
-    report: dict[str, Any] | None = None
+class _Deadline:  # event: the stop timeout after a failure ran out
+    pass
 
 
 class Coordinator:
@@ -130,11 +108,13 @@ class Coordinator:
         self.epoch = 0
         self.last_epoch_logs: Logs = {}
         self.last_batch_logs: Logs = {}
-        self._workers: dict[int, _Worker] = {}
-        self._live: set[int] = set()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
-        self._all_joined = asyncio.Event()
-        self._never_joined: dict[int, WorkerLostError] = {}
+        self.roster = Roster(
+            world_size,
+            self.config,
+            post=self._events.put_nowait,
+            accepting=lambda: self.phase is Phase.JOINING,
+        )
         self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
         self._epoch_ends: dict[int, EpochEnd] = {}
         self._progress_sent = -1  # the last processed step told to the workers this epoch
@@ -148,69 +128,12 @@ class Coordinator:
     # ------------------------------------------------------------------ connections
 
     async def serve(self, connection: Connection) -> None:
-        """Handle one worker connection until it closes. Never raises: a bad peer closes
-        its own connection only (and, once joined, counts as a lost worker)."""
-        try:
-            first = await asyncio.wait_for(connection.receive(), self.config.join_timeout_s)
-        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
-            await connection.close(f"no valid join: {exc}")
-            return
-        try:
-            if not isinstance(first, Join):
-                raise ProtocolError(f"the first message must be a join, received {first.type!r}")
-            self._admit(first, connection)
-        except ProtocolError as exc:
-            logger.warning("rejected %s: %s", connection.peer, exc)
-            await connection.close(str(exc))
-            return
-        rank = first.rank
-        try:
-            while True:
-                message = await connection.receive()
-                self._workers[rank].last_seen = time.monotonic()
-                if isinstance(message, Heartbeat):
-                    continue
-                claimed = getattr(message, "rank", rank)
-                if claimed != rank or isinstance(message, Join):
-                    raise ProtocolError(
-                        f"rank {rank}'s connection sent {message.type!r} claiming rank {claimed}"
-                    )
-                self._events.put_nowait((rank, message))
-        except (ConnectionClosed, ProtocolError) as exc:
-            worker = self._workers.get(rank)
-            if worker is not None and not worker.done:
-                self._events.put_nowait(_Lost(rank, WorkerLostError(rank, _lost_reason(exc))))
-            with contextlib.suppress(ConnectionClosed):
-                await connection.close(str(exc))
-
-    def _admit(self, join: Join, connection: Connection) -> None:
-        if self.phase is not Phase.JOINING:
-            raise ProtocolError(
-                f"rank {join.rank} joined after training started; rejoining is not supported"
-            )
-        if join.world_size != self.world_size:
-            raise ProtocolError(
-                f"rank {join.rank} says world_size={join.world_size}, the coordinator expects "
-                f"{self.world_size}"
-            )
-        if join.rank in self._workers:
-            raise ProtocolError(f"rank {join.rank} joined twice")
-        self._workers[join.rank] = _Worker(join.rank, connection, join.params, time.monotonic())
-        self._live.add(join.rank)
-        if len(self._workers) == self.world_size:
-            self._all_joined.set()
+        """Handle one worker connection until it closes (a transport calls this)."""
+        await self.roster.serve(connection)
 
     def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
         """A launcher saw worker `rank` die (exit code, dead actor). Call on the event loop."""
-        worker = self._workers.get(rank)
-        if worker is not None and worker.done:
-            return
-        if rank not in self._workers:
-            # It never joined: the join barrier cannot complete, fail it now.
-            self._never_joined[rank] = WorkerLostError(rank, reason, traceback_text)
-            self._all_joined.set()
-            return
-        self._events.put_nowait(_Lost(rank, WorkerLostError(rank, reason, traceback_text)))
+        self.roster.report_lost(rank, reason, traceback_text)
 
     # ------------------------------------------------------------------ the engine
 
@@ -224,20 +147,20 @@ class Coordinator:
         """
         loop = asyncio.get_running_loop()
         self._runtime = Runtime(loop, self.config, self.state)
-        watchdog = loop.create_task(self._watch_heartbeats(), name="distcb-heartbeats")
+        watchdog = loop.create_task(self.roster.watch_heartbeats(), name="distcb-heartbeats")
         try:
             try:
-                await asyncio.wait_for(self._all_joined.wait(), self.config.join_timeout_s)
+                await asyncio.wait_for(self.roster.all_joined.wait(), self.config.join_timeout_s)
             except TimeoutError:
-                missing = set(range(self.world_size)) - set(self._workers)
+                missing = self.roster.missing()
                 self.failure = JoinTimeoutError(
                     missing, self.config.join_timeout_s, self.world_size
                 )
-                await self._broadcast(Abort(reason=str(self.failure)))
+                await self.roster.broadcast(Abort(reason=str(self.failure)))
                 raise self.failure from None
-            if self._never_joined:
-                self.failure = self._never_joined[min(self._never_joined)]
-                await self._broadcast(Abort(reason=str(self.failure)))
+            if self.roster.never_joined:
+                self.failure = self.roster.never_joined[min(self.roster.never_joined)]
+                await self.roster.broadcast(Abort(reason=str(self.failure)))
                 raise self.failure
             await self._start()
             while not self._finished.is_set():
@@ -249,26 +172,26 @@ class Coordinator:
             if self.failure is not None:
                 raise self.failure
             self.history.worker_reports = {
-                r: w.report for r, w in sorted(self._workers.items()) if w.report is not None
+                r: w.report for r, w in sorted(self.roster.workers.items()) if w.report is not None
             }
             return self.history
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-            await self._close_connections()
+            await self.roster.close_all()
             await self._runtime.aclose()
             self._callback_thread.shutdown(wait=False)
 
     async def _handle(self, event: Any) -> None:
-        if isinstance(event, _Lost):
+        if isinstance(event, WorkerLost):
             await self._on_lost(event.rank, event.error)
             return
         if isinstance(event, _Deadline):
             await self._give_up_on_survivors()
             return
         rank, message = event
-        if rank not in self._live:
+        if rank not in self.roster.live:
             return  # a worker already counted as lost
         if isinstance(message, BatchFrame):
             await self._on_batches(rank, message)
@@ -311,8 +234,8 @@ class Coordinator:
     # ------------------------------------------------------------------ phases
 
     async def _start(self) -> None:
-        self.params = self._merge_params()
-        chief = self._workers[0].params
+        self.params = self.roster.merged_params()
+        chief = self.roster.workers[0].params
         self._epochs_planned = int(self.params.get("epochs") or 1)
         self.recorder.window_steps = (
             self.config.window_steps if self.callbacks.decides_on_batch else None
@@ -336,7 +259,7 @@ class Coordinator:
             (int(getattr(cb, "histogram_freq", 0) or 0) for cb in self.callbacks.callbacks),
             default=0,
         )
-        await self._broadcast(
+        await self.roster.broadcast(
             Start(
                 decisions=tuple(decisions),
                 window_steps=self.recorder.window_steps,
@@ -348,31 +271,6 @@ class Coordinator:
             )
         )
 
-    def _merge_params(self) -> dict[str, Any]:
-        chief = self._workers[0].params
-        for rank, worker in sorted(self._workers.items()):
-            if worker.params.get("epochs") != chief.get("epochs"):
-                raise ProtocolError(
-                    f"rank {rank} trains for epochs={worker.params.get('epochs')!r} but the chief "
-                    f"for epochs={chief.get('epochs')!r}; every worker must run the same epochs"
-                )
-        samples = [w.params.get("samples") for w in self._workers.values()]
-        directions: dict[str, str] = {}
-        for worker in self._workers.values():
-            directions.update(worker.params.get("directions") or {})
-        params: dict[str, Any] = {
-            "verbose": 1 if chief.get("verbose") is None else chief.get("verbose"),
-            "epochs": chief.get("epochs"),
-            "steps": chief.get("steps"),
-            "num_workers": self.world_size,
-            "samples": sum(samples) if all(s is not None for s in samples) else None,
-            "batch_size": chief.get("batch_size"),
-            "metrics": list(chief.get("metrics") or []),
-            "directions": directions,
-            "flavour": chief.get("flavour"),
-        }
-        return params
-
     async def _on_batches(self, rank: int, frame: BatchFrame) -> None:
         if frame.epoch != self.epoch:
             raise AggregationError(
@@ -380,7 +278,7 @@ class Coordinator:
                 rank=rank,
             )
         self._merger.add(rank, frame.entries)
-        await self._process_steps(self._merger.pop_ready(self._live))
+        await self._process_steps(self._merger.pop_ready(self.roster.live))
 
     async def _process_steps(self, steps: Sequence[MergedStep]) -> None:
         if not steps:
@@ -414,7 +312,7 @@ class Coordinator:
         # every W/4 steps keeps them from waiting while sparing a message per frame.
         if decisions or (window is not None and last - self._progress_sent >= max(1, window // 4)):
             self._progress_sent = last
-            await self._broadcast(Progress(epoch, last, tuple(decisions)))
+            await self.roster.broadcast(Progress(epoch, last, tuple(decisions)))
 
     def _batch_hooks(self, merged: MergedStep) -> None:
         self.callbacks.on_train_batch_begin(merged.step)
@@ -430,13 +328,13 @@ class Coordinator:
         await self._maybe_finish_epoch()
 
     async def _maybe_finish_epoch(self) -> None:
-        if self.phase is not Phase.TRAINING or not self._live:
+        if self.phase is not Phase.TRAINING or not self.roster.live:
             return
-        if not all(r in self._epoch_ends for r in self._live):
+        if not all(r in self._epoch_ends for r in self.roster.live):
             return
         epoch = self.epoch
-        await self._process_steps(self._merger.flush(self._live))
-        ends = {r: self._epoch_ends[r] for r in self._live}
+        await self._process_steps(self._merger.flush(self.roster.live))
+        ends = {r: self._epoch_ends[r] for r in self.roster.live}
         merged = merge_logs(
             {r: e.logs for r, e in ends.items()},
             {r: e.samples for r, e in ends.items()},
@@ -470,7 +368,7 @@ class Coordinator:
         else:
             self.phase = Phase.ENDING
         self._epoch_ends = {}
-        await self._broadcast(EpochReply(epoch, tuple(decisions)))
+        await self.roster.broadcast(EpochReply(epoch, tuple(decisions)))
         if deferred:
             # Workers are released: now the observers (sinks, History) do their work.
             def run_deferred() -> None:
@@ -481,20 +379,21 @@ class Coordinator:
             if late:
                 logger.warning(
                     "an observes_only callback made decisions %s; they take effect at the "
-                    "next epoch", late,
+                    "next epoch",
+                    late,
                 )
                 del self.decisions[-len(late) :]  # counted when they are sent
                 self.recorder.record_all(late)
 
     async def _on_train_end(self, rank: int) -> None:
-        self._workers[rank].train_ended = True
+        self.roster.workers[rank].train_ended = True
         self.phase = Phase.ENDING
         await self._maybe_end_training()
 
     async def _maybe_end_training(self) -> None:
         if self.phase is not Phase.ENDING or self._finished.is_set():
             return
-        if not all(self._workers[r].train_ended for r in self._live):
+        if not self.roster.all_live(lambda w: w.train_ended):
             return
         await self._end_training()
 
@@ -511,46 +410,29 @@ class Coordinator:
             logger.exception("on_train_end raised after the job had failed: %s", exc)
             decisions = []
         error = str(self.failure) if self.failure is not None else None
-        await self._broadcast(TrainEndReply(tuple(decisions), error=error))
-        await self._close_sinks()
-        if not self._live or all(self._workers[r].done for r in self._live):
+        await self.roster.broadcast(TrainEndReply(tuple(decisions), error=error))
+        assert self._runtime is not None
+        await self._runtime.close_callbacks(self.callbacks.callbacks)
+        if not self.roster.live or self.roster.all_live(lambda w: w.done):
             self._finished.set()
         else:
             asyncio.get_running_loop().call_later(self.config.reply_timeout_s, self._finished.set)
 
     async def _on_done(self, rank: int, message: Done) -> None:
-        worker = self._workers[rank]
+        worker = self.roster.workers[rank]
         worker.done = True
         worker.report = message.report
-        if self.phase is Phase.DONE and all(self._workers[r].done for r in self._live):
+        if self.phase is Phase.DONE and self.roster.all_live(lambda w: w.done):
             self._finished.set()
-
-    async def _close_sinks(self) -> None:
-        closers = [
-            cb.aclose() for cb in self.callbacks.callbacks if callable(getattr(cb, "aclose", None))
-        ]
-        if not closers:
-            return
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*closers, return_exceptions=True), self.config.sink_close_timeout_s
-            )
-        except TimeoutError:
-            logger.warning(
-                "output sinks did not close within Config.sink_close_timeout_s=%g s",
-                self.config.sink_close_timeout_s,
-            )
 
     # ------------------------------------------------------------------ failures
 
     async def _on_lost(self, rank: int, error: WorkerLostError) -> None:
-        if rank not in self._live:
+        if rank not in self.roster.live:
             return
-        self._live.discard(rank)
-        with contextlib.suppress(ConnectionClosed):
-            await self._workers[rank].connection.close(error.reason)
+        await self.roster.drop(rank, error.reason)
         if self.phase is Phase.DONE:
-            if all(self._workers[r].done for r in self._live):
+            if self.roster.all_live(lambda w: w.done):
                 self._finished.set()
             return
         await self._fail(error)
@@ -569,24 +451,24 @@ class Coordinator:
             stop = StopTraining(at=at)
             self.decisions.append(stop)
             self.model._stop_training = True
-            await self._broadcast(Abort(reason=str(error), decisions=(stop,)))
+            await self.roster.broadcast(Abort(reason=str(error), decisions=(stop,)))
             asyncio.get_running_loop().call_later(
                 self.config.stop_timeout_s, self._events.put_nowait, _Deadline()
             )
-        if not self._live:
+        if not self.roster.live:
             await self._end_training()
             self._finished.set()
             return
         # Barriers may now be complete without the lost worker.
-        await self._process_steps(self._merger.pop_ready(self._live))
+        await self._process_steps(self._merger.pop_ready(self.roster.live))
         await self._maybe_finish_epoch()
         await self._maybe_end_training()
 
     async def _give_up_on_survivors(self) -> None:
         if self._finished.is_set():
             return
-        for rank in sorted(self._live):
-            worker = self._workers[rank]
+        for rank in sorted(self.roster.live):
+            worker = self.roster.workers[rank]
             if not worker.train_ended:
                 logger.warning(
                     "rank %d did not reach on_train_end within Config.stop_timeout_s=%g s after "
@@ -598,50 +480,6 @@ class Coordinator:
             await self._end_training()
         self._finished.set()
 
-    async def _watch_heartbeats(self) -> None:
-        interval = self.config.heartbeat_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            await self._broadcast(Heartbeat())
-            now = time.monotonic()
-            for rank in list(self._live):
-                silent = now - self._workers[rank].last_seen
-                if silent > self.config.heartbeat_timeout_s and not self._workers[rank].done:
-                    self._events.put_nowait(
-                        _Lost(
-                            rank,
-                            WorkerLostError(
-                                rank,
-                                f"sent nothing for {silent:.1f} s (Config.heartbeat_timeout_s="
-                                f"{self.config.heartbeat_timeout_s:g})",
-                            ),
-                        )
-                    )
-                    self._workers[rank].last_seen = float("inf")  # report once
-
-    # ------------------------------------------------------------------ sending
-
-    async def _broadcast(self, message: Message) -> None:
-        ranks = sorted(self._live)
-        results = await asyncio.gather(
-            *(self._send(r, message) for r in ranks), return_exceptions=True
-        )
-        for rank, result in zip(ranks, results, strict=True):
-            if isinstance(result, BaseException):
-                self._events.put_nowait(
-                    _Lost(rank, WorkerLostError(rank, f"could not be reached: {result}"))
-                )
-
-    async def _send(self, rank: int, message: Message) -> None:
-        await asyncio.wait_for(
-            self._workers[rank].connection.send(message), self.config.reply_timeout_s
-        )
-
-    async def _close_connections(self) -> None:
-        for worker in self._workers.values():
-            with contextlib.suppress(Exception):
-                await worker.connection.close("job finished")
-
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -649,8 +487,8 @@ class Coordinator:
         return {
             "phase": self.phase.value,
             "world_size": self.world_size,
-            "joined": sorted(self._workers),
-            "live": sorted(self._live),
+            "joined": sorted(self.roster.workers),
+            "live": sorted(self.roster.live),
             "epoch": self.epoch,
             "processed_step": self._merger.processed_step,
             "global_step": self.state.global_step,
@@ -661,9 +499,3 @@ class Coordinator:
             "decisions": [{"kind": d.kind, **d.to_dict()} for d in self.decisions[-200:]],
             "failure": str(self.failure) if self.failure else None,
         }
-
-
-def _lost_reason(exc: BaseException) -> str:
-    if isinstance(exc, ProtocolError):
-        return f"sent a bad message: {exc}"
-    return f"disconnected ({exc})"

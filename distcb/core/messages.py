@@ -1,105 +1,30 @@
 """Wire messages: typed values, encoded to JSON-compatible dicts and validated on decode.
 
 Every message is a dict with ``"type"`` and, for a worker's first message,
-the protocol version. Logs travel as name -> float; non-finite floats are sent
-as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` so that every
-frame is strict JSON.
+the protocol version. Logs travel as name -> float (see `distcb.core.codec`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from distcb.core.codec import (
+    Logs,
+    decode_logs,
+    encode_logs,
+    nonneg_int,
+    optional_count,
+    require,
+)
 from distcb.core.decisions import Decision, decision_from_dict
 from distcb.core.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 
-LogValue = float | list[Any] | str | None
-Logs = dict[str, Any]
 
-_NON_FINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_NON_FINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _DIRECTIONS = ("min", "max")
-
-
-def _encode_value(value: Any) -> Any:
-    if value is None or isinstance(value, str | bool):
-        return value
-    if (
-        isinstance(value, numbers.Real)
-        or hasattr(value, "__float__")
-        and not hasattr(value, "__len__")
-    ):
-        number = float(value)
-        return number if math.isfinite(number) else _NON_FINITE_OUT[repr(number)]
-    if hasattr(value, "tolist"):
-        return _encode_value(value.tolist())
-    if isinstance(value, list | tuple):
-        return [_encode_value(v) for v in value]
-    raise ProtocolError(
-        f"log values must be numbers, strings or lists of numbers; received {type(value).__name__}"
-    )
-
-
-def _decode_value(value: Any, where: str) -> Any:
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        return _NON_FINITE_IN.get(value, value)
-    if isinstance(value, list):
-        return [_decode_value(v, where) for v in value]
-    raise ProtocolError(f"{where}: unsupported log value of type {type(value).__name__}")
-
-
-def encode_logs(logs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Logs as strict-JSON values (numpy scalars unwrapped, non-finite floats as strings)."""
-    if not logs:
-        return {}
-    return {str(k): _encode_value(v) for k, v in logs.items()}
-
-
-def decode_logs(data: Any, where: str = "logs") -> Logs:
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{where} must be an object, received {type(data).__name__}")
-    return {str(k): _decode_value(v, f"{where}[{k!r}]") for k, v in data.items()}
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in data:
-        raise ProtocolError(f"{where}: missing field {key!r}")
-    value = data[key]
-    if isinstance(value, bool) and kind is not bool:
-        raise ProtocolError(f"{where}: field {key!r} must not be a boolean, received {value!r}")
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ProtocolError(f"{where}: field {key!r} must be {names}, received {value!r}")
-    return value
-
-
-def _nonneg_int(data: Mapping[str, Any], key: str, where: str) -> int:
-    value = _require(data, key, int, where)
-    if value < 0:
-        raise ProtocolError(f"{where}: field {key!r} must be >= 0, received {value}")
-    return int(value)
-
-
-def _optional_count(data: Mapping[str, Any], key: str, where: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ProtocolError(f"{where}: field {key!r} must be a count >= 0, received {value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- messages
@@ -146,17 +71,17 @@ class Join(Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Join:
         where = "join"
-        protocol = _require(data, "protocol", int, where)
+        protocol = require(data, "protocol", int, where)
         if protocol != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"join: protocol version {protocol} is not supported; this coordinator speaks "
                 f"version {PROTOCOL_VERSION}. Install the same distcb version on every worker."
             )
-        rank = _nonneg_int(data, "rank", where)
-        world_size = _nonneg_int(data, "world_size", where)
+        rank = nonneg_int(data, "rank", where)
+        world_size = nonneg_int(data, "world_size", where)
         if world_size < 1 or rank >= world_size:
             raise ProtocolError(f"join: rank {rank} is outside world_size {world_size}")
-        params = _require(data, "params", dict, where)
+        params = require(data, "params", dict, where)
         directions = params.get("directions", {})
         if not isinstance(directions, dict) or any(
             v not in _DIRECTIONS for v in directions.values()
@@ -244,7 +169,7 @@ class BatchFrame(Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchFrame:
         where = "batches"
-        entries_raw = _require(data, "entries", list, where)
+        entries_raw = require(data, "entries", list, where)
         entries = []
         last = -1
         for i, raw in enumerate(entries_raw):
@@ -256,11 +181,11 @@ class BatchFrame(Message):
                     f"{where}: entry {i} step must be an int above {last}, received {step!r}"
                 )
             last = step
-            count = _optional_count({"samples": samples}, "samples", where)
+            count = optional_count({"samples": samples}, "samples", where)
             entries.append(BatchEntry(step, decode_logs(logs, f"{where} entry {i}"), count))
         return cls(
-            rank=_nonneg_int(data, "rank", where),
-            epoch=_nonneg_int(data, "epoch", where),
+            rank=nonneg_int(data, "rank", where),
+            epoch=nonneg_int(data, "epoch", where),
             entries=tuple(entries),
         )
 
@@ -298,11 +223,11 @@ class EpochEnd(Message):
         if not isinstance(extras, dict):
             raise ProtocolError(f"{where}: extras must be an object")
         return cls(
-            rank=_nonneg_int(data, "rank", where),
-            epoch=_nonneg_int(data, "epoch", where),
-            logs=decode_logs(_require(data, "logs", dict, where), f"{where} logs"),
-            samples=_optional_count(data, "samples", where),
-            val_samples=_optional_count(data, "val_samples", where),
+            rank=nonneg_int(data, "rank", where),
+            epoch=nonneg_int(data, "epoch", where),
+            logs=decode_logs(require(data, "logs", dict, where), f"{where} logs"),
+            samples=optional_count(data, "samples", where),
+            val_samples=optional_count(data, "val_samples", where),
             extras=extras,
         )
 
@@ -327,11 +252,11 @@ class Progress(Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Progress:
         where = "progress"
-        step = _require(data, "processed_step", int, where)
+        step = require(data, "processed_step", int, where)
         if step < -1:
             raise ProtocolError(f"{where}: processed_step must be >= -1, received {step}")
         return cls(
-            epoch=_nonneg_int(data, "epoch", where),
+            epoch=nonneg_int(data, "epoch", where),
             processed_step=step,
             decisions=_decisions(data, where),
         )
@@ -355,7 +280,7 @@ class EpochReply(Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EpochReply:
         return cls(
-            epoch=_nonneg_int(data, "epoch", "epoch_reply"),
+            epoch=nonneg_int(data, "epoch", "epoch_reply"),
             decisions=_decisions(data, "epoch_reply"),
         )
 
@@ -372,7 +297,7 @@ class TrainEnd(Message):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainEnd:
-        return cls(rank=_nonneg_int(data, "rank", "train_end"))
+        return cls(rank=nonneg_int(data, "rank", "train_end"))
 
 
 @dataclass(frozen=True)
@@ -414,7 +339,7 @@ class Done(Message):
         report = data.get("report") or {}
         if not isinstance(report, dict):
             raise ProtocolError("done: report must be an object")
-        return cls(rank=_nonneg_int(data, "rank", "done"), report=report)
+        return cls(rank=nonneg_int(data, "rank", "done"), report=report)
 
 
 @dataclass(frozen=True)
@@ -440,8 +365,8 @@ class Saved(Message):
         if error is not None and not isinstance(error, str):
             raise ProtocolError("saved: error must be a string or null")
         return cls(
-            rank=_nonneg_int(data, "rank", "saved"),
-            filepath=_require(data, "filepath", str, "saved"),
+            rank=nonneg_int(data, "rank", "saved"),
+            filepath=require(data, "filepath", str, "saved"),
             error=error,
         )
 
@@ -469,8 +394,8 @@ class WorkerFailed(Message):
         if not isinstance(tb, str):
             raise ProtocolError("worker_failed: traceback must be a string")
         return cls(
-            rank=_nonneg_int(data, "rank", "worker_failed"),
-            error=_require(data, "error", str, "worker_failed"),
+            rank=nonneg_int(data, "rank", "worker_failed"),
+            error=require(data, "error", str, "worker_failed"),
             traceback=tb,
         )
 
@@ -507,7 +432,7 @@ class Abort(Message):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Abort:
         return cls(
-            reason=_require(data, "reason", str, "abort"), decisions=_decisions(data, "abort")
+            reason=require(data, "reason", str, "abort"), decisions=_decisions(data, "abort")
         )
 
 

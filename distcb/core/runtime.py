@@ -10,12 +10,15 @@ loop with ``runtime.call_soon`` and keep the hook itself to microseconds.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from distcb.core.aggregate import Spread
 from distcb.core.config import Config
+
+logger = logging.getLogger("distcb.coordinator")
 
 
 @dataclass
@@ -62,6 +65,21 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def close_callbacks(self, callbacks: list[Any]) -> None:
+        """Await every callback's ``aclose()`` (sinks flushing), under the sink deadline."""
+        closers = [cb.aclose() for cb in callbacks if callable(getattr(cb, "aclose", None))]
+        if not closers:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*closers, return_exceptions=True), self.config.sink_close_timeout_s
+            )
+        except TimeoutError:
+            logger.warning(
+                "output sinks did not close within Config.sink_close_timeout_s=%g s",
+                self.config.sink_close_timeout_s,
+            )
 
     async def aclose(self) -> None:
         """Cancel and await every task still running."""

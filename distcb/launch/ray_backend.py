@@ -165,7 +165,7 @@ class RayJob:
         self.resources_per_worker = dict(resources_per_worker or {})
         self.runtime_env = runtime_env
         self.tf_config = tf_config
-        self.run_dir = run_dir
+        self.run_dir = os.path.abspath(run_dir) if run_dir else None
         self.env = dict(env or {})
         self.ray_init = ray_init
         self.observer = observer
@@ -238,7 +238,7 @@ class RayJob:
                 }
             )
             if self.run_dir:
-                env[ENV_RUN_DIR] = os.path.abspath(self.run_dir)
+                env[ENV_RUN_DIR] = self.run_dir
             tf_config = tf_configs[rank]
             if tf_config is not None:
                 env["TF_CONFIG"] = tf_config

@@ -98,7 +98,8 @@ def tune_trainable(config):
     history = distcb.tune.run(
         tune_worker, num_workers=2, num_cpus_per_worker=0.5,
         kwargs={"lr": config["lr"], "width": config["width"], "epochs": config["epochs"],
-                "fail_marker": config.get("fail_marker"), "fail_epoch": config.get("fail_epoch", -1)},
+                "fail_marker": config.get("fail_marker"),
+                "fail_epoch": config.get("fail_epoch", -1)},
         callbacks=[checkpoint], run_dir=trial_dir, config=distcb.Config(**FAST_TUNE),
     )
     with open(os.path.join(trial_dir, "history.json"), "w") as handle:

@@ -33,7 +33,10 @@ class StopAtBatch(Callback):
 def scripts(epochs=6, steps=12, workers=3):
     losses = [1.0, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0]
     epoch_logs = [
-        [{"loss": losses[e] + 0.01 * r, "val_loss": losses[e] + 0.1 + 0.02 * r} for r in range(workers)]
+        [
+            {"loss": losses[e] + 0.01 * r, "val_loss": losses[e] + 0.1 + 0.02 * r}
+            for r in range(workers)
+        ]
         for e in range(epochs)
     ]
     batch_logs = [
@@ -89,7 +92,9 @@ async def run_over_ray(ray, callbacks, epoch_logs, batch_logs, config, weights):
 
 
 @pytest.mark.parametrize("window", [None, 3])
-async def test_scripted_run_over_ray_matches_memory_transport(ray_cluster, no_leaked_actors, window):
+async def test_scripted_run_over_ray_matches_memory_transport(
+    ray_cluster, no_leaked_actors, window
+):
     config = FAST if window is None else FAST.replace(window_steps=window)
     epoch_logs, batch_logs = scripts()
     weights = [f"w{e}" for e in range(len(epoch_logs))]
@@ -143,13 +148,20 @@ async def test_dead_coordinator_becomes_connection_closed(ray_cluster, no_leaked
     )
     connection = await connect(f"ray:{name}", "t", config=FAST)
     ray_cluster.kill(actor)
-    with pytest.raises(ConnectionClosed, match="Actor|actor"):
+
+    async def receive_until_closed():
         for _ in range(100):
             await connection.receive()
-    with pytest.raises(ConnectionClosed):
+
+    async def send_until_closed():
         for _ in range(100):
             await connection.send(Heartbeat())
             await asyncio.sleep(0.05)
+
+    with pytest.raises(ConnectionClosed, match="Actor|actor"):
+        await receive_until_closed()
+    with pytest.raises(ConnectionClosed):
+        await send_until_closed()
     await connection.close()
 
 

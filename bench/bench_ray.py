@@ -1,0 +1,312 @@
+"""Benchmark: the Ray backend's per-step overhead and epoch barrier, beside the naive way.
+
+1. Per-step overhead: the anchor's small MLP (naive_callback_overhead.py: ~1 ms
+   steps, batch 64, 1200 steps per fit) in the worker actor of a
+   ``distcb.run(backend="ray")`` job. The worker times, in the same process:
+   plain ``fit``; ``fit`` with ``WorkerCallback`` over the Ray transport, the
+   coordinator actor running a callback with batch hooks (every batch streams,
+   the window rule is on); and the naive approach, a callback calling a Ray
+   actor from every ``on_train_batch_end`` (``ray.get`` of each call, and
+   fire-and-forget). Several jobs; medians of per-step times, ratios to plain.
+   Also counted: the actor calls the distcb worker made per step.
+2. Epoch barrier: scripted workers (no batches) against a coordinator actor
+   over the Ray transport, the time from the last worker's epoch end to its
+   reply; the same over websockets on loopback, and a bare Ray actor round trip
+   (the floor any actor-based barrier pays), all in one run.
+
+Standalone: ``python bench/bench_ray.py`` prints the Markdown section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+STEP_JOBS = 3
+STEPS_PER_FIT = 1200  # 3 epochs of 400 steps, batch 64 (the anchor's run)
+BARRIER_EPOCHS = 200
+BARRIER_WORKERS = 2
+RTT_CALLS = 300
+
+
+# --------------------------------------------------------------------------- 1. per step
+
+
+class _Sink:
+    """The naive callback's actor: receives one call per training batch."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def push(self, logs: dict[str, float]) -> None:
+        self.calls += 1
+
+    def count(self) -> int:
+        return self.calls
+
+
+def step_worker() -> None:
+    """Runs in the distcb worker actor: times plain, naive and distcb fits."""
+    import keras
+    import numpy as np
+    import ray
+
+    import distcb
+    import distcb.keras
+    from distcb.transport.ray import connect
+
+    context = distcb.worker_context()
+    rng = np.random.default_rng(0)
+    x = rng.random((64 * 400, 20), dtype="float32")
+    y = (x.sum(1) > 10).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((20,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+    model.fit(x[: 64 * 20], y[: 64 * 20], batch_size=64, epochs=1, verbose=0)
+    sink = ray.remote(num_cpus=0)(_Sink).remote()
+    ray.get(sink.count.remote())
+
+    class NaiveSync(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            ray.get(sink.push.remote({k: float(v) for k, v in (logs or {}).items()}))
+
+    class NaiveAsync(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            sink.push.remote({k: float(v) for k, v in (logs or {}).items()})
+
+    kept: dict[str, Any] = {}
+
+    async def connect_and_keep() -> Any:
+        kept["connection"] = await connect(
+            context.address or "", context.token or "", config=context.config
+        )
+        return kept["connection"]
+
+    def timed(callbacks: list[Any]) -> float:
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=callbacks)
+        return (time.perf_counter() - started) / STEPS_PER_FIT * 1e6
+
+    results: dict[str, Any] = {"plain": [timed([])], "naive_sync": [timed([NaiveSync()])]}
+    results["plain"].append(timed([]))
+    results["naive_async"] = [timed([NaiveAsync()])]
+    ray.get(sink.count.remote())  # drain the fire-and-forget calls before the next fit
+    results["plain"].append(timed([]))
+    worker = distcb.keras.WorkerCallback(samples=len(x), batch_size=64, connect=connect_and_keep)
+    results["distcb"] = [timed([worker])]
+    results["plain"].append(timed([]))
+    results["calls"] = kept["connection"].statistics()
+    ray.kill(sink)
+    with open(os.path.join(context.run_dir or ".", "steps.json"), "w") as handle:
+        json.dump(results, handle)
+
+
+def bench_steps() -> tuple[dict[str, list[float]], list[dict[str, int]]]:
+    import distcb
+    from distcb.callbacks import Callback
+
+    class BatchLosses(Callback):
+        """Has a batch hook and may decide there: the window rule is on."""
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.last = (logs or {}).get("loss")
+
+    merged: dict[str, list[float]] = {}
+    calls: list[dict[str, int]] = []
+    for _ in range(STEP_JOBS):
+        with tempfile.TemporaryDirectory() as run_dir:
+            distcb.run(
+                step_worker,
+                num_workers=1,
+                backend="ray",
+                callbacks=[BatchLosses()],
+                run_dir=run_dir,
+                num_cpus_per_worker=1,
+            )
+            with open(os.path.join(run_dir, "steps.json")) as handle:
+                data = json.load(handle)
+        calls.append(data.pop("calls"))
+        for key, values in data.items():
+            merged.setdefault(key, []).extend(values)
+    return merged, calls
+
+
+# --------------------------------------------------------------------------- 2. barrier
+
+
+def _timed_worker_class(waits: dict[int, list[float]]) -> Any:
+    from distcb.testing import ScriptedWorker
+
+    class TimedWorker(ScriptedWorker):
+        async def _wait_reply(self, key: str) -> Any:
+            started = time.perf_counter()
+            reply = await super()._wait_reply(key)
+            if key.startswith("epoch_reply"):
+                waits.setdefault(int(key.split(":")[1]), []).append(time.perf_counter() - started)
+            return reply
+
+    return TimedWorker
+
+
+def _last_arrivals(waits: dict[int, list[float]]) -> list[float]:
+    # The last worker to arrive waits only for the coordinator: its wait is the round trip.
+    return [min(per_worker) for _, per_worker in sorted(waits.items())][10:]
+
+
+async def _barrier_ray(num_workers: int) -> list[float]:
+    import ray
+
+    from distcb.core.config import Config
+    from distcb.transport.ray import RayCoordinator, connect
+
+    waits: dict[int, list[float]] = {}
+    config = Config(heartbeat_interval_s=0.5)
+    name = f"distcb-coordinator-bench-{secrets.token_hex(4)}"
+    actor = RayCoordinator.options(name=name, num_cpus=0).remote(
+        [], world_size=num_workers, config=config.to_dict(), token="bench"
+    )
+    try:
+        run = asyncio.ensure_future(actor.run.remote())
+        logs = [{"loss": 1.0, "val_loss": 1.0}] * BARRIER_EPOCHS
+        connections = [
+            await connect(f"ray:{name}", "bench", config=config) for _ in range(num_workers)
+        ]
+        worker_class = _timed_worker_class(waits)
+        workers = [worker_class(r, num_workers, logs) for r in range(num_workers)]
+        tasks = [asyncio.ensure_future(w.run(c)) for w, c in zip(workers, connections, strict=True)]
+        await run
+        await asyncio.gather(*tasks)
+        for connection in connections:
+            await connection.close()
+    finally:
+        ray.kill(actor)
+    return _last_arrivals(waits)
+
+
+async def _barrier_websocket(num_workers: int) -> list[float]:
+    from distcb.core.config import Config
+    from distcb.core.coordinator import Coordinator
+    from distcb.transport.websocket import WebSocketServer, connect
+
+    waits: dict[int, list[float]] = {}
+    config = Config(heartbeat_interval_s=0.5)
+    coordinator = Coordinator([], world_size=num_workers, config=config)
+    logs = [{"loss": 1.0, "val_loss": 1.0}] * BARRIER_EPOCHS
+    async with WebSocketServer(coordinator, config=config) as server:
+        connections = [
+            await connect(server.address, server.token, config=config) for _ in range(num_workers)
+        ]
+        worker_class = _timed_worker_class(waits)
+        workers = [worker_class(r, num_workers, logs) for r in range(num_workers)]
+        tasks = [asyncio.ensure_future(w.run(c)) for w, c in zip(workers, connections, strict=True)]
+        await coordinator.run()
+        await asyncio.gather(*tasks)
+        for connection in connections:
+            await connection.close()
+    return _last_arrivals(waits)
+
+
+async def _actor_round_trips() -> list[float]:
+    import ray
+
+    from distcb.transport.ray import RayCoordinator
+
+    actor = RayCoordinator.options(num_cpus=0).remote([], world_size=1)
+    try:
+        await actor.ping.remote()
+        times = []
+        for _ in range(RTT_CALLS):
+            started = time.perf_counter()
+            await actor.ping.remote()
+            times.append(time.perf_counter() - started)
+        return times[20:]
+    finally:
+        ray.kill(actor)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _median_us(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> str:
+    import ray
+    from ray import cloudpickle
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # This module is not importable in Ray's worker processes: ship its functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        steps, calls = bench_steps()
+        barrier_ray = asyncio.run(_barrier_ray(BARRIER_WORKERS))
+        barrier_ws = asyncio.run(_barrier_websocket(BARRIER_WORKERS))
+        rtt = asyncio.run(_actor_round_trips())
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        if started_ray:
+            ray.shutdown()
+
+    plain = _median_us(steps["plain"])
+    rows = [
+        ("plain `fit`, no callback", "plain"),
+        ("distcb `WorkerCallback`, Ray transport, batch hooks on", "distcb"),
+        ("naive: `ray.get(actor.push.remote(logs))` every batch", "naive_sync"),
+        ("naive: `actor.push.remote(logs)` every batch, not awaited", "naive_async"),
+    ]
+    pushes = sum(c["pushes"] for c in calls)
+    polls = sum(c["polls"] for c in calls)
+    total_steps = STEPS_PER_FIT * len(calls)
+    lines = [
+        "## Ray backend (bench/bench_ray.py)",
+        "",
+        "`python bench/bench_ray.py`. Per-step time of the anchor's MLP (batch 64, "
+        f"{STEPS_PER_FIT} steps per fit) inside a Ray worker actor, {STEP_JOBS} jobs, "
+        "fits interleaved in one process; medians.",
+        "",
+        "| configuration | µs/step (median) | × plain |",
+        "|---|---:|---:|",
+    ]
+    for label, key in rows:
+        value = _median_us(steps[key])
+        lines.append(f"| {label} | {value:.0f} | {value / plain:.2f} |")
+    lines += [
+        "",
+        f"Actor calls made by the distcb worker: {pushes / total_steps:.3f} pushes and "
+        f"{polls / total_steps:.3f} polls per training step (the naive callback: 1 per step).",
+        "",
+        f"Epoch barrier, {BARRIER_WORKERS} scripted workers, {BARRIER_EPOCHS} epochs, time from "
+        "the last worker's epoch end to its reply (median, ms):",
+        "",
+        "| transport | ms | × websocket |",
+        "|---|---:|---:|",
+        f"| Ray actor (push + long poll) | {statistics.median(barrier_ray) * 1e3:.2f} | "
+        f"{statistics.median(barrier_ray) / statistics.median(barrier_ws):.1f} |",
+        f"| websocket on loopback | {statistics.median(barrier_ws) * 1e3:.2f} | 1.0 |",
+        f"| bare Ray actor round trip (floor) | {statistics.median(rtt) * 1e3:.2f} | "
+        f"{statistics.median(rtt) / statistics.median(barrier_ws):.1f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main())
