@@ -62,8 +62,8 @@ class Phase(enum.Enum):
 
 
 @dataclass(frozen=True)
-class _Deadline:  # event: the stop timeout after a failure ran out
-    pass
+class _Deadline:
+    """Event: the stop timeout after a failure ran out."""
 
 
 class Coordinator:
@@ -122,7 +122,6 @@ class Coordinator:
             max_workers=1, thread_name_prefix="distcb-callbacks"
         )
         self._runtime: Runtime | None = None
-        self._epochs_planned = 0
         self._finished = asyncio.Event()
 
     # ------------------------------------------------------------------ connections
@@ -236,7 +235,6 @@ class Coordinator:
     async def _start(self) -> None:
         self.params = self.roster.merged_params()
         chief = self.roster.workers[0].params
-        self._epochs_planned = int(self.params.get("epochs") or 1)
         self.recorder.window_steps = (
             self.config.window_steps if self.callbacks.decides_on_batch else None
         )
@@ -345,7 +343,7 @@ class Coordinator:
         self.state.epoch_spread = merged.spread
         self.state.epoch_extras = {r: e.extras for r, e in ends.items()}
         logs = dict(merged.logs)
-        planned_last = epoch + 1 >= self._epochs_planned
+        planned_last = epoch + 1 >= int(self.params.get("epochs") or 1)
 
         deferred: list[DeferredCall] = []
 
