@@ -47,7 +47,12 @@ __all__ = [
 ]
 
 
+_SUBMODULES = {"callbacks", "keras", "testing", "tune"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:  # `import distcb` then `distcb.tune.run(...)` works
+        return importlib.import_module(f"distcb.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'distcb' has no attribute {name!r}")

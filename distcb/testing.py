@@ -123,7 +123,8 @@ class ScriptedWorker:
 
     async def run(self, connection: Connection) -> None:
         self._connection = connection
-        params = {"epochs": len(self.epoch_logs), **self.params}
+        first = int(self.params.get("initial_epoch", 0))
+        params = {"epochs": first + len(self.epoch_logs), **self.params}
         if self.batch_logs is not None and "steps" not in params:
             params["steps"] = max((len(s) for s in self.batch_logs), default=0)
         await connection.send(Join(self.rank, self.world_size, params))
@@ -143,7 +144,9 @@ class ScriptedWorker:
             await asyncio.gather(reader, return_exceptions=True)
 
     async def _train(self) -> None:
-        for epoch, logs in enumerate(self.epoch_logs):
+        first = int(self.params.get("initial_epoch", 0))  # a resumed fit
+        for index, logs in enumerate(self.epoch_logs):
+            epoch = first + index
             self._epoch = epoch
             self._max_step_begun = -1
             self._apply(self._pending.take_epoch_begin(epoch), -1)
@@ -151,7 +154,7 @@ class ScriptedWorker:
                 return
             self.learning_rates.append(self.learning_rate)
             self.epochs_run += 1
-            steps = self.batch_logs[epoch] if self.batch_logs is not None else []
+            steps = self.batch_logs[index] if self.batch_logs is not None else []
             entries: list[BatchEntry] = []
             for step, batch in enumerate(steps):
                 await self._wait_window(epoch, step)
@@ -169,14 +172,14 @@ class ScriptedWorker:
             if entries:
                 await self._connection.send(BatchFrame(self.rank, epoch, tuple(entries)))
             if self.weights is not None:
-                self.current_weights = self.weights[epoch]
+                self.current_weights = self.weights[index]
             await self._connection.send(
                 EpochEnd(
                     self.rank,
                     epoch,
                     dict(logs),
-                    samples=_at(self.samples, epoch),
-                    val_samples=_at(self.val_samples, epoch),
+                    samples=_at(self.samples, index),
+                    val_samples=_at(self.val_samples, index),
                 )
             )
             reply = await self._wait_reply(f"epoch_reply:{epoch}")

@@ -246,13 +246,16 @@ class Coordinator:
             if callable(set_runtime):
                 set_runtime(self._runtime)
         self.phase = Phase.TRAINING
+        # A resumed fit (Keras `initial_epoch`) counts its epochs from there.
+        self.epoch = first = int(self.params.get("initial_epoch") or 0)
+        self._merger = BatchMerger(first, stateful_metrics=self.stateful_metrics)
 
         def begin() -> None:
             self.callbacks.on_train_begin()
             if not self.model.stop_training:
-                self.callbacks.on_epoch_begin(0)
+                self.callbacks.on_epoch_begin(first)
 
-        decisions = await self._in_callbacks("train_begin", 0, -1, begin)
+        decisions = await self._in_callbacks("train_begin", first, -1, begin)
         histogram_freq = max(
             (int(getattr(cb, "histogram_freq", 0) or 0) for cb in self.callbacks.callbacks),
             default=0,

@@ -97,7 +97,9 @@ class Roster:
                         f"rank {rank}'s connection sent {message.type!r} claiming rank {claimed}"
                     )
                 self._post((rank, message))
-        except (ConnectionClosed, ProtocolError) as exc:
+        except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
+            if not isinstance(exc, ConnectionClosed | ProtocolError):
+                logger.exception("rank %d's connection failed", rank)
             if not self.workers[rank].done:
                 self._post(WorkerLost(rank, WorkerLostError(rank, _lost_reason(exc))))
             with contextlib.suppress(ConnectionClosed):
@@ -200,6 +202,7 @@ class Roster:
         return {
             "verbose": 1 if chief.get("verbose") is None else chief.get("verbose"),
             "epochs": chief.get("epochs"),
+            "initial_epoch": chief.get("initial_epoch", 0),
             "steps": chief.get("steps"),
             "num_workers": self.world_size,
             "samples": sum(samples) if all(s is not None for s in samples) else None,

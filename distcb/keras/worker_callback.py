@@ -44,6 +44,8 @@ class WorkerCallback:
             the aggregate; unknown means equal weights).
         val_samples: validation samples per epoch on this worker.
         batch_size: lets batch logs carry samples seen so far.
+        initial_epoch: the `initial_epoch` given to `fit` when resuming (Keras does not
+            tell callbacks); the coordinator then counts epochs from there.
         config: a `distcb.Config` (default: from ``DISTCB_CONFIG``, else defaults).
         flavour: "keras3", "tf_keras" or "auto" (tf_keras if it is imported, else Keras 3).
         connect: a coroutine function opening the connection (backends other than websocket).
@@ -64,6 +66,7 @@ class WorkerCallback:
         samples: int | None = None,
         val_samples: int | None = None,
         batch_size: int | None = None,
+        initial_epoch: int = 0,
         config: Config | None = None,
         flavour: str = "auto",
         connect: Connector | None = None,
@@ -73,6 +76,7 @@ class WorkerCallback:
             ("samples", samples),
             ("val_samples", val_samples),
             ("batch_size", batch_size),
+            ("initial_epoch", initial_epoch),
         ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
@@ -95,6 +99,7 @@ class WorkerCallback:
         self.samples = samples
         self.val_samples = val_samples
         self.batch_size = batch_size
+        self.initial_epoch = initial_epoch
         self._connect = connect
         self._link: WorkerLink | None = None
         self._snapshots: dict[int, list[Any]] = {}
@@ -130,6 +135,7 @@ class WorkerCallback:
         params = dict(self.params or {})
         join_params = {
             "epochs": params.get("epochs"),
+            "initial_epoch": self.initial_epoch,
             "steps": params.get("steps"),
             "verbose": params.get("verbose", 0),
             "samples": self.samples,

@@ -265,3 +265,31 @@ async def _expect_closed(connection):
 def test_simulate_refuses_mismatched_scripts():
     with pytest.raises(ValueError, match=r"epoch_logs\[1\] has logs for 1 workers"):
         simulate([], [[{"loss": 1.0}, {"loss": 1.0}], [{"loss": 1.0}]])
+
+
+def test_a_resumed_fit_counts_epochs_from_initial_epoch():
+    class Schedule(Callback):
+        def __init__(self):
+            super().__init__()
+            self.begun = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begun.append(epoch)
+            self.model.optimizer.learning_rate = 0.1 * (epoch + 1)
+
+    async def go():
+        schedule = Schedule()
+        coordinator = Coordinator([schedule], world_size=1, config=FAST)
+        coordinator_end, worker_end = connection_pair()
+        # Epochs 3 and 4 of a 5-epoch fit resumed at initial_epoch=3.
+        worker = ScriptedWorker(0, 1, [{"loss": 1.0}] * 2, params={"epochs": 5, "initial_epoch": 3})
+        serve = asyncio.create_task(coordinator.serve(coordinator_end))
+        run = asyncio.create_task(worker.run(worker_end))
+        history = await coordinator.run()
+        await asyncio.gather(serve, run)
+        return schedule, history, worker
+
+    schedule, history, worker = asyncio.run(go())
+    assert schedule.begun == [3, 4]
+    assert history.epoch == [3, 4]
+    assert worker.learning_rates == pytest.approx([0.4, 0.5])
