@@ -11,7 +11,9 @@ checkpoint. Then the best model is loaded with Keras and evaluated, as in the se
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -56,6 +58,10 @@ def main() -> None:
     options = parser.parse_args()
     os.makedirs(options.run_dir, exist_ok=True)
     best_path = os.path.join(options.run_dir, "best_model.keras")
+    # This process needs Keras only at the end, to load the best model: import it
+    # meanwhile (the coordinator itself needs no Keras).
+    keras_import = threading.Thread(target=importlib.import_module, args=("keras",), daemon=True)
+    keras_import.start()
     started = time.perf_counter()
     history = distcb.run(
         train,
@@ -73,6 +79,7 @@ def main() -> None:
     epochs_run = len(history.epoch)
     print(f"epochs={epochs_run} wall_s={wall_s:.1f} ms_per_epoch={wall_s / epochs_run * 1e3:.1f}")
 
+    keras_import.join()
     import keras
     from moons_data import split
 

@@ -26,7 +26,11 @@ class Config:
         window_steps: the window W of the window rule (DESIGN.md): how many
             steps a worker may run ahead of the last step the coordinator
             processed when a callback can decide on batch ends.
-        flush_interval_s: how often a worker's sender flushes buffered batch logs.
+        flush_interval_s: the shortest pause between two frames a paced transport
+            (Ray) sends.
+        flush_max_delay_s: the longest a batch log waits in a worker's buffer. Workers
+            otherwise send a frame every W/4 steps (window rule on) or 32 steps, so
+            that their IO thread wakes rarely and never competes with training.
         max_message_bytes: the largest message a transport accepts.
         max_frame_entries: the largest number of batch entries in one frame.
     """
@@ -40,6 +44,7 @@ class Config:
     sink_close_timeout_s: float = 10.0
     window_steps: int = 32
     flush_interval_s: float = 0.005
+    flush_max_delay_s: float = 0.1
     max_message_bytes: int = 8 * 1024 * 1024
     max_frame_entries: int = 4096
 

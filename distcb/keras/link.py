@@ -83,6 +83,10 @@ class WorkerLink:
         self._closing: asyncio.Event | None = None
         self._connection: Connection | None = None
         self._send_lock: asyncio.Lock | None = None
+        self._kick: asyncio.Event | None = None
+        self._kick_every = 32
+        self._unsent = 0
+        self._tasks: list[asyncio.Task[Any]] = []
         self._last_heard = time.monotonic()
 
     # ------------------------------------------------------------------ training thread
@@ -108,6 +112,9 @@ class WorkerLink:
         self.want_batch_logs = start.want_batch_logs
         self.histogram_freq = start.histogram_freq
         self.want_model_json = start.want_model_json
+        self._kick_every = max(1, start.window_steps // 4) if start.window_steps else 32
+        if self.want_batch_logs and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_flusher)
         with self._cond:
             self._pending.add(list(start.decisions))
         return start
@@ -139,9 +146,18 @@ class WorkerLink:
             return self._pending.take_batch_begin(self._epoch, step)
 
     def end_batch(self, step: int, logs: dict[str, Any], samples: float | None) -> None:
-        """Called from `on_train_batch_end` (any thread): buffer only."""
-        if self.want_batch_logs:
-            self._ended[step] = BatchEntry(step, logs, samples)
+        """Called from `on_train_batch_end` (any thread): buffer, and wake the IO thread
+        only every `_kick_every` steps."""
+        if not self.want_batch_logs:
+            return
+        self._ended[step] = BatchEntry(step, logs, samples)
+        self._unsent += 1  # approximate when Keras runs this on its pool: harmless
+        if self._unsent >= self._kick_every:
+            self._unsent = 0
+            loop, kick = self._loop, self._kick
+            if loop is not None and kick is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nothing to send
+                    loop.call_soon_threadsafe(kick.set)
 
     def end_epoch(self, message: EpochEnd) -> list[Decision]:
         """Flush batch logs, send the epoch logs and wait for the coordinator's decisions."""
@@ -240,6 +256,7 @@ class WorkerLink:
         self._loop = loop
         self._closing = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        self._kick = asyncio.Event()
         ready.set()
         try:
             loop.run_until_complete(self._main(join))
@@ -260,9 +277,8 @@ class WorkerLink:
             )
             return
         self._last_heard = time.monotonic()
-        tasks = [
+        self._tasks += [
             asyncio.create_task(self._read(), name="distcb-read"),
-            asyncio.create_task(self._flush_periodically(), name="distcb-flush"),
             asyncio.create_task(self._heartbeat(), name="distcb-heartbeat"),
         ]
         try:
@@ -270,9 +286,9 @@ class WorkerLink:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush(), self.config.reply_timeout_s)
         finally:
-            for task in tasks:
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._connection.close("worker finished")
 
@@ -317,9 +333,19 @@ class WorkerLink:
                 return
             await self._send(Heartbeat())
 
-    async def _flush_periodically(self) -> None:
+    def _start_flusher(self) -> None:
+        if self._closing is not None and not self._closing.is_set():
+            self._tasks.append(asyncio.create_task(self._flush_when_kicked(), name="distcb-flush"))
+
+    async def _flush_when_kicked(self) -> None:
+        # Wakes when the training thread has buffered enough steps, or after
+        # flush_max_delay_s at the latest: a timer every few ms would take the
+        # GIL from the training thread hundreds of times a second.
+        assert self._kick is not None
         while True:
-            await asyncio.sleep(self.config.flush_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.config.flush_max_delay_s)
+            self._kick.clear()
             await self._flush()
 
     async def _flush(self) -> None:
