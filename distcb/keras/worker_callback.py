@@ -161,7 +161,7 @@ class WorkerCallback:
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         link = self._link
-        if link is None:
+        if link is None or not link.want_batch_logs:
             return
         samples = None
         if self.batch_size is not None:
