@@ -234,11 +234,9 @@ class Coordinator:
 
     async def _start(self) -> None:
         self.params = self.roster.merged_params()
-        chief = self.roster.workers[0].params
-        self.recorder.window_steps = (
-            self.config.window_steps if self.callbacks.decides_on_batch else None
-        )
-        self.model.optimizer._sync(chief.get("learning_rate", float("nan")))
+        decides_on_batch = self.callbacks.decides_on_batch
+        self.recorder.window_steps = self.config.window_steps if decides_on_batch else None
+        self.model.optimizer._sync(self.roster.workers[0].params.get("learning_rate", float("nan")))
         self.callbacks.set_params(self.params)
         self.callbacks.set_model(self.model)
         for callback in self.callbacks.callbacks:
