@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -116,3 +117,22 @@ def test_worker_exception_carries_rank_and_traceback(tmp_path):
     assert info.value.rank == 1
     assert "boom at epoch 1" in str(info.value)
     assert "Traceback" in (info.value.traceback_text or "")
+
+
+def test_each_worker_gets_its_gpus_tf_config_and_threads(tmp_path):
+    from worker_fns import report_environment
+
+    distcb.run(
+        report_environment, num_workers=2, run_dir=str(tmp_path), config=FAST,
+        tf_config=True, gpus_per_worker=2, threads_per_worker=1,
+    )
+    envs = [json.loads((tmp_path / f"env-{rank}.json").read_text()) for rank in range(2)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0,1", "2,3"]
+    assert [(e["rank"], e["world_size"], e["threads"]) for e in envs] == [(0, 2, "1"), (1, 2, "1")]
+    configs = [json.loads(e["TF_CONFIG"]) for e in envs]
+    assert configs[0]["cluster"] == configs[1]["cluster"]
+    assert len(set(configs[0]["cluster"]["worker"])) == 2
+    assert [c["task"] for c in configs] == [
+        {"type": "worker", "index": 0},
+        {"type": "worker", "index": 1},
+    ]

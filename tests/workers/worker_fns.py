@@ -78,3 +78,28 @@ def tiny_keras3(
     )
     with open(os.path.join(ctx.run_dir, f"rank-{ctx.rank}.json"), "w") as handle:
         json.dump({"digests": digests, "final": worker.report(), "steps": steps}, handle)
+
+
+def report_environment():
+    """No training: writes what the launcher gave this worker, then joins and ends."""
+    import keras
+
+    import distcb
+    import distcb.keras
+
+    ctx = distcb.worker_context()
+    with open(os.path.join(ctx.run_dir, f"env-{ctx.rank}.json"), "w") as handle:
+        json.dump(
+            {
+                "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "TF_CONFIG": os.environ.get("TF_CONFIG"),
+                "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+                "rank": ctx.rank,
+                "world_size": ctx.world_size,
+            },
+            handle,
+        )
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = data(ctx.rank, 8)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[distcb.keras.WorkerCallback()])
