@@ -29,6 +29,10 @@ _MAX_CLOSE_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2
 _SEND_ERRORS = (aiohttp.ClientError, ConnectionError, RuntimeError)
 
 
+# The last message encoded, and its text: a broadcast encodes once for all connections
+# (every send runs on the event loop's thread, one at a time).
+_last_encoded: list[Any] = [None, ""]
+
 class WebSocketConnection:
     """One end of a websocket channel, as a distcb `Connection`.
 
@@ -77,10 +81,16 @@ class WebSocketConnection:
         """
         if self._unusable is not None:
             raise ConnectionClosed(f"send on a closed connection ({self._unusable})")
-        try:
-            text = json.dumps(encode(message), allow_nan=False)  # ASCII: len() counts bytes
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"a {message.type!r} message is not strict JSON: {exc}") from exc
+        if _last_encoded[0] is message:  # a broadcast: the same message to every worker
+            text = _last_encoded[1]
+        else:
+            try:
+                text = json.dumps(encode(message), allow_nan=False)  # ASCII: len() counts bytes
+            except (TypeError, ValueError) as exc:
+                raise ProtocolError(
+                    f"a {message.type!r} message is not strict JSON: {exc}"
+                ) from exc
+            _last_encoded[:] = [message, text]
         if len(text) > self._config.max_message_bytes:
             raise ProtocolError(
                 f"a {message.type!r} message of {len(text)} bytes exceeds "
