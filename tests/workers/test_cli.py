@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,7 +20,8 @@ def test_standalone_coordinator_and_hand_started_workers(tmp_path):
     history_path = tmp_path / "history.json"
     coordinator = subprocess.Popen(
         [sys.executable, "-m", "distcb.cli", "coordinator", "--world-size", "2", "--port", "0",
-         "--callbacks", "plain_worker:make_callbacks", "--history", str(history_path)],
+         "--callbacks", "plain_worker:make_callbacks", "--history", str(history_path),
+         "--config", json.dumps({"max_message_bytes": 65536})],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     workers = []
@@ -37,6 +39,7 @@ def test_standalone_coordinator_and_hand_started_workers(tmp_path):
             workers.append(subprocess.Popen([sys.executable, os.path.join(HERE, "plain_worker.py")],
                                             env=worker_env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True))
+        rejected = asyncio.run(_intrude(address, env["DISTCB_TOKEN"]))
         for worker in workers:
             out, _ = worker.communicate(timeout=120)
             assert worker.returncode == 0, out[-2000:]
@@ -50,7 +53,38 @@ def test_standalone_coordinator_and_hand_started_workers(tmp_path):
     history = json.loads(history_path.read_text())
     # min_delta=10 never improves: EarlyStopping(patience=1) stops both workers after epoch 1.
     assert history["epoch"] == [0, 1]
+    # Intruders were turned away and the real workers' job was not disturbed.
+    assert rejected["wrong token"] == 401
+    assert rejected["protocol 99"] == 1008
+    assert rejected["garbage"] == 1007
+    assert rejected["oversized"] == 1009
     assert len(history["history"]["loss"]) == 2
+
+
+async def _intrude(address: str, token: str) -> dict[str, int]:
+    """Wrong token, wrong protocol, garbage, an oversized frame: what the server answered."""
+    import aiohttp
+
+    url = f"http://{address}/ws"
+    good = {"Authorization": f"Bearer {token}"}
+    out: dict[str, int] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with session.get(url, headers={"Authorization": "Bearer nope"}) as response:
+            out["wrong token"] = response.status
+        join = {"type": "join", "protocol": 99, "rank": 0, "world_size": 2, "params": {}}
+        frames = {
+            "protocol 99": json.dumps(join),
+            "garbage": "this is not json",
+            "oversized": "x" * (65536 + 1),
+        }
+        for name, frame in frames.items():
+            async with session.ws_connect(url, headers=good, max_msg_size=0) as ws:
+                await ws.send_str(frame)
+                message = await ws.receive()
+                while message.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    message = await ws.receive()
+                out[name] = ws.close_code
+    return out
 
 
 def test_callbacks_spec_must_name_a_function():
