@@ -92,7 +92,9 @@ def step_worker(post_url: str) -> None:
     # Plain fits around the others, so that drifts of this shared machine cancel.
     results = {"plain": [timed([])], "naive_http": [timed([NaivePost()])]}
     results["plain"].append(timed([]))
-    results["distcb"] = [timed([distcb.keras.WorkerCallback(samples=len(x), batch_size=64)])]
+    worker = distcb.keras.WorkerCallback(samples=len(x), batch_size=64)
+    results["distcb"] = [timed([worker])]
+    results["link"] = worker.link_statistics  # type: ignore[assignment]
     results["plain"].append(timed([]))
     with open(os.path.join(context.run_dir or ".", "steps.json"), "w") as handle:
         json.dump(results, handle)
@@ -176,6 +178,7 @@ def bench_steps() -> dict[str, list[float]]:
                     with open(os.path.join(run_dir, "steps.json")) as handle:
                         times = json.load(handle)
                 baseline = statistics.mean(times["plain"])
+                print(kind, times["link"], flush=True)
                 plain.extend(times["plain"])
                 ratios[kind].append(times["distcb"][0] / baseline)
                 ratios["naive_http"].append(times["naive_http"][0] / baseline)

@@ -307,9 +307,9 @@ class Coordinator:
             self.state.batch_spread = steps[-1].spread
         last = steps[-1].step
         window = self.recorder.window_steps
-        # Workers need the processed step only to stay within the window: telling them
-        # every W/4 steps keeps them from waiting while sparing a message per frame.
-        if decisions or (window is not None and last - self._progress_sent >= max(1, window // 4)):
+        # Workers need the processed step only to stay within the window; they send a
+        # frame every W/4 steps, and hearing back every W/2 keeps them off the edge.
+        if decisions or (window is not None and last - self._progress_sent >= max(1, window // 2)):
             self._progress_sent = last
             await self.roster.broadcast(Progress(epoch, last, tuple(decisions)))
 

@@ -87,6 +87,9 @@ class WorkerLink:
         self._kick_every = 32
         self._unsent = 0
         self._tasks: list[asyncio.Task[Any]] = []
+        self._window_waits = 0
+        self._window_wait_s = 0.0
+        self._frames_sent = 0
         self._last_heard = time.monotonic()
 
     # ------------------------------------------------------------------ training thread
@@ -210,7 +213,18 @@ class WorkerLink:
         if self._lost is not None:
             raise self._lost
 
+    def statistics(self) -> dict[str, float]:
+        """How often this worker waited on the window rule, and for how long in all."""
+        return {
+            "window_waits": self._window_waits,
+            "window_wait_s": self._window_wait_s,
+            "frames_sent": self._frames_sent,
+        }
+
     def _wait_window(self, step: int, window: int) -> None:
+        started = time.perf_counter()
+        self._window_waits += 1
+
         def may_go() -> bool:
             epoch, processed = self._progress
             known = processed if epoch == self._epoch else -1
@@ -218,6 +232,7 @@ class WorkerLink:
 
         with self._cond:
             self._cond.wait_for(may_go)
+        self._window_wait_s += time.perf_counter() - started
         self._raise_if_lost()
 
     def _wait_reply(self, key: str, timeout_s: float | None, what: str) -> Message:
@@ -354,6 +369,7 @@ class WorkerLink:
         limit = self.config.max_frame_entries
         for i in range(0, len(entries), limit):
             await self._send(BatchFrame(self.rank, self._epoch, tuple(entries[i : i + limit])))
+            self._frames_sent += 1
 
     def _ready_entries(self) -> list[BatchEntry]:
         # Keras may run batch-end hooks on a thread pool, out of order: release a

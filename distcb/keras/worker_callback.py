@@ -107,6 +107,7 @@ class WorkerCallback:
         self._first_epoch: int | None = None
         self.applied: list[tuple[int, int, Decision]] = []  # (epoch, step, decision)
         self.saved_paths: list[str] = []
+        self.link_statistics: dict[str, float] = {}
         self.job_error: str | None = None
 
     # Set by Keras (the flavour's Callback base provides them).
@@ -193,6 +194,7 @@ class WorkerCallback:
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         link = self._require_link()
+        self.link_statistics = link.statistics()
         try:
             decisions, self.job_error = link.end_training()
             self._apply(decisions, -1)
@@ -274,6 +276,7 @@ class WorkerCallback:
             "epochs_run": self._epoch + 1,
             "applied": [[e, s, d.to_dict()] for e, s, d in self.applied],
             "saved": list(self.saved_paths),
+            "link": dict(self.link_statistics),
         }
 
 
