@@ -23,17 +23,17 @@ _NON_FINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 def _encode_value(value: Any) -> Any:
     if value is None or isinstance(value, str | bool):
         return value
-    if (
-        isinstance(value, numbers.Real)
-        or hasattr(value, "__float__")
-        and not hasattr(value, "__len__")
-    ):
+    if isinstance(value, numbers.Real):
         number = float(value)
         return number if math.isfinite(number) else _NON_FINITE_OUT[repr(number)]
-    if hasattr(value, "tolist"):
+    if callable(getattr(value, "numpy", None)):  # a framework tensor (tf_keras hands these over)
+        return _encode_value(value.numpy())
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
         return _encode_value(value.tolist())
     if isinstance(value, list | tuple):
         return [_encode_value(v) for v in value]
+    if hasattr(value, "__float__"):
+        return _encode_value(float(value))
     raise ProtocolError(
         f"log values must be numbers, strings or lists of numbers; received {type(value).__name__}"
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from distcb.core.config import Config
 from distcb.core.decisions import Decision, PendingDecisions
-from distcb.core.errors import CoordinatorLostError, DistcbError
+from distcb.core.errors import CoordinatorLostError, DistcbError, ProtocolError
 from distcb.core.messages import (
     Abort,
     BatchEntry,
@@ -412,4 +412,10 @@ class WorkerLink:
                     CoordinatorLostError(
                         f"rank {self.rank}: could not send to the coordinator ({exc!r})"
                     )
+                )
+            except ProtocolError as exc:
+                # Something this worker cannot encode (a log value of an unknown type):
+                # training stops with the reason rather than the logs vanishing.
+                self._set_lost(
+                    ProtocolError(f"rank {self.rank}: could not send a {message.type!r}: {exc}")
                 )

@@ -114,3 +114,19 @@ def test_numpy_scalars_are_unwrapped():
 def test_malformed_messages_are_rejected_with_a_reason(data, expected):
     with pytest.raises(ProtocolError, match=expected.replace("(", r"\(").replace("[", r"\[")):
         decode(data)
+
+
+def test_framework_tensors_and_odd_numbers_are_unwrapped():
+    class FakeTensor:  # what tf_keras hands a callback: has .numpy()
+        def __init__(self, value):
+            self.value = value
+
+        def numpy(self):
+            return self.value
+
+    np = pytest.importorskip("numpy")
+    tensors = {"t": FakeTensor(np.float32(0.25)), "v": FakeTensor(np.array([1.0, math.inf]))}
+    logs = encode(EpochEnd(0, 0, tensors))
+    assert logs["logs"] == {"t": 0.25, "v": [1.0, "Infinity"]}
+    with pytest.raises(ProtocolError, match="received object"):
+        encode(EpochEnd(0, 0, {"bad": object()}))

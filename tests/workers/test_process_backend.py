@@ -19,29 +19,41 @@ pytestmark = pytest.mark.slow
 FAST = distcb.Config(heartbeat_interval_s=0.2, heartbeat_timeout_s=10.0, stop_timeout_s=10.0)
 
 
-def test_stop_lr_and_restore_reach_every_worker(tmp_path, read_reports):
+class BatchLosses(Callback):
+    """The seed's LossHistory, on the coordinator: aggregated batch losses."""
+
+    def on_train_begin(self, logs=None):
+        self.losses = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.losses.append(logs["loss"])
+
+
+@pytest.mark.parametrize("flavour", ["keras3", "tf_keras"])
+def test_stop_lr_and_restore_reach_every_worker(tmp_path, read_reports, flavour):
     schedule = LearningRateScheduler(lambda epoch, lr: 0.05 / (epoch + 1))
     # No epoch improves `loss` by more than 10: best is epoch 0, stop after `patience` epochs.
     stopper = EarlyStopping(monitor="loss", min_delta=10.0, patience=2, restore_best_weights=True)
+    losses = BatchLosses()
     history = distcb.run(
-        tiny_keras3,
-        num_workers=2,
-        kwargs={"epochs": 10},
-        callbacks=[schedule, stopper],
-        run_dir=str(tmp_path),
-        config=FAST,
+        tiny_keras3, num_workers=2, kwargs={"epochs": 10, "flavour": flavour},
+        callbacks=[schedule, stopper, losses], run_dir=str(tmp_path), config=FAST,
     )
     assert history.epoch == [0, 1, 2]
     assert stopper.stopped_epoch == 2
     assert stopper.best_epoch == 0
     reports = read_reports(tmp_path, 2)
     for rank, report in enumerate(reports):
+        assert report["final"]["applied"], f"rank {rank} applied no decision"
         assert len(report["digests"]) == 3, f"rank {rank} ran {len(report['digests'])} epochs"
         # Restored to the weights it had at the end of epoch 0, not those of epoch 2.
         assert report["final"]["weights_sha256"] == report["digests"][0] != report["digests"][2]
         assert report["final"]["learning_rate"] == pytest.approx(0.05 / 3, rel=1e-6)
     assert history.worker_reports[1]["learning_rate"] == pytest.approx(0.05 / 3, rel=1e-6)
     assert history.history["learning_rate"] == pytest.approx([0.05, 0.025, 0.05 / 3], rel=1e-6)
+    # 64 samples in batches of 16: 4 merged steps per epoch, 3 epochs.
+    assert len(losses.losses) == 12
+    assert all(isinstance(v, float) and v > 0 for v in losses.losses)
 
 
 def test_batch_stop_lands_on_the_same_step_on_every_worker(tmp_path, read_reports):

@@ -29,9 +29,11 @@ def tiny_keras3(
     batch_size: int = 16,
     kill_at_epoch: int | None = None,
     raise_at_epoch: int | None = None,
-    steps_log: bool = False,
+    flavour: str = "keras3",
 ):
-    import keras
+    import importlib
+
+    keras = importlib.import_module("tf_keras" if flavour == "tf_keras" else "keras")
 
     import distcb
     import distcb.keras
