@@ -277,7 +277,7 @@ class Coordinator:
                 rank=rank,
             )
         self._merger.add(rank, frame.entries)
-        await self._process_steps(self._merger.pop_ready(self.roster.live))
+        await self._process_steps(self._merger.pop_ready(self.roster.training()))
 
     async def _process_steps(self, steps: Sequence[MergedStep]) -> None:
         if not steps:
@@ -327,13 +327,14 @@ class Coordinator:
         await self._maybe_finish_epoch()
 
     async def _maybe_finish_epoch(self) -> None:
-        if self.phase is not Phase.TRAINING or not self.roster.live:
+        training = self.roster.training()
+        if self.phase is not Phase.TRAINING or not training:
             return
-        if not all(r in self._epoch_ends for r in self.roster.live):
+        if not all(r in self._epoch_ends for r in training):
             return
         epoch = self.epoch
-        await self._process_steps(self._merger.flush(self.roster.live))
-        ends = {r: self._epoch_ends[r] for r in self.roster.live}
+        await self._process_steps(self._merger.flush(training))
+        ends = {r: self._epoch_ends[r] for r in training}
         merged = merge_logs(
             {r: e.logs for r, e in ends.items()},
             {r: e.samples for r, e in ends.items()},
@@ -386,6 +387,13 @@ class Coordinator:
 
     async def _on_train_end(self, rank: int) -> None:
         self.roster.workers[rank].train_ended = True
+        if self.phase is Phase.TRAINING and self.failure is None and self.roster.training():
+            # This worker's fit ended on its own (its data ran out, a local callback
+            # stopped it): the others go on without it; it waits for the train end.
+            logger.warning("rank %d ended fit at epoch %d before the others", rank, self.epoch)
+            await self._process_steps(self._merger.pop_ready(self.roster.training()))
+            await self._maybe_finish_epoch()
+            return
         self.phase = Phase.ENDING
         await self._maybe_end_training()
 
@@ -459,7 +467,7 @@ class Coordinator:
             self._finished.set()
             return
         # Barriers may now be complete without the lost worker.
-        await self._process_steps(self._merger.pop_ready(self.roster.live))
+        await self._process_steps(self._merger.pop_ready(self.roster.training()))
         await self._maybe_finish_epoch()
         await self._maybe_end_training()
 

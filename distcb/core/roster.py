@@ -134,6 +134,10 @@ class Roster:
             return
         self._post(WorkerLost(rank, error))
 
+    def training(self) -> set[int]:
+        """Live ranks still in `fit`: those the epoch barrier and the batch merge wait for."""
+        return {r for r in self.live if not self.workers[r].train_ended}
+
     def missing(self) -> set[int]:
         return set(range(self.world_size)) - set(self.workers)
 

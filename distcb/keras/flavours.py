@@ -88,26 +88,54 @@ def _compiled_metrics(model: Any) -> list[Any]:
     return found
 
 
+def _declared_metrics(model: Any) -> list[Any]:
+    """The metrics given to `compile` (names or Metric objects), flattened.
+
+    At `on_train_begin` neither Keras 3 nor tf_keras has built its compiled
+    metrics yet, so what the user declared is the only source then.
+    """
+    container = getattr(model, "_compile_metrics", None) or getattr(
+        model, "compiled_metrics", None
+    )
+    declared = getattr(container, "_user_metrics", None)
+    out: list[Any] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+        elif isinstance(item, list | tuple):
+            for value in item:
+                walk(value)
+        elif item is not None:
+            out.append(item)
+
+    walk(declared)
+    return out
+
+
+def _name_of(metric: Any) -> str | None:
+    name = metric if isinstance(metric, str) else getattr(metric, "name", None)
+    return name if isinstance(name, str) else None
+
+
 def metric_names(model: Any) -> list[str]:
-    names = getattr(model, "metrics_names", None)
-    if names:
-        flat = []
-        for name in names:
-            flat.append(name)
-        if "compile_metrics" in flat:
-            flat = [n for n in flat if n != "compile_metrics"] + [
-                m.name for m in _compiled_metrics(model) if m.name != "loss"
-            ]
-        return list(dict.fromkeys(flat))
-    return [m.name for m in _compiled_metrics(model)]
+    names = ["loss"]
+    for metric in [*_declared_metrics(model), *_compiled_metrics(model)]:
+        name = _name_of(metric)
+        if name and name != "compile_metrics":
+            names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def metric_directions(model: Any) -> dict[str, str]:
-    """Metric name -> "min"/"max", from the compiled metrics (Keras 3's `_direction`)."""
+    """Metric name -> "min"/"max": Keras 3's declared `_direction`, else the metric's class or
+    name (accuracy, AUC, precision, recall, IoU, F-scores, R² go up). Unknown: left out,
+    and the coordinator's callbacks fall back to Keras 2's name rule."""
     directions = {"loss": "min"}
-    for metric in _compiled_metrics(model):
-        name = getattr(metric, "name", None)
-        if not isinstance(name, str):
+    for metric in [*_declared_metrics(model), *_compiled_metrics(model)]:
+        name = _name_of(metric)
+        if not name or name == "loss":
             continue
         direction = getattr(metric, "_direction", None)
         if direction in ("up", "down"):
@@ -115,7 +143,7 @@ def metric_directions(model: Any) -> dict[str, str]:
         elif any(
             word in type(metric).__name__.lower()
             for word in ("accuracy", "auc", "precision", "recall", "iou")
-        ) or name != "loss" and any(word in name.lower() for word in _MAX_WORDS):
+        ) or any(word in name.lower() for word in _MAX_WORDS):
             directions[name] = "max"
     return directions
 

@@ -182,15 +182,18 @@ class WorkerLink:
             decisions = self._pending.take_train_end() + list(reply.decisions)
         return decisions, reply.error
 
-    def send(self, message: Message) -> None:
-        """Queue a message for the coordinator (non-blocking)."""
-        self._submit(self._send(message))
+    def send(self, message: Message) -> Any:
+        """Queue a message for the coordinator (non-blocking); returns a future of the send."""
+        return self._submit(self._send(message))
 
     def fail(self, error: BaseException) -> None:
         """Tell the coordinator this worker's training raised, then close."""
         text = "".join(traceback.format_exception(error))
         message = WorkerFailed(self.rank, f"{type(error).__name__}: {error}", text)
-        future = self._submit(self._send(message))
+        try:
+            future = self._submit(self._send(message))
+        except DistcbError:  # never connected, or already lost: nothing to tell
+            future = None
         if future is not None:
             with contextlib.suppress(Exception):
                 future.result(timeout=self.config.reply_timeout_s)
@@ -264,7 +267,16 @@ class WorkerLink:
             coro.close()
             self._raise_if_lost()
             return None
-        return asyncio.run_coroutine_threadsafe(coro, loop)
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        future.add_done_callback(self._check_done)
+        return future
+
+    def _check_done(self, future: Any) -> None:
+        # Any failure of work handed to the IO thread stops training with its reason.
+        if not future.cancelled() and future.exception() is not None:
+            self._set_lost(
+                DistcbError(f"rank {self.rank}: the IO thread failed: {future.exception()!r}")
+            )
 
     def _run_loop(self, join: Join, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -357,11 +369,14 @@ class WorkerLink:
         # flush_max_delay_s at the latest: a timer every few ms would take the
         # GIL from the training thread hundreds of times a second.
         assert self._kick is not None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.config.flush_max_delay_s)
-            self._kick.clear()
-            await self._flush()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), self.config.flush_max_delay_s)
+                self._kick.clear()
+                await self._flush()
+        except Exception as exc:
+            self._set_lost(DistcbError(f"rank {self.rank}: sending batch logs failed: {exc!r}"))
 
     async def _flush(self) -> None:
         """Send buffered batch logs in step order, as far as they are contiguous."""
@@ -413,9 +428,10 @@ class WorkerLink:
                         f"rank {self.rank}: could not send to the coordinator ({exc!r})"
                     )
                 )
-            except ProtocolError as exc:
-                # Something this worker cannot encode (a log value of an unknown type):
-                # training stops with the reason rather than the logs vanishing.
+            except Exception as exc:
+                # Something this worker cannot encode (a log value of an unknown type, a
+                # tensor that fails to read): training stops with the reason rather than
+                # the message vanishing and the worker waiting for an answer forever.
                 self._set_lost(
-                    ProtocolError(f"rank {self.rank}: could not send a {message.type!r}: {exc}")
+                    ProtocolError(f"rank {self.rank}: could not send a {message.type!r}: {exc!r}")
                 )

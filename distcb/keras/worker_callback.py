@@ -198,7 +198,10 @@ class WorkerCallback:
         try:
             decisions, self.job_error = link.end_training()
             self._apply(decisions, -1)
-            link.send(Done(self.context.rank, self.report()))
+            sent = link.send(Done(self.context.rank, self.report()))
+            if sent is not None:  # the report must be out before the connection closes
+                with contextlib.suppress(Exception):
+                    sent.result(timeout=self.context.config.reply_timeout_s)
         finally:
             link.close()
             self._link = None

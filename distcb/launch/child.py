@@ -8,6 +8,7 @@ coordinator through any open link before exiting non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -42,7 +43,8 @@ def main(spec_path: str) -> int:
         from distcb.keras.link import active_links
 
         for link in active_links():
-            link.fail(exc)
+            with contextlib.suppress(Exception):  # the original error must still be recorded
+                link.fail(exc)
         text = "".join(traceback.format_exception(exc))
         with open(result_path, "w") as handle:
             json.dump({"error": f"{type(exc).__name__}: {exc}", "traceback": text}, handle)

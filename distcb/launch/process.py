@@ -64,11 +64,14 @@ class _Child:
         self.pump.start()
 
     def _pump(self, out: TextIO) -> None:
+        # Keep draining whatever happens: a child blocked on a full pipe would hang the job.
         assert self.process.stdout is not None
         prefix = f"[rank {self.rank}] "
-        for line in self.process.stdout:
-            out.write(prefix + line)
-            out.flush()
+        with self.process.stdout:
+            for line in self.process.stdout:
+                with contextlib.suppress(Exception):
+                    out.write(prefix + line)
+                    out.flush()
 
 
 async def run_processes(
@@ -100,41 +103,30 @@ async def run_processes(
         async with WebSocketServer(coordinator, config=config) as server:
             ports = free_ports(num_workers) if tf_config else []
             threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
-            for rank in range(num_workers):
-                child_env = dict(os.environ)
-                child_env.update(env or {})
-                child_env.update(
-                    {
-                        ENV_ADDRESS: server.address,
-                        ENV_TOKEN: server.token,
-                        ENV_RANK: str(rank),
-                        ENV_WORLD_SIZE: str(num_workers),
-                        ENV_CONFIG: json.dumps(config.to_dict()),
-                        "PYTHONUNBUFFERED": "1",
-                    }
-                )
-                child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-                # The child must import what the parent imports (multiprocessing does the same).
-                child_env["PYTHONPATH"] = os.pathsep.join(
-                    [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
-                ).rstrip(os.pathsep)
-                for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-                    child_env.setdefault(name, str(threads))
-                if run_dir:
-                    child_env[ENV_RUN_DIR] = os.path.abspath(run_dir)  # noqa: ASYNC240 (no disk I/O)
-                if tf_config:
-                    child_env["TF_CONFIG"] = tf_config_for(rank, ports)
-                if gpus_per_worker is not None:
-                    devices = range(rank * gpus_per_worker, (rank + 1) * gpus_per_worker)
-                    child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
-                children.append(await asyncio.to_thread(_spawn, rank, spec_path, child_env, out))
-            watchers = [
-                loop.create_task(
-                    _watch(child, coordinator, spec_dir), name=f"distcb-watch-{child.rank}"
-                )
-                for child in children
-            ]
-            try:
+            watchers: list[asyncio.Task[None]] = []
+            try:  # from the first spawn on: children never outlive this call
+                for rank in range(num_workers):
+                    child_env = _child_env(
+                        rank,
+                        num_workers,
+                        server.address,
+                        server.token,
+                        config,
+                        threads=threads,
+                        run_dir=run_dir,
+                        ports=ports,
+                        gpus_per_worker=gpus_per_worker,
+                        extra=env,
+                    )
+                    children.append(
+                        await asyncio.to_thread(_spawn, rank, spec_path, child_env, out)
+                    )
+                watchers = [
+                    loop.create_task(
+                        _watch(child, coordinator, spec_dir), name=f"distcb-watch-{child.rank}"
+                    )
+                    for child in children
+                ]
                 return await coordinator.run()
             finally:
                 await _stop_children(children, config.stop_timeout_s)
@@ -143,6 +135,49 @@ async def run_processes(
                 await asyncio.gather(*watchers, return_exceptions=True)
                 for child in children:
                     child.pump.join(5.0)
+
+
+def _child_env(
+    rank: int,
+    num_workers: int,
+    address: str,
+    token: str,
+    config: Config,
+    *,
+    threads: int,
+    run_dir: str | None,
+    ports: Sequence[int],
+    gpus_per_worker: int | None,
+    extra: dict[str, str] | None,
+) -> dict[str, str]:
+    """The environment of worker `rank`: the DISTCB_* variables and what the options ask."""
+    child_env = dict(os.environ)
+    child_env.update(extra or {})
+    child_env.update(
+        {
+            ENV_ADDRESS: address,
+            ENV_TOKEN: token,
+            ENV_RANK: str(rank),
+            ENV_WORLD_SIZE: str(num_workers),
+            ENV_CONFIG: json.dumps(config.to_dict()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # The child must import what the parent imports (multiprocessing does the same).
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        child_env.setdefault(name, str(threads))
+    if run_dir:
+        child_env[ENV_RUN_DIR] = os.path.abspath(run_dir)
+    if ports:
+        child_env["TF_CONFIG"] = tf_config_for(rank, ports)
+    if gpus_per_worker is not None:
+        devices = range(rank * gpus_per_worker, (rank + 1) * gpus_per_worker)
+        child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    return child_env
 
 
 def _write_spec(
@@ -172,6 +207,7 @@ def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Chil
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        errors="replace",
         start_new_session=True,  # its own process group: stopping it stops its children too
     )
     return _Child(rank, process, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -29,9 +30,9 @@ _MAX_CLOSE_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2
 _SEND_ERRORS = (aiohttp.ClientError, ConnectionError, RuntimeError)
 
 
-# The last message encoded, and its text: a broadcast encodes once for all connections
-# (every send runs on the event loop's thread, one at a time).
-_last_encoded: list[Any] = [None, ""]
+# The last message encoded on this thread, and its text: a broadcast encodes once for
+# all connections (a loop's sends run on its thread, one at a time).
+_encoded = threading.local()
 
 class WebSocketConnection:
     """One end of a websocket channel, as a distcb `Connection`.
@@ -81,8 +82,9 @@ class WebSocketConnection:
         """
         if self._unusable is not None:
             raise ConnectionClosed(f"send on a closed connection ({self._unusable})")
-        if _last_encoded[0] is message:  # a broadcast: the same message to every worker
-            text = _last_encoded[1]
+        last = getattr(_encoded, "last", None)
+        if last is not None and last[0] is message:  # a broadcast: one message, every worker
+            text = last[1]
         else:
             try:
                 text = json.dumps(encode(message), allow_nan=False)  # ASCII: len() counts bytes
@@ -90,7 +92,7 @@ class WebSocketConnection:
                 raise ProtocolError(
                     f"a {message.type!r} message is not strict JSON: {exc}"
                 ) from exc
-            _last_encoded[:] = [message, text]
+            _encoded.last = (message, text)
         if len(text) > self._config.max_message_bytes:
             raise ProtocolError(
                 f"a {message.type!r} message of {len(text)} bytes exceeds "

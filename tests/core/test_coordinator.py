@@ -293,3 +293,22 @@ def test_a_resumed_fit_counts_epochs_from_initial_epoch():
     assert schedule.begun == [3, 4]
     assert history.epoch == [3, 4]
     assert worker.learning_rates == pytest.approx([0.4, 0.5])
+
+
+async def test_a_worker_whose_fit_ends_early_does_not_hold_the_others():
+    # Rank 1's data runs out after one epoch (its fit ends on its own); rank 0 goes on.
+    coordinator = Coordinator([], world_size=2, config=FAST)
+    workers = [
+        ScriptedWorker(0, 2, [{"loss": 1.0}, {"loss": 0.5}, {"loss": 0.25}], params={"epochs": 3}),
+        ScriptedWorker(1, 2, [{"loss": 3.0}], params={"epochs": 3}),
+    ]
+    tasks = []
+    for worker in workers:
+        coordinator_end, worker_end = connection_pair()
+        tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
+        tasks.append(asyncio.create_task(worker.run(worker_end)))
+    history = await asyncio.wait_for(coordinator.run(), 10)
+    await asyncio.gather(*tasks)
+    assert history.epoch == [0, 1, 2]
+    assert history.history["loss"] == [2.0, 0.5, 0.25]  # epochs 1 and 2: rank 0 alone
+    assert [w.epochs_run for w in workers] == [3, 1]
