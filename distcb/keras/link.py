@@ -380,11 +380,18 @@ class WorkerLink:
 
     async def _flush(self) -> None:
         """Send buffered batch logs in step order, as far as they are contiguous."""
-        entries = self._ready_entries()
+        frames = self._frames(self._epoch, self._ready_entries())
+        if frames:
+            await self._send(*frames)
+
+    def _frames(self, epoch: int, entries: list[BatchEntry]) -> list[BatchFrame]:
         limit = self.config.max_frame_entries
-        for i in range(0, len(entries), limit):
-            await self._send(BatchFrame(self.rank, self._epoch, tuple(entries[i : i + limit])))
-            self._frames_sent += 1
+        frames = [
+            BatchFrame(self.rank, epoch, tuple(entries[i : i + limit]))
+            for i in range(0, len(entries), limit)
+        ]
+        self._frames_sent += len(frames)
+        return frames
 
     def _ready_entries(self) -> list[BatchEntry]:
         # Keras may run batch-end hooks on a thread pool, out of order: release a
@@ -406,32 +413,40 @@ class WorkerLink:
         return out
 
     async def _send_epoch_end(self, message: EpochEnd) -> None:
-        await self._flush()
+        entries = self._ready_entries()
         # Entries still unmatched (no begin seen) go out in step order before the epoch end.
-        rest = [self._ended.pop(s) for s in sorted(self._ended)]
+        entries += [self._ended.pop(s) for s in sorted(self._ended)]
         self._begun.clear()
-        if rest:
-            await self._send(BatchFrame(self.rank, message.epoch, tuple(rest)))
-        await self._send(message)
+        # One send: no other frame can slip in between the last batch logs and the epoch end.
+        await self._send(*self._frames(message.epoch, entries), message)
 
-    async def _send(self, message: Message) -> None:
+    async def _send(self, *messages: Message) -> None:
+        """Send `messages` in order, back to back (no other send in between)."""
         assert self._send_lock is not None
         connection = self._connection
         if connection is None:
             return
         async with self._send_lock:
-            try:
-                await asyncio.wait_for(connection.send(message), self.config.reply_timeout_s)
-            except (ConnectionClosed, TimeoutError) as exc:
-                self._set_lost(
-                    CoordinatorLostError(
-                        f"rank {self.rank}: could not send to the coordinator ({exc!r})"
-                    )
+            for message in messages:
+                if not await self._send_one(connection, message):
+                    return
+
+    async def _send_one(self, connection: Connection, message: Message) -> bool:
+        """Send one message; on failure stop training with the reason and return False."""
+        try:
+            await asyncio.wait_for(connection.send(message), self.config.reply_timeout_s)
+            return True
+        except (ConnectionClosed, TimeoutError) as exc:
+            self._set_lost(
+                CoordinatorLostError(
+                    f"rank {self.rank}: could not send to the coordinator ({exc!r})"
                 )
-            except Exception as exc:
-                # Something this worker cannot encode (a log value of an unknown type, a
-                # tensor that fails to read): training stops with the reason rather than
-                # the message vanishing and the worker waiting for an answer forever.
-                self._set_lost(
-                    ProtocolError(f"rank {self.rank}: could not send a {message.type!r}: {exc!r}")
-                )
+            )
+        except Exception as exc:
+            # Something this worker cannot encode (a log value of an unknown type, a
+            # tensor that fails to read): training stops with the reason rather than
+            # the message vanishing and the worker waiting for an answer forever.
+            self._set_lost(
+                ProtocolError(f"rank {self.rank}: could not send a {message.type!r}: {exc!r}")
+            )
+        return False
