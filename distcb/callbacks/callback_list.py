@@ -86,6 +86,25 @@ class CallbackList:
         for callback in self.callbacks:
             callback.set_model(model)
 
+    def attach(self, params: dict[str, Any], model: Any, runtime: Any) -> None:
+        """Give every callback the params, the model proxy, and (if it wants it) the runtime."""
+        self.set_params(params)
+        self.set_model(model)
+        for callback in self.callbacks:
+            set_runtime = getattr(callback, "set_runtime", None)
+            if callable(set_runtime):
+                set_runtime(runtime)
+
+    @property
+    def histogram_freq(self) -> int:
+        """How often (epochs) the chief must send weight histograms; 0 for never."""
+        return max((int(getattr(cb, "histogram_freq", 0) or 0) for cb in self.callbacks), default=0)
+
+    @property
+    def wants_model_json(self) -> bool:
+        """Whether a callback (TensorBoard's write_graph) needs the chief's model JSON."""
+        return any(bool(getattr(cb, "wants_model_json", False)) for cb in self.callbacks)
+
     @property
     def has_batch_hooks(self) -> bool:
         return any(overrides_batch_hooks(cb) for cb in self.callbacks)

@@ -237,12 +237,7 @@ class Coordinator:
         decides_on_batch = self.callbacks.decides_on_batch
         self.recorder.window_steps = self.config.window_steps if decides_on_batch else None
         self.model.optimizer._sync(self.roster.workers[0].params.get("learning_rate", float("nan")))
-        self.callbacks.set_params(self.params)
-        self.callbacks.set_model(self.model)
-        for callback in self.callbacks.callbacks:
-            set_runtime = getattr(callback, "set_runtime", None)
-            if callable(set_runtime):
-                set_runtime(self._runtime)
+        self.callbacks.attach(self.params, self.model, self._runtime)
         self.phase = Phase.TRAINING
         # A resumed fit (Keras `initial_epoch`) counts its epochs from there.
         self.epoch = first = int(self.params.get("initial_epoch") or 0)
@@ -254,21 +249,14 @@ class Coordinator:
                 self.callbacks.on_epoch_begin(first)
 
         decisions = await self._in_callbacks("train_begin", first, -1, begin)
-        histogram_freq = max(
-            (int(getattr(cb, "histogram_freq", 0) or 0) for cb in self.callbacks.callbacks),
-            default=0,
+        start = Start(
+            decisions=tuple(decisions),
+            window_steps=self.recorder.window_steps,
+            want_batch_logs=self.callbacks.has_batch_hooks,
+            histogram_freq=self.callbacks.histogram_freq,
+            want_model_json=self.callbacks.wants_model_json,
         )
-        await self.roster.broadcast(
-            Start(
-                decisions=tuple(decisions),
-                window_steps=self.recorder.window_steps,
-                want_batch_logs=self.callbacks.has_batch_hooks,
-                histogram_freq=histogram_freq,
-                want_model_json=any(
-                    bool(getattr(cb, "wants_model_json", False)) for cb in self.callbacks.callbacks
-                ),
-            )
-        )
+        await self.roster.broadcast(start)
 
     async def _on_batches(self, rank: int, frame: BatchFrame) -> None:
         if frame.epoch != self.epoch:
@@ -391,8 +379,7 @@ class Coordinator:
             # This worker's fit ended on its own (its data ran out, a local callback
             # stopped it): the others go on without it; it waits for the train end.
             logger.warning("rank %d ended fit at epoch %d before the others", rank, self.epoch)
-            await self._process_steps(self._merger.pop_ready(self.roster.training()))
-            await self._maybe_finish_epoch()
+            await self._recheck_barriers()
             return
         self.phase = Phase.ENDING
         await self._maybe_end_training()
@@ -466,23 +453,25 @@ class Coordinator:
             await self._end_training()
             self._finished.set()
             return
-        # Barriers may now be complete without the lost worker.
+        await self._recheck_barriers()
+        await self._maybe_end_training()
+
+    async def _recheck_barriers(self) -> None:
+        """A rank left the batch merge and the epoch barrier: they may be complete now."""
         await self._process_steps(self._merger.pop_ready(self.roster.training()))
         await self._maybe_finish_epoch()
-        await self._maybe_end_training()
 
     async def _give_up_on_survivors(self) -> None:
         if self._finished.is_set():
             return
-        for rank in sorted(self.roster.live):
-            worker = self.roster.workers[rank]
-            if not worker.train_ended:
-                logger.warning(
-                    "rank %d did not reach on_train_end within Config.stop_timeout_s=%g s after "
-                    "the failure",
-                    rank,
-                    self.config.stop_timeout_s,
-                )
+        stuck = sorted(self.roster.training())
+        if stuck:
+            logger.warning(
+                "ranks %s did not reach on_train_end within Config.stop_timeout_s=%g s after "
+                "the failure",
+                stuck,
+                self.config.stop_timeout_s,
+            )
         if self.phase is not Phase.DONE:
             await self._end_training()
         self._finished.set()
@@ -494,8 +483,7 @@ class Coordinator:
         return {
             "phase": self.phase.value,
             "world_size": self.world_size,
-            "joined": sorted(self.roster.workers),
-            "live": sorted(self.roster.live),
+            **self.roster.status(),
             "epoch": self.epoch,
             "processed_step": self._merger.processed_step,
             "global_step": self.state.global_step,

@@ -138,6 +138,9 @@ class Roster:
         """Live ranks still in `fit`: those the epoch barrier and the batch merge wait for."""
         return {r for r in self.live if not self.workers[r].train_ended}
 
+    def status(self) -> dict[str, list[int]]:
+        return {"joined": sorted(self.workers), "live": sorted(self.live)}
+
     def missing(self) -> set[int]:
         return set(range(self.world_size)) - set(self.workers)
 

@@ -94,9 +94,7 @@ def _declared_metrics(model: Any) -> list[Any]:
     At `on_train_begin` neither Keras 3 nor tf_keras has built its compiled
     metrics yet, so what the user declared is the only source then.
     """
-    container = getattr(model, "_compile_metrics", None) or getattr(
-        model, "compiled_metrics", None
-    )
+    container = getattr(model, "_compile_metrics", None) or getattr(model, "compiled_metrics", None)
     declared = getattr(container, "_user_metrics", None)
     out: list[Any] = []
 

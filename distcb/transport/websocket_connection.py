@@ -34,6 +34,7 @@ _SEND_ERRORS = (aiohttp.ClientError, ConnectionError, RuntimeError)
 # all connections (a loop's sends run on its thread, one at a time).
 _encoded = threading.local()
 
+
 class WebSocketConnection:
     """One end of a websocket channel, as a distcb `Connection`.
 
@@ -213,7 +214,6 @@ class WebSocketConnection:
         self._unusable = self._unusable or f"connection to {self._peer} failed: {error!r}"
         await self.close(str(error), code=WSCloseCode.INTERNAL_ERROR)
         raise ConnectionClosed(self._unusable)
-
 
 
 def _close_message(reason: str) -> bytes:

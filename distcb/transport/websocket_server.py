@@ -151,11 +151,17 @@ class WebSocketServer:
             given.strip().encode("utf-8", "replace"), self._token_bytes
         ):
             return None
-        logger.warning("rejected %s %s from %s: missing or wrong token",
-                       request.method, request.path, request.remote)
+        logger.warning(
+            "rejected %s %s from %s: missing or wrong token",
+            request.method,
+            request.path,
+            request.remote,
+        )
         return web.json_response(
-            {"error": "missing or wrong token; send the job's token as "
-                      "'Authorization: Bearer <token>'"},
+            {
+                "error": "missing or wrong token; send the job's token as "
+                "'Authorization: Bearer <token>'"
+            },
             status=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
