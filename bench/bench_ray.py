@@ -143,7 +143,7 @@ def bench_steps() -> tuple[dict[str, list[float]], list[dict[str, int]]]:
                     backend="ray",
                     callbacks=[callback],
                     run_dir=run_dir,
-                    num_cpus_per_worker=1,
+                    cpus_per_worker=1,
                 )
                 with open(os.path.join(run_dir, "steps.json")) as handle:
                     data = json.load(handle)
@@ -182,8 +182,9 @@ def _last_arrivals(waits: dict[int, list[float]]) -> list[float]:
 async def _barrier_ray(num_workers: int) -> list[float]:
     import ray
 
-    from distcb.core.config import Config
-    from distcb.transport.ray import RayCoordinator, connect
+    from distcb.launch.ray_actor import RayCoordinator
+    from distcb.protocol.config import Config
+    from distcb.transport.ray import connect
 
     waits: dict[int, list[float]] = {}
     config = Config(heartbeat_interval_s=0.5)
@@ -210,8 +211,8 @@ async def _barrier_ray(num_workers: int) -> list[float]:
 
 
 async def _barrier_websocket(num_workers: int) -> list[float]:
-    from distcb.core.config import Config
-    from distcb.core.coordinator import Coordinator
+    from distcb.coordinator.engine import Coordinator
+    from distcb.protocol.config import Config
     from distcb.transport.websocket import WebSocketServer, connect
 
     waits: dict[int, list[float]] = {}
@@ -235,7 +236,7 @@ async def _barrier_websocket(num_workers: int) -> list[float]:
 async def _actor_round_trips() -> list[float]:
     import ray
 
-    from distcb.transport.ray import RayCoordinator
+    from distcb.launch.ray_actor import RayCoordinator
 
     actor = RayCoordinator.options(num_cpus=0).remote([], world_size=1)
     try:

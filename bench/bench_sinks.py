@@ -26,8 +26,8 @@ from aiohttp import web  # noqa: E402
 
 from distcb.callbacks.base import Logs  # noqa: E402
 from distcb.callbacks.remote_monitor import RemoteMonitor  # noqa: E402
-from distcb.core.config import Config  # noqa: E402
-from distcb.core.coordinator import Coordinator  # noqa: E402
+from distcb.coordinator.engine import Coordinator  # noqa: E402
+from distcb.protocol.config import Config  # noqa: E402
 from distcb.testing import ScriptedWorker  # noqa: E402
 from distcb.transport.memory import connection_pair  # noqa: E402
 

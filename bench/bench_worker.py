@@ -194,8 +194,8 @@ def bench_steps() -> dict[str, list[float]]:
 
 
 async def _barrier(num_workers: int) -> list[float]:
-    from distcb.core.config import Config
-    from distcb.core.coordinator import Coordinator
+    from distcb.coordinator.engine import Coordinator
+    from distcb.protocol.config import Config
     from distcb.testing import ScriptedWorker
     from distcb.transport.websocket import WebSocketServer, connect
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from distcb.core.config import Config
-from distcb.core.coordinator import Coordinator
-from distcb.core.errors import (
+from distcb.protocol.config import Config
+from distcb.protocol.errors import (
     AggregationError,
     CoordinatorLostError,
     DecisionError,
@@ -24,9 +23,10 @@ from distcb.core.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Coordinator": "distcb.coordinator.engine",
     "run": "distcb.launch.api",
-    "worker_context": "distcb.launch.context",
-    "WorkerContext": "distcb.launch.context",
+    "worker_context": "distcb.worker.context",
+    "WorkerContext": "distcb.worker.context",
     "History": "distcb.callbacks.history",
 }
 

@@ -11,9 +11,11 @@
     assert result.stopped_epoch == 2 and result.weights == "w0"
 
 `epoch_logs[epoch][rank]` is that worker's epoch logs; `batch_logs[epoch][step][rank]`
-its batch logs (running means, as Keras 3 sends them). Workers speak the real
-protocol over the in-process transport, obey the window rule and apply every
-decision at its effect point, and stop consuming their scripts when told to stop.
+its batch logs (running means, as Keras 3 sends them). The scripted workers run
+the same worker code as real ones (`distcb.worker`: the protocol state machine,
+the window rule, the batch buffer, decision application) over the in-process
+transport; only the model is scripted. They stop consuming their scripts when
+told to stop.
 """
 
 from __future__ import annotations
@@ -25,51 +27,55 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distcb.callbacks.history import History
-from distcb.core.config import Config
-from distcb.core.coordinator import Coordinator
-from distcb.core.decisions import (
-    Decision,
-    PendingDecisions,
-    ReleaseWeights,
-    RestoreWeights,
-    SaveModel,
-    SetLearningRate,
-    SnapshotWeights,
-    StopTraining,
-)
-from distcb.core.errors import CoordinatorLostError
-from distcb.core.messages import (
-    Abort,
-    BatchEntry,
-    BatchFrame,
-    Done,
-    EpochEnd,
-    EpochReply,
-    Heartbeat,
-    Join,
-    Logs,
-    Progress,
-    Saved,
-    Start,
-    TrainEnd,
-    TrainEndReply,
-)
-from distcb.core.transport import Connection, ConnectionClosed
+from distcb.coordinator.engine import Coordinator
+from distcb.protocol.config import Config
+from distcb.protocol.decisions import Decision, SaveModel
+from distcb.protocol.errors import CoordinatorLostError
+from distcb.protocol.logs import Logs
+from distcb.protocol.messages import EpochEnd, JoinParams
+from distcb.transport.base import Connection
 from distcb.transport.memory import connection_pair
+from distcb.worker.apply import AppliedDecision
+from distcb.worker.protocol import DecisionArrival, StepBegun
+from distcb.worker.session import WorkerSession
 
-__all__ = ["AppliedDecision", "ScriptedWorker", "SimulationResult", "asimulate", "simulate"]
+__all__ = [
+    "AppliedDecision",
+    "DecisionArrival",
+    "ScriptedModel",
+    "ScriptedWorker",
+    "SimulationResult",
+    "StepBegun",
+    "asimulate",
+    "simulate",
+]
 
 DEFAULT_LEARNING_RATE = 0.001
 
 
-@dataclass(frozen=True)
-class AppliedDecision:
-    """A decision as one worker applied it: where it was in training at that moment."""
+@dataclass
+class ScriptedModel:
+    """The model of a scripted worker: a learning rate, and weights that are any value."""
 
-    decision: Decision
-    epoch: int
-    step: int  # the step about to begin (batch decisions), -1 between epochs
-    max_step_begun: int  # the highest step of `epoch` this worker had begun when it applied it
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    weights: Any = None
+    stop_requested: bool = False
+    saves: list[str] = field(default_factory=list)
+
+    def stop_training(self) -> None:
+        self.stop_requested = True
+
+    def set_learning_rate(self, value: float) -> None:
+        self.learning_rate = value
+
+    def get_weights(self) -> Any:
+        return self.weights
+
+    def set_weights(self, weights: Any) -> None:
+        self.weights = weights
+
+    def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
+        self.saves.append(filepath)
 
 
 @dataclass
@@ -82,6 +88,9 @@ class ScriptedWorker:
         params: what it sends on join. weights: epoch -> its weights at that epoch's end.
         samples / val_samples: epoch -> sample counts sent with the epoch logs.
         yields_per_step: how many times it yields to the event loop per step (its speed).
+        config: the job's Config (heartbeats, window, frame sizes).
+        disconnect_at: ``(epoch, step)`` at which the worker drops its connection, as a
+            crashed process would (its `run` then raises ConnectionError).
     """
 
     rank: int
@@ -93,169 +102,122 @@ class ScriptedWorker:
     samples: Sequence[float | None] | None = None
     val_samples: Sequence[float | None] | None = None
     yields_per_step: int = 1
-    frame_steps: int = 1
+    config: Config = field(default_factory=Config)
+    disconnect_at: tuple[int, int] | None = None
 
-    learning_rate: float = DEFAULT_LEARNING_RATE
-    current_weights: Any = None
-    snapshots: dict[int, Any] = field(default_factory=dict)
-    applied: list[AppliedDecision] = field(default_factory=list)
-    received: list[AppliedDecision] = field(default_factory=list)  # on arrival, before applying
-    steps_sent: list[tuple[int, int]] = field(default_factory=list)  # (epoch, step) sent
-    learning_rates: list[float] = field(default_factory=list)  # in effect during each epoch run
-    saves: list[SaveModel] = field(default_factory=list)
+    model: ScriptedModel = field(init=False)
+    session: WorkerSession | None = field(default=None, init=False)
+    steps_sent: list[tuple[int, int]] = field(default_factory=list)  # (epoch, step) ended
+    learning_rates: list[float] = field(default_factory=list)  # in effect during each epoch
     epochs_run: int = 0
-    stopped_by_decision: bool = False
-    abort_reason: str | None = None
+    job_error: str | None = None
 
     def __post_init__(self) -> None:
-        self.learning_rate = float(self.params.get("learning_rate", DEFAULT_LEARNING_RATE))
-        self._pending = PendingDecisions()
-        self._processed_known = -1
-        self._progress_epoch = 0
-        self._window: int | None = None
-        self._stop = False
-        self._max_step_begun = -1
-        self._epoch = 0
-        self._inbox_changed = asyncio.Event()
-        self._replies: dict[str, Any] = {}
+        self.model = ScriptedModel(
+            learning_rate=float(self.params.get("learning_rate", DEFAULT_LEARNING_RATE))
+        )
 
-    # ---------------------------------------------------------------- protocol
+    # ---------------------------------------------------------------- what tests read
+
+    @property
+    def applied(self) -> list[AppliedDecision]:
+        return [] if self.session is None else self.session.applier.applied
+
+    @property
+    def steps_begun(self) -> list[StepBegun]:
+        return [] if self.session is None else list(self.session.protocol.steps_begun or [])
+
+    @property
+    def received(self) -> list[DecisionArrival]:
+        """Every decision as it arrived, with where the worker was then."""
+        return [] if self.session is None else list(self.session.protocol.arrivals or [])
+
+    @property
+    def learning_rate(self) -> float:
+        return self.model.learning_rate
+
+    @property
+    def current_weights(self) -> Any:
+        return self.model.weights
+
+    @property
+    def saves(self) -> list[SaveModel]:
+        """The save decisions this worker carried out (the chief's only)."""
+        return [
+            a.decision for a in self.applied if isinstance(a.decision, SaveModel) and self.rank == 0
+        ]
+
+    @property
+    def stopped_by_decision(self) -> bool:
+        return self.model.stop_requested
+
+    @property
+    def abort_reason(self) -> str | None:
+        return None if self.session is None else self.session.protocol.abort_reason
+
+    # ---------------------------------------------------------------- the run
 
     async def run(self, connection: Connection) -> None:
-        self._connection = connection
-        first = int(self.params.get("initial_epoch", 0))
-        params = {"epochs": first + len(self.epoch_logs), **self.params}
-        if self.batch_logs is not None and "steps" not in params:
-            params["steps"] = max((len(s) for s in self.batch_logs), default=0)
-        await connection.send(Join(self.rank, self.world_size, params))
-        reader = asyncio.create_task(self._read(), name=f"scripted-worker-{self.rank}-reader")
-        try:
-            start = await self._wait_reply("start")
-            assert isinstance(start, Start)
-            self._window = start.window_steps
-            self._pending.add(list(start.decisions))
-            await self._train()
-            await connection.send(TrainEnd(self.rank))
-            reply = await self._wait_reply("train_end_reply")
-            self._apply(self._pending.take_train_end() + list(reply.decisions), -1)
-            await connection.send(Done(self.rank, {"learning_rate": self.learning_rate}))
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        async def connect() -> Connection:
+            return connection
 
-    async def _train(self) -> None:
-        first = int(self.params.get("initial_epoch", 0))  # a resumed fit
+        session = self.session = WorkerSession(
+            rank=self.rank,
+            world_size=self.world_size,
+            connect=connect,
+            config=self.config,
+            target=self.model,
+            record_steps=True,
+        )
+        first = int(self.params.get("initial_epoch", 0))
+        fields = {k: v for k, v in self.params.items() if k in JoinParams.__struct_fields__}
+        fields.setdefault("epochs", first + len(self.epoch_logs))
+        if self.batch_logs is not None and "steps" not in self.params:
+            fields["steps"] = max((len(s) for s in self.batch_logs), default=0)
+        try:
+            await session.open(JoinParams(**fields))
+            await self._train(session, first)
+            decisions, self.job_error = await session.end_training()
+            session.apply(decisions, -1)
+            await session.finish({"learning_rate": self.model.learning_rate})
+        finally:
+            await session.close()
+
+    async def _train(self, session: WorkerSession, first: int) -> None:
         for index, logs in enumerate(self.epoch_logs):
             epoch = first + index
-            self._epoch = epoch
-            self._max_step_begun = -1
-            self._apply(self._pending.take_epoch_begin(epoch), -1)
-            if self._stop:
+            session.apply(session.begin_epoch(epoch), -1)
+            if self.model.stop_requested:
                 return
-            self.learning_rates.append(self.learning_rate)
+            self.learning_rates.append(self.model.learning_rate)
             self.epochs_run += 1
             steps = self.batch_logs[index] if self.batch_logs is not None else []
-            entries: list[BatchEntry] = []
             for step, batch in enumerate(steps):
-                await self._wait_window(epoch, step)
-                self._max_step_begun = step
-                self._apply(self._pending.take_batch_begin(epoch, step), step)
+                if (epoch, step) == self.disconnect_at:
+                    await session.close()
+                    raise ConnectionError(f"rank {self.rank} crashed at epoch {epoch} step {step}")
+                decisions = await session.begin_batch(step)
+                session.apply(decisions, step)
                 for _ in range(self.yields_per_step):
                     await asyncio.sleep(0)
-                entries.append(BatchEntry(step, dict(batch), samples=None))
+                session.end_batch(step, dict(batch), None)
                 self.steps_sent.append((epoch, step))
-                if len(entries) >= self.frame_steps:
-                    await self._connection.send(BatchFrame(self.rank, epoch, tuple(entries)))
-                    entries = []
-                if self._stop:
+                if self.model.stop_requested:
                     break
-            if entries:
-                await self._connection.send(BatchFrame(self.rank, epoch, tuple(entries)))
             if self.weights is not None:
-                self.current_weights = self.weights[index]
-            await self._connection.send(
+                self.model.weights = self.weights[index]
+            decisions = await session.end_epoch(
                 EpochEnd(
-                    self.rank,
-                    epoch,
-                    dict(logs),
+                    rank=self.rank,
+                    epoch=epoch,
+                    logs=dict(logs),
                     samples=_at(self.samples, index),
                     val_samples=_at(self.val_samples, index),
                 )
             )
-            reply = await self._wait_reply(f"epoch_reply:{epoch}")
-            self._pending.add(list(reply.decisions))
-            self._apply(self._pending.take_epoch_end(epoch), -1)
-            if self._stop:
+            session.apply(decisions, -1)
+            if self.model.stop_requested:
                 return
-
-    async def _wait_window(self, epoch: int, step: int) -> None:
-        while (
-            self._window is not None
-            and not self._stop
-            and step > self._known_processed(epoch) + self._window
-        ):
-            self._inbox_changed.clear()
-            await self._inbox_changed.wait()
-
-    def _known_processed(self, epoch: int) -> int:
-        return self._processed_known if self._progress_epoch == epoch else -1
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                message = await self._connection.receive()
-                for decision in getattr(message, "decisions", ()):
-                    self.received.append(
-                        AppliedDecision(decision, self._epoch, -1, self._max_step_begun)
-                    )
-                if isinstance(message, Progress):
-                    self._pending.add(list(message.decisions))
-                    self._progress_epoch = message.epoch
-                    self._processed_known = message.processed_step
-                elif isinstance(message, Abort):
-                    self.abort_reason = message.reason
-                    self._pending.add(list(message.decisions))
-                elif isinstance(message, EpochReply):
-                    self._replies[f"epoch_reply:{message.epoch}"] = message
-                elif isinstance(message, Start | TrainEndReply):
-                    self._replies[message.type] = message
-                elif isinstance(message, Heartbeat):
-                    continue
-                self._inbox_changed.set()
-        except ConnectionClosed as exc:
-            self._replies["closed"] = exc
-            self._inbox_changed.set()
-
-    async def _wait_reply(self, key: str) -> Any:
-        while key not in self._replies:
-            if "closed" in self._replies:
-                raise CoordinatorLostError(
-                    f"rank {self.rank}: the coordinator closed the connection while this worker "
-                    f"waited for {key!r} ({self._replies['closed']})"
-                )
-            self._inbox_changed.clear()
-            await self._inbox_changed.wait()
-        return self._replies.pop(key)
-
-    def _apply(self, decisions: list[Decision], step: int) -> None:
-        for decision in decisions:
-            self.applied.append(AppliedDecision(decision, self._epoch, step, self._max_step_begun))
-            if isinstance(decision, StopTraining):
-                self._stop = True
-                self.stopped_by_decision = True
-            elif isinstance(decision, SetLearningRate):
-                self.learning_rate = decision.learning_rate
-            elif isinstance(decision, SnapshotWeights):
-                self.snapshots[decision.snapshot_id] = self.current_weights
-            elif isinstance(decision, RestoreWeights):
-                self.current_weights = self.snapshots[decision.snapshot_id]
-            elif isinstance(decision, ReleaseWeights):
-                self.snapshots.pop(decision.snapshot_id, None)
-            elif isinstance(decision, SaveModel) and self.rank == 0:
-                self.saves.append(decision)
-                asyncio.get_running_loop().create_task(
-                    self._connection.send(Saved(self.rank, decision.filepath))
-                ).add_done_callback(lambda t: t.exception())
 
 
 @dataclass
@@ -269,7 +231,7 @@ class SimulationResult:
         learning_rates: the learning rate in effect during each epoch run (the chief's).
         weights: the weights the chief ends with (after any restore).
         workers: the scripted workers, for what each applied and when.
-        coordinator: the coordinator (status(), saved files).
+        coordinator: the coordinator (status(), decision log).
     """
 
     history: History
@@ -308,29 +270,30 @@ async def asimulate(
         raise ValueError(
             f"batch_logs covers {len(batch_logs)} epochs, epoch_logs {len(epoch_logs)}"
         )
+    config = config or Config()
     per_rank_params = (
         list(params) if isinstance(params, Sequence) else [dict(params or {})] * world_size
     )
     coordinator = Coordinator(
         callbacks, world_size=world_size, config=config, stateful_metrics=stateful_metrics
     )
-    workers = []
-    for rank in range(world_size):
-        workers.append(
-            ScriptedWorker(
-                rank=rank,
-                world_size=world_size,
-                epoch_logs=[row[rank] for row in epoch_logs],
-                batch_logs=None
-                if batch_logs is None
-                else [[step[rank] for step in epoch] for epoch in batch_logs],
-                params=dict(per_rank_params[rank]),
-                weights=weights if rank == 0 else None,
-                samples=None if samples is None else [row[rank] for row in samples],
-                val_samples=None if val_samples is None else [row[rank] for row in val_samples],
-                yields_per_step=1 if yields_per_step is None else yields_per_step[rank],
-            )
+    workers = [
+        ScriptedWorker(
+            rank=rank,
+            world_size=world_size,
+            epoch_logs=[row[rank] for row in epoch_logs],
+            batch_logs=None
+            if batch_logs is None
+            else [[step[rank] for step in epoch] for epoch in batch_logs],
+            params=dict(per_rank_params[rank]),
+            weights=weights if rank == 0 else None,
+            samples=None if samples is None else [row[rank] for row in samples],
+            val_samples=None if val_samples is None else [row[rank] for row in val_samples],
+            yields_per_step=1 if yields_per_step is None else yields_per_step[rank],
+            config=config,
         )
+        for rank in range(world_size)
+    ]
     tasks = []
     for worker in workers:
         coordinator_end, worker_end = connection_pair(f"scripted worker {worker.rank}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import threading
 import time
@@ -78,6 +79,9 @@ def main() -> None:
     wall_s = time.perf_counter() - started
     epochs_run = len(history.epoch)
     print(f"epochs={epochs_run} wall_s={wall_s:.1f} ms_per_epoch={wall_s / epochs_run * 1e3:.1f}")
+    ends = {rank: report["epochs_run"] for rank, report in history.worker_reports.items()}
+    print(f"epochs run by each worker: {ends}")
+    print(f"val_loss: {json.dumps(history.history['val_loss'])}")
 
     keras_import.join()
     import keras

@@ -73,7 +73,7 @@ def trainable(config: dict[str, Any]) -> None:
     distcb.tune.run(
         train,
         num_workers=2,
-        num_cpus_per_worker=CPUS_PER_WORKER,
+        cpus_per_worker=CPUS_PER_WORKER,
         kwargs={
             "lr": config["lr"],
             "width": config["width"],

@@ -72,6 +72,7 @@ class CallbackList:
                 )
         self.params: dict[str, Any] = {}
         self.model: Any = None
+        self.current: Any = None  # the callback whose hook runs now (decisions are its)
 
     def append(self, callback: Any) -> None:
         self.callbacks.append(callback)
@@ -122,7 +123,9 @@ class CallbackList:
                 # The logs as they stand at this callback's place in the chain.
                 defer.append(DeferredCall(callback, hook, args, dict(logs)))
             else:
+                self.current = callback
                 getattr(callback, hook)(*args, logs)
+        self.current = None
         return logs
 
     def on_epoch_end_deferring(self, epoch: int, logs: Logs, defer: list[DeferredCall]) -> Logs:
@@ -138,6 +141,19 @@ class CallbackList:
 
     def on_train_end(self, logs: Logs | None = None) -> Logs:
         return self._call("on_train_end", logs=logs)
+
+    def on_train_end_each(self, logs: Logs | None = None) -> list[BaseException]:
+        """`on_train_end` on every callback even when one raises; returns what they raised."""
+        logs = {} if logs is None else logs
+        errors: list[BaseException] = []
+        for callback in self.callbacks:
+            self.current = callback
+            try:
+                callback.on_train_end(logs)
+            except Exception as exc:
+                errors.append(exc)
+        self.current = None
+        return errors
 
     def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> Logs:
         return self._call("on_epoch_begin", epoch, logs=logs)

@@ -2,55 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from distcb.callbacks.base import Callback, Logs
+from distcb.protocol.logs import from_json_value, to_json_value
+from distcb.protocol.metrics import direction_by_name
 
 MODES = ("auto", "min", "max")
-
-# Keras 2 decided "auto" from the metric's name; Keras 3 from the compiled metric's
-# direction. Workers send those directions on join (params["directions"]); this
-# table is the fallback when they do not (names as Keras logs them).
-_MAX_SUFFIXES = (
-    "acc",
-    "accuracy",
-    "auc",
-    "precision",
-    "recall",
-    "f1_score",
-    "fbeta_score",
-    "iou",
-    "r2_score",
-    "cosine_similarity",
-    "specificity_at_sensitivity",
-    "sensitivity_at_specificity",
-    "precision_at_recall",
-    "recall_at_precision",
-    "true_positives",
-    "true_negatives",
-)
-_MIN_SUFFIXES = (
-    "loss",
-    "error",
-    "crossentropy",
-    "hinge",
-    "mse",
-    "mae",
-    "mape",
-    "msle",
-    "rmse",
-    "kld",
-    "kl_divergence",
-    "logcosh",
-    "log_cosh",
-    "poisson",
-    "false_positives",
-    "false_negatives",
-)
 
 
 def check_mode(mode: Any, owner: str) -> str:
@@ -91,17 +51,6 @@ def check_int(value: Any, name: str, owner: str, *, minimum: int = 0) -> int:
     return int(value)
 
 
-def direction_by_name(monitor: str) -> str | None:
-    """Keras 2's name rule, widened to the metrics Keras 3 knows: "max", "min" or None."""
-    name = monitor.removeprefix("val_").lower()
-    name = re.sub(r"_\d+$", "", name)  # Keras de-duplicates metric names as auc_1, auc_2
-    if name.endswith(_MAX_SUFFIXES):
-        return "max"
-    if name.endswith(_MIN_SUFFIXES):
-        return "min"
-    return None
-
-
 def resolve_direction(
     monitor: str, mode: str, directions: Mapping[str, Any] | None, owner: str
 ) -> str:
@@ -129,14 +78,13 @@ def resolve_direction(
 
 
 def encode_float(value: float | None) -> float | str | None:
-    """A float as JSON allows it: non-finite values become strings."""
-    if value is None or math.isfinite(value):
-        return value
-    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    """A float as JSON allows it (for `get_state`): non-finite values become strings."""
+    encoded: float | str | None = to_json_value(value)
+    return encoded
 
 
 def decode_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    return None if value is None else float(from_json_value(value))
 
 
 class MonitorCallback(Callback):

@@ -48,7 +48,7 @@ import aiohttp
 import numpy as np
 
 from distcb.callbacks.base import Callback, Logs
-from distcb.core.config import Config
+from distcb.protocol.config import Config
 
 logger = logging.getLogger(__name__)
 

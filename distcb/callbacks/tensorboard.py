@@ -15,7 +15,7 @@ Only the coordinator writes (one writer per run directory, tensorboardX):
 
 Where the data comes from: the model lives on the workers, so weight
 histograms come from the chief, which puts
-``distcb.histograms.weight_histograms(...)`` in ``extras["histograms"]`` of its
+``distcb.protocol.histograms.weight_histograms(...)`` in ``extras["histograms"]`` of its
 epoch-end message whenever ``epoch % histogram_freq == 0`` (the coordinator
 reads ``histogram_freq`` to tell it). ``write_graph``: tensorboardX cannot trace
 a Keras graph without the model, so the sink writes the model's *conceptual*
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from distcb.callbacks.base import Callback, Logs
-from distcb.histograms import decode_weight_histograms, weight_histograms
+from distcb.protocol.histograms import decode_weight_histograms, weight_histograms
 
 logger = logging.getLogger(__name__)
 

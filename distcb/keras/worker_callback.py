@@ -1,10 +1,11 @@
 """`WorkerCallback`: the one callback each worker adds to `model.fit`.
 
-It joins the coordinator, streams batch logs without blocking, sends the
-epoch logs and waits at the epoch barrier, and applies every decision the
-coordinator sends at its effect point: stop, set the learning rate,
-snapshot/restore weights, save (chief only, atomically). Works with Keras 3
-and with tf_keras (the Keras 2 API, required for MultiWorkerMirroredStrategy).
+A thin adapter from Keras's hooks to the worker protocol of `distcb.worker`:
+it joins the coordinator, streams batch logs without blocking, sends the
+epoch logs and waits at the epoch barrier, and applies every decision at its
+effect point (stop, set the learning rate, snapshot/restore weights, save on
+the chief, atomically). Works with Keras 3 and with tf_keras (the Keras 2 API,
+required for MultiWorkerMirroredStrategy).
 """
 
 from __future__ import annotations
@@ -12,25 +13,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
-import tempfile
+import socket
 from typing import Any
 
-from distcb.core.config import Config
-from distcb.core.decisions import (
-    Decision,
-    ReleaseWeights,
-    RestoreWeights,
-    SaveModel,
-    SetLearningRate,
-    SnapshotWeights,
-    StopTraining,
-)
-from distcb.core.errors import DecisionError
-from distcb.core.messages import Done, EpochEnd, Join, Saved
 from distcb.keras import flavours
-from distcb.keras.link import Connector, WorkerLink
-from distcb.launch.context import WorkerContext, worker_context
+from distcb.keras.model_target import KerasModelTarget
+from distcb.protocol.config import Config
+from distcb.protocol.logs import clean_logs
+from distcb.protocol.messages import EpochEnd, JoinParams
+from distcb.transport import connector_for
+from distcb.worker.context import WorkerContext, current_host, worker_context
+from distcb.worker.session import Connector, WorkerSession
+from distcb.worker.threaded import ThreadedSession
 
 
 class WorkerCallback:
@@ -101,12 +95,10 @@ class WorkerCallback:
         self.batch_size = batch_size
         self.initial_epoch = initial_epoch
         self._connect = connect
-        self._link: WorkerLink | None = None
-        self._snapshots: dict[int, list[Any]] = {}
+        self._worker: ThreadedSession | None = None
+        self._session: WorkerSession | None = None
         self._epoch = 0
         self._first_epoch: int | None = None
-        self.applied: list[tuple[int, int, Decision]] = []  # (epoch, step, decision)
-        self.saved_paths: list[str] = []
         self.link_statistics: dict[str, float] = {}
         self.job_error: str | None = None
 
@@ -123,179 +115,122 @@ class WorkerCallback:
     def is_chief(self) -> bool:
         return self.context.rank == 0
 
+    @property
+    def applied(self) -> list[tuple[int, int, Any]]:
+        """(epoch, step, decision) of every decision this worker applied."""
+        if self._session is None:
+            return []
+        return [(a.epoch, a.step, a.decision) for a in self._session.applier.applied]
+
     # ------------------------------------------------------------------ hooks
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        connect = self._connect or _websocket_connector(self.context)
-        self._link = WorkerLink(
-            rank=self.context.rank,
-            world_size=self.context.world_size,
-            connect=connect,
-            config=self.context.config,
+        context = self.context
+        connect = self._connect or connector_for(
+            context.address or "", context.token or "", context.config
         )
+        self._session = WorkerSession(
+            rank=context.rank,
+            world_size=context.world_size,
+            connect=connect,
+            config=context.config,
+            target=KerasModelTarget(self.model),
+        )
+        self._worker = ThreadedSession(self._session)
+        host = current_host()
+        if host is not None:
+            host.register(self._worker)
         params = dict(self.params or {})
-        join_params = {
-            "epochs": params.get("epochs"),
-            "initial_epoch": self.initial_epoch,
-            "steps": params.get("steps"),
-            "verbose": params.get("verbose", 0),
-            "samples": self.samples,
-            "val_samples": self.val_samples,
-            "batch_size": self.batch_size,
-            "metrics": flavours.metric_names(self.model),
-            "directions": flavours.metric_directions(self.model),
-            "learning_rate": flavours.get_learning_rate(self.model),
-            "flavour": flavours.flavour_of(self),
-        }
-        self._link.start(Join(self.context.rank, self.context.world_size, join_params))
+        self._worker.start(
+            JoinParams(
+                epochs=params.get("epochs"),
+                initial_epoch=self.initial_epoch,
+                steps=params.get("steps"),
+                verbose=params.get("verbose", 0),
+                samples=None if self.samples is None else float(self.samples),
+                val_samples=None if self.val_samples is None else float(self.val_samples),
+                batch_size=self.batch_size,
+                metrics=flavours.metric_names(self.model),
+                directions=flavours.metric_directions(self.model),  # type: ignore[arg-type]
+                learning_rate=flavours.get_learning_rate(self.model),
+                flavour=flavours.flavour_of(self),  # type: ignore[arg-type]
+                host=f"{socket.gethostname()}:{os.getpid()}",
+            )
+        )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._first_epoch is None:
             self._first_epoch = epoch
         self._epoch = epoch
-        self._apply(self._require_link().begin_epoch(epoch), -1)
+        self._require_worker().begin_epoch(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        decisions = self._require_link().begin_batch(batch)
-        if decisions:
-            self._apply(decisions, batch)
+        self._require_worker().begin_batch(batch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        link = self._link
-        if link is None or not link.want_batch_logs:
+        session = self._session
+        if session is None:
             return
         samples = None
         if self.batch_size is not None:
             samples = float((batch + 1) * self.batch_size)
             if self.samples is not None:
                 samples = min(samples, float(self.samples))
-        link.end_batch(batch, dict(logs or {}), samples)
+        session.end_batch(batch, dict(logs or {}), samples)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        link = self._require_link()
+        worker = self._require_worker()
+        protocol = worker.session.protocol
         extras: dict[str, Any] = {}
-        if self.is_chief and link.histogram_freq and epoch % link.histogram_freq == 0:
-            from distcb.histograms import weight_histograms
+        if self.is_chief and protocol.histogram_freq and epoch % protocol.histogram_freq == 0:
+            from distcb.protocol.histograms import weight_histograms
 
             extras["histograms"] = weight_histograms(flavours.named_weights(self.model))
-        if self.is_chief and link.want_model_json and epoch == self._first_epoch:
+        if self.is_chief and protocol.want_model_json and epoch == self._first_epoch:
             # A subclassed model has no JSON config; there is nothing to draw then.
             with contextlib.suppress(Exception):
                 extras["model_json"] = self.model.to_json()
-        message = EpochEnd(
-            self.context.rank,
-            epoch,
-            flavours.to_floats(logs or {}),
-            samples=None if self.samples is None else float(self.samples),
-            val_samples=None if self.val_samples is None else float(self.val_samples),
-            extras=extras,
+        worker.end_epoch(
+            EpochEnd(
+                rank=self.context.rank,
+                epoch=epoch,
+                logs=clean_logs(logs),
+                samples=None if self.samples is None else float(self.samples),
+                val_samples=None if self.val_samples is None else float(self.val_samples),
+                extras=extras,
+            )
         )
-        self._apply(link.end_epoch(message), -1)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        link = self._require_link()
-        self.link_statistics = link.statistics()
+        worker = self._require_worker()
+        host = current_host()
         try:
-            decisions, self.job_error = link.end_training()
-            self._apply(decisions, -1)
-            sent = link.send(Done(self.context.rank, self.report()))
-            if sent is not None:  # the report must be out before the connection closes
-                with contextlib.suppress(Exception):
-                    sent.result(timeout=self.context.config.reply_timeout_s)
+            self.job_error = worker.end_training()
+            self.link_statistics = worker.session.statistics()
+            worker.finish(self.report())
         finally:
-            link.close()
-            self._link = None
+            if host is not None:
+                host.unregister(worker)
+            self._worker = None
 
-    # ------------------------------------------------------------------ decisions
+    # ------------------------------------------------------------------ reports
 
-    def _require_link(self) -> WorkerLink:
-        if self._link is None:
+    def _require_worker(self) -> ThreadedSession:
+        if self._worker is None:
             raise RuntimeError("WorkerCallback hooks ran before on_train_begin")
-        return self._link
-
-    def _apply(self, decisions: list[Decision], step: int) -> None:
-        for decision in decisions:
-            self.applied.append((self._epoch, step, decision))
-            if isinstance(decision, StopTraining):
-                self.model.stop_training = True
-            elif isinstance(decision, SetLearningRate):
-                flavours.set_learning_rate(self.model, decision.learning_rate)
-            elif isinstance(decision, SnapshotWeights):
-                self._snapshots[decision.snapshot_id] = [w.copy() for w in self.model.get_weights()]
-            elif isinstance(decision, RestoreWeights):
-                weights = self._snapshots.get(decision.snapshot_id)
-                if weights is None:
-                    raise DecisionError(
-                        f"rank {self.context.rank}: no weights snapshot {decision.snapshot_id}"
-                    )
-                self.model.set_weights(weights)
-            elif isinstance(decision, ReleaseWeights):
-                self._snapshots.pop(decision.snapshot_id, None)
-            elif isinstance(decision, SaveModel) and self.is_chief:
-                self._save(decision)
-
-    def _save(self, decision: SaveModel) -> None:
-        path = decision.filepath
-        error = None
-        try:
-            if not decision.overwrite and os.path.exists(path):
-                return
-            directory = os.path.dirname(path) or "."
-            os.makedirs(directory, exist_ok=True)
-            suffix = ".weights.h5" if path.endswith(".weights.h5") else os.path.splitext(path)[1]
-            fd, tmp = tempfile.mkstemp(prefix=".distcb-", suffix=suffix, dir=directory)
-            os.close(fd)
-            os.unlink(
-                tmp
-            )  # Keras refuses to overwrite some formats silently; let it create the file
-            try:
-                if decision.weights_only:
-                    self.model.save_weights(tmp)
-                else:
-                    self.model.save(tmp)
-                os.replace(tmp, path)
-                self.saved_paths.append(path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except (
-            Exception
-        ) as exc:  # reported to the coordinator; training goes on, as in Keras's warning path
-            error = f"{type(exc).__name__}: {exc}"
-            print(
-                f"distcb rank {self.context.rank}: could not save {path}: {error}", file=sys.stderr
-            )
-        if self._link is not None:
-            self._link.send(Saved(self.context.rank, path, error))
+        return self._worker
 
     def report(self) -> dict[str, Any]:
         """What this worker ends with: its learning rate and a digest of its weights."""
         digest = hashlib.sha256()
         for weight in self.model.get_weights():
             digest.update(weight.tobytes())
+        applier = self._session.applier if self._session is not None else None
         return {
             "learning_rate": flavours.get_learning_rate(self.model),
             "weights_sha256": digest.hexdigest(),
             "epochs_run": self._epoch + 1,
-            "applied": [[e, s, d.to_dict()] for e, s, d in self.applied],
-            "saved": list(self.saved_paths),
+            "applied": [a.to_json() for a in applier.applied] if applier else [],
+            "saved": list(applier.saved_paths) if applier else [],
             "link": dict(self.link_statistics),
         }
-
-
-# Address scheme -> "module:function" opening a connection as (address, token, *, config);
-# any other address ("host:port", "ws://...") goes to the websocket client.
-CONNECTORS = {"ray": "distcb.transport.ray:connect"}
-
-
-def _websocket_connector(context: WorkerContext) -> Connector:
-    async def connect() -> Any:
-        import importlib
-
-        address = context.address or ""
-        target = CONNECTORS.get(address.partition(":")[0], "distcb.transport.websocket:connect")
-        module_name, function_name = target.split(":")
-        open_connection = getattr(importlib.import_module(module_name), function_name)
-        return await open_connection(address, context.token or "", config=context.config)
-
-    return connect

@@ -8,12 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distcb.callbacks.history import History
-from distcb.core.config import Config
+from distcb.launch.options import LaunchOptions
+from distcb.protocol.config import Config
 
-# backend name -> "module:function" taking the same keyword arguments.
+# backend name -> module with `SUPPORTED_OPTIONS` and `async def launch(...)`.
 BACKENDS = {
-    "process": "distcb.launch.process:run_processes",
-    "ray": "distcb.launch.ray_backend:run_ray",
+    "process": "distcb.launch.process",
+    "ray": "distcb.launch.ray_backend",
 }
 
 
@@ -27,7 +28,7 @@ def run(
     kwargs: dict[str, Any] | None = None,
     config: Config | None = None,
     stateful_metrics: Sequence[str] = (),
-    **backend_options: Any,
+    **options: Any,
 ) -> History:
     """Run `train_fn(*args, **kwargs)` on `num_workers` workers; return the aggregated History.
 
@@ -36,17 +37,22 @@ def run(
     over all workers, and their decisions reach every worker at the same step.
 
     Args:
-        train_fn: a picklable function (module level) that builds and fits the model.
+        train_fn: the function each worker runs (module level, or defined in a
+            notebook: it is then pickled by value).
         num_workers: how many workers.
         callbacks: coordinator callbacks (``distcb.callbacks.X`` or keras callbacks).
         backend: "process" (child processes on this machine) or "ray".
         args, kwargs: passed to `train_fn`.
         config: timeouts and limits (`distcb.Config`).
         stateful_metrics: metrics taken from the chief instead of averaged.
-        **backend_options: process: ``tf_config``, ``gpus_per_worker``,
-            ``threads_per_worker``, ``run_dir``, ``env``; ray: see distcb.launch.ray_backend.
+        **options: backend options, see `distcb.launch.options.LaunchOptions`
+            (process: ``tf_config``, ``gpus_per_worker``, ``threads_per_worker``,
+            ``run_dir``, ``env``, ``output``; ray: ``tf_config``, ``gpus_per_worker``,
+            ``cpus_per_worker``, ``resources_per_worker``, ``runtime_env``, ``run_dir``,
+            ``env``, ``ray_init``).
 
     Raises:
+        TypeError: an option the backend does not support.
         WorkerLostError: a worker raised, died or went silent (names the rank; carries
             its traceback when it raised). The other workers are stopped.
         JoinTimeoutError: not every worker joined in time.
@@ -55,14 +61,16 @@ def run(
         raise TypeError(f"train_fn must be callable, received {train_fn!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an int >= 1, received {num_workers!r}")
-    target = BACKENDS.get(backend)
-    if target is None:
+    module_name = BACKENDS.get(backend)
+    if module_name is None:
         raise ValueError(f"backend must be one of {sorted(BACKENDS)}, received {backend!r}")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be a dict or None, received {type(kwargs).__name__}")
-    module_name, function_name = target.split(":")
-    launcher = getattr(importlib.import_module(module_name), function_name)
-    coroutine = launcher(
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a distcb.Config, received {type(config).__name__}")
+    module = importlib.import_module(module_name)
+    launch_options = LaunchOptions.for_backend(backend, module.SUPPORTED_OPTIONS, options)
+    coroutine = module.launch(
         train_fn,
         num_workers=num_workers,
         callbacks=list(callbacks),
@@ -70,11 +78,12 @@ def run(
         kwargs=dict(kwargs or {}),
         config=config or Config(),
         stateful_metrics=tuple(stateful_metrics),
-        **backend_options,
+        options=launch_options,
     )
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        history: History = asyncio.run(coroutine)
+        return history
     coroutine.close()
     raise RuntimeError("distcb.run() cannot be called inside a running event loop")

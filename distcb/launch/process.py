@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -17,15 +15,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from distcb.callbacks.history import History
-from distcb.core.config import Config
-from distcb.core.coordinator import Coordinator
-from distcb.launch.context import (
-    ENV_ADDRESS,
-    ENV_CONFIG,
-    ENV_RANK,
-    ENV_RUN_DIR,
-    ENV_TOKEN,
-    ENV_WORLD_SIZE,
+from distcb.coordinator.engine import Coordinator
+from distcb.launch import spec
+from distcb.launch.env import worker_env
+from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.protocol.config import Config
+from distcb.worker.context import WorkerContext
+
+SUPPORTED_OPTIONS = frozenset(
+    {"tf_config", "gpus_per_worker", "threads_per_worker", "run_dir", "env", "output"}
 )
 
 
@@ -41,15 +39,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def tf_config_for(rank: int, ports: Sequence[int]) -> str:
-    return json.dumps(
-        {
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": rank},
-        }
-    )
 
 
 class _Child:
@@ -74,7 +63,7 @@ class _Child:
                     out.flush()
 
 
-async def run_processes(
+async def launch(
     train_fn: Callable[..., Any],
     *,
     num_workers: int,
@@ -82,42 +71,55 @@ async def run_processes(
     args: Sequence[Any],
     kwargs: dict[str, Any],
     config: Config,
-    tf_config: bool = False,
-    gpus_per_worker: int | None = None,
-    threads_per_worker: int | None = None,
-    run_dir: str | None = None,
-    env: dict[str, str] | None = None,
     stateful_metrics: Sequence[str] = (),
-    output: TextIO | None = None,
+    options: LaunchOptions = DEFAULT_OPTIONS,
 ) -> History:
+    """`distcb.run(..., backend="process")`."""
     from distcb.transport.websocket import WebSocketServer
 
-    out = output or sys.stdout
+    gpus = options.gpus_per_worker
+    if gpus is not None and not float(gpus).is_integer():
+        raise ValueError(
+            f"the process backend gives whole GPUs (CUDA_VISIBLE_DEVICES): gpus_per_worker must "
+            f"be a whole number, received {gpus!r}"
+        )
+    out = options.output or sys.stdout
     coordinator = Coordinator(
         callbacks, world_size=num_workers, config=config, stateful_metrics=stateful_metrics
     )
     loop = asyncio.get_running_loop()
     children: list[_Child] = []
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
-        spec_path = await asyncio.to_thread(_write_spec, spec_dir, train_fn, args, kwargs)
+        spec_path = await asyncio.to_thread(spec.write, spec_dir, train_fn, args, kwargs)
         async with WebSocketServer(coordinator, config=config) as server:
-            ports = free_ports(num_workers) if tf_config else []
-            threads = threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
+            ports = free_ports(num_workers) if options.tf_config else []
+            threads = options.threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
             watchers: list[asyncio.Task[None]] = []
             try:  # from the first spawn on: children never outlive this call
                 for rank in range(num_workers):
-                    child_env = _child_env(
-                        rank,
-                        num_workers,
-                        server.address,
-                        server.token,
-                        config,
-                        threads=threads,
-                        run_dir=run_dir,
-                        ports=ports,
-                        gpus_per_worker=gpus_per_worker,
-                        extra=env,
+                    context = WorkerContext(
+                        rank=rank,
+                        world_size=num_workers,
+                        address=server.address,
+                        token=server.token,
+                        config=config,
+                        run_dir=options.run_dir,
                     )
+                    variables, defaults = worker_env(
+                        context,
+                        extra=options.env,
+                        tf_cluster=[f"127.0.0.1:{p}" for p in ports] if ports else None,
+                        threads=threads,
+                        gpus=None
+                        if gpus is None
+                        else range(rank * int(gpus), (rank + 1) * int(gpus)),
+                    )
+                    child_env = {**defaults, **os.environ, **variables}
+                    child_env["PYTHONUNBUFFERED"] = "1"
+                    # The child must import what the parent imports (multiprocessing does too).
+                    child_env["PYTHONPATH"] = os.pathsep.join(
+                        [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
+                    ).rstrip(os.pathsep)
                     children.append(
                         await asyncio.to_thread(_spawn, rank, spec_path, child_env, out)
                     )
@@ -137,68 +139,6 @@ async def run_processes(
                     child.pump.join(5.0)
 
 
-def _child_env(
-    rank: int,
-    num_workers: int,
-    address: str,
-    token: str,
-    config: Config,
-    *,
-    threads: int,
-    run_dir: str | None,
-    ports: Sequence[int],
-    gpus_per_worker: int | None,
-    extra: dict[str, str] | None,
-) -> dict[str, str]:
-    """The environment of worker `rank`: the DISTCB_* variables and what the options ask."""
-    child_env = dict(os.environ)
-    child_env.update(extra or {})
-    child_env.update(
-        {
-            ENV_ADDRESS: address,
-            ENV_TOKEN: token,
-            ENV_RANK: str(rank),
-            ENV_WORLD_SIZE: str(num_workers),
-            ENV_CONFIG: json.dumps(config.to_dict()),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # The child must import what the parent imports (multiprocessing does the same).
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
-    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        child_env.setdefault(name, str(threads))
-    if run_dir:
-        child_env[ENV_RUN_DIR] = os.path.abspath(run_dir)
-    if ports:
-        child_env["TF_CONFIG"] = tf_config_for(rank, ports)
-    if gpus_per_worker is not None:
-        devices = range(rank * gpus_per_worker, (rank + 1) * gpus_per_worker)
-        child_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
-    return child_env
-
-
-def _write_spec(
-    spec_dir: str, train_fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-) -> str:
-    """Pickle what the children run into a file only this user can read."""
-    spec_path = os.path.join(spec_dir, "spec.pkl")
-    main = sys.modules.get("__main__")
-    # Only a function defined in the launching script needs that script re-run.
-    main_path = getattr(main, "__file__", None) if _defined_in_main(train_fn) else None
-    with open(os.open(spec_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as handle:
-        pickle.dump(
-            {
-                "payload": pickle.dumps((train_fn, tuple(args), dict(kwargs))),
-                "main_path": os.path.abspath(main_path) if main_path else None,
-            },
-            handle,
-        )
-    return spec_path
-
-
 def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Child:
     process = subprocess.Popen(
         [sys.executable, "-m", "distcb.launch.child", spec_path],
@@ -213,26 +153,15 @@ def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Chil
     return _Child(rank, process, out)
 
 
-def _read_failure(spec_dir: str, rank: int) -> dict[str, Any] | None:
-    path = os.path.join(spec_dir, f"rank-{rank}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        data: dict[str, Any] = json.load(handle)
-    return data
-
-
-def _defined_in_main(fn: Any) -> bool:
-    return getattr(fn, "__module__", None) in ("__main__", "__mp_main__")
-
-
 async def _watch(child: _Child, coordinator: Coordinator, spec_dir: str) -> None:
     code = await asyncio.to_thread(child.process.wait)
     if code == 0:
-        coordinator.report_lost(child.rank, "exited before it finished training (exit code 0)")
+        await coordinator.report_exit(
+            child.rank, "exited before it finished training (exit code 0)"
+        )
         return
     traceback_text = None
-    data = await asyncio.to_thread(_read_failure, spec_dir, child.rank)
+    data = await asyncio.to_thread(spec.read_failure, spec_dir, child.rank)
     if data is not None:
         traceback_text = data.get("traceback")
         reason = f"training raised {data.get('error')}"

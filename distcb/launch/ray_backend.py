@@ -13,6 +13,10 @@ on each actor's own node) and call `train_fn`; their `WorkerCallback` finds
 the Ray transport from the address. Weights never leave the workers;
 snapshots stay where they were taken.
 
+Options (`distcb.launch.options.LaunchOptions`): ``tf_config``,
+``gpus_per_worker``, ``cpus_per_worker`` (default 1), ``resources_per_worker``,
+``runtime_env``, ``run_dir``, ``env``, ``ray_init``.
+
 Cluster: an existing one is used when this process is connected
 (`ray.init` already called), or when ``RAY_ADDRESS`` or a ``ray start``
 cluster on this machine is found; otherwise a local one is started (with
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import socket
@@ -39,20 +42,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distcb.callbacks.history import History
-from distcb.core.config import Config
-from distcb.core.errors import CoordinatorLostError, DistcbError
-from distcb.launch.context import (
-    ENV_ADDRESS,
-    ENV_CONFIG,
-    ENV_RANK,
-    ENV_RUN_DIR,
-    ENV_TOKEN,
-    ENV_WORLD_SIZE,
+from distcb.launch.env import apply_env, worker_env
+from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.protocol.config import Config
+from distcb.protocol.errors import CoordinatorLostError, DistcbError
+from distcb.worker.context import WorkerContext, WorkerHost, context_from_env, hosting
+
+__all__ = ["SUPPORTED_OPTIONS", "RayJob", "launch"]
+
+SUPPORTED_OPTIONS = frozenset(
+    {
+        "tf_config",
+        "gpus_per_worker",
+        "cpus_per_worker",
+        "resources_per_worker",
+        "runtime_env",
+        "run_dir",
+        "env",
+        "ray_init",
+    }
 )
-
-__all__ = ["RayJob", "run_ray"]
-
-_THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
 class _WorkerRunner:
@@ -79,16 +88,13 @@ class _WorkerRunner:
         env_defaults: dict[str, str],
     ) -> dict[str, Any]:
         """Run `train_fn` with the job's environment; a raise comes back as a value."""
-        os.environ.update(env)
-        for name, value in env_defaults.items():
-            os.environ.setdefault(name, value)
+        apply_env(env, env_defaults)
+        host = WorkerHost(context_from_env())
         try:
-            train_fn(*args, **kwargs)
+            with hosting(host):
+                train_fn(*args, **kwargs)
         except BaseException as exc:  # reported with its traceback, like the process backend
-            from distcb.keras.link import active_links
-
-            for link in active_links():
-                link.fail(exc)
+            host.report_failure(exc)
             return {
                 "error": f"{type(exc).__name__}: {exc}",
                 "traceback": "".join(traceback.format_exception(exc)),
@@ -135,24 +141,11 @@ class RayJob:
         kwargs: dict[str, Any] | None = None,
         config: Config | None = None,
         stateful_metrics: Sequence[str] = (),
-        num_gpus_per_worker: float = 0,
-        num_cpus_per_worker: float = 1,
-        resources_per_worker: dict[str, float] | None = None,
-        runtime_env: dict[str, Any] | None = None,
-        tf_config: bool = False,
-        run_dir: str | None = None,
-        env: dict[str, str] | None = None,
-        ray_init: dict[str, Any] | None = None,
+        options: LaunchOptions = DEFAULT_OPTIONS,
         observer: Any = None,
     ):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, received {num_workers!r}")
-        for name, value in (
-            ("num_cpus_per_worker", num_cpus_per_worker),
-            ("num_gpus_per_worker", num_gpus_per_worker),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{name} must be a number >= 0, received {value!r}")
         self.train_fn = train_fn
         self.num_workers = num_workers
         self.callbacks = list(callbacks)
@@ -160,14 +153,8 @@ class RayJob:
         self.kwargs = dict(kwargs or {})
         self.config = config or Config()
         self.stateful_metrics = tuple(stateful_metrics)
-        self.num_gpus_per_worker = num_gpus_per_worker
-        self.num_cpus_per_worker = num_cpus_per_worker
-        self.resources_per_worker = dict(resources_per_worker or {})
-        self.runtime_env = runtime_env
-        self.tf_config = tf_config
-        self.run_dir = os.path.abspath(run_dir) if run_dir else None
-        self.env = dict(env or {})
-        self.ray_init = ray_init
+        self.options = options
+        self.run_dir = os.path.abspath(options.run_dir) if options.run_dir else None
         self.observer = observer
         self.name = f"distcb-coordinator-{secrets.token_hex(6)}"
         self.coordinator: Any = None
@@ -193,14 +180,15 @@ class RayJob:
 
     async def start(self) -> None:
         """Start the coordinator actor, then the worker actors and their watchers."""
-        self._started_ray = _ensure_ray(self.ray_init)
+        options = self.options
+        self._started_ray = _ensure_ray(dict(options.ray_init or {}))
         import ray
 
-        from distcb.transport.ray import RayCoordinator
+        from distcb.launch.ray_actor import RayCoordinator
 
         common: dict[str, Any] = {"max_restarts": 0}
-        if self.runtime_env is not None:
-            common["runtime_env"] = self.runtime_env
+        if options.runtime_env is not None:
+            common["runtime_env"] = dict(options.runtime_env)
         self.coordinator = RayCoordinator.options(name=self.name, num_cpus=0, **common).remote(
             self.callbacks,
             world_size=self.num_workers,
@@ -212,42 +200,40 @@ class RayJob:
         self._run = asyncio.ensure_future(self.coordinator.run.remote())
         runner = ray.remote(_WorkerRunner)
         suffix = self.name.rsplit("-", 1)[-1]
+        cpus = 1 if options.cpus_per_worker is None else options.cpus_per_worker
         for rank in range(self.num_workers):
-            options = dict(common)
-            options.update(
+            actor_options = dict(common)
+            actor_options.update(
                 name=f"distcb-worker-{suffix}-{rank}",
-                num_cpus=self.num_cpus_per_worker,
-                num_gpus=self.num_gpus_per_worker,
+                num_cpus=cpus,
+                num_gpus=options.gpus_per_worker or 0,
             )
-            if self.resources_per_worker:
-                options["resources"] = self.resources_per_worker
-            self.workers.append(runner.options(**options).remote(rank))
-        tf_configs = await self._tf_configs() if self.tf_config else [None] * self.num_workers
-        threads = str(max(1, int(self.num_cpus_per_worker)))
-        defaults = {"TF_CPP_MIN_LOG_LEVEL": "3", **{name: threads for name in _THREAD_VARS}}
+            if options.resources_per_worker:
+                actor_options["resources"] = dict(options.resources_per_worker)
+            self.workers.append(runner.options(**actor_options).remote(rank))
+        cluster = await self._tf_cluster() if options.tf_config else None
         loop = asyncio.get_running_loop()
         for rank, worker in enumerate(self.workers):
-            env = dict(self.env)
-            env.update(
-                {
-                    ENV_ADDRESS: f"ray:{self.name}",
-                    ENV_TOKEN: self._token,
-                    ENV_RANK: str(rank),
-                    ENV_WORLD_SIZE: str(self.num_workers),
-                    ENV_CONFIG: json.dumps(self.config.to_dict()),
-                }
+            context = WorkerContext(
+                rank=rank,
+                world_size=self.num_workers,
+                address=f"ray:{self.name}",
+                token=self._token,
+                config=self.config,
+                run_dir=self.run_dir,
             )
-            if self.run_dir:
-                env[ENV_RUN_DIR] = self.run_dir
-            tf_config = tf_configs[rank]
-            if tf_config is not None:
-                env["TF_CONFIG"] = tf_config
+            env, defaults = worker_env(
+                context,
+                extra=options.env,
+                tf_cluster=cluster,
+                threads=max(1, int(cpus)),
+            )
             ref = worker.run.remote(self.train_fn, self.args, self.kwargs, env, defaults)
             self._watchers.append(
                 loop.create_task(self._watch(rank, ref), name=f"distcb-ray-watch-{rank}")
             )
 
-    async def _tf_configs(self) -> list[str | None]:
+    async def _tf_cluster(self) -> list[str]:
         try:
             addresses = await asyncio.wait_for(
                 asyncio.gather(*(w.reserve_port.remote() for w in self.workers)),
@@ -258,11 +244,7 @@ class RayJob:
                 f"worker actors did not start within Config.join_timeout_s="
                 f"{self.config.join_timeout_s:g} s (not enough free resources?)"
             ) from None
-        cluster = [f"{host}:{port}" for host, port in addresses]
-        return [
-            json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": rank}})
-            for rank in range(self.num_workers)
-        ]
+        return [f"{host}:{port}" for host, port in addresses]
 
     async def _watch(self, rank: int, ref: Any) -> None:
         from ray.exceptions import RayError
@@ -344,7 +326,7 @@ class RayJob:
             ray.shutdown()
 
 
-async def run_ray(
+async def launch(
     train_fn: Callable[..., Any],
     *,
     num_workers: int,
@@ -353,31 +335,9 @@ async def run_ray(
     kwargs: dict[str, Any],
     config: Config,
     stateful_metrics: Sequence[str] = (),
-    num_gpus_per_worker: float = 0,
-    num_cpus_per_worker: float = 1,
-    resources_per_worker: dict[str, float] | None = None,
-    runtime_env: dict[str, Any] | None = None,
-    tf_config: bool = False,
-    run_dir: str | None = None,
-    env: dict[str, str] | None = None,
-    ray_init: dict[str, Any] | None = None,
-    **_: Any,
+    options: LaunchOptions = DEFAULT_OPTIONS,
 ) -> History:
-    """`distcb.run(..., backend="ray")`: run `train_fn` on `num_workers` Ray actors.
-
-    Args:
-        num_gpus_per_worker, num_cpus_per_worker, resources_per_worker: what each
-            worker actor reserves (fractions allowed; CPUs in Ray are logical).
-        runtime_env: Ray runtime environment of every actor (code, packages, env vars).
-        tf_config: set ``TF_CONFIG`` for MultiWorkerMirroredStrategy (ports reserved on
-            each worker's node).
-        run_dir: ``DISTCB_RUN_DIR`` of the workers (absolute; shared storage on many nodes).
-        env: extra environment variables of the workers.
-        ray_init: options for `ray.init` when no cluster is connected yet.
-
-    Options of the process backend (``threads_per_worker``, ``gpus_per_worker``,
-    ``output``) are accepted and ignored.
-    """
+    """`distcb.run(..., backend="ray")`: run `train_fn` on `num_workers` Ray actors."""
     async with RayJob(
         train_fn,
         num_workers=num_workers,
@@ -386,13 +346,6 @@ async def run_ray(
         kwargs=kwargs,
         config=config,
         stateful_metrics=stateful_metrics,
-        num_gpus_per_worker=num_gpus_per_worker,
-        num_cpus_per_worker=num_cpus_per_worker,
-        resources_per_worker=resources_per_worker,
-        runtime_env=runtime_env,
-        tf_config=tf_config,
-        run_dir=run_dir,
-        env=env,
-        ray_init=ray_init,
+        options=options,
     ) as job:
         return await job.wait()

@@ -1,1 +1,34 @@
-"""Transports: memory (in-process), websocket (aiohttp), ray (actors)."""
+"""Transports: memory (in-process), websocket (aiohttp), ray (actors). Connections only.
+
+`connector_for(address, ...)` picks a worker's transport from its coordinator
+address: ``ray:<actor>`` is the Ray transport, anything else (``host:port``,
+``ws://``, ``wss://``) the websocket client. Backends are imported on use, so
+that this package imports neither aiohttp nor ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+
+from distcb.protocol.config import Config
+from distcb.transport.base import Connection, ConnectionClosed
+
+# Address scheme -> "module:function" opening a connection as (address, token, *, config).
+CONNECTORS = {"ray": "distcb.transport.ray:connect"}
+DEFAULT_CONNECTOR = "distcb.transport.websocket_client:connect"
+
+__all__ = ["CONNECTORS", "Connection", "ConnectionClosed", "connector_for"]
+
+
+def connector_for(address: str, token: str, config: Config) -> Callable[[], Awaitable[Connection]]:
+    """A coroutine function that opens a worker's connection to the coordinator at `address`."""
+    target = CONNECTORS.get(address.partition(":")[0], DEFAULT_CONNECTOR)
+
+    async def connect() -> Connection:
+        module_name, function_name = target.split(":")
+        open_connection = getattr(importlib.import_module(module_name), function_name)
+        connection: Connection = await open_connection(address, token, config=config)
+        return connection
+
+    return connect

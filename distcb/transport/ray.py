@@ -1,18 +1,14 @@
-"""Ray transport: the coordinator is an async Ray actor; workers reach it through actor calls.
+"""Ray transport, the worker's end: a connection to a coordinator actor, through actor calls.
 
-    # launcher (distcb.launch.ray_backend)
-    actor = RayCoordinator.options(name=name).remote(callbacks, world_size=2, token=token)
-    result = await actor.run.remote()
+    connection = await connect(f"ray:{name}", token, config=config)   # WorkerCallback does this
 
-    # worker side (WorkerCallback)
-    connection = await connect(f"ray:{name}", token, config=config)
+The coordinator actor itself (`distcb.launch.ray_actor`) answers these calls
+with `distcb.transport.ray_channel.ChannelHub`.
 
-The only distcb module importing ray at module level.
-
-Wire: every message travels as the JSON-compatible dict of
-`distcb.core.messages.encode` (Ray serialises plain dicts; our messages are
-never pickled), checked as strict JSON against `Config.max_message_bytes`
-before it reaches the coordinator. A worker pushes what it has to send in
+Wire: every message travels as the MessagePack bytes of
+`distcb.protocol.messages.encode` (Ray passes bytes as they are; our messages
+are never pickled), checked against `Config.max_message_bytes` and decoded by
+the validating decoder before it reaches the coordinator. A worker pushes what it has to send in
 batches, one actor call at a time per connection (what queued while a call was
 in flight goes out together in the next), so a coalesced batch-log frame costs
 one call at most; pushes holding only batch logs and heartbeats are paced to
@@ -20,12 +16,6 @@ one per ``PACE_FLUSHES * Config.flush_interval_s`` (20 ms by default), while an
 epoch end, train end, save report or failure goes out at once. It long-polls
 for the coordinator's messages (`poll` waits on that connection's outbox for
 up to `Config.heartbeat_interval_s`).
-
-Actor layout: `push`, `poll` and `run` share the default concurrency group,
-whose event loop owns the `Coordinator`; `open`, `close`, `report_lost`,
-`status`, `observe` and `ping` sit in the ``control`` group (own slots, own
-thread) and hop onto the coordinator's loop, so they never queue behind log
-ingestion.
 
 Errors: Ray's (`RayActorError`, `ActorDiedError`, `GetTimeoutError`, ...) and
 call timeouts become `ConnectionClosed` at this boundary; a worker whose actor
@@ -37,40 +27,32 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
-import hmac
-import logging
 import math
 import os
-import secrets
 import socket
-import traceback
-from collections.abc import Coroutine, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import ray
-from ray import cloudpickle
 from ray.exceptions import RayError
 
-from distcb.callbacks.history import History
-from distcb.core.config import Config
-from distcb.core.coordinator import Coordinator
-from distcb.core.errors import DistcbError, ProtocolError
-from distcb.core.messages import BatchFrame, Heartbeat, Message, encode
-from distcb.core.transport import ConnectionClosed
-from distcb.transport.ray_channel import ServerConnection, decode_item
+from distcb.protocol.config import Config
+from distcb.protocol.errors import ConnectionClosed, ProtocolError
+from distcb.protocol.messages import (
+    BatchFrame,
+    Heartbeat,
+    Message,
+    decode_from_coordinator,
+    encode,
+)
 
-__all__ = ["SCHEME", "CoordinatorActor", "RayCoordinator", "connect", "parse_address"]
+__all__ = ["SCHEME", "RayConnection", "connect", "parse_address"]
 
 SCHEME = "ray"
 # A push of batch logs or heartbeats only waits until PACE_FLUSHES flush intervals
 # (Config.flush_interval_s) after the previous push: an actor call costs ~1 ms of
 # the worker's time here, a websocket frame ~40 us.
 PACE_FLUSHES = 4
-CONTROL_GROUP = "control"
-_T = TypeVar("_T")
-logger = logging.getLogger("distcb.transport.ray")
 
 
 def parse_address(address: str) -> tuple[str | None, str]:
@@ -83,208 +65,6 @@ def parse_address(address: str) -> tuple[str | None, str]:
         )
     namespace, slash, name = rest.rpartition("/")
     return (namespace if slash else None), name
-
-
-# --------------------------------------------------------------------------- coordinator side
-
-
-class CoordinatorActor:
-    """A `Coordinator` inside an async Ray actor; use it through `RayCoordinator`.
-
-    Args:
-        callbacks: the coordinator callbacks (pickled into the actor by Ray).
-        world_size: the number of workers.
-        config: a `Config` as a dict (`Config.to_dict`).
-        token: the secret every worker presents when it opens its connection.
-        stateful_metrics: metric names taken from the chief rather than averaged.
-        observer: optional object that adds one callback after History
-            (``observer.callback(actor)``) and answers `observe` calls with async
-            methods taking this actor first (distcb.tune uses it).
-        user_callbacks: how many of `callbacks` are the user's (their state is
-            returned by `run`); default all.
-    """
-
-    def __init__(
-        self,
-        callbacks: Sequence[Any],
-        *,
-        world_size: int,
-        config: dict[str, float] | None = None,
-        token: str = "",
-        stateful_metrics: Iterable[str] = (),
-        observer: Any = None,
-        user_callbacks: int | None = None,
-    ):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        self._loop = asyncio.get_running_loop()  # the default group's loop owns the coordinator
-        self._config = Config.from_dict(config) if config else Config()
-        self._token = token
-        self._observer = observer
-        self.changed = asyncio.Event()  # set on every message received (observers wait on it)
-        chain = list(callbacks)
-        self._user_count = len(chain) if user_callbacks is None else user_callbacks
-        if observer is not None:
-            if not any(isinstance(cb, History) for cb in chain):
-                chain.append(History())  # the observer sees the logs as History records them
-            chain.append(observer.callback(self))
-        self.coordinator = Coordinator(
-            chain, world_size=world_size, config=self._config, stateful_metrics=stateful_metrics
-        )
-        self._connections: dict[str, ServerConnection] = {}
-        self._serving: set[asyncio.Task[None]] = set()
-
-    # ---------------------------------------------------------------- data path (default group)
-
-    async def push(self, conn_id: str, items: list[Any]) -> str | None:
-        """Deliver a worker's messages in order; returns why the connection is closed, if it is."""
-        connection = self._connections.get(conn_id)
-        if connection is None:
-            return "unknown connection (the coordinator does not know this session)"
-        if connection.closed is not None:
-            return connection.closed
-        if not isinstance(items, list):
-            connection.deliver([items])  # rejected by receive as a protocol error
-        else:
-            connection.deliver(items)
-        return None
-
-    async def poll(self, conn_id: str, wait_s: float) -> dict[str, Any]:
-        """Long poll: the coordinator's messages for this connection, after up to `wait_s`."""
-        connection = self._connections.get(conn_id)
-        if connection is None:
-            return {"messages": [], "closed": "unknown connection"}
-        wait_s = max(0.0, min(float(wait_s), self._config.heartbeat_interval_s))
-        return await connection.take(wait_s)
-
-    async def run(self) -> dict[str, Any]:
-        """Run the job; returns its outcome as a picklable dict (errors as values)."""
-        error: BaseException | None = None
-        history = None
-        try:
-            history = await self.coordinator.run()
-        except DistcbError as exc:
-            error = exc
-        except Exception as exc:  # a bug or a raising callback: carry the text, not the object
-            error = DistcbError(
-                f"the coordinator raised {type(exc).__name__}: {exc}\n\n"
-                + "".join(traceback.format_exception(exc))
-            )
-        finally:
-            await self._stop_serving()
-        coordinator = self.coordinator
-        history = history or coordinator.history
-        return {
-            "error": error,
-            "history": dict(history.history),
-            "epoch": list(history.epoch),
-            "worker_reports": dict(getattr(history, "worker_reports", {}) or {}),
-            "decisions": [d.to_dict() for d in coordinator.decisions],
-            "saved": [encode(s) for s in coordinator.saved],
-            "callback_states": [
-                callback_state(cb) for cb in coordinator.callbacks.callbacks[: self._user_count]
-            ],
-        }
-
-    # ---------------------------------------------------------------- control group
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    async def open(self, token: str, peer: str) -> str:
-        """A worker opens its channel; returns the connection id to push and poll with."""
-        if not hmac.compare_digest(str(token).encode(), self._token.encode()):
-            raise ProtocolError(f"{peer} presented a wrong job token")
-        return await self._on_loop(self._open(str(peer)))
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    async def close(self, conn_id: str, reason: str = "") -> None:
-        """The worker closes its channel (after its last push)."""
-        await self._on_loop(self._close(conn_id, reason))
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    async def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
-        """The launcher saw worker `rank` die."""
-
-        async def report() -> None:
-            self.coordinator.report_lost(rank, reason, traceback_text)
-
-        await self._on_loop(report())
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    async def status(self) -> dict[str, Any]:
-        async def status() -> dict[str, Any]:
-            return self.coordinator.status()
-
-        return await self._on_loop(status())
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    async def observe(self, method: str, *args: Any) -> Any:
-        """Call ``observer.<method>(actor, *args)`` on the coordinator's loop."""
-        if self._observer is None or method.startswith("_"):
-            raise ValueError(f"this coordinator has no observer method {method!r}")
-        return await self._on_loop(getattr(self._observer, method)(self, *args))
-
-    @ray.method(concurrency_group=CONTROL_GROUP)
-    async def ping(self) -> str:
-        return socket.gethostname()
-
-    # ---------------------------------------------------------------- internals
-
-    async def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            return await coro
-        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return await asyncio.wrap_future(future)
-
-    async def _open(self, peer: str) -> str:
-        conn_id = secrets.token_hex(16)
-        connection = ServerConnection(conn_id, peer, self._config, self._on_message)
-        self._connections[conn_id] = connection
-        task = self._loop.create_task(self.coordinator.serve(connection), name=f"serve-{peer}")
-        self._serving.add(task)
-        task.add_done_callback(self._serving.discard)
-        return conn_id
-
-    async def _close(self, conn_id: str, reason: str) -> None:
-        connection = self._connections.get(conn_id)
-        if connection is not None:
-            connection.close_from_peer(reason)
-
-    def _on_message(self, message: Message) -> None:
-        self.changed.set()
-
-    async def _stop_serving(self) -> None:
-        for connection in list(self._connections.values()):
-            await connection.close("job finished")
-        if self._serving:
-            _, pending = await asyncio.wait(
-                set(self._serving), timeout=self._config.reply_timeout_s
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-
-
-RayCoordinator: Any = cast(Any, ray.remote)(concurrency_groups={CONTROL_GROUP: 16})(
-    CoordinatorActor
-)
-"""`CoordinatorActor` as a Ray actor class (`.options(...).remote(...)`)."""
-
-
-def callback_state(callback: Any) -> dict[str, Any]:
-    """The attributes of `callback` that survive pickling, `model` excluded (for copy-back)."""
-    state: dict[str, Any] = {}
-    for name, value in vars(callback).items():
-        if name in ("model", "_model"):
-            continue
-        try:
-            cloudpickle.dumps(value)
-        except Exception:  # open files, locks, sessions: stay behind
-            continue
-        state[name] = value
-    return state
 
 
 # --------------------------------------------------------------------------- worker side
@@ -301,7 +81,7 @@ class RayConnection:
         self._conn_id = conn_id
         self._config = config
         self._peer = peer
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[bytes] = []
         self._wake = asyncio.Event()
         self._urgent = False
         self._pace_s = PACE_FLUSHES * config.flush_interval_s
@@ -349,7 +129,9 @@ class RayConnection:
             if not isinstance(reply, dict) or not isinstance(reply.get("messages"), list):
                 raise ProtocolError(f"{self._peer} answered a poll with {type(reply).__name__}")
             for item in reply["messages"]:
-                self._received.append(decode_item(item, self._peer))
+                if not isinstance(item, bytes):
+                    raise ProtocolError(f"{self._peer} sent a {type(item).__name__}, not bytes")
+                self._received.append(decode_from_coordinator(item))
             if reply.get("closed"):
                 self._peer_closed = str(reply["closed"])
         return self._received.popleft()
@@ -386,7 +168,8 @@ class RayConnection:
                 delay = last_push + self._pace_s - loop.time()
                 if not self._urgent and delay > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
                     self._wake.clear()
                     continue
                 batch, self._pending, self._urgent = self._pending, [], False

@@ -7,9 +7,9 @@ import asyncio
 import aiohttp
 from yarl import URL
 
-from distcb.core.config import Config
-from distcb.core.errors import ProtocolError
-from distcb.core.transport import ConnectionClosed
+from distcb.protocol.config import Config
+from distcb.protocol.errors import ConnectionClosed, ProtocolError
+from distcb.protocol.messages import decode_from_coordinator
 from distcb.transport.websocket_connection import WebSocketConnection
 from distcb.transport.websocket_server import WS_PATH
 
@@ -89,7 +89,12 @@ async def connect(
         await session.close()
         raise
     return WebSocketConnection(
-        ws, peer, config, receive_timeout_s=config.heartbeat_timeout_s, drop=session.close
+        ws,
+        peer,
+        config,
+        receive_timeout_s=config.heartbeat_timeout_s,
+        decode=decode_from_coordinator,
+        drop=session.close,
     )
 
 

@@ -1,16 +1,16 @@
 """One websocket, either end, as a distcb `Connection`: the frame codec and error mapping.
 
-Each message is one TEXT frame of strict JSON (`encode`); BINARY frames are
-reserved for arrays and rejected for now. A frame that is not JSON, not a
-valid message, or over `Config.max_message_bytes` closes this connection
-(with a close code and reason the peer can read) and raises `ProtocolError`.
-aiohttp's errors become `ConnectionClosed` here.
+Each message is one BINARY frame of MessagePack (`distcb.protocol.messages.encode`);
+TEXT frames come from another protocol version and are rejected. A frame that
+does not decode to a valid message of the other side, or is over
+`Config.max_message_bytes`, closes this connection (with a close code and
+reason the peer can read) and raises `ProtocolError`. aiohttp's errors become
+`ConnectionClosed` here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -18,10 +18,9 @@ from typing import Any, NoReturn
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from distcb.core.config import Config
-from distcb.core.errors import ProtocolError
-from distcb.core.messages import Message, decode, encode
-from distcb.core.transport import ConnectionClosed
+from distcb.protocol.config import Config
+from distcb.protocol.errors import ConnectionClosed, ProtocolError
+from distcb.protocol.messages import PROTOCOL_VERSION, Message, encode
 
 __all__ = ["WebSocketConnection"]
 
@@ -30,7 +29,7 @@ _MAX_CLOSE_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes, 2
 _SEND_ERRORS = (aiohttp.ClientError, ConnectionError, RuntimeError)
 
 
-# The last message encoded on this thread, and its text: a broadcast encodes once for
+# The last message encoded on this thread, and its bytes: a broadcast encodes once for
 # all connections (a loop's sends run on its thread, one at a time).
 _encoded = threading.local()
 
@@ -43,6 +42,8 @@ class WebSocketConnection:
         peer: who is on the other end, for error messages.
         config: limits and timeouts.
         receive_timeout_s: silence after which `receive` gives the peer up; None waits.
+        decode: the decoder of the other side's messages (`decode_from_worker` on the
+            coordinator's end, `decode_from_coordinator` on a worker's).
         drop: closes the underlying TCP connection without a handshake (and frees
             what this end owns, such as the client session).
     """
@@ -54,12 +55,14 @@ class WebSocketConnection:
         config: Config,
         *,
         receive_timeout_s: float | None,
+        decode: Callable[[bytes], Message],
         drop: Callable[[], Awaitable[None]],
     ):
         self._ws = ws
         self._peer = peer
         self._config = config
         self._receive_timeout_s = receive_timeout_s
+        self._decode = decode
         self._drop = drop
         self._send_lock = asyncio.Lock()
         self._unusable: str | None = None  # why send/receive now raise ConnectionClosed
@@ -74,36 +77,31 @@ class WebSocketConnection:
         return self._unusable is not None
 
     async def send(self, message: Message) -> None:
-        """Send one message as one text frame.
+        """Send one message as one binary frame.
 
         Raises:
             ConnectionClosed: the channel is closed or broke, or the send took longer
                 than `Config.reply_timeout_s`.
-            ProtocolError: the message is not strict JSON or exceeds `max_message_bytes`.
+            ProtocolError: the message cannot be encoded or exceeds `max_message_bytes`.
         """
         if self._unusable is not None:
             raise ConnectionClosed(f"send on a closed connection ({self._unusable})")
         last = getattr(_encoded, "last", None)
         if last is not None and last[0] is message:  # a broadcast: one message, every worker
-            text = last[1]
+            data = last[1]
         else:
-            try:
-                text = json.dumps(encode(message), allow_nan=False)  # ASCII: len() counts bytes
-            except (TypeError, ValueError) as exc:
-                raise ProtocolError(
-                    f"a {message.type!r} message is not strict JSON: {exc}"
-                ) from exc
-            _encoded.last = (message, text)
-        if len(text) > self._config.max_message_bytes:
+            data = encode(message)
+            _encoded.last = (message, data)
+        if len(data) > self._config.max_message_bytes:
             raise ProtocolError(
-                f"a {message.type!r} message of {len(text)} bytes exceeds "
+                f"a {message.type!r} message of {len(data)} bytes exceeds "
                 f"Config.max_message_bytes={self._config.max_message_bytes}; the peer would close "
                 "the connection. Send less per message or raise the limit on both sides."
             )
         timeout_s = self._config.reply_timeout_s
         try:
             async with asyncio.timeout(timeout_s), self._send_lock:
-                await self._ws.send_str(text)
+                await self._ws.send_bytes(data)
         except TimeoutError:
             await self.abort(f"a send took longer than Config.reply_timeout_s={timeout_s:g} s")
             raise ConnectionClosed(
@@ -136,13 +134,13 @@ class WebSocketConnection:
                 self._unusable = self._unusable or f"connection to {self._peer} broke: {exc}"
                 await self.close(str(exc), code=WSCloseCode.INTERNAL_ERROR)
                 raise ConnectionClosed(self._unusable) from exc
-            if msg.type is WSMsgType.TEXT:
-                return await self._parse(msg.data)
             if msg.type is WSMsgType.BINARY:
+                return await self._parse(msg.data)
+            if msg.type is WSMsgType.TEXT:
                 await self._reject(
                     WSCloseCode.UNSUPPORTED_DATA,
-                    "a binary frame; this protocol version sends each message as one JSON "
-                    "text frame",
+                    f"a text frame; protocol version {PROTOCOL_VERSION} sends each message as "
+                    "one MessagePack binary frame (is the peer another distcb version?)",
                 )
             elif msg.type is WSMsgType.ERROR:
                 await self._on_error(msg.data)
@@ -182,13 +180,9 @@ class WebSocketConnection:
         self._close_started = True
         await self._drop()
 
-    async def _parse(self, text: str) -> Message:
+    async def _parse(self, data: bytes) -> Message:
         try:
-            data = json.loads(text, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:
-            await self._reject(WSCloseCode.INVALID_TEXT, f"a text frame that is not JSON: {exc}")
-        try:
-            return decode(data)
+            return self._decode(data)
         except ProtocolError as exc:
             await self._reject(WSCloseCode.POLICY_VIOLATION, f"an invalid message: {exc}")
         except Exception as exc:  # a validator gap must not escape this boundary
@@ -221,7 +215,3 @@ def _close_message(reason: str) -> bytes:
     if len(data) <= _MAX_CLOSE_REASON_BYTES:
         return data
     return data[: _MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", "ignore").encode() + b"..."
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (non-finite numbers travel as strings)")

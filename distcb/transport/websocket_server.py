@@ -13,18 +13,19 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import secrets
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, web
 
-from distcb.core.config import Config
+from distcb.protocol.config import Config
+from distcb.protocol.logs import to_json_value
+from distcb.protocol.messages import decode_from_worker
 from distcb.transport.websocket_connection import WebSocketConnection
 
 if TYPE_CHECKING:  # workers import this package too; they need no coordinator
-    from distcb.core.coordinator import Coordinator
+    from distcb.coordinator.engine import Coordinator
 
 __all__ = ["WS_PATH", "WebSocketServer"]
 
@@ -32,7 +33,6 @@ logger = logging.getLogger("distcb.transport.websocket")
 
 WS_PATH = "/ws"
 _SHUTTING_DOWN = "the coordinator is shutting down"
-_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 class WebSocketServer:
@@ -187,7 +187,12 @@ class WebSocketServer:
                 transport.close()
 
         connection = WebSocketConnection(
-            ws, f"worker at {where}", self._config, receive_timeout_s=None, drop=drop
+            ws,
+            f"worker at {where}",
+            self._config,
+            receive_timeout_s=None,
+            decode=decode_from_worker,
+            drop=drop,
         )
         self._connections.add(connection)
         try:
@@ -204,7 +209,7 @@ class WebSocketServer:
         denied = self._denied(request)
         if denied is not None:
             return denied
-        body = json.dumps(_strict_json(self._coordinator.status()), allow_nan=False)
+        body = json.dumps(to_json_value(self._coordinator.status()), allow_nan=False)
         return web.Response(text=body, content_type="application/json")
 
     async def _serve_health(self, request: web.Request) -> web.Response:
@@ -218,14 +223,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name other than localhost may resolve anywhere
-
-
-def _strict_json(value: Any) -> Any:
-    """`value` with non-finite floats as the strings the protocol uses (logs may hold NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return _NON_FINITE[repr(value)]
-    if isinstance(value, dict):
-        return {str(k): _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(v) for v in value]
-    return value

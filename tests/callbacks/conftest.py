@@ -9,7 +9,8 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
-from cbhelpers import KerasRun  # noqa: E402
+
+from tests.helpers.keras_run import KerasRun  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,12 @@ import warnings
 from typing import Any
 
 import pytest
-from cbhelpers import losses, run_distcb
 
 from distcb.callbacks import EarlyStopping, LambdaCallback
-from distcb.core.decisions import RestoreWeights, SnapshotWeights, StopTraining
-from distcb.core.model_proxy import DecisionRecorder, ModelProxy
+from distcb.coordinator.model_proxy import DecisionRecorder, ModelProxy
+from distcb.protocol.decisions import RestoreWeights, SnapshotWeights, StopTraining
 from distcb.testing import simulate
+from tests.helpers.keras_run import losses, run_distcb
 
 NAN = float("nan")
 

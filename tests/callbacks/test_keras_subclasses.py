@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from distcb.core.decisions import SetLearningRate, StopTraining
+from distcb.protocol.decisions import SetLearningRate, StopTraining
 from distcb.testing import simulate
 
 PARAMS = {"learning_rate": 0.01, "directions": {"loss": "min"}}

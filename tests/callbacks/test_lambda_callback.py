@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cbhelpers import losses, run_distcb
 
 from distcb.callbacks import LambdaCallback
-from distcb.core.decisions import StopTraining
+from distcb.protocol.decisions import StopTraining
 from distcb.testing import simulate
+from tests.helpers.keras_run import losses, run_distcb
 
 
 def recorder(calls: list[tuple[Any, ...]], names: dict[str, str]) -> dict[str, Any]:

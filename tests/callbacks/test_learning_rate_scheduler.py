@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cbhelpers import losses, run_distcb
 
 from distcb.callbacks import LearningRateScheduler
-from distcb.core.decisions import SetLearningRate
-from distcb.core.model_proxy import DecisionRecorder, ModelProxy
+from distcb.coordinator.model_proxy import DecisionRecorder, ModelProxy
+from distcb.protocol.decisions import SetLearningRate
 from distcb.testing import simulate
+from tests.helpers.keras_run import losses, run_distcb
 
 
 def halve_after_first(epoch: int, lr: float) -> float:

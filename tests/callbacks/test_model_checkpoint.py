@@ -7,12 +7,12 @@ import os
 from typing import Any
 
 import pytest
-from cbhelpers import losses, run_distcb
 
 from distcb.callbacks import ModelCheckpoint
-from distcb.core.decisions import SaveModel
-from distcb.core.model_proxy import DecisionRecorder, ModelProxy
+from distcb.coordinator.model_proxy import DecisionRecorder, ModelProxy
+from distcb.protocol.decisions import SaveModel
 from distcb.testing import simulate
+from tests.helpers.keras_run import losses, run_distcb
 
 
 def recording(model: Any) -> list[str]:
@@ -150,7 +150,7 @@ def test_workers_disagree_path_uses_aggregated_logs_and_only_the_chief_saves(
     assert [os.path.basename(p) for p in saves(result)] == ["m-1-1.250.keras", "m-2-1.000.keras"]
     assert len(result.workers[0].saves) == 2
     assert result.workers[1].saves == []
-    assert [s.filepath for s in result.coordinator.saved] == saves(result)
+    assert [s.filepath for s in result.coordinator.recent_saved] == saves(result)
     assert os.path.isdir(tmp_path / "ckpt")
 
 

@@ -7,11 +7,11 @@ import warnings
 from typing import Any
 
 import pytest
-from cbhelpers import losses, run_distcb
 
 from distcb.callbacks import ReduceLROnPlateau
-from distcb.core.decisions import SetLearningRate
+from distcb.protocol.decisions import SetLearningRate
 from distcb.testing import simulate
+from tests.helpers.keras_run import losses, run_distcb
 
 FLAT = [1.0] * 8
 CASES = {

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cbhelpers import losses, run_distcb
 
 from distcb.callbacks import TerminateOnNaN
-from distcb.core.config import Config
-from distcb.core.decisions import StopTraining
+from distcb.protocol.config import Config
+from distcb.protocol.decisions import StopTraining
 from distcb.testing import simulate
+from tests.helpers.keras_run import losses, run_distcb
 
 NAN, INF = float("nan"), float("inf")
 

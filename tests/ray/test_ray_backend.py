@@ -7,11 +7,11 @@ import os
 import time
 
 import pytest
-from ray_fns import killed_mid_epoch
-from worker_fns import tiny_keras3
 
 import distcb
 from distcb.callbacks import EarlyStopping, LearningRateScheduler
+from tests.helpers.ray_fns import killed_mid_epoch
+from tests.helpers.worker_fns import tiny_keras3
 
 pytestmark = pytest.mark.slow
 FAST = distcb.Config(heartbeat_interval_s=0.2, heartbeat_timeout_s=10.0, stop_timeout_s=10.0)
@@ -33,8 +33,13 @@ def test_ray_backend_decides_like_the_process_backend(
         run_dir.mkdir()
         schedule, stopper = callbacks()
         history = distcb.run(
-            tiny_keras3, num_workers=2, kwargs={"epochs": 10}, callbacks=[schedule, stopper],
-            run_dir=str(run_dir), config=FAST, backend=backend,
+            tiny_keras3,
+            num_workers=2,
+            kwargs={"epochs": 10},
+            callbacks=[schedule, stopper],
+            run_dir=str(run_dir),
+            config=FAST,
+            backend=backend,
         )
         runs[backend] = (history, stopper, read_reports(run_dir, 2))
     (p_history, p_stopper, p_reports), (r_history, r_stopper, r_reports) = runs.values()
@@ -59,8 +64,12 @@ def test_ray_backend_decides_like_the_process_backend(
 def test_worker_exception_carries_rank_and_traceback(ray_cluster, no_leaked_actors, tmp_path):
     with pytest.raises(distcb.WorkerLostError) as info:
         distcb.run(
-            tiny_keras3, num_workers=2, kwargs={"epochs": 50, "raise_at_epoch": 1},
-            run_dir=str(tmp_path), config=FAST, backend="ray",
+            tiny_keras3,
+            num_workers=2,
+            kwargs={"epochs": 50, "raise_at_epoch": 1},
+            run_dir=str(tmp_path),
+            config=FAST,
+            backend="ray",
         )
     assert info.value.rank == 1
     assert "boom at epoch 1" in str(info.value)
@@ -73,9 +82,12 @@ def test_worker_actor_killed_mid_epoch_is_named_and_the_others_stop(
     started = time.monotonic()
     with pytest.raises(distcb.WorkerLostError, match=r"\[Rank 1\]") as info:
         distcb.run(
-            killed_mid_epoch, num_workers=2,
+            killed_mid_epoch,
+            num_workers=2,
             kwargs={"epochs": 50, "kill_epoch": 2, "kill_batch": 3},
-            run_dir=str(tmp_path), config=FAST, backend="ray",
+            run_dir=str(tmp_path),
+            config=FAST,
+            backend="ray",
         )
     assert info.value.rank == 1
     assert "actor died" in str(info.value)

@@ -8,9 +8,9 @@ import secrets
 import pytest
 
 from distcb.callbacks import Callback, EarlyStopping, LearningRateScheduler, ReduceLROnPlateau
-from distcb.core.config import Config
-from distcb.core.transport import ConnectionClosed
+from distcb.protocol.config import Config
 from distcb.testing import ScriptedWorker, simulate
+from distcb.transport.base import ConnectionClosed
 
 pytestmark = pytest.mark.slow
 FAST = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5.0, stop_timeout_s=5.0)
@@ -59,7 +59,8 @@ PARAMS = {"learning_rate": 0.1, "directions": {"loss": "min", "val_loss": "min"}
 
 
 async def run_over_ray(ray, callbacks, epoch_logs, batch_logs, config, weights):
-    from distcb.transport.ray import RayCoordinator, connect
+    from distcb.launch.ray_actor import RayCoordinator
+    from distcb.transport.ray import connect
 
     world_size = len(epoch_logs[0])
     name = f"distcb-coordinator-test-{secrets.token_hex(4)}"
@@ -99,7 +100,12 @@ async def test_scripted_run_over_ray_matches_memory_transport(
     epoch_logs, batch_logs = scripts()
     weights = [f"w{e}" for e in range(len(epoch_logs))]
     expected = await asyncio.to_thread(
-        simulate, make_callbacks(), epoch_logs, batch_logs, weights=weights, config=config,
+        simulate,
+        make_callbacks(),
+        epoch_logs,
+        batch_logs,
+        weights=weights,
+        config=config,
         params=PARAMS,
     )
     kinds = {d.kind for d in expected.decisions}
@@ -108,7 +114,7 @@ async def test_scripted_run_over_ray_matches_memory_transport(
         ray_cluster, make_callbacks(), epoch_logs, batch_logs, config, weights
     )
     assert outcome["error"] is None
-    assert outcome["decisions"] == [d.to_dict() for d in expected.decisions]
+    assert outcome["decisions"] == [d.to_json() for d in expected.decisions]
     assert outcome["epoch"] == expected.history.epoch
     assert outcome["history"] == expected.history.history
     for got, want in zip(workers, expected.workers, strict=True):
@@ -124,8 +130,9 @@ async def test_scripted_run_over_ray_matches_memory_transport(
 
 
 async def test_wrong_token_is_refused(ray_cluster, no_leaked_actors):
-    from distcb.core.errors import ProtocolError
-    from distcb.transport.ray import RayCoordinator, connect
+    from distcb.launch.ray_actor import RayCoordinator
+    from distcb.protocol.errors import ProtocolError
+    from distcb.transport.ray import connect
 
     name = f"distcb-coordinator-test-{secrets.token_hex(4)}"
     actor = RayCoordinator.options(name=name, num_cpus=0).remote(
@@ -139,8 +146,9 @@ async def test_wrong_token_is_refused(ray_cluster, no_leaked_actors):
 
 
 async def test_dead_coordinator_becomes_connection_closed(ray_cluster, no_leaked_actors):
-    from distcb.core.messages import Heartbeat
-    from distcb.transport.ray import RayCoordinator, connect
+    from distcb.launch.ray_actor import RayCoordinator
+    from distcb.protocol.messages import Heartbeat
+    from distcb.transport.ray import connect
 
     name = f"distcb-coordinator-test-{secrets.token_hex(4)}"
     actor = RayCoordinator.options(name=name, num_cpus=0).remote(

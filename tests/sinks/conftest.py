@@ -9,7 +9,8 @@ import socket
 
 import pytest
 from aiohttp import web
-from sink_helpers import RELEASE, Behaviour, Received, Server, answer_ok
+
+from tests.helpers.sinks import RELEASE, Behaviour, Received, Server, answer_ok
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ import asyncio
 
 import numpy as np
 import pytest
-from sink_helpers import wait_until
 
 from distcb.callbacks.csv_logger import CSVLogger
-from distcb.core.config import Config
-from distcb.core.runtime import JobState, Runtime
+from distcb.coordinator.runtime import JobState, Runtime
+from distcb.protocol.config import Config
+from tests.helpers.sinks import wait_until
 
 WITH_VAL = [
     {"loss": 0.5, "accuracy": np.float32(0.7), "val_loss": 0.6, "val_accuracy": 0.65},

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from distcb.histograms import WeightHistogram, decode_weight_histograms, weight_histograms
+from distcb.protocol.histograms import WeightHistogram, decode_weight_histograms, weight_histograms
 
 
 def test_payload_is_strict_json_and_round_trips():

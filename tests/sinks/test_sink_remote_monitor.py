@@ -9,11 +9,11 @@ import urllib.parse
 import numpy as np
 import pytest
 from aiohttp import web
-from sink_helpers import never_answer, wait_until
 
 from distcb.callbacks.remote_monitor import RemoteMonitor, RemoteMonitorStatistics
-from distcb.core.config import Config
-from distcb.core.runtime import JobState, Runtime
+from distcb.coordinator.runtime import JobState, Runtime
+from distcb.protocol.config import Config
+from tests.helpers.sinks import never_answer, wait_until
 
 HOOK_BOUND_S = 0.5  # generous: a hook only encodes and hands over; it never waits on the network
 LOGGER = "distcb.callbacks.remote_monitor"

@@ -3,14 +3,14 @@
 import time
 
 import pytest
-from sink_helpers import never_answer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distcb.callbacks.csv_logger import CSVLogger
 from distcb.callbacks.remote_monitor import RemoteMonitor, RemoteMonitorStatistics
 from distcb.callbacks.tensorboard import TensorBoard
-from distcb.core.config import Config
+from distcb.protocol.config import Config
 from distcb.testing import asimulate
+from tests.helpers.sinks import never_answer
 
 CONFIG = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5.0, sink_close_timeout_s=1.0)
 EPOCHS = 20

@@ -9,10 +9,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distcb.callbacks.tensorboard import TensorBoard
-from distcb.core.aggregate import Spread
-from distcb.core.config import Config
-from distcb.core.runtime import JobState, Runtime
-from distcb.histograms import weight_histograms
+from distcb.coordinator.aggregate import Spread
+from distcb.coordinator.runtime import JobState, Runtime
+from distcb.protocol.config import Config
+from distcb.protocol.histograms import weight_histograms
 
 EPOCHS = 3
 STEPS = 4

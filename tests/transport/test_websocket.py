@@ -7,16 +7,17 @@ import json
 import socket
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from distcb.callbacks import Callback, LearningRateScheduler
-from distcb.core.config import Config
-from distcb.core.coordinator import Coordinator
-from distcb.core.errors import ProtocolError, WorkerLostError
-from distcb.core.messages import EpochEnd, Join, Message
-from distcb.core.transport import Connection, ConnectionClosed
+from distcb.coordinator.engine import Coordinator
+from distcb.protocol.config import Config
+from distcb.protocol.errors import CoordinatorLostError, ProtocolError, WorkerLostError
+from distcb.protocol.messages import PROTOCOL_VERSION, EpochEnd, Join, Message
 from distcb.testing import ScriptedWorker, asimulate
+from distcb.transport.base import Connection, ConnectionClosed
 from distcb.transport.websocket import WebSocketConnection, WebSocketServer, connect
 
 FAST = Config(
@@ -112,24 +113,30 @@ async def test_scripted_workers_complete_a_run_like_the_memory_transport():
     assert history.epoch == memory.history.epoch == [0, 1, 2]
     assert ws_callbacks[0].calls == memory.coordinator.callbacks.callbacks[0].calls
     assert len([c for c in ws_callbacks[0].calls if c[0] == "batch_end"]) == 3 * 4
-    assert [d.to_dict() for d in coordinator.decisions] == [d.to_dict() for d in memory.decisions]
+    assert coordinator.decisions == memory.decisions
     for ws_worker, memory_worker in zip(workers, memory.workers, strict=True):
         assert ws_worker.learning_rates == memory_worker.learning_rates == [0.05, 0.025, 0.0125]
 
 
-def _join(protocol: int = 1, world_size: int = 2) -> str:
-    return json.dumps({**Join(1, world_size).to_dict(), "protocol": protocol})
+def _join(protocol: int = PROTOCOL_VERSION, world_size: int = 2) -> bytes:
+    return msgspec.msgpack.encode(
+        {"type": "join", "rank": 1, "world_size": world_size, "protocol": protocol}
+    )
 
 
 # (what the intruder sends, the close code it gets, a phrase of the close reason)
 INTRUDERS = {
     "protocol_99": (_join(protocol=99), WSCloseCode.POLICY_VIOLATION, "protocol version 99"),
     "wrong_world_size": (_join(world_size=3), WSCloseCode.OK, "world_size=3"),
-    "garbage_text": ("this is not json {", WSCloseCode.INVALID_TEXT, "not JSON"),
-    "nan_literal": ('{"type": "heartbeat", "x": NaN}', WSCloseCode.INVALID_TEXT, "NaN"),
-    "binary": (b'{"type": "heartbeat"}', WSCloseCode.UNSUPPORTED_DATA, "binary"),
-    "oversized": ("x" * (FAST.max_message_bytes + 1), WSCloseCode.MESSAGE_TOO_BIG, ""),
-    "not_an_object": ("[1, 2, 3]", WSCloseCode.POLICY_VIOLATION, "JSON object"),
+    "garbage": (b"\xc1 this is not msgpack", WSCloseCode.POLICY_VIOLATION, "not MessagePack"),
+    "text_frame": ('{"type": "heartbeat"}', WSCloseCode.UNSUPPORTED_DATA, "text frame"),
+    "oversized": (b"x" * (FAST.max_message_bytes + 1), WSCloseCode.MESSAGE_TOO_BIG, ""),
+    "not_a_map": (msgspec.msgpack.encode([1, 2, 3]), WSCloseCode.POLICY_VIOLATION, "a map"),
+    "coordinator_message": (
+        msgspec.msgpack.encode({"type": "start"}),
+        WSCloseCode.POLICY_VIOLATION,
+        "a worker sent a message of type 'start'",
+    ),
 }
 
 
@@ -279,7 +286,7 @@ async def test_a_worker_that_drops_mid_run_is_named_in_worker_lost_error(how):
     expected = {"abort": "without a closing handshake", "close": "the worker crashed"}[how]
     assert expected in info.value.reason
     assert results[0] is None  # the survivor was stopped and ended cleanly
-    assert isinstance(results[1], ConnectionClosed)
+    assert isinstance(results[1], CoordinatorLostError)
     assert coordinator.history.epoch == [0, 1]
 
 
@@ -321,10 +328,15 @@ async def test_an_oversized_send_fails_here_with_a_clear_error():
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
-        ("not json", WSCloseCode.INVALID_TEXT),
-        ('{"type": "start", "histogram_freq": "x"}', WSCloseCode.POLICY_VIOLATION),
+        ("a text frame", WSCloseCode.UNSUPPORTED_DATA),
         (
-            '{"type": "progress", "epoch": 0, "processed_step": 0, "decisions": [{"kind": [1]}]}',
+            msgspec.msgpack.encode({"type": "start", "histogram_freq": "x"}),
+            WSCloseCode.POLICY_VIOLATION,
+        ),
+        (
+            msgspec.msgpack.encode(
+                {"type": "progress", "epoch": 0, "processed_step": 0, "decisions": [{"kind": [1]}]}
+            ),
             WSCloseCode.POLICY_VIOLATION,
         ),
     ],
@@ -335,7 +347,10 @@ async def test_a_bad_frame_from_the_coordinator_closes_the_worker_connection(fra
     async def bad_coordinator(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        await ws.send_str(frame)
+        if isinstance(frame, bytes):
+            await ws.send_bytes(frame)
+        else:
+            await ws.send_str(frame)
         msg = await ws.receive(timeout=WAIT_S)
         closed.set_result((msg.data, msg.extra))
         return ws

@@ -1,0 +1,433 @@
+"""The workers of one job: who joined, the protocol state of each, the channel to each.
+
+The roster reads every worker connection and turns what arrives into events
+for the coordinator's engine: ``(rank, message)`` for a message that is valid
+in that worker's state, `WorkerLost` when a connection breaks, goes silent or
+misbehaves. It checks everything a peer controls before the engine sees it:
+the per-rank protocol state (`ALLOWED`), the claimed rank, and the bounds of
+`Config` (entries per frame, steps ahead of the coordinator).
+
+Per-rank protocol states, and the worker messages valid in each (anything
+else is a protocol error that closes that connection and counts the rank as
+lost)::
+
+    state        | batches epoch_end train_end saved done worker_failed heartbeat
+    -------------+------------------------------------------------------------------
+    joined       |    -        -         -       -     -        x           x
+    training     |    x        x         x       x     -        x           x
+    at_barrier   |    -        -         -       -     -        x           x
+    train_ended  |    -        -         -       x     x*       x           x
+    done         |    -        -         -       -     -        -           x
+
+    * done only once the coordinator sent its train-end reply.
+
+A join is valid only as a connection's first message, and only while the job
+is joining (or, during the join phase, to replace a rank's dropped connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from distcb.protocol.config import Config
+from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
+from distcb.protocol.messages import (
+    BatchFrame,
+    Done,
+    EpochEnd,
+    Heartbeat,
+    Join,
+    JoinParams,
+    Message,
+    Saved,
+    TrainEnd,
+    WorkerFailed,
+)
+from distcb.transport.base import Connection
+
+logger = logging.getLogger("distcb.coordinator")
+
+
+class RankState(enum.Enum):
+    JOINED = "joined"
+    TRAINING = "training"
+    AT_BARRIER = "at_barrier"
+    TRAIN_ENDED = "train_ended"
+    DONE = "done"
+
+
+_ANY_TIME = (WorkerFailed, Heartbeat)
+ALLOWED: dict[RankState, tuple[type[Message], ...]] = {
+    RankState.JOINED: _ANY_TIME,
+    RankState.TRAINING: (BatchFrame, EpochEnd, TrainEnd, Saved, *_ANY_TIME),
+    RankState.AT_BARRIER: _ANY_TIME,
+    RankState.TRAIN_ENDED: (Saved, Done, *_ANY_TIME),
+    RankState.DONE: (Heartbeat,),
+}
+"""The worker messages valid in each per-rank state (the table in the module docstring)."""
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """Event: worker `rank` is gone."""
+
+    rank: int
+    error: WorkerLostError
+
+
+@dataclass
+class WorkerEntry:
+    """What the coordinator knows of one rank."""
+
+    rank: int
+    connection: Connection
+    params: JoinParams
+    last_seen: float
+    state: RankState = RankState.JOINED
+    report: dict[str, Any] | None = None
+    epoch: int = 0
+    last_step: int = -1  # the last batch step it reported this epoch
+    sent_steps: int = 0  # batch entries received in the job
+    ended_reply_sent: bool = False
+    lost_reason: str | None = None
+    dropped: bool = False  # its connection closed before training started
+    silence_reported: bool = False
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def train_ended(self) -> bool:
+        return self.state in (RankState.TRAIN_ENDED, RankState.DONE)
+
+    @property
+    def done(self) -> bool:
+        return self.state is RankState.DONE
+
+
+class Roster:
+    """Joins, per-rank protocol states, connection loops, heartbeats and sends.
+
+    Args:
+        world_size: the number of ranks expected.
+        config: timeouts and bounds.
+        post: puts an event in the coordinator's queue.
+        accepting: whether joins are still accepted (before training starts).
+        flow_window: the steps a rank may report beyond the last processed step
+            (the coordinator's `processed_step()`); None while no batch logs are wanted.
+    """
+
+    def __init__(
+        self,
+        world_size: int,
+        config: Config,
+        post: Callable[[Any], None],
+        accepting: Callable[[], bool],
+    ):
+        self.world_size = world_size
+        self.config = config
+        self._post = post
+        self._accepting = accepting
+        self.workers: dict[int, WorkerEntry] = {}
+        self.live: set[int] = set()
+        self.all_joined = asyncio.Event()
+        self.never_joined: dict[int, WorkerLostError] = {}
+        self.flow_window: int | None = None
+        self.processed_step: Callable[[], int] = lambda: -1
+
+    # ------------------------------------------------------------------ connections
+
+    async def serve(self, connection: Connection) -> None:
+        """Read one worker connection until it closes. Never raises: a bad peer closes its
+        own connection only (and, once joined, counts as a lost worker)."""
+        try:
+            first = await asyncio.wait_for(connection.receive(), self.config.join_timeout_s)
+        except (TimeoutError, ConnectionClosed, ProtocolError) as exc:
+            with contextlib.suppress(ConnectionClosed):
+                await connection.close(f"no valid join: {exc}")
+            return
+        try:
+            if not isinstance(first, Join):
+                raise ProtocolError(f"the first message must be a join, received {first.type!r}")
+            self._admit(first, connection)
+        except ProtocolError as exc:
+            logger.warning("rejected %s: %s", connection.peer, exc)
+            with contextlib.suppress(ConnectionClosed):
+                await connection.close(str(exc))
+            return
+        rank = first.rank
+        entry = self.workers[rank]
+        try:
+            while True:
+                message = await connection.receive()
+                entry.last_seen = time.monotonic()
+                if isinstance(message, Heartbeat):
+                    continue
+                self._check(entry, message)
+                self._post((rank, message))
+        except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
+            if not isinstance(exc, ConnectionClosed | ProtocolError):
+                logger.exception("rank %d's connection failed", rank)
+            if self.workers.get(rank) is entry:
+                self._on_connection_end(entry, exc)
+            entry.disconnected.set()
+            with contextlib.suppress(ConnectionClosed):
+                await connection.close(str(exc))
+
+    def _on_connection_end(self, entry: WorkerEntry, exc: BaseException) -> None:
+        if entry.done:
+            return
+        if entry.state is RankState.JOINED and self._accepting():
+            # Still joining: the rank may connect again (a worker that retried).
+            entry.dropped = True
+            return
+        self._post(WorkerLost(entry.rank, WorkerLostError(entry.rank, _lost_reason(exc))))
+
+    def _admit(self, join: Join, connection: Connection) -> None:
+        if not self._accepting():
+            raise ProtocolError(
+                f"rank {join.rank} joined after training started; rejoining is not supported"
+            )
+        if join.world_size != self.world_size:
+            raise ProtocolError(
+                f"rank {join.rank} says world_size={join.world_size}, the coordinator expects "
+                f"{self.world_size}"
+            )
+        previous = self.workers.get(join.rank)
+        if previous is not None and not previous.dropped:
+            raise ProtocolError(f"rank {join.rank} joined twice (its first connection is open)")
+        self.workers[join.rank] = WorkerEntry(join.rank, connection, join.params, time.monotonic())
+        self.live.add(join.rank)
+        if len(self.workers) == self.world_size:
+            self.all_joined.set()
+
+    def _check(self, entry: WorkerEntry, message: Message) -> None:
+        """Raise ProtocolError unless `message` is valid from `entry` now (the state table)."""
+        claimed = getattr(message, "rank", entry.rank)
+        if claimed != entry.rank:
+            raise ProtocolError(
+                f"rank {entry.rank}'s connection sent {message.type!r} claiming rank {claimed}"
+            )
+        if not isinstance(message, ALLOWED[entry.state]):
+            raise ProtocolError(
+                f"rank {entry.rank} sent {message.type!r} while {entry.state.value}"
+                + (
+                    "; 'done' is valid only after the train-end reply"
+                    if isinstance(message, Done)
+                    else ""
+                )
+            )
+        if isinstance(message, Done) and not entry.ended_reply_sent:
+            raise ProtocolError(f"rank {entry.rank} sent 'done' before the train-end reply")
+        if isinstance(message, BatchFrame | EpochEnd) and message.epoch != entry.epoch:
+            raise ProtocolError(
+                f"rank {entry.rank} sent {message.type!r} for epoch {message.epoch} during "
+                f"epoch {entry.epoch}"
+            )
+        if isinstance(message, BatchFrame):
+            self._check_frame(entry, message)
+        elif isinstance(message, EpochEnd):
+            entry.state = RankState.AT_BARRIER
+        elif isinstance(message, TrainEnd):
+            entry.state = RankState.TRAIN_ENDED
+        elif isinstance(message, Done):
+            entry.state = RankState.DONE
+
+    def _check_frame(self, entry: WorkerEntry, frame: BatchFrame) -> None:
+        limit = self.config.max_frame_entries
+        if frame.entries > limit:
+            raise ProtocolError(
+                f"rank {entry.rank} sent a frame of {frame.entries} batch entries, over "
+                f"Config.max_frame_entries={limit}"
+            )
+        if not frame.steps:
+            return
+        if frame.steps[0] <= entry.last_step:
+            raise ProtocolError(
+                f"rank {entry.rank} sent step {frame.steps[0]} of epoch {frame.epoch} after step "
+                f"{entry.last_step}: batch logs must arrive in step order, once"
+            )
+        window = self.flow_window
+        if window is None:
+            raise ProtocolError(
+                f"rank {entry.rank} sent batch logs, which the coordinator did not ask for"
+            )
+        bound = self.processed_step() + window
+        if frame.steps[-1] > bound:
+            raise ProtocolError(
+                f"rank {entry.rank} sent step {frame.steps[-1]} while the coordinator had "
+                f"processed step {self.processed_step()}: over the window of {window} steps "
+                "(Config.window_steps / Config.max_ahead_steps) a worker may run ahead"
+            )
+        entry.last_step = frame.steps[-1]
+        entry.sent_steps += frame.entries
+
+    # ------------------------------------------------------------------ state changes by the engine
+
+    def begin_training(self) -> None:
+        for rank in self.live:
+            self.workers[rank].state = RankState.TRAINING
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The epoch reply went out: ranks at the barrier train epoch `epoch` now."""
+        for rank in self.live:
+            worker = self.workers[rank]
+            worker.epoch = epoch
+            worker.last_step = -1
+            if worker.state is RankState.AT_BARRIER:
+                worker.state = RankState.TRAINING
+
+    def train_end_replied(self) -> None:
+        for rank in self.live:
+            self.workers[rank].ended_reply_sent = True
+
+    async def wait_disconnected(self, rank: int, timeout_s: float) -> None:
+        """Until worker `rank`'s connection has been read to its end (bounded): what it sent
+        before its process exited has then been taken in."""
+        worker = self.workers.get(rank)
+        if worker is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await worker.disconnected.wait()
+
+    def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
+        """A launcher saw worker `rank` die (exit code, dead actor)."""
+        worker = self.workers.get(rank)
+        if worker is not None and worker.done:
+            return
+        error = WorkerLostError(rank, reason, traceback_text)
+        if worker is None or (worker.dropped and self._accepting()):
+            # It never joined (for good): the join barrier cannot complete; fail it now.
+            self.never_joined[rank] = error
+            self.all_joined.set()
+            return
+        self._post(WorkerLost(rank, error))
+
+    def training(self) -> set[int]:
+        """Live ranks still in `fit`: those the epoch barrier and the batch merge wait for."""
+        return {r for r in self.live if not self.workers[r].train_ended}
+
+    def missing(self) -> set[int]:
+        return set(range(self.world_size)) - set(self.workers)
+
+    def all_live(self, predicate: Callable[[WorkerEntry], bool]) -> bool:
+        return all(predicate(self.workers[r]) for r in self.live)
+
+    async def drop(self, rank: int, reason: str) -> None:
+        """Count `rank` as lost and close its connection."""
+        self.live.discard(rank)
+        worker = self.workers[rank]
+        worker.lost_reason = reason
+        with contextlib.suppress(ConnectionClosed):
+            await worker.connection.close(reason)
+
+    # ------------------------------------------------------------------ sending
+
+    async def broadcast(self, message: Message) -> None:
+        """Send to every live worker; one that cannot be reached becomes a WorkerLost event."""
+        ranks = sorted(self.live)
+        results = await asyncio.gather(
+            *(self._send(r, message) for r in ranks), return_exceptions=True
+        )
+        for rank, result in zip(ranks, results, strict=True):
+            if isinstance(result, BaseException):
+                self._post(
+                    WorkerLost(rank, WorkerLostError(rank, f"could not be reached: {result}"))
+                )
+
+    async def _send(self, rank: int, message: Message) -> None:
+        await asyncio.wait_for(
+            self.workers[rank].connection.send(message), self.config.reply_timeout_s
+        )
+
+    async def watch_heartbeats(self) -> None:
+        """Say we are alive every interval; report workers silent past the timeout."""
+        interval = self.config.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self.broadcast(Heartbeat())
+            now = time.monotonic()
+            for rank in list(self.live):
+                worker = self.workers[rank]
+                silent = now - worker.last_seen
+                if (
+                    silent > self.config.heartbeat_timeout_s
+                    and not worker.done
+                    and not worker.silence_reported
+                ):
+                    reason = (
+                        f"sent nothing for {silent:.1f} s (Config.heartbeat_timeout_s="
+                        f"{self.config.heartbeat_timeout_s:g})"
+                    )
+                    self._post(WorkerLost(rank, WorkerLostError(rank, reason)))
+                    worker.silence_reported = True
+
+    async def close_all(self) -> None:
+        for worker in self.workers.values():
+            with contextlib.suppress(Exception):
+                await worker.connection.close("job finished")
+
+    # ------------------------------------------------------------------ views
+
+    def merged_params(self) -> dict[str, Any]:
+        """What callbacks see as `params`: the chief's fit parameters plus job-wide facts.
+
+        Raises:
+            ProtocolError: the workers disagree on what must be common (epochs).
+        """
+        chief = self.workers[0].params
+        for rank, worker in sorted(self.workers.items()):
+            if worker.params.epochs != chief.epochs:
+                raise ProtocolError(
+                    f"rank {rank} trains for epochs={worker.params.epochs!r} but the chief for "
+                    f"epochs={chief.epochs!r}; every worker must run the same epochs"
+                )
+        samples = [w.params.samples for w in self.workers.values()]
+        directions: dict[str, str] = {}
+        for worker in self.workers.values():
+            directions.update(worker.params.directions)
+        return {
+            "verbose": chief.verbose,
+            "epochs": chief.epochs,
+            "initial_epoch": chief.initial_epoch,
+            "steps": chief.steps,
+            "num_workers": self.world_size,
+            "samples": sum(s for s in samples if s is not None)
+            if all(s is not None for s in samples)
+            else None,
+            "batch_size": chief.batch_size,
+            "metrics": list(chief.metrics),
+            "directions": directions,
+            "flavour": chief.flavour,
+        }
+
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per rank that joined, for ``/status``."""
+        now = time.monotonic()
+        out = []
+        for rank, worker in sorted(self.workers.items()):
+            state = worker.state.value if rank in self.live else "lost"
+            age = now - worker.last_seen
+            out.append(
+                {
+                    "rank": rank,
+                    "host": worker.params.host,
+                    "state": state,
+                    "epoch": worker.epoch,
+                    "step": worker.last_step,
+                    "heartbeat_age_s": round(age, 3),
+                    "lost_reason": worker.lost_reason,
+                }
+            )
+        return out
+
+
+def _lost_reason(exc: BaseException) -> str:
+    if isinstance(exc, ProtocolError):
+        return f"sent a bad message: {exc}"
+    return f"disconnected ({exc})"

@@ -1,0 +1,72 @@
+"""A Keras model as the target of decisions (`distcb.worker.apply.DecisionTarget`)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+from typing import Any
+
+from distcb.keras import flavours
+
+TEMP_PREFIX = ".distcb-"
+
+
+class KerasModelTarget:
+    """Carries decisions out on one worker's Keras 3 or tf_keras model.
+
+    Saves are atomic: Keras writes a temporary file of the same suffix in the
+    target directory, which then replaces the target (`os.replace`). Temporary
+    files a killed save left behind are removed at the next save: the chief is
+    the only writer of these files, so any that exists then is stale.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def stop_training(self) -> None:
+        self.model.stop_training = True
+
+    def set_learning_rate(self, value: float) -> None:
+        flavours.set_learning_rate(self.model, value)
+
+    def get_weights(self) -> list[Any]:
+        return [w.copy() for w in self.model.get_weights()]
+
+    def set_weights(self, weights: Any) -> None:
+        self.model.set_weights(weights)
+
+    def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
+        if not overwrite and os.path.exists(filepath):
+            return
+        directory = os.path.dirname(filepath) or "."
+        os.makedirs(directory, exist_ok=True)
+        remove_stale_temporaries(directory)
+        suffix = (
+            ".weights.h5" if filepath.endswith(".weights.h5") else os.path.splitext(filepath)[1]
+        )
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=directory)
+        os.close(fd)
+        os.unlink(tmp)  # Keras refuses to overwrite some formats silently: let it create it
+        try:
+            if weights_only:
+                self.model.save_weights(tmp)
+            else:
+                self.model.save(tmp)
+            os.replace(tmp, filepath)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Remove the temporary files of saves that never finished in `directory`."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(directory), TEMP_PREFIX + "*")):
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path):
+                continue
+            os.unlink(path)
+            removed.append(path)
+    return removed

@@ -1,0 +1,92 @@
+"""The `distcb` console script.
+
+    distcb coordinator --world-size 4 --callbacks mypkg.callbacks:make --host 0.0.0.0 --port 8765
+    distcb status --address coordinator:8765
+
+`coordinator` runs a coordinator on its own (Kubernetes: a pod or a Service in
+front of it; workers find it through ``DISTCB_ADDRESS`` and ``DISTCB_TOKEN``).
+`--callbacks` names a function returning the list of coordinator callbacks.
+The token comes from ``DISTCB_TOKEN`` (required beyond loopback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from distcb.coordinator.engine import Coordinator
+from distcb.protocol.config import Config
+
+
+def _load_callbacks(spec: str | None) -> list[Any]:
+    if not spec:
+        return []
+    module_name, _, attribute = spec.partition(":")
+    if not attribute:
+        raise SystemExit(f"--callbacks must look like 'module:function', received {spec!r}")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    return list(factory())
+
+
+async def _serve(options: argparse.Namespace) -> int:
+    from distcb.transport.websocket import WebSocketServer
+
+    config = Config.from_dict(json.loads(options.config)) if options.config else Config()
+    coordinator = Coordinator(
+        _load_callbacks(options.callbacks), world_size=options.world_size, config=config
+    )
+    token = os.environ.get("DISTCB_TOKEN") or None
+    async with WebSocketServer(
+        coordinator, host=options.host, port=options.port, token=token, config=config
+    ) as server:
+        print(f"distcb coordinator listening on {server.address}", flush=True)
+        history = await coordinator.run()
+    if options.history:
+        await asyncio.to_thread(_write_history, options.history, history)
+    print(f"distcb coordinator done after {len(history.epoch)} epochs", flush=True)
+    return 0
+
+
+def _write_history(path: str, history: Any) -> None:
+    with open(path, "w") as handle:
+        json.dump({"epoch": history.epoch, "history": history.history}, handle)
+
+
+def _status(options: argparse.Namespace) -> int:
+    request = urllib.request.Request(
+        f"http://{options.address}/status",
+        headers={"Authorization": f"Bearer {os.environ.get('DISTCB_TOKEN', '')}"},
+    )
+    with urllib.request.urlopen(request, timeout=options.timeout_s) as response:
+        print(json.dumps(json.load(response), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distcb", description="distcb command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("coordinator", help="run a coordinator for N workers")
+    serve.add_argument("--world-size", type=int, required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--callbacks", help="module:function returning the callbacks")
+    serve.add_argument("--config", help="Config fields as JSON")
+    serve.add_argument("--history", help="write the History as JSON to this path")
+    status = commands.add_parser("status", help="print a running coordinator's /status")
+    status.add_argument("--address", required=True, help="host:port")
+    status.add_argument("--timeout-s", type=float, default=10.0)
+    options = parser.parse_args(argv)
+    if options.command == "coordinator":
+        return asyncio.run(_serve(options))
+    return _status(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The coordinator as an async Ray actor (the Ray backend's host of a `Coordinator`).
+
+    actor = RayCoordinator.options(name=name).remote(callbacks, world_size=2, token=token)
+    outcome = await actor.run.remote()
+
+Workers reach it through `distcb.transport.ray.connect` (actor calls `open`,
+`push`, `poll`, `close`), answered by a `ChannelHub`.
+
+Actor layout: `push`, `poll` and `run` share the default concurrency group,
+whose event loop owns the `Coordinator`; `open`, `close`, `report_lost`,
+`status`, `observe` and `ping` sit in the ``control`` group (own slots, own
+thread) and hop onto the coordinator's loop, so they never queue behind log
+ingestion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import socket
+import traceback
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar, cast
+
+import ray
+from ray import cloudpickle
+
+from distcb.callbacks.history import History
+from distcb.coordinator.engine import Coordinator
+from distcb.protocol.config import Config
+from distcb.protocol.errors import DistcbError
+from distcb.transport.ray_channel import ChannelHub
+
+__all__ = ["CONTROL_GROUP", "CoordinatorActor", "RayCoordinator", "callback_state"]
+
+CONTROL_GROUP = "control"
+_T = TypeVar("_T")
+
+
+class CoordinatorActor:
+    """A `Coordinator` inside an async Ray actor; use it through `RayCoordinator`.
+
+    Args:
+        callbacks: the coordinator callbacks (pickled into the actor by Ray).
+        world_size: the number of workers.
+        config: a `Config` as a dict (`Config.to_dict`).
+        token: the secret every worker presents when it opens its connection.
+        stateful_metrics: metric names taken from the chief rather than averaged.
+        observer: optional object that adds one callback after History
+            (``observer.callback()``), is attached to the coordinator
+            (``observer.attach(coordinator)``, e.g. as a listener) and answers `observe`
+            calls with async methods (distcb.tune uses it).
+        user_callbacks: how many of `callbacks` are the user's (their state is
+            returned by `run`); default all.
+    """
+
+    def __init__(
+        self,
+        callbacks: Sequence[Any],
+        *,
+        world_size: int,
+        config: dict[str, float] | None = None,
+        token: str = "",
+        stateful_metrics: Iterable[str] = (),
+        observer: Any = None,
+        user_callbacks: int | None = None,
+    ):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        self._loop = asyncio.get_running_loop()  # the default group's loop owns the coordinator
+        self._config = Config.from_dict(config) if config else Config()
+        self._observer = observer
+        chain = list(callbacks)
+        self._user_count = len(chain) if user_callbacks is None else user_callbacks
+        if observer is not None:
+            if not any(isinstance(cb, History) for cb in chain):
+                chain.append(History())  # the observer sees the logs as History records them
+            chain.append(observer.callback())
+        self.coordinator = Coordinator(
+            chain, world_size=world_size, config=self._config, stateful_metrics=stateful_metrics
+        )
+        if observer is not None:
+            observer.attach(self.coordinator)
+        self._hub = ChannelHub(self.coordinator.serve, token, self._config)
+
+    # ---------------------------------------------------------------- data path (default group)
+
+    async def push(self, conn_id: str, items: list[Any]) -> str | None:
+        """Deliver a worker's messages in order; returns why the connection is closed, if it is."""
+        return self._hub.push(conn_id, items)
+
+    async def poll(self, conn_id: str, wait_s: float) -> dict[str, Any]:
+        """Long poll: the coordinator's messages for this connection, after up to `wait_s`."""
+        return await self._hub.poll(conn_id, wait_s)
+
+    async def run(self) -> dict[str, Any]:
+        """Run the job; returns its outcome as a picklable dict (errors as values)."""
+        error: BaseException | None = None
+        history = None
+        try:
+            history = await self.coordinator.run()
+        except DistcbError as exc:
+            error = exc
+        except Exception as exc:  # a bug or a raising callback: carry the text, not the object
+            error = DistcbError(
+                f"the coordinator raised {type(exc).__name__}: {exc}\n\n"
+                + "".join(traceback.format_exception(exc))
+            )
+        finally:
+            await self._hub.aclose()
+        coordinator = self.coordinator
+        history = history or coordinator.history
+        return {
+            "error": error,
+            "history": dict(history.history),
+            "epoch": list(history.epoch),
+            "worker_reports": dict(getattr(history, "worker_reports", {}) or {}),
+            "decisions": [d.to_json() for d in coordinator.decisions],
+            "callback_states": [
+                callback_state(cb) for cb in coordinator.callbacks.callbacks[: self._user_count]
+            ],
+        }
+
+    # ---------------------------------------------------------------- control group
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def open(self, token: str, peer: str) -> str:
+        """A worker opens its channel; returns the connection id to push and poll with."""
+        self._hub.check_token(token, str(peer))
+
+        async def open_channel() -> str:
+            return self._hub.open(str(peer))
+
+        return await self._on_loop(open_channel())
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def close(self, conn_id: str, reason: str = "") -> None:
+        """The worker closes its channel (after its last push)."""
+
+        async def close_channel() -> None:
+            self._hub.close(conn_id, reason)
+
+        await self._on_loop(close_channel())
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
+        """The launcher saw worker `rank` die."""
+
+        async def report() -> None:
+            self.coordinator.report_lost(rank, reason, traceback_text)
+
+        await self._on_loop(report())
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def status(self) -> dict[str, Any]:
+        async def status() -> dict[str, Any]:
+            return self.coordinator.status()
+
+        return await self._on_loop(status())
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def observe(self, method: str, *args: Any) -> Any:
+        """Call ``observer.<method>(*args)`` (a coroutine) on the coordinator's loop."""
+        if self._observer is None or method.startswith("_"):
+            raise ValueError(f"this coordinator has no observer method {method!r}")
+        return await self._on_loop(getattr(self._observer, method)(*args))
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def ping(self) -> str:
+        return socket.gethostname()
+
+    # ---------------------------------------------------------------- internals
+
+    async def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return await coro
+        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return await asyncio.wrap_future(future)
+
+
+RayCoordinator: Any = cast(Any, ray.remote)(concurrency_groups={CONTROL_GROUP: 16})(
+    CoordinatorActor
+)
+"""`CoordinatorActor` as a Ray actor class (`.options(...).remote(...)`)."""
+
+
+def callback_state(callback: Any) -> dict[str, Any]:
+    """The attributes of `callback` that survive pickling, `model` excluded (for copy-back)."""
+    state: dict[str, Any] = {}
+    for name, value in vars(callback).items():
+        if name in ("model", "_model"):
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception:  # open files, locks, sessions: stay behind
+            continue
+        state[name] = value
+    return state

@@ -1,0 +1,94 @@
+"""Every limit and timeout distcb uses, in one frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    """Limits and timeouts shared by the coordinator, the transports and the workers.
+
+    Args:
+        join_timeout_s: how long the coordinator waits for all ranks to join.
+        connect_timeout_s: how long a worker tries to reach its coordinator.
+        heartbeat_interval_s: how often each side says it is alive.
+        heartbeat_timeout_s: silence after which a peer counts as lost.
+        reply_timeout_s: how long a worker waits for an answer that needs no
+            other worker (join acknowledgement, the train-end reply once all
+            workers ended). The epoch barrier itself has no timeout: a slow
+            worker is fine as long as it sends heartbeats.
+        stop_timeout_s: after a failure, how long the coordinator waits for the
+            surviving workers to reach `on_train_end` before giving up on them.
+        sink_close_timeout_s: deadline for output sinks (RemoteMonitor,
+            TensorBoard, CSV) to flush at the end of training.
+        window_steps: the window W of the window rule (DESIGN.md): how many
+            steps a worker may run ahead of the last step the coordinator
+            processed when a callback can decide on batch ends.
+        flush_interval_s: the shortest pause between two frames a paced transport
+            (Ray) sends.
+        flush_max_delay_s: the longest a batch log waits in a worker's buffer. Workers
+            otherwise send a frame every W/4 steps (window rule on) or 32 steps, so
+            that their IO thread wakes rarely and never competes with training.
+        max_message_bytes: the largest message a transport accepts.
+        max_frame_entries: the largest number of batch entries in one frame.
+        max_ahead_steps: when coordinator callbacks only observe batches (no batch
+            decisions, so no window rule), how many steps a worker may still run ahead
+            of the last step the coordinator merged: the bound on what the coordinator
+            buffers per worker. Must be at least `window_steps`.
+    """
+
+    join_timeout_s: float = 120.0
+    connect_timeout_s: float = 60.0
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 15.0
+    reply_timeout_s: float = 60.0
+    stop_timeout_s: float = 30.0
+    sink_close_timeout_s: float = 10.0
+    window_steps: int = 32
+    flush_interval_s: float = 0.005
+    flush_max_delay_s: float = 0.1
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_frame_entries: int = 4096
+    max_ahead_steps: int = 1024
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(
+                    f"Config.{field.name} must be a number, received {value!r} "
+                    f"of type {type(value).__name__}."
+                )
+            if value <= 0:
+                raise ValueError(f"Config.{field.name} must be > 0, received {value!r}.")
+        for name in ("window_steps", "max_frame_entries", "max_ahead_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int):
+                raise TypeError(f"Config.{name} must be an int, received {value!r}.")
+        if self.max_ahead_steps < self.window_steps:
+            raise ValueError(
+                f"Config.max_ahead_steps must be >= window_steps, received {self.max_ahead_steps}"
+                f" < {self.window_steps}."
+            )
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                "Config.heartbeat_timeout_s must exceed heartbeat_interval_s, received "
+                f"{self.heartbeat_timeout_s} <= {self.heartbeat_interval_s}."
+            )
+
+    def replace(self, **changes: float) -> Config:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown Config fields {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**data)  # type: ignore[arg-type]

@@ -1,0 +1,97 @@
+"""distcb's exception tree.
+
+    DistcbError
+    ├── ProtocolError          a message that is malformed, unexpected or from another version
+    ├── AggregationError       worker logs that cannot be merged (a missing key)
+    ├── JoinTimeoutError       not every rank joined in time (names the missing ranks)
+    ├── WorkerLostError        a worker disconnected, missed heartbeats or raised (names the rank)
+    ├── CoordinatorLostError   a worker lost its coordinator
+    ├── DecisionError          a decision that cannot be carried out
+    └── ConnectionClosed       a channel closed or broke (transports raise it; the
+                               coordinator and workers turn it into the two above)
+
+Each survives pickling, so a launcher can carry it across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class DistcbError(Exception):
+    """Base class of every error distcb raises on purpose."""
+
+
+class ProtocolError(DistcbError):
+    """A message was malformed, unexpected, oversized or of another protocol version."""
+
+
+class AggregationError(DistcbError):
+    """Worker logs could not be merged."""
+
+    def __init__(self, message: str, *, rank: int | None = None, key: str | None = None):
+        super().__init__(message)
+        self.rank = rank
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"rank": self.rank, "key": self.key}))
+
+
+class JoinTimeoutError(DistcbError, TimeoutError):
+    """Not every rank joined before `Config.join_timeout_s`."""
+
+    def __init__(self, missing_ranks: Iterable[int], timeout_s: float, world_size: int):
+        self.missing_ranks = sorted(missing_ranks)
+        self.timeout_s = timeout_s
+        self.world_size = world_size
+        super().__init__(
+            f"Ranks {self.missing_ranks} of world_size={world_size} did not join within "
+            f"{timeout_s:g} s. Check that those workers started and can reach the "
+            "coordinator, or raise Config.join_timeout_s."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.missing_ranks, self.timeout_s, self.world_size))
+
+
+class WorkerLostError(DistcbError):
+    """A worker disconnected, stopped sending heartbeats, or raised."""
+
+    def __init__(self, rank: int, reason: str, traceback_text: str | None = None):
+        self.rank = rank
+        self.reason = reason
+        self.traceback_text = traceback_text
+        message = f"[Rank {rank}] {reason}"
+        if traceback_text:
+            message += f"\n\nTraceback from rank {rank}:\n{traceback_text.rstrip()}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.rank, self.reason, self.traceback_text))
+
+
+class CoordinatorLostError(DistcbError):
+    """A worker lost its coordinator (closed connection or missed heartbeats)."""
+
+
+class DecisionError(DistcbError):
+    """A decision could not be carried out."""
+
+
+class ConnectionClosed(DistcbError):
+    """The peer went away or the channel broke; `reason` says how."""
+
+    def __init__(self, reason: str = "connection closed"):
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason,))
+
+
+def _rebuild(cls: type[Exception], args: tuple[Any, ...], attrs: dict[str, Any]) -> Exception:
+    error = cls(*args)
+    error.__dict__.update(attrs)
+    return error

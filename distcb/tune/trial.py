@@ -1,0 +1,176 @@
+"""The trial's side of a Tune trial: run a distcb job on Ray and report its epochs to Tune.
+
+Runs in the trial process, where Tune's session lives. See `distcb.tune`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distcb.callbacks.history import History
+from distcb.launch.options import LaunchOptions
+from distcb.protocol.config import Config
+from distcb.protocol.errors import CoordinatorLostError
+from distcb.protocol.logs import from_json_value
+from distcb.tune.checkpoint import ENV_CHECKPOINT, RestoredCheckpoint, stage_checkpoint
+from distcb.tune.observer import TuneObserver
+
+
+def run(
+    train_fn: Callable[..., Any],
+    *,
+    num_workers: int,
+    callbacks: Sequence[Any] = (),
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    config: Config | None = None,
+    stateful_metrics: Sequence[str] = (),
+    **options: Any,
+) -> History:
+    """Inside a Tune function trainable: run a distcb job on Ray and report it to Tune.
+
+    Takes `distcb.run`'s arguments and the Ray backend's options
+    (``cpus_per_worker``, ``gpus_per_worker``, ``run_dir``, ``env``, ...; see
+    `distcb.launch.options.LaunchOptions`).
+    Returns the aggregated History once training ended normally.
+
+    Raises:
+        SystemExit: Tune stopped the trial (re-raised after the job was stopped).
+        WorkerLostError: a worker failed (the trial errors; Tune may retry it).
+    """
+    from ray import tune
+
+    from distcb.launch import ray_backend
+
+    config = config or Config()
+    launch_options = LaunchOptions.for_backend("ray", ray_backend.SUPPORTED_OPTIONS, options)
+    env = dict(launch_options.env or {})
+    restore_dir: str | None = None
+    epoch_offset = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        restore_dir = checkpoint.to_directory(tempfile.mkdtemp(prefix="distcb-restore-"))
+        epoch_offset = RestoredCheckpoint.load(restore_dir).epoch + 1
+        env[ENV_CHECKPOINT] = restore_dir
+    try:
+        history, stop = asyncio.run(
+            _run_trial(
+                train_fn,
+                num_workers=num_workers,
+                callbacks=list(callbacks),
+                args=tuple(args),
+                kwargs=dict(kwargs or {}),
+                config=config,
+                stateful_metrics=tuple(stateful_metrics),
+                options=dataclasses.replace(launch_options, env=env),
+                epoch_offset=epoch_offset,
+            )
+        )
+    finally:
+        if restore_dir is not None:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+    if stop is not None:
+        raise stop
+    assert history is not None
+    return history
+
+
+async def _run_trial(
+    train_fn: Callable[..., Any],
+    *,
+    num_workers: int,
+    callbacks: list[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    config: Config,
+    stateful_metrics: tuple[str, ...],
+    options: LaunchOptions,
+    epoch_offset: int,
+) -> tuple[History | None, SystemExit | None]:
+    from distcb.launch.ray_backend import RayJob
+
+    async with RayJob(
+        train_fn,
+        num_workers=num_workers,
+        callbacks=callbacks,
+        args=args,
+        kwargs=kwargs,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        options=options,
+        observer=TuneObserver(),
+    ) as job:
+        waiter = asyncio.ensure_future(job.wait())
+        reporter = asyncio.ensure_future(_report_epochs(job, config, epoch_offset))
+        try:
+            await asyncio.wait({waiter, reporter}, return_when=asyncio.FIRST_COMPLETED)
+            error = waiter.exception() if waiter.done() else None
+            if error is not None:
+                raise error
+            stop = await reporter  # after a normal end it reports the epochs left, then ends
+            if stop is not None:
+                # The coordinator stops the workers at the end of the epoch in flight.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(waiter), config.stop_timeout_s)
+                return None, stop
+            return await waiter, None
+        finally:
+            for task in (waiter, reporter):
+                task.cancel()
+            await asyncio.gather(waiter, reporter, return_exceptions=True)
+
+
+async def _report_epochs(job: Any, config: Config, epoch_offset: int) -> SystemExit | None:
+    """Report each epoch to Tune; returns Tune's SystemExit when it stopped the trial."""
+    while True:
+        event = await _observe(job, config, "next_event", config.heartbeat_interval_s)
+        if event is None:
+            continue
+        if event["kind"] == "end":
+            return None
+        epoch = int(event["epoch"])
+        metrics = from_json_value(event["logs"])
+        metrics["epoch"] = epoch_offset + epoch
+        staged = stage_checkpoint(event["saved"], metrics) if event["saved"] else None
+        try:
+            stop = await asyncio.to_thread(_report, metrics, staged)
+        finally:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+        await _observe(job, config, "verdict", epoch, stop is not None)
+        if stop is not None:
+            return stop
+
+
+async def _observe(job: Any, config: Config, method: str, *args: Any) -> Any:
+    from ray.exceptions import RayError
+
+    try:
+        return await asyncio.wait_for(
+            job.coordinator.observe.remote(method, *args), config.heartbeat_timeout_s
+        )
+    except TimeoutError:
+        raise CoordinatorLostError(
+            f"the coordinator actor did not answer {method} within "
+            f"Config.heartbeat_timeout_s={config.heartbeat_timeout_s:g} s"
+        ) from None
+    except RayError as exc:
+        raise CoordinatorLostError(f"the coordinator actor failed: {type(exc).__name__}") from None
+
+
+def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> SystemExit | None:
+    """``tune.report`` on a thread of the trial process; Tune's stop comes back as a value."""
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    try:
+        tune.report(metrics, checkpoint=checkpoint)
+    except SystemExit as exc:
+        return exc
+    return None

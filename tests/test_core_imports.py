@@ -1,0 +1,24 @@
+"""At run time too: importing the core and the scripted-worker harness loads no optional
+dependency (the import-linter contract checks static imports; this checks what loads)."""
+
+import subprocess
+import sys
+
+OPTIONAL = ["ray", "keras", "tf_keras", "tensorflow", "aiohttp", "h5py", "tensorboardX"]
+
+
+def test_core_imports_no_optional_dependency():
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "for name in ('protocol', 'coordinator', 'worker'):\n"
+        "    package = importlib.import_module('distcb.' + name)\n"
+        "    for m in pkgutil.iter_modules(package.__path__):\n"
+        "        importlib.import_module(f'distcb.{name}.{m.name}')\n"
+        "import distcb, distcb.testing, distcb.transport, distcb.transport.memory\n"
+        "from distcb.testing import simulate\n"
+        "simulate([], [[{'loss': 1.0}]])\n"
+        f"bad = [m for m in {OPTIONAL!r} if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"the core imported {out.stdout.strip()}"

@@ -1,0 +1,113 @@
+"""distcb.tune: each trial a distcb job; ASHA stops trials and their workers with them."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+import distcb.tune
+from tests.helpers.ray_cluster import distcb_actors_alive
+from tests.helpers.ray_fns import tune_trainable
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+
+
+def tuner(tmp_path, param_space, **tune_config):
+    from ray import tune
+
+    return tune.Tuner(
+        tune.with_resources(tune_trainable, distcb.tune.placement(2, cpus_per_worker=0.5)),
+        param_space={"out": str(tmp_path / "trials"), "epochs": EPOCHS, "width": 8, **param_space},
+        tune_config=tune.TuneConfig(metric="loss", mode="min", **tune_config),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+
+
+def wait_for_no_distcb_actors(ray, timeout_s=15.0):
+    deadline = time.monotonic() + timeout_s
+    while distcb_actors_alive(ray) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return distcb_actors_alive(ray)
+
+
+def test_asha_stops_trials_and_their_workers_reports_match_history(ray_cluster, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Two good learning rates run first; the two hopeless ones then lose at the first rung.
+    results = tuner(
+        tmp_path,
+        {"lr": tune.grid_search([0.5, 0.3, 1e-5, 1e-6])},
+        scheduler=ASHAScheduler(max_t=EPOCHS + 1, grace_period=1, reduction_factor=3),
+        max_concurrent_trials=2,
+    ).fit()
+    assert results.num_errors == 0
+    completed, stopped = [], []
+    for result in results:
+        frame = result.metrics_dataframe
+        trial_dir = tmp_path / "trials" / result.metrics["trial_id"]
+        history_path = trial_dir / "history.json"
+        (completed if history_path.exists() else stopped).append((result, frame, history_path))
+    assert completed, "no trial ran to the end"
+    assert stopped, "ASHA stopped no trial"
+    # The hopeless trials lost at a rung; each stopped trial ran fewer epochs.
+    assert {r.config["lr"] for r, _, _ in stopped} >= {1e-5, 1e-6}
+    assert 0.5 in {r.config["lr"] for r, _, _ in completed}
+    for _, frame, _ in stopped:
+        assert len(frame) < EPOCHS
+    for result, frame, history_path in completed:
+        with open(history_path) as handle:
+            history = json.load(handle)
+        # What Tune received is the aggregated History, epoch by epoch.
+        assert list(frame["epoch"]) == history["epoch"] == list(range(EPOCHS))
+        for key, values in history["history"].items():
+            assert list(frame[key]) == pytest.approx(values, rel=1e-12), key
+        # ModelCheckpoint saved every epoch: the last report carries that file.
+        with result.checkpoint.as_directory() as directory:
+            restored = distcb.tune.RestoredCheckpoint.load(directory)
+            assert restored.epoch == EPOCHS - 1
+            assert [os.path.basename(p) for p in restored.files] == ["model.weights.h5"]
+            assert os.path.getsize(restored.path) > 0
+    # Every trial's coordinator and workers are gone, stopped trials' included.
+    assert wait_for_no_distcb_actors(ray_cluster) == []
+
+
+def test_a_failed_trial_resumes_from_its_tune_checkpoint(ray_cluster, tmp_path):
+    from ray import tune
+
+    marker = tmp_path / "failed-once"
+    results = tune.Tuner(
+        tune.with_resources(tune_trainable, distcb.tune.placement(2, cpus_per_worker=0.5)),
+        param_space={
+            "out": str(tmp_path / "trials"),
+            "epochs": EPOCHS,
+            "width": 8,
+            "lr": 0.3,
+            "fail_marker": str(marker),
+            "fail_epoch": 2,
+        },
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "tune"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    ).fit()
+    assert marker.exists()
+    assert results.num_errors == 0
+    (result,) = list(results)
+    assert result.metrics["epoch"] == EPOCHS - 1
+    trial_dir = tmp_path / "trials" / result.metrics["trial_id"]
+    starts = [json.loads(p.read_text()) for p in trial_dir.glob("start-*.json")]
+    # First attempt from scratch, second from the checkpoint of epoch 1, on both workers.
+    assert sorted(
+        s["restored_epoch"] if s["restored_epoch"] is not None else -1 for s in starts
+    ) == [-1, -1, 1, 1]
+    with open(trial_dir / "history.json") as handle:
+        history = json.load(handle)
+    assert history["epoch"] == [0, 1]  # distcb counts the resumed run's own epochs
+    assert wait_for_no_distcb_actors(ray_cluster) == []
