@@ -181,6 +181,7 @@ def pack_profile(train_dir: str, max_bytes: int) -> dict[str, Any]:
         max_bytes: the most raw bytes to send; beyond it the payload says why not.
     """
     import tensorflow as tf
+    from tensorflow.core.util import event_pb2
 
     files: dict[str, str] = {}
     summaries: list[dict[str, Any]] = []
@@ -196,7 +197,8 @@ def pack_profile(train_dir: str, max_bytes: int) -> dict[str, Any]:
             files[rel] = base64.b64encode(data).decode()
     for name in sorted(os.listdir(train_dir)):
         if name.startswith("events.out."):
-            for event in tf.compat.v1.train.summary_iterator(os.path.join(train_dir, name)):
+            for record in tf.data.TFRecordDataset(os.path.join(train_dir, name)):
+                event = event_pb2.Event.FromString(record.numpy())
                 if event.HasField("summary"):
                     data = event.summary.SerializeToString()
                     total += len(data)

@@ -38,7 +38,8 @@ it what to send: ``extras["histograms"]`` (``distcb.histograms``),
 ``extras["embedding_layers"]`` (the chief saves the embeddings file itself,
 under ``embeddings_dir``), and ``extras["model_json"]`` for ``write_graph``
 (TensorBoard's conceptual graph of the model). ``evaluation_*`` comes from each
-epoch's ``val_`` logs at the job's merged step count. Summaries the model
+epoch's ``val_`` logs at the chief's ``optimizer.iterations`` (sent as
+``extras["iterations"]``; else the job's merged step count). Summaries the model
 itself writes stay on the workers.
 
 ``write_steps_per_second`` measures the pace of the steps this callback sees:
@@ -97,10 +98,6 @@ def _frequency(value: Any, name: str) -> int:
     return value
 
 
-def _is_keras3(model: Any) -> bool:
-    return not type(model).__module__.startswith("tf_keras")
-
-
 def _named_weights(model: Any) -> dict[str, Any]:
     """The weights of the model's layers by path (Keras 3) or name (tf_keras), as Keras names
     them in TensorBoard."""
@@ -110,14 +107,6 @@ def _named_weights(model: Any) -> dict[str, Any]:
             name = getattr(weight, "path", None) or weight.name
             named[name] = np.asarray(weight)
     return named
-
-
-def _channels_last(model: Any) -> bool:
-    """The image data format of the model's Keras (3 or tf_keras), as its TensorBoard reads it."""
-    import importlib
-
-    keras = importlib.import_module("keras" if _is_keras3(model) else "tf_keras")
-    return bool(keras.backend.image_data_format() == "channels_last")
 
 
 def _parse_update_freq(update_freq: Any) -> int | None:
@@ -379,13 +368,18 @@ class TensorBoard(Callback):
         if model is None and val:
             # No on_test_end here: validation ran on the workers; its logs are the val_ ones.
             evaluation = {f"evaluation_{t[6:]}_vs_iterations": v for t, v in val.items()}
-            self._run(self._write_scalars, self._steps_done(), {VALIDATION_RUN: evaluation})
+            iterations = self._chief_extra("iterations")
+            if isinstance(iterations, bool) or not isinstance(iterations, int):
+                iterations = self._steps_done()
+            self._run(self._write_scalars, iterations, {VALIDATION_RUN: evaluation})
         if self.histogram_freq and epoch % self.histogram_freq == 0:
             self._epoch_weights(epoch, model)
         if self.embeddings_freq and epoch % self.embeddings_freq == 0 and model is not None:
+            from distcb.keras import flavours
+
             model.save_weights(
                 projector.checkpoint_path(
-                    os.path.join(self.log_dir, TRAIN_RUN), epoch, _is_keras3(model)
+                    os.path.join(self.log_dir, TRAIN_RUN), epoch, flavours.is_keras3(model)
                 )
             )
         self._chief_files()
@@ -469,10 +463,12 @@ class TensorBoard(Callback):
     def _epoch_weights(self, epoch: int, model: Any) -> None:
         """Histograms (and images) of the weights: the model's, else the chief's."""
         if model is not None:
+            from distcb.keras import flavours
+
             named = _named_weights(model)
             self._run(self._write_histograms, epoch, weight_histograms(named))
             if self.write_images:
-                images = weight_images(named, channels_last=_channels_last(model))
+                images = weight_images(named, channels_last=flavours.channels_last(model))
                 self._run(self._write_images, epoch, images)
             return
         for key, write in (("histograms", self._write_histograms), ("images", self._write_images)):

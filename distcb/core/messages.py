@@ -100,6 +100,10 @@ class Start(Message):
     `window_steps` is None when no coordinator callback can decide on a batch
     end; workers then never wait for batch progress. `want_batch_logs` is
     False when no callback has batch hooks, so workers need not stream them.
+    What the chief computes for TensorBoard: weight histograms every
+    `histogram_freq` epochs (with images when `write_images`), the model JSON,
+    a profile of global batches `profile_batch` ((0, 0): none), and every
+    `embeddings_freq` epochs the embeddings file in `embeddings_dir`.
     """
 
     type: ClassVar[str] = "start"
@@ -108,6 +112,10 @@ class Start(Message):
     want_batch_logs: bool = True
     histogram_freq: int = 0
     want_model_json: bool = False
+    write_images: bool = False
+    profile_batch: tuple[int, int] = (0, 0)
+    embeddings_freq: int = 0
+    embeddings_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +125,10 @@ class Start(Message):
             "want_batch_logs": self.want_batch_logs,
             "histogram_freq": self.histogram_freq,
             "want_model_json": self.want_model_json,
+            "write_images": self.write_images,
+            "profile_batch": list(self.profile_batch),
+            "embeddings_freq": self.embeddings_freq,
+            "embeddings_dir": self.embeddings_dir,
         }
 
     @classmethod
@@ -124,21 +136,32 @@ class Start(Message):
         window = data.get("window_steps")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
             raise ProtocolError(f"start: window_steps must be an int or null, got {window!r}")
-        histogram_freq = data.get("histogram_freq", 0)
+        counts = {}
+        for name in ("histogram_freq", "embeddings_freq"):
+            value = data.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ProtocolError(f"start: {name} must be an int >= 0, got {value!r}")
+            counts[name] = value
+        profile = data.get("profile_batch", [0, 0])
         if (
-            isinstance(histogram_freq, bool)
-            or not isinstance(histogram_freq, int)
-            or histogram_freq < 0
+            not isinstance(profile, list)
+            or len(profile) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in profile)
         ):
-            raise ProtocolError(
-                f"start: histogram_freq must be an int >= 0, got {histogram_freq!r}"
-            )
+            raise ProtocolError(f"start: profile_batch must be [start, stop], got {profile!r}")
+        embeddings_dir = data.get("embeddings_dir")
+        if embeddings_dir is not None and not isinstance(embeddings_dir, str):
+            raise ProtocolError(f"start: embeddings_dir must be a string, got {embeddings_dir!r}")
         return cls(
             decisions=_decisions(data, "start"),
             window_steps=window,
             want_batch_logs=bool(data.get("want_batch_logs", True)),
-            histogram_freq=histogram_freq,
+            histogram_freq=counts["histogram_freq"],
             want_model_json=bool(data.get("want_model_json", False)),
+            write_images=bool(data.get("write_images", False)),
+            profile_batch=(profile[0], profile[1]),
+            embeddings_freq=counts["embeddings_freq"],
+            embeddings_dir=embeddings_dir,
         )
 
 

@@ -154,6 +154,35 @@ def named_weights(model: Any) -> dict[str, Any]:
     return out
 
 
+def iterations(model: Any) -> int | None:
+    """The optimizer's step count (``optimizer.iterations``), or None without one."""
+    variable = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if variable is None:
+        return None
+    try:
+        if _is_tf_keras(model):
+            import tf_keras
+
+            return int(tf_keras.backend.get_value(variable))
+        import keras
+
+        return int(keras.ops.convert_to_numpy(variable))
+    except Exception:
+        return None
+
+
+def channels_last(model: Any) -> bool:
+    """Whether the model's Keras (3 or tf_keras) lays images out channels last."""
+    import importlib
+
+    keras = importlib.import_module("tf_keras" if _is_tf_keras(model) else "keras")
+    return bool(keras.backend.image_data_format() == "channels_last")
+
+
+def is_keras3(model: Any) -> bool:
+    return not _is_tf_keras(model)
+
+
 def is_finite(value: Any) -> bool:
     try:
         return math.isfinite(float(value))

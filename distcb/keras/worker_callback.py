@@ -29,6 +29,7 @@ from distcb.core.decisions import (
 from distcb.core.errors import DecisionError
 from distcb.core.messages import Done, EpochEnd, Join, Saved
 from distcb.keras import flavours
+from distcb.keras.chief import ChiefTensorBoardWork
 from distcb.keras.link import Connector, WorkerLink
 from distcb.launch.context import WorkerContext, worker_context
 
@@ -102,6 +103,7 @@ class WorkerCallback:
         self.initial_epoch = initial_epoch
         self._connect = connect
         self._link: WorkerLink | None = None
+        self._chief: ChiefTensorBoardWork | None = None  # the chief's TensorBoard work
         self._snapshots: dict[int, list[Any]] = {}
         self._epoch = 0
         self._first_epoch: int | None = None
@@ -147,7 +149,11 @@ class WorkerCallback:
             "learning_rate": flavours.get_learning_rate(self.model),
             "flavour": flavours.flavour_of(self),
         }
-        self._link.start(Join(self.context.rank, self.context.world_size, join_params))
+        start = self._link.start(Join(self.context.rank, self.context.world_size, join_params))
+        if self.is_chief:
+            self._chief = ChiefTensorBoardWork(
+                self.model, start, max_profile_bytes=self.context.config.max_message_bytes // 2
+            )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._first_epoch is None:
@@ -156,6 +162,8 @@ class WorkerCallback:
         self._apply(self._require_link().begin_epoch(epoch), -1)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._chief is not None:
+            self._chief.batch_begin(batch)
         decisions = self._require_link().begin_batch(batch)
         if decisions:
             self._apply(decisions, batch)
@@ -173,15 +181,7 @@ class WorkerCallback:
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         link = self._require_link()
-        extras: dict[str, Any] = {}
-        if self.is_chief and link.histogram_freq and epoch % link.histogram_freq == 0:
-            from distcb.histograms import weight_histograms
-
-            extras["histograms"] = weight_histograms(flavours.named_weights(self.model))
-        if self.is_chief and link.want_model_json and epoch == self._first_epoch:
-            # A subclassed model has no JSON config; there is nothing to draw then.
-            with contextlib.suppress(Exception):
-                extras["model_json"] = self.model.to_json()
+        extras = {} if self._chief is None else self._chief.epoch_extras(epoch)
         message = EpochEnd(
             self.context.rank,
             epoch,
@@ -205,6 +205,9 @@ class WorkerCallback:
         finally:
             link.close()
             self._link = None
+            if self._chief is not None:
+                self._chief.close()
+                self._chief = None
 
     # ------------------------------------------------------------------ decisions
 
