@@ -43,22 +43,16 @@ def checkpoint_path(train_dir: str, epoch: int, keras3: bool) -> str:
 
 
 def _quote(text: str) -> str:
-    """A string in protobuf text format (C escapes, non-ASCII bytes in octal)."""
+    """A string in protobuf text format, as protobuf writes it (C escapes; UTF-8 kept)."""
+    escapes = {"\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "'": "\\'", "\\": "\\\\"}
     out = []
-    for byte in text.encode("utf-8"):
-        char = chr(byte)
-        if char in "\"'\\":
-            out.append("\\" + char)
-        elif char == "\n":
-            out.append("\\n")
-        elif char == "\r":
-            out.append("\\r")
-        elif char == "\t":
-            out.append("\\t")
-        elif 0x20 <= byte < 0x7F:
-            out.append(char)
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\{ord(char):03o}")
         else:
-            out.append(f"\\{byte:03o}")
+            out.append(char)
     return '"' + "".join(out) + '"'
 
 

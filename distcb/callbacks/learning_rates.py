@@ -11,7 +11,7 @@ def optimizers_of(model: Any) -> list[tuple[str | None, Any]]:
     logged as ``learning_rate_<name>``). The coordinator's proxy is a single optimizer."""
     optimizer = model.optimizer
     subs = getattr(optimizer, "optimizers", None)
-    if isinstance(subs, list | tuple) and subs:
+    if isinstance(subs, list | tuple):  # none until the MultiOptimizer is built, as in Keras
         return [(str(sub.name), sub) for sub in subs]
     return [(None, optimizer)]
 

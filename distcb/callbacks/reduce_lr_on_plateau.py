@@ -103,7 +103,7 @@ class ReduceLROnPlateau(MonitorCallback):
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self.resolve_direction()
-        if any(math.isnan(float(o.learning_rate)) for _, o in optimizers_of(self.model)):
+        if self._learning_rate_unknown():
             warnings.warn(
                 "ReduceLROnPlateau: the workers did not report their learning rate, so it "
                 "cannot be reduced. Make sure the chief sends params['learning_rate'].",
@@ -115,6 +115,13 @@ class ReduceLROnPlateau(MonitorCallback):
         self.best = None
         self.cooldown_counter = 0
         self.wait = 0
+
+    def _learning_rate_unknown(self) -> bool:
+        """On the coordinator: whether the workers did not report their learning rate (NaN)."""
+        try:
+            return any(math.isnan(float(o.learning_rate)) for _, o in optimizers_of(self.model))
+        except (AttributeError, TypeError, ValueError):  # e.g. a MultiOptimizer not built yet
+            return False
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         self.resolve_direction()

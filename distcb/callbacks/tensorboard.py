@@ -207,6 +207,7 @@ class TensorBoard(Callback):
         self._model_writers: ModelSummaryWriters | None = None
         self._profiler: BatchProfiler | None = None
         self._global_test_step = 0
+        self._training = False  # between on_train_begin and on_train_end
 
     def _warn_unused(self, *, keras2: dict[str, Any]) -> None:
         if self.write_images and not self.histogram_freq:
@@ -240,6 +241,7 @@ class TensorBoard(Callback):
     # ------------------------------------------------------------------ hooks (callback thread)
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._training = True
         self._global_step = 0
         self._global_test_step = 0
         self._in_batch = False
@@ -339,7 +341,8 @@ class TensorBoard(Callback):
             }
             step = int(np.asarray(iterations))
             self._run(self._write_scalars, step, {VALIDATION_RUN: values})
-            self._run(self._flush)
+            if not self._training:  # model.evaluate alone: nothing closes the files later
+                self._run(self._close_writers)
         if self._model_writers is not None:
             self._model_writers.pop()
 
@@ -386,6 +389,7 @@ class TensorBoard(Callback):
         self._run(self._flush)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
+        self._training = False
         if self._profiler is not None:
             self._profiler.finish()
             self._profiler = None

@@ -13,6 +13,7 @@ from distcb.core.messages import (
     EpochReply,
     Join,
     Progress,
+    Start,
     decode,
     encode,
 )
@@ -28,6 +29,14 @@ def test_every_message_roundtrips_through_strict_json():
         BatchFrame(0, 2, (BatchEntry(0, {"loss": 0.5}, 32.0), BatchEntry(3, {"loss": math.inf}))),
         EpochEnd(0, 1, {"loss": math.nan, "val_loss": 0.25, "hist": [1.0, 2.0]}, 30.0, 70.0),
         Progress(1, 7, (StopTraining(at=EffectPoint.batch(1, 40)),)),
+        Start(
+            window_steps=8,
+            histogram_freq=2,
+            write_images=True,
+            profile_batch=(2, 4),
+            embeddings_freq=1,
+            embeddings_dir="/tmp/tb/train",
+        ),
         EpochReply(
             4,
             (
@@ -109,6 +118,9 @@ def test_numpy_scalars_are_unwrapped():
             "must be float",
         ),
         ({"type": "progress", "epoch": 0, "processed_step": True}, "must not be a boolean"),
+        ({"type": "start", "profile_batch": [1]}, "profile_batch must be [start, stop]"),
+        ({"type": "start", "embeddings_freq": -1}, "embeddings_freq must be an int >= 0"),
+        ({"type": "start", "embeddings_dir": 3}, "embeddings_dir must be a string"),
     ],
 )
 def test_malformed_messages_are_rejected_with_a_reason(data, expected):
