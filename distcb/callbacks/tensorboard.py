@@ -436,6 +436,10 @@ class TensorBoard(Callback):
         profiles_here = bool(self.profile_batches[0]) and self._local_model is not None
         return self.wants_batch_logs or profiles_here
 
+    def _implements_test_batch_hooks(self) -> bool:
+        """Read by tf_keras: the test batch hook only moves the model's summary writer."""
+        return self._every is not None and self._local_model is not None
+
     @property
     def wants_model_json(self) -> bool:
         """Read by the coordinator: ask the chief for ``model.to_json()`` at epoch 0."""

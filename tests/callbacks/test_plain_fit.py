@@ -147,30 +147,44 @@ def test_csv_logger_and_model_checkpoint_write_the_same_files(flavour: str, tmp_
         np.testing.assert_allclose(b, a, rtol=1e-6)
 
 
+HOOKS = [f"on_{w}_batch_{e}" for w in ("train", "test", "predict") for e in ("begin", "end")]
+HOOKS += ["on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end"]
+
+
 @pytest.mark.parametrize("flavour", ["keras", "tf_keras"])
 def test_batch_hooks_are_dispatched_as_for_keras_callbacks(flavour: str, tmp_path: Path) -> None:
-    """Keras 3 runs batch hooks off the training thread unless a callback overrides one;
-    tf_keras skips batch hooks nobody implements. distcb's callbacks answer alike."""
+    """Keras 3 runs batch hooks off the training thread (JAX, torch backends) unless a callback
+    overrides one, which it reads from the hooks' `_is_default` mark; tf_keras skips the batch
+    hooks no callback implements. distcb's callbacks answer as Keras's own."""
     keras = importlib.import_module(flavour)
     model = fit(flavour, [], epochs=0)
-
-    def answers(callback: Any) -> bool:
-        callbacks = keras.callbacks.CallbackList([callback], model=model)
-        if flavour == "keras":
-            return bool(callbacks._async_train)
-        return bool(callbacks._should_call_train_batch_hooks)
-
-    for make in (
+    makers = [
         lambda m: m.EarlyStopping(),
         lambda m: m.TerminateOnNaN(),
+        lambda m: m.CSVLogger(str(tmp_path / "log.csv")),
         lambda m: m.TensorBoard(str(tmp_path / m.__name__)),
         lambda m: m.LambdaCallback(on_epoch_end=print),
-        lambda m: m.LambdaCallback(on_train_batch_end=print),
-    ):
-        assert answers(make(ours)) == answers(make(keras.callbacks))
-    # Writing batch scalars takes batch hooks (tf_keras's own TensorBoard writes none then).
-    batches = ours.TensorBoard(str(tmp_path / "batches"), update_freq="batch")
-    assert answers(batches) == (flavour == "tf_keras")
+        lambda m: m.LambdaCallback(on_train_batch_end=print, on_test_batch_begin=print),
+        lambda m: m.LambdaCallback(on_predict_batch_end=print),
+    ]
+    for make in makers:
+        theirs, mine = make(keras.callbacks), make(ours)
+        if flavour == "keras":
+            from keras.src.utils.python_utils import is_default
+
+            assert [is_default(getattr(mine, h)) for h in HOOKS] == [
+                is_default(getattr(theirs, h)) for h in HOOKS
+            ], type(mine).__name__
+        else:
+            lists = [keras.callbacks.CallbackList([cb], model=model) for cb in (theirs, mine)]
+            answers = [
+                [getattr(c, f"_should_call_{w}_batch_hooks") for w in ("train", "test", "predict")]
+                for c in lists
+            ]
+            assert answers[1] == answers[0], type(mine).__name__
+    if flavour == "tf_keras":  # distcb writes batch scalars from its hooks (tf_keras, none)
+        batches = ours.TensorBoard(str(tmp_path / "batches"), update_freq="batch")
+        assert keras.callbacks.CallbackList([batches])._should_call_train_batch_hooks
 
 
 def test_multi_optimizer_learning_rates_follow_keras() -> None:
