@@ -394,3 +394,12 @@ def test_remote_monitor_posts_what_keras_posts(posts_server: tuple[str, list[byt
     assert bodies[0::2] == bodies[1::2]
     assert [b["epoch"] for b in bodies[1::2]] == [0, 1]
     assert [b["val_loss"] for b in bodies[1::2]] == pytest.approx(model.history.history["val_loss"])
+
+
+def test_keras_adds_its_own_progress_bar_next_to_distcb_s() -> None:
+    """A limitation docs/keras-parity.md states: Keras recognises only its own ProgbarLogger."""
+    keras = importlib.import_module("keras")
+    callbacks = keras.callbacks.CallbackList([ours.ProgbarLogger()], add_progbar=True)
+    assert [type(c).__module__.split(".")[0] for c in callbacks.callbacks] == ["distcb", "keras"]
+    callbacks = keras.callbacks.CallbackList([keras.callbacks.ProgbarLogger()], add_progbar=True)
+    assert len(callbacks.callbacks) == 1
