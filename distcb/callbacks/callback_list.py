@@ -107,6 +107,28 @@ class CallbackList:
         return any(bool(getattr(cb, "wants_model_json", False)) for cb in self.callbacks)
 
     @property
+    def chief_tensorboard_requests(self) -> dict[str, Any]:
+        """The rest of what the chief computes for TensorBoard (Start's fields of those names):
+        weight images, a profile, embeddings. The first callback that asks for each wins."""
+        requests: dict[str, Any] = {
+            "write_images": any(
+                bool(getattr(cb, "write_images", False)) and getattr(cb, "histogram_freq", 0)
+                for cb in self.callbacks
+            )
+        }
+        for cb in self.callbacks:
+            batches = getattr(cb, "profile_batches", None)
+            if isinstance(batches, tuple) and len(batches) == 2 and batches[0]:
+                requests["profile_batch"] = (int(batches[0]), int(batches[1]))
+                break
+        for cb in self.callbacks:
+            freq, folder = getattr(cb, "embeddings_freq", 0), getattr(cb, "embeddings_dir", None)
+            if isinstance(freq, int) and freq > 0 and isinstance(folder, str):
+                requests.update(embeddings_freq=freq, embeddings_dir=folder)
+                break
+        return requests
+
+    @property
     def has_batch_hooks(self) -> bool:
         return any(overrides_batch_hooks(cb) for cb in self.callbacks)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from distcb.callbacks.base import Logs
+from distcb.callbacks.io_utils import print_msg
 from distcb.callbacks.monitor import (
     MonitorCallback,
     check_int,
@@ -100,13 +101,12 @@ class EarlyStopping(MonitorCallback):
 
     def on_train_end(self, logs: Logs | None = None) -> None:
         if self.stopped_epoch > 0 and self.verbose > 0:
-            print(f"Epoch {self.stopped_epoch + 1}: early stopping", flush=True)
+            print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                print(
+                print_msg(
                     "Restoring model weights from the end of the best epoch: "
-                    f"{self.best_epoch + 1}.",
-                    flush=True,
+                    f"{self.best_epoch + 1}."
                 )
             self.model.set_weights(self.best_weights)
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from distcb.callbacks.base import Callback, Logs
+from distcb.callbacks.io_utils import print_msg
+from distcb.callbacks.learning_rates import log_name, optimizers_of
 from distcb.callbacks.monitor import check_int
 
 
@@ -41,7 +43,23 @@ class LearningRateScheduler(Callback):
         self.learning_rates: list[dict[str, Any]] = []  # {"epoch": e, "learning_rate": lr}
 
     def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
-        optimizer = self.model.optimizer
+        for name, optimizer in optimizers_of(self.model):
+            learning_rate = self._update(optimizer, epoch)
+            record = {"epoch": epoch, "learning_rate": learning_rate}
+            self.learning_rates.append(record if name is None else {**record, "optimizer": name})
+            if self.verbose > 0:
+                which = "" if name is None else f"{name} "
+                print_msg(
+                    f"\nEpoch {epoch + 1}: LearningRateScheduler setting {which}learning rate "
+                    f"to {learning_rate}."
+                )
+
+    def _update(self, optimizer: Any, epoch: int) -> float:
+        if not hasattr(optimizer, "learning_rate"):
+            raise ValueError(
+                f"LearningRateScheduler needs an optimizer with a learning_rate attribute, "
+                f"received {optimizer!r}."
+            )
         try:
             learning_rate = self.schedule(epoch, float(optimizer.learning_rate))
         except TypeError:  # a schedule(epoch) of the old API
@@ -55,16 +73,12 @@ class LearningRateScheduler(Callback):
                 f"{epoch}; return e.g. float(value)."
             )
         optimizer.learning_rate = float(learning_rate)
-        self.learning_rates.append({"epoch": epoch, "learning_rate": float(learning_rate)})
-        if self.verbose > 0:
-            print(
-                f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to "
-                f"{float(learning_rate)}."
-            )
+        return float(learning_rate)
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         if logs is not None:
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            for name, optimizer in optimizers_of(self.model):
+                logs[log_name(name)] = float(optimizer.learning_rate)
 
     def get_state(self) -> dict[str, Any]:
         """The rates set so far, JSON-compatible."""

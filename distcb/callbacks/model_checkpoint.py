@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 from distcb.callbacks.base import Logs
+from distcb.callbacks.io_utils import print_msg
 from distcb.callbacks.monitor import (
     MonitorCallback,
     check_int,
@@ -141,7 +142,7 @@ class ModelCheckpoint(MonitorCallback):
     def _should_save(self, epoch: int, logs: Logs, filepath: str) -> bool:
         if not self.save_best_only:
             if self.verbose > 0:
-                print(f"\nEpoch {epoch + 1}: saving model to {filepath}")
+                print_msg(f"\nEpoch {epoch + 1}: saving model to {filepath}")
             return True
         current = logs.get(self.monitor)
         if current is None:
@@ -162,14 +163,14 @@ class ModelCheckpoint(MonitorCallback):
         best = "None" if self.best is None else f"{self.best:.5f}"
         if self._is_improvement(value, self.best):
             if self.verbose > 0:
-                print(
+                print_msg(
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}, "
                     f"saving model to {filepath}"
                 )
             self.best = value
             return True
         if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best}")
+            print_msg(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best}")
         return False
 
     def _file_path(self, epoch: int, batch: int | None, logs: Logs) -> str:

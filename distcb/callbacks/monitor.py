@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from distcb.callbacks.base import Callback, Logs
 from distcb.protocol.logs import from_json_value, to_json_value
@@ -14,10 +17,20 @@ MODES = ("auto", "min", "max")
 
 
 def check_mode(mode: Any, owner: str) -> str:
-    """Validate a `mode` argument at construction."""
+    """Validate a `mode` argument at construction.
+
+    An unknown string falls back to "auto" with a warning, as in Keras 2 and 3
+    (a mode that is not a string at all is a TypeError).
+    """
+    if not isinstance(mode, str):
+        raise TypeError(f"{owner} mode must be one of {MODES}, received mode={mode!r}.")
     if mode not in MODES:
-        raise ValueError(f"{owner} mode must be one of {MODES}, received mode={mode!r}.")
-    return str(mode)
+        warnings.warn(
+            f"{owner} mode {mode!r} is unknown, fallback to auto mode. Pass one of {MODES}.",
+            stacklevel=4,
+        )
+        return "auto"
+    return mode
 
 
 def check_monitor(monitor: Any, owner: str) -> str:
@@ -87,6 +100,27 @@ def decode_float(value: Any) -> float | None:
     return None if value is None else float(from_json_value(value))
 
 
+def _model_directions(model: Any) -> dict[str, str]:
+    """The directions of a real Keras model's compiled metrics (plain ``fit``), else nothing."""
+    if model is None or not hasattr(model, "metrics") or not hasattr(model, "layers"):
+        return {}  # no model, or the coordinator's proxy: the workers sent directions
+    from distcb.callbacks import keras_models
+
+    try:
+        return keras_models.metric_directions(model)
+    except Exception:  # an unusual model: fall back to the name rule
+        return {}
+
+
+def _comparison(direction: str, model: Any) -> Callable[..., Any]:
+    """Keras 3's ``ops.less``/``ops.greater`` for a Keras 3 model, else numpy's (tf_keras's)."""
+    name = "less" if direction == "min" else "greater"
+    keras = sys.modules.get("keras")
+    if keras is not None and type(model).__module__.startswith("keras."):
+        return getattr(keras.ops, name)
+    return getattr(np, name)
+
+
 class MonitorCallback(Callback):
     """Base of callbacks that watch a metric (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint).
 
@@ -97,7 +131,14 @@ class MonitorCallback(Callback):
         min_delta: an improvement must beat the reference by more than ``abs(min_delta)``.
 
     The direction is resolved at ``on_train_begin`` (when params arrive), or at the
-    first use when hooks are driven without it.
+    first use when hooks are driven without it. In a plain ``fit`` the directions
+    come from the model's compiled metrics, as in Keras 3.
+
+    ``monitor_op`` is what Keras exposes for the direction: ``keras.ops.less`` or
+    ``keras.ops.greater`` with a Keras 3 model, ``numpy.less`` or
+    ``numpy.greater`` otherwise (tf_keras's); None until the direction is resolved.
+    Assigning one of these (or any function named ``less``/``greater``/``lt``/``gt``)
+    sets the direction.
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
@@ -111,10 +152,31 @@ class MonitorCallback(Callback):
 
     def resolve_direction(self) -> str:
         if self.direction is None:
+            directions = (self.params or {}).get("directions") or _model_directions(self.model)
             self.direction = resolve_direction(
-                self.monitor, self.mode, self.params.get("directions"), type(self).__name__
+                self.monitor, self.mode, directions, type(self).__name__
             )
         return self.direction
+
+    @property
+    def monitor_op(self) -> Callable[..., Any] | None:
+        if self.direction is None:
+            return None
+        return _comparison(self.direction, self.model)
+
+    @monitor_op.setter
+    def monitor_op(self, op: Callable[..., Any]) -> None:
+        name = getattr(op, "__name__", None)
+        if name in ("less", "lt"):
+            self.direction = "min"
+        elif name in ("greater", "gt"):
+            self.direction = "max"
+        else:
+            raise TypeError(
+                f"{type(self).__name__}.monitor_op must be a less or greater comparison (such "
+                f"as numpy.less or keras.ops.greater), received {op!r}. Prefer mode='min' or "
+                "mode='max'."
+            )
 
     def _is_improvement(self, current: float, reference: float | None) -> bool:
         """Strictly better than `reference` by more than ``min_delta`` (None: always)."""

@@ -8,6 +8,8 @@ import warnings
 from typing import Any
 
 from distcb.callbacks.base import Logs
+from distcb.callbacks.io_utils import print_msg
+from distcb.callbacks.learning_rates import log_name, optimizers_of
 from distcb.callbacks.monitor import (
     MonitorCallback,
     check_int,
@@ -101,7 +103,7 @@ class ReduceLROnPlateau(MonitorCallback):
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self.resolve_direction()
-        if math.isnan(float(self.model.optimizer.learning_rate)):
+        if self._learning_rate_unknown():
             warnings.warn(
                 "ReduceLROnPlateau: the workers did not report their learning rate, so it "
                 "cannot be reduced. Make sure the chief sends params['learning_rate'].",
@@ -114,10 +116,18 @@ class ReduceLROnPlateau(MonitorCallback):
         self.cooldown_counter = 0
         self.wait = 0
 
+    def _learning_rate_unknown(self) -> bool:
+        """On the coordinator: whether the workers did not report their learning rate (NaN)."""
+        try:
+            return any(math.isnan(float(o.learning_rate)) for _, o in optimizers_of(self.model))
+        except (AttributeError, TypeError, ValueError):  # e.g. a MultiOptimizer not built yet
+            return False
+
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         self.resolve_direction()
         logs = logs if logs is not None else {}
-        logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+        for name, optimizer in optimizers_of(self.model):
+            logs[log_name(name)] = float(optimizer.learning_rate)
         current = self._monitor_value(logs, "Learning rate reduction")
         if current is None:
             return
@@ -134,16 +144,24 @@ class ReduceLROnPlateau(MonitorCallback):
                 self.wait = 0
 
     def _reduce(self, epoch: int) -> bool:
-        old = float(self.model.optimizer.learning_rate)
-        # Compare as the float32 Keras variable would, so a rate already at min_lr stays.
-        if not _float32(old) > _float32(self.min_lr):
-            return False
-        new = max(old * self.factor, self.min_lr)
-        self.model.optimizer.learning_rate = new
-        self.reductions.append({"epoch": epoch, "learning_rate": new})
-        if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
-        return True
+        reduced = False
+        for name, optimizer in optimizers_of(self.model):
+            old = float(optimizer.learning_rate)
+            # Compare as the float32 Keras variable would, so a rate already at min_lr stays.
+            if not _float32(old) > _float32(self.min_lr):
+                continue
+            new = max(old * self.factor, self.min_lr)
+            optimizer.learning_rate = new
+            record = {"epoch": epoch, "learning_rate": new}
+            self.reductions.append(record if name is None else {**record, "optimizer": name})
+            if self.verbose > 0:
+                which = "" if name is None else f" {name}"
+                print_msg(
+                    f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{which} learning rate to "
+                    f"{new}."
+                )
+            reduced = True
+        return reduced
 
     def get_state(self) -> dict[str, Any]:
         """The counters and the reductions made so far, JSON-compatible."""

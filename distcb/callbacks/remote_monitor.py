@@ -3,8 +3,9 @@
 Wire format, as ``keras.callbacks.RemoteMonitor`` sends it: ``POST root + path``
 with the form field ``field`` holding ``json.dumps({"epoch": epoch, **logs})``
 (``application/x-www-form-urlencoded``), or that JSON as the body with
-``send_as_json=True`` (``application/json``). Numpy scalars and arrays are
-unwrapped to Python numbers and lists. Unlike Keras, non-finite floats (NaN,
+``send_as_json=True`` (``application/json``). Numpy scalars and one-element
+arrays are unwrapped to Python numbers (Keras's ``.item()``), larger arrays to
+lists (on which Keras fails). Unlike Keras, non-finite floats (NaN,
 ±inf) are sent as JSON ``null``, so every body is valid JSON (Keras sends a
 bare ``NaN`` in forms and fails to send at all with ``send_as_json``), and a
 value JSON cannot represent is sent as its ``str()``.
@@ -83,7 +84,8 @@ class RemoteMonitorStatistics:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
-        value = value.tolist()
+        # One value unwraps to a scalar, as Keras's .item() does; larger arrays become lists.
+        value = value.item() if value.size == 1 else value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, list | tuple):

@@ -1,37 +1,54 @@
-"""TensorBoard: the job's aggregated logs as TensorBoard event files, in Keras's layout.
+"""TensorBoard: the logs as TensorBoard event files, in Keras's layout, in plain fit or a job.
 
-Only the coordinator writes (one writer per run directory, tensorboardX):
+One writer per run directory (tensorboardX), in Keras's layout:
 
 - ``log_dir/train``: ``epoch_<metric>`` at step = epoch (0-based),
   ``epoch_learning_rate`` (from ``logs["learning_rate"]``, else from the
-  learning rate the model proxy knows), ``batch_<metric>`` at the global step
-  (1-based) when ``update_freq`` is ``"batch"`` or an integer N (every N-th
-  step), and weight histograms ``<weight path>/histogram`` every
-  ``histogram_freq`` epochs.
-- ``log_dir/validation``: ``val_<metric>`` as ``epoch_<metric>``.
-- Where the workers disagree, with more than one worker:
+  optimizer's learning rate; ``epoch_learning_rate_<name>`` per optimizer of a
+  Keras 3 ``MultiOptimizer``), ``batch_<metric>`` at the global step (1-based)
+  when ``update_freq`` is ``"batch"`` or an integer N (every N-th step), weight
+  histograms ``<weight path>/histogram`` and, with ``write_images``, weight
+  images ``<weight path>/image`` every ``histogram_freq`` epochs; the traced
+  graph ``batch_<stop>`` and the profiler's ``plugins/profile/`` files with
+  ``profile_batch``.
+- ``log_dir/validation``: ``val_<metric>`` as ``epoch_<metric>``, and
+  ``evaluation_<metric>_vs_iterations`` at the optimizer's iteration count each
+  time validation ran.
+- ``log_dir/projector_config.pbtxt`` and ``train/keras_embedding.ckpt-<epoch>``
+  with ``embeddings_freq``.
+- Only in a distcb job, where the workers disagree (more than one worker):
   ``spread/epoch_<metric>_min`` and ``_max`` (and ``spread/batch_...`` when
   batches are logged) in the run of the metric. They never enter the logs.
 
-Where the data comes from: the model lives on the workers, so weight
-histograms come from the chief, which puts
-``distcb.protocol.histograms.weight_histograms(...)`` in ``extras["histograms"]`` of its
-epoch-end message whenever ``epoch % histogram_freq == 0`` (the coordinator
-reads ``histogram_freq`` to tell it). ``write_graph``: tensorboardX cannot trace
-a Keras graph without the model, so the sink writes the model's *conceptual*
-graph, Keras's ``keras`` summary for TensorBoard's graph plugin, from the JSON
-the chief sends as ``extras["model_json"]`` (``model.to_json()``), or from
-``model.to_json()`` when a real Keras model was set; with neither, nothing.
-Op graphs, weight images, profiling and embeddings need the model and are
-not written (a warning says so at construction).
+**Plain fit.** Passed to a single-process Keras ``fit`` (Keras 3 or tf_keras),
+the callback has the real model: it reads the weights, saves the embeddings,
+profiles with TensorFlow's profiler, writes ``evaluation_*`` from
+``on_test_end`` (also for ``model.evaluate``), and makes TensorFlow writers
+default during training and evaluation so that summaries the model writes
+itself land in ``train/`` and ``validation/`` (as Keras does; not with
+``update_freq="epoch"``).
 
-``write_steps_per_second`` measures the coordinator's pace: merged steps per
-second of wall time between batch ends, and steps per epoch over the epoch's
-duration.
+**On the coordinator.** The model lives on the workers, so the chief computes
+what needs it and sends it in ``extras`` of its epoch-end message; the
+coordinator reads ``histogram_freq``, ``write_images``, ``profile_batches``,
+``embeddings_freq`` and ``embeddings_dir`` (through ``CallbackList``) to tell
+it what to send: ``extras["histograms"]`` (``distcb.protocol.histograms``),
+``extras["images"]`` (``distcb.protocol.weight_images``), ``extras["profile"]``
+(``distcb.callbacks.tensorboard_profiling``: a profile ends with the epoch it started in),
+``extras["embedding_layers"]`` (the chief saves the embeddings file itself,
+under ``embeddings_dir``), and ``extras["model_json"]`` for ``write_graph``
+(TensorBoard's conceptual graph of the model). ``evaluation_*`` comes from each
+epoch's ``val_`` logs at the chief's ``optimizer.iterations`` (sent as
+``extras["iterations"]``; else the job's merged step count). Summaries the model
+itself writes stay on the workers.
 
-Hooks only convert values to floats and queue the writes; with a runtime the
-files are written by a private writer thread, so an epoch barrier never waits
-on the disk. Without a runtime the writes happen in the hook.
+``write_steps_per_second`` measures the pace of the steps this callback sees:
+steps per second of wall time between batch ends, and steps per epoch over
+the epoch's duration.
+
+Hooks only convert values to floats and queue the writes; with a runtime (on
+the coordinator) the files are written by a private writer thread, so an epoch
+barrier never waits on the disk. Without a runtime the writes happen in the hook.
 """
 
 from __future__ import annotations
@@ -48,8 +65,17 @@ from typing import Any
 
 import numpy as np
 
+from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.base import Callback, Logs
+from distcb.callbacks.learning_rates import log_name, optimizers_of
+from distcb.callbacks.tensorboard_local import ModelSummaryWriters
+from distcb.callbacks.tensorboard_profiling import (
+    BatchProfiler,
+    parse_profile_batch,
+    unpack_profile,
+)
 from distcb.protocol.histograms import decode_weight_histograms, weight_histograms
+from distcb.protocol.weight_images import decode_weight_images, weight_images
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +96,23 @@ def _as_float(value: Any) -> float | None:
     return float(array)
 
 
+def _frequency(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, received {value!r}.")
+    return value
+
+
+def _named_weights(model: Any) -> dict[str, Any]:
+    """The weights of the model's layers by path (Keras 3) or name (tf_keras), as Keras names
+    them in TensorBoard."""
+    named = {}
+    for layer in model.layers:
+        for weight in getattr(layer, "weights", ()):
+            name = getattr(weight, "path", None) or weight.name
+            named[name] = np.asarray(weight)
+    return named
+
+
 def _parse_update_freq(update_freq: Any) -> int | None:
     if update_freq == "epoch":
         return None
@@ -83,7 +126,8 @@ def _parse_update_freq(update_freq: Any) -> int | None:
 
 
 class TensorBoard(Callback):
-    """Write the job's logs for TensorBoard (``keras.callbacks.TensorBoard``), coordinator only.
+    """Write the logs for TensorBoard (``keras.callbacks.TensorBoard``): in a plain ``fit``, or
+    once per job on distcb's coordinator.
 
     The positional arguments are Keras 3's. Keras 2's ``batch_size``,
     ``write_grads``, ``embeddings_layer_names`` and ``embeddings_data`` are
@@ -92,13 +136,18 @@ class TensorBoard(Callback):
     Args:
         log_dir: the directory that receives ``train/`` and ``validation/``.
         histogram_freq: write weight histograms every this many epochs (0: never).
-        write_graph: write the model's conceptual graph when its JSON is known.
-        write_images: not supported on the coordinator (warning).
-        write_steps_per_second: also write the coordinator's steps per second.
+        write_graph: write the model's conceptual graph.
+        write_images: also draw the weights as images when histograms are written.
+        write_steps_per_second: also write the steps per second.
         update_freq: ``"epoch"``, ``"batch"`` or N: write ``batch_`` scalars every N steps.
-        profile_batch: not supported on the coordinator (warning when set).
-        embeddings_freq: not supported on the coordinator (warning when set).
-        embeddings_metadata: accepted for compatibility.
+        profile_batch: profile this global batch (N), or the batches ``(start, stop)``
+            or ``"start,stop"`` (1-based); 0: no profiling.
+        embeddings_freq: save the embeddings for the projector every this many epochs.
+        embeddings_metadata: a metadata file for every embedding layer, or layer
+            name -> metadata file.
+
+    Raises:
+        ValueError: a negative frequency, a bad `update_freq` or `profile_batch`.
     """
 
     decides_on_batch = False
@@ -114,7 +163,7 @@ class TensorBoard(Callback):
         update_freq: str | int = "epoch",
         profile_batch: Any = 0,
         embeddings_freq: int = 0,
-        embeddings_metadata: Any = None,
+        embeddings_metadata: str | Mapping[str, str] | None = None,
         *,
         batch_size: Any = None,
         write_grads: Any = None,
@@ -122,28 +171,23 @@ class TensorBoard(Callback):
         embeddings_data: Any = None,
     ):
         super().__init__()
-        if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int):
-            raise ValueError(
-                f"histogram_freq must be an integer >= 0, received {histogram_freq!r}."
-            )
-        if histogram_freq < 0:
-            raise ValueError(
-                f"histogram_freq must be an integer >= 0, received {histogram_freq!r}."
-            )
         self.log_dir = os.fspath(log_dir)
-        self.histogram_freq = histogram_freq
+        self.histogram_freq = _frequency(histogram_freq, "histogram_freq")
         self.write_graph = write_graph
-        self.write_images = write_images
+        self.write_images = bool(write_images)
         self.write_steps_per_second = write_steps_per_second
         self._every = _parse_update_freq(update_freq)
         self.update_freq: str | int = "epoch" if self._every is None else self._every
         self.profile_batch = profile_batch
-        self.embeddings_freq = embeddings_freq
+        self.profile_batches = parse_profile_batch(profile_batch)
+        self.embeddings_freq = _frequency(embeddings_freq, "embeddings_freq")
+        if embeddings_metadata is not None and not isinstance(embeddings_metadata, str | Mapping):
+            raise TypeError(
+                "embeddings_metadata must be a file name, or a mapping of Embedding layer "
+                f"names to file names, received {embeddings_metadata!r}."
+            )
         self.embeddings_metadata = embeddings_metadata
-        self._warn_unsupported(
-            write_images=write_images,
-            profile_batch=profile_batch,
-            embeddings_freq=embeddings_freq,
+        self._warn_unused(
             keras2={
                 "batch_size": batch_size,
                 "write_grads": write_grads,
@@ -159,25 +203,21 @@ class TensorBoard(Callback):
         self._global_step = 0
         self._in_batch = False
         self._graph_written = False
+        self._projector_written = False
         self._epoch_start_s = 0.0
         self._epoch_start_step = 0
         self._last_batch_end_s = 0.0
+        # Plain fit only (the callback has the model): TensorFlow writers, the profiler.
+        self._model_writers: ModelSummaryWriters | None = None
+        self._profiler: BatchProfiler | None = None
+        self._global_test_step = 0
+        self._training = False  # between on_train_begin and on_train_end
 
-    @staticmethod
-    def _warn_unsupported(
-        *, write_images: bool, profile_batch: Any, embeddings_freq: int, keras2: dict[str, Any]
-    ) -> None:
-        unsupported = []
-        if write_images:
-            unsupported.append("write_images=True (weight images)")
-        if profile_batch not in (0, None, "", (0, 0), [0, 0], "0,0"):
-            unsupported.append(f"profile_batch={profile_batch!r} (profiling)")
-        if embeddings_freq:
-            unsupported.append(f"embeddings_freq={embeddings_freq!r} (embeddings)")
-        if unsupported:
+    def _warn_unused(self, *, keras2: dict[str, Any]) -> None:
+        if self.write_images and not self.histogram_freq:
             warnings.warn(
-                "distcb TensorBoard runs on the coordinator, which has no model: "
-                f"{', '.join(unsupported)} is not written. Profile on a worker instead.",
+                "TensorBoard write_images=True draws the weights when histograms are written: "
+                "with histogram_freq=0 no image is written. Pass histogram_freq >= 1.",
                 stacklevel=3,
             )
         given = [name for name, value in keras2.items() if value not in (None, False)]
@@ -192,12 +232,25 @@ class TensorBoard(Callback):
         """Receive the coordinator's runtime: files are then written off the callback thread."""
         self._runtime = runtime
 
+    @property
+    def embeddings_dir(self) -> str | None:
+        """Where the embeddings files go (``log_dir/train``, absolute), or None without them.
+
+        Read by the coordinator: the chief saves them there.
+        """
+        if not self.embeddings_freq:
+            return None
+        return os.path.abspath(os.path.join(self.log_dir, TRAIN_RUN))
+
     # ------------------------------------------------------------------ hooks (callback thread)
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
+        self._training = True
         self._global_step = 0
+        self._global_test_step = 0
         self._in_batch = False
         self._graph_written = False
+        self._projector_written = False
         self._closed = None
         self._write_failed = False
         self._last_batch_end_s = self._epoch_start_s = time.monotonic()
@@ -214,6 +267,29 @@ class TensorBoard(Callback):
             else:
                 self._graph_written = True
                 self._run(self._write_graph, model_json)
+        model = self._local_model
+        if model is not None:
+            self._begin_local(model)
+
+    def _begin_local(self, model: Any) -> None:
+        """Plain fit: the projector config, the profiler, the writers for the model's summaries."""
+        if self.embeddings_freq:
+            projector.write_config(
+                self.log_dir, projector.embedding_layer_names(model), self.embeddings_metadata
+            )
+            self._projector_written = True
+        self._model_writers = ModelSummaryWriters(self.log_dir, self._every)
+        self._model_writers.push(TRAIN_RUN, self._global_step)
+        start, stop = self.profile_batches
+        if start:
+            writers = self._model_writers
+            self._profiler = BatchProfiler(
+                start,
+                stop,
+                os.path.join(self.log_dir, TRAIN_RUN),
+                lambda: writers.writer(TRAIN_RUN),
+            )
+            self._profiler.warm_up()
 
     def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
         self._epoch_start_s = time.monotonic()
@@ -222,11 +298,17 @@ class TensorBoard(Callback):
     def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
         self._global_step += 1
         self._in_batch = True
+        if self._model_writers is not None:
+            self._model_writers.repush(TRAIN_RUN, self._global_step)
+        if self._profiler is not None:
+            self._profiler.batch_begin(self._global_step, batch)
 
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
         if not self._in_batch:  # a caller that runs only batch-end hooks still counts steps
             self._global_step += 1
         self._in_batch = False
+        if self._profiler is not None:
+            self._profiler.batch_end(self._global_step)
         now = time.monotonic()
         elapsed, self._last_batch_end_s = now - self._last_batch_end_s, now
         step = self._global_step
@@ -243,6 +325,31 @@ class TensorBoard(Callback):
         self._add_spread(runs, "batch", getattr(self._state, "batch_spread", None))
         self._run(self._write_scalars, step, runs)
 
+    # Evaluation hooks: Keras calls them in a plain fit (validation) and model.evaluate.
+    def on_test_begin(self, logs: Logs | None = None) -> None:
+        if self._model_writers is not None:
+            self._model_writers.push(VALIDATION_RUN, self._global_test_step)
+
+    def on_test_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        self._global_test_step += 1
+        if self._model_writers is not None:
+            self._model_writers.repush(VALIDATION_RUN, self._global_test_step)
+
+    def on_test_end(self, logs: Logs | None = None) -> None:
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is not None:
+            values = {
+                f"evaluation_{name}_vs_iterations": number
+                for name, number in ((n, _as_float(v)) for n, v in (logs or {}).items())
+                if number is not None
+            }
+            step = int(np.asarray(iterations))
+            self._run(self._write_scalars, step, {VALIDATION_RUN: values})
+            if not self._training:  # model.evaluate alone: nothing closes the files later
+                self._run(self._close_writers)
+        if self._model_writers is not None:
+            self._model_writers.pop()
+
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
         train: dict[str, float] = {}
         val: dict[str, float] = {}
@@ -254,10 +361,8 @@ class TensorBoard(Callback):
                 val[f"epoch_{name[4:]}"] = number
             else:
                 train[f"epoch_{name}"] = number
-        if "epoch_learning_rate" not in train:
-            learning_rate = self._model_learning_rate()
-            if learning_rate is not None:
-                train["epoch_learning_rate"] = learning_rate
+        for tag, learning_rate in self._model_learning_rates().items():
+            train.setdefault(tag, learning_rate)
         if self.write_steps_per_second:
             elapsed = time.monotonic() - self._epoch_start_s
             if elapsed > 0:
@@ -266,16 +371,35 @@ class TensorBoard(Callback):
         runs = {TRAIN_RUN: train, VALIDATION_RUN: val}
         self._add_spread(runs, "epoch", getattr(self._state, "epoch_spread", None))
         self._run(self._write_scalars, epoch, runs)
+        model = self._local_model
+        if model is None and val:
+            # No on_test_end here: validation ran on the workers; its logs are the val_ ones.
+            evaluation = {f"evaluation_{t[6:]}_vs_iterations": v for t, v in val.items()}
+            iterations = self._chief_extra("iterations")
+            if isinstance(iterations, bool) or not isinstance(iterations, int):
+                iterations = self._steps_done()
+            self._run(self._write_scalars, iterations, {VALIDATION_RUN: evaluation})
         if self.histogram_freq and epoch % self.histogram_freq == 0:
-            self._epoch_histograms(epoch)
-        if self.write_graph and not self._graph_written:
-            model_json = self._chief_extra("model_json")
-            if isinstance(model_json, str):
-                self._graph_written = True
-                self._run(self._write_graph, model_json)
+            self._epoch_weights(epoch, model)
+        if self.embeddings_freq and epoch % self.embeddings_freq == 0 and model is not None:
+            from distcb.callbacks import keras_models
+
+            model.save_weights(
+                projector.checkpoint_path(
+                    os.path.join(self.log_dir, TRAIN_RUN), epoch, keras_models.is_keras3(model)
+                )
+            )
+        self._chief_files()
         self._run(self._flush)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
+        self._training = False
+        if self._profiler is not None:
+            self._profiler.finish()
+            self._profiler = None
+        if self._model_writers is not None:
+            self._model_writers.close()
+            self._model_writers = None
         if self._executor is None:
             self._close_writers()
             return
@@ -295,16 +419,30 @@ class TensorBoard(Callback):
         return getattr(self._runtime, "state", None)
 
     @property
+    def _local_model(self) -> Any:
+        """The real Keras model in a plain fit; None on the coordinator (its proxy) or without."""
+        model = self.model
+        if model is None or not hasattr(model, "layers") or not hasattr(model, "optimizer"):
+            return None
+        return model
+
+    @property
     def wants_batch_logs(self) -> bool:
-        """Whether the batch hooks do anything (only with update_freq "batch" or N).
+        """Whether the batch hooks write anything (only with update_freq "batch" or N).
 
         A hint for the coordinator: with update_freq="epoch" this sink needs no batch logs.
         """
         return self._every is not None
 
     def implements_batch_hooks(self) -> bool:
-        """Read by CallbackList: workers stream batch logs only when this writes them."""
-        return self.wants_batch_logs
+        """Read by CallbackList (and tf_keras's): batch hooks are needed to write batch logs,
+        or, in a plain fit, to profile."""
+        profiles_here = bool(self.profile_batches[0]) and self._local_model is not None
+        return self.wants_batch_logs or profiles_here
+
+    def _implements_test_batch_hooks(self) -> bool:
+        """Read by tf_keras: the test batch hook only moves the model's summary writer."""
+        return self._every is not None and self._local_model is not None
 
     @property
     def wants_model_json(self) -> bool:
@@ -334,37 +472,52 @@ class TensorBoard(Callback):
                 return extras[rank][key]
         return None
 
-    def _epoch_histograms(self, epoch: int) -> None:
-        payload = self._chief_extra("histograms")
-        if payload is None and self._runtime is None:
-            payload = self._model_histograms()
-        if payload is not None:
-            self._run(self._write_histograms, epoch, payload)
+    def _epoch_weights(self, epoch: int, model: Any) -> None:
+        """Histograms (and images) of the weights: the model's, else the chief's."""
+        if model is not None:
+            from distcb.callbacks import keras_models
 
-    def _model_histograms(self) -> dict[str, Any] | None:
-        """Histograms of a real Keras model's weights, when one was set (no coordinator)."""
-        try:
-            layers = list(self.model.layers)
-        except (AttributeError, TypeError):
-            return None
-        named = {}
-        for layer in layers:
-            for weight in getattr(layer, "weights", ()):
-                name = getattr(weight, "path", None) or weight.name
-                named[name] = np.asarray(weight)
-        return weight_histograms(named)
+            named = _named_weights(model)
+            self._run(self._write_histograms, epoch, weight_histograms(named))
+            if self.write_images:
+                images = weight_images(named, channels_last=keras_models.channels_last(model))
+                self._run(self._write_images, epoch, images)
+            return
+        for key, write in (("histograms", self._write_histograms), ("images", self._write_images)):
+            payload = self._chief_extra(key)
+            if payload is not None:
+                self._run(write, epoch, payload)
 
-    def _model_learning_rate(self) -> float | None:
+    def _chief_files(self) -> None:
+        """What the chief sent besides histograms: the traced profile, the embedding layers."""
+        if self.write_graph and not self._graph_written:
+            model_json = self._chief_extra("model_json")
+            if isinstance(model_json, str):
+                self._graph_written = True
+                self._run(self._write_graph, model_json)
+        profile = self._chief_extra("profile")
+        if profile is not None:
+            self._run(self._write_profile, profile)
+        layers = self._chief_extra("embedding_layers")
+        if self.embeddings_freq and not self._projector_written and isinstance(layers, list):
+            self._projector_written = True
+            self._run(self._write_projector, [str(name) for name in layers])
+
+    def _model_learning_rates(self) -> dict[str, float]:
+        """``epoch_learning_rate`` (or one per optimizer of a MultiOptimizer) from the model."""
         optimizer = getattr(self.model, "optimizer", None)
-        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        learning_rate = getattr(optimizer, "learning_rate", None)
-        if learning_rate is None:
-            return None
-        try:
-            value = float(np.asarray(learning_rate))
-        except (TypeError, ValueError):
-            return None
-        return value if math.isfinite(value) else None
+        if optimizer is None:
+            return {}
+        out = {}
+        for name, sub in optimizers_of(self.model):
+            sub = getattr(sub, "inner_optimizer", sub)  # a LossScaleOptimizer's
+            try:
+                value = float(np.asarray(sub.learning_rate))
+            except (AttributeError, TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                out[f"epoch_{log_name(name)}"] = value
+        return out
 
     def _run(self, fn: Callable[..., None], *args: Any) -> None:
         if self._executor is None:
@@ -419,6 +572,48 @@ class TensorBoard(Callback):
                 bucket_counts=list(histogram.bucket_counts),
                 global_step=epoch,
             )
+
+    def _write_images(self, epoch: int, payload: Any) -> None:
+        from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboardX.proto.tensor_pb2 import TensorProto
+        from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
+
+        writer = self._writer(TRAIN_RUN)._get_file_writer()
+        for image in decode_weight_images(payload):
+            # What tf.summary.image writes: [width, height, png...] for the image plugin.
+            metadata = SummaryMetadata()
+            metadata.plugin_data.plugin_name = "images"
+            strings = [str(image.width).encode(), str(image.height).encode(), *image.pngs]
+            tensor = TensorProto(
+                dtype="DT_STRING",
+                string_val=strings,
+                tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(strings))]),
+            )
+            value = Summary.Value(tag=image.tag, metadata=metadata, tensor=tensor)
+            writer.add_summary(Summary(value=[value]), global_step=epoch)
+
+    def _write_profile(self, payload: Any) -> None:
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        profile = unpack_profile(payload)
+        if profile.error is not None:
+            logger.warning("TensorBoard: the chief sent no profile: %s", profile.error)
+            return
+        train_dir = os.path.join(self.log_dir, TRAIN_RUN)
+        for rel, data in profile.files:
+            path = os.path.join(train_dir, *rel.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as file:
+                file.write(data)
+        writer = self._writer(TRAIN_RUN)._get_file_writer()
+        for step, data in profile.summaries:
+            writer.add_summary(Summary.FromString(data), global_step=step)
+
+    def _write_projector(self, layers: list[str]) -> None:
+        try:
+            projector.write_config(self.log_dir, layers, self.embeddings_metadata)
+        except ValueError as exc:  # known only now, from the chief: reported, not raised
+            logger.warning("TensorBoard: no projector config written: %s", exc)
 
     def _write_graph(self, model_json: str) -> None:
         from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from distcb.callbacks.base import Callback, Logs
+from distcb.callbacks.io_utils import print_msg
 
 
 class TerminateOnNaN(Callback):
@@ -41,7 +42,7 @@ class TerminateOnNaN(Callback):
                 f"NaN or Inf loss encountered at batch {batch}. Loss value: {loss}. "
                 "Terminating training immediately."
             )
-        print(f"Batch {batch}: Invalid loss, terminating training", flush=True)
+        print_msg(f"Batch {batch}: Invalid loss, terminating training")
         self.model.stop_training = True
 
     def get_state(self) -> dict[str, Any]:

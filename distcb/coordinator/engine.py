@@ -332,6 +332,7 @@ class Coordinator:
             want_batch_logs=want_batch_logs,
             histogram_freq=self.callbacks.histogram_freq,
             want_model_json=self.callbacks.wants_model_json,
+            **self.callbacks.chief_tensorboard_requests,
         )
         await self.roster.broadcast(start)
 

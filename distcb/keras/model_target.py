@@ -8,7 +8,7 @@ import os
 import tempfile
 from typing import Any
 
-from distcb.keras import flavours
+from distcb.callbacks import keras_models
 
 TEMP_PREFIX = ".distcb-"
 
@@ -29,7 +29,7 @@ class KerasModelTarget:
         self.model.stop_training = True
 
     def set_learning_rate(self, value: float) -> None:
-        flavours.set_learning_rate(self.model, value)
+        keras_models.set_learning_rate(self.model, value)
 
     def get_weights(self) -> list[Any]:
         return [w.copy() for w in self.model.get_weights()]

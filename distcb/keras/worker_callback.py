@@ -10,13 +10,14 @@ required for MultiWorkerMirroredStrategy).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import socket
 from typing import Any
 
+from distcb.callbacks import keras_models
 from distcb.keras import flavours
+from distcb.keras.chief import ChiefTensorBoardWork
 from distcb.keras.model_target import KerasModelTarget
 from distcb.protocol.config import Config
 from distcb.protocol.logs import clean_logs
@@ -97,6 +98,7 @@ class WorkerCallback:
         self._connect = connect
         self._worker: ThreadedSession | None = None
         self._session: WorkerSession | None = None
+        self._chief: ChiefTensorBoardWork | None = None  # the chief's TensorBoard work
         self._epoch = 0
         self._first_epoch: int | None = None
         self.link_statistics: dict[str, float] = {}
@@ -141,7 +143,7 @@ class WorkerCallback:
         if host is not None:
             host.register(self._worker)
         params = dict(self.params or {})
-        self._worker.start(
+        start = self._worker.start(
             JoinParams(
                 epochs=params.get("epochs"),
                 initial_epoch=self.initial_epoch,
@@ -150,13 +152,17 @@ class WorkerCallback:
                 samples=None if self.samples is None else float(self.samples),
                 val_samples=None if self.val_samples is None else float(self.val_samples),
                 batch_size=self.batch_size,
-                metrics=flavours.metric_names(self.model),
-                directions=flavours.metric_directions(self.model),  # type: ignore[arg-type]
-                learning_rate=flavours.get_learning_rate(self.model),
+                metrics=keras_models.metric_names(self.model),
+                directions=keras_models.metric_directions(self.model),  # type: ignore[arg-type]
+                learning_rate=keras_models.get_learning_rate(self.model),
                 flavour=flavours.flavour_of(self),  # type: ignore[arg-type]
                 host=f"{socket.gethostname()}:{os.getpid()}",
             )
         )
+        if self.is_chief:
+            self._chief = ChiefTensorBoardWork(
+                self.model, start, max_profile_bytes=context.config.max_message_bytes // 2
+            )
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._first_epoch is None:
@@ -165,6 +171,8 @@ class WorkerCallback:
         self._require_worker().begin_epoch(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._chief is not None:
+            self._chief.batch_begin(batch)
         self._require_worker().begin_batch(batch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -180,16 +188,7 @@ class WorkerCallback:
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         worker = self._require_worker()
-        protocol = worker.session.protocol
-        extras: dict[str, Any] = {}
-        if self.is_chief and protocol.histogram_freq and epoch % protocol.histogram_freq == 0:
-            from distcb.protocol.histograms import weight_histograms
-
-            extras["histograms"] = weight_histograms(flavours.named_weights(self.model))
-        if self.is_chief and protocol.want_model_json and epoch == self._first_epoch:
-            # A subclassed model has no JSON config; there is nothing to draw then.
-            with contextlib.suppress(Exception):
-                extras["model_json"] = self.model.to_json()
+        extras = {} if self._chief is None else self._chief.epoch_extras(epoch)
         worker.end_epoch(
             EpochEnd(
                 rank=self.context.rank,
@@ -212,6 +211,9 @@ class WorkerCallback:
             if host is not None:
                 host.unregister(worker)
             self._worker = None
+            if self._chief is not None:
+                self._chief.close()
+                self._chief = None
 
     # ------------------------------------------------------------------ reports
 
@@ -227,7 +229,7 @@ class WorkerCallback:
             digest.update(weight.tobytes())
         applier = self._session.applier if self._session is not None else None
         return {
-            "learning_rate": flavours.get_learning_rate(self.model),
+            "learning_rate": keras_models.get_learning_rate(self.model),
             "weights_sha256": digest.hexdigest(),
             "epochs_run": self._epoch + 1,
             "applied": [a.to_json() for a in applier.applied] if applier else [],

@@ -188,9 +188,14 @@ class Heartbeat(Message, frozen=True, tag="heartbeat"):
 class Start(Message, frozen=True, tag="start"):
     """Once all joined: the go signal, with the `on_train_begin`/first `on_epoch_begin` decisions.
 
-    `window_steps` is None when no coordinator callback can decide on a batch end;
-    workers then never wait on batch progress. `want_batch_logs` is False when no
-    callback has batch hooks, so workers need not stream them.
+    `window_steps` bounds how far a worker may run ahead of the last step the
+    coordinator processed (the window rule's W when a callback decides on batch
+    ends, else `Config.max_ahead_steps`); None when no batch logs are wanted.
+    `want_batch_logs` is False when no callback has batch hooks, so workers need
+    not stream them. What the chief computes for TensorBoard: weight histograms
+    every `histogram_freq` epochs (with images when `write_images`), the model
+    JSON, a profile of global batches `profile_batch` ((0, 0): none), and every
+    `embeddings_freq` epochs the embeddings file in `embeddings_dir`.
     """
 
     type: ClassVar[str] = "start"
@@ -199,6 +204,10 @@ class Start(Message, frozen=True, tag="start"):
     want_batch_logs: bool = True
     histogram_freq: NonNegInt = 0
     want_model_json: bool = False
+    write_images: bool = False
+    profile_batch: tuple[NonNegInt, NonNegInt] = (0, 0)
+    embeddings_freq: NonNegInt = 0
+    embeddings_dir: Annotated[str, msgspec.Meta(max_length=MAX_PATH_CHARS)] | None = None
 
 
 class Progress(Message, frozen=True, tag="progress"):

@@ -219,7 +219,7 @@ def test_state_round_trip_is_json() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"mode": "maximum"}, ValueError, "mode must be one of"),
+        ({"mode": 7}, TypeError, "mode must be one of"),
         ({"monitor": 3}, TypeError, "monitor must be a metric name"),
         ({"patience": -1}, ValueError, "patience must be >= 0, received -1"),
         ({"patience": "2"}, TypeError, "patience must be an int, received '2'"),

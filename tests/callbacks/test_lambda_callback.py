@@ -86,10 +86,41 @@ def test_epoch_only_lambda_does_not_hold_workers_back() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['on_epoch_ned'\]"):
-        LambdaCallback(on_epoch_ned=print)
+    # Keras attaches unknown keyword arguments; one that looks like a hook gets a warning.
+    with pytest.warns(UserWarning, match=r"\['on_epoch_ned'\] are not hooks Keras calls"):
+        assert LambdaCallback(on_epoch_ned=print).on_epoch_ned is print  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match=r"\['set_model'\] would hide the callback's own"):
+        LambdaCallback(set_model=print)
     with pytest.raises(ValueError, match="both on_batch_end .* and on_train_batch_end"):
         LambdaCallback(on_batch_end=print, on_train_batch_end=print)
     with pytest.raises(TypeError, match="on_train_end must be callable, received 3"):
         LambdaCallback(on_train_end=3)  # type: ignore[arg-type]
     assert LambdaCallback().get_state() == {}
+
+
+def test_every_keras3_hook_and_extra_attributes_are_accepted(keras: Any) -> None:
+    """As keras.callbacks.LambdaCallback: any hook, called however Keras passes `logs`."""
+    calls: list[tuple[Any, ...]] = []
+    hooks = {
+        "on_test_begin": lambda logs: calls.append(("test_begin", logs)),
+        "on_predict_batch_end": lambda batch, logs: calls.append(("predict_batch", batch, logs)),
+    }
+    ours, theirs = (
+        LambdaCallback(helper=len, **hooks),
+        keras.callbacks.LambdaCallback(helper=len, **hooks),
+    )
+    for callback in (theirs, ours):
+        callback.on_test_begin({"a": 1})
+        callback.on_predict_batch_end(2, logs={"b": 2})
+        callback.on_epoch_end(0, {})  # not given: the base hook does nothing
+        assert callback.helper("abc") == 3
+    assert calls[:2] == calls[2:] == [("test_begin", {"a": 1}), ("predict_batch", 2, {"b": 2})]
+
+
+def test_hooks_that_cannot_fire_on_the_coordinator_warn_once() -> None:
+    cb = LambdaCallback(
+        on_test_begin=print, on_predict_end=print, on_epoch_end=lambda e, logs: None
+    )
+    with pytest.warns(UserWarning, match=r"\['on_test_begin', 'on_predict_end'\] never fire") as w:
+        run_distcb([cb], losses([1.0, 0.5]))
+    assert len(w) == 1

@@ -184,7 +184,7 @@ def test_format_and_directory_errors(tmp_path: Any) -> None:
         (("m.keras",), {"save_freq": True}, ValueError, "Unrecognized save_freq: True"),
         (("m.keras",), {"period": 0}, ValueError, "period must be >= 1, received 0"),
         (("m.keras",), {"period": 2, "save_freq": 10}, ValueError, "needs save_freq='epoch'"),
-        (("m.keras",), {"mode": "best"}, ValueError, "mode must be one of"),
+        (("m.keras",), {"mode": None}, TypeError, "mode must be one of"),
         ((3,), {}, TypeError, "filepath must be a str or os.PathLike, received 3"),
     ],
 )

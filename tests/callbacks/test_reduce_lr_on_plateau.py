@@ -127,7 +127,7 @@ def test_state_round_trip_is_json() -> None:
         ({"factor": 1.0}, ValueError, "factor >= 1.0.*Received factor=1.0"),
         ({"factor": 2}, ValueError, "factor=2"),
         ({"factor": -0.5}, ValueError, "factor must be >= 0.0"),
-        ({"mode": "up"}, ValueError, "mode must be one of"),
+        ({"mode": 1}, TypeError, "mode must be one of"),
         ({"min_lr": -1}, ValueError, "min_lr must be >= 0.0"),
         ({"cooldown": None}, TypeError, "cooldown must be an int"),
         ({"wobble": 1, "epsilon": 0.1}, TypeError, r"unexpected keyword arguments \['wobble'\]"),

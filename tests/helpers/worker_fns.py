@@ -105,3 +105,44 @@ def report_environment():
     model.compile(optimizer="sgd", loss="mse")
     x, y = data(ctx.rank, 8)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[distcb.keras.WorkerCallback()])
+
+
+def tiny_embedding_keras3(epochs: int, batch_size: int = 8):
+    """A Keras 3 model with an Embedding layer; each rank writes its weights' digest per epoch."""
+    import keras
+
+    import distcb
+    import distcb.keras
+
+    ctx = distcb.worker_context()
+    keras.utils.set_random_seed(11)
+    rng = np.random.default_rng(ctx.rank)
+    x = rng.integers(0, 10, size=(32, 4))
+    y = (x.sum(axis=1) > 18).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(10, 3, name="tokens"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid", name="out"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+    digests: list[str] = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            digests.append(digest(self.model.get_weights()))
+
+    worker = distcb.keras.WorkerCallback(samples=len(x), val_samples=len(x), batch_size=batch_size)
+    model.fit(
+        x,
+        y,
+        validation_data=(x, y),
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=0,
+        callbacks=[Probe(), worker],
+    )
+    with open(os.path.join(ctx.run_dir, f"rank-{ctx.rank}.json"), "w") as handle:
+        json.dump({"digests": digests, "final": worker.report()}, handle)

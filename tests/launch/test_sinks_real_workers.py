@@ -89,3 +89,77 @@ def test_sinks_record_what_the_real_workers_trained(tmp_path, posts_server):
     # write_graph: the model's conceptual graph from the chief's model.to_json().
     (graph,) = train.Tensors("keras")
     assert b"Sequential" in graph.tensor_proto.string_val[0]
+
+
+def test_tensorboard_gets_images_projector_profile_from_the_chief(tmp_path, read_reports):
+    """What needs the model is computed by the chief and written by the coordinator."""
+    import keras
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from worker_fns import digest, tiny_embedding_keras3
+
+    logdir = tmp_path / "tb"
+    epochs = 3
+    history = distcb.run(
+        tiny_embedding_keras3,
+        num_workers=2,
+        kwargs={"epochs": epochs},
+        run_dir=str(tmp_path),
+        callbacks=[
+            TensorBoard(
+                log_dir=str(logdir),
+                histogram_freq=1,
+                write_images=True,
+                write_graph=False,
+                embeddings_freq=2,
+                embeddings_metadata={"tokens": "words.tsv"},
+                profile_batch=2,
+            )
+        ],
+    )
+    chief = read_reports(str(tmp_path), 2)[0]
+    train = EventAccumulator(str(logdir / "train"), size_guidance={"tensors": 0}).Reload()
+    validation = EventAccumulator(str(logdir / "validation")).Reload()
+
+    # Weight images: the chief's weights drawn as Keras draws them, every epoch.
+    images = [t for t in train.Tags()["tensors"] if t.endswith("/image")]
+    # Keras 3 names weights by path; the bias of one unit squeezes to a scalar: not drawn.
+    assert sorted(images) == ["sequential/out/kernel/image", "sequential/tokens/embeddings/image"]
+    for tag in images:
+        assert train.SummaryMetadata(tag).plugin_data.plugin_name == "images"
+        assert [e.step for e in train.Tensors(tag)] == list(range(epochs))
+    (kernel, *_) = train.Tensors("sequential/out/kernel/image")
+    width, height, png = kernel.tensor_proto.string_val
+    assert (width, height) == (b"1", b"12")  # the 12 x 1 kernel squeezes to a vector: 1 x 12
+    assert png.startswith(b"\x89PNG")
+
+    # Projector: the config from the chief's layers, its weights saved at epochs 0 and 2.
+    assert (logdir / "projector_config.pbtxt").read_text() == (
+        "embeddings {\n"
+        '  tensor_name: "layer_with_weights-0/embeddings/.ATTRIBUTES/VARIABLE_VALUE"\n'
+        '  metadata_path: "words.tsv"\n'
+        "}\n"
+    )
+    saved = sorted(p.name for p in (logdir / "train").glob("keras_embedding.ckpt-*"))
+    assert saved == ["keras_embedding.ckpt-0.weights.h5", "keras_embedding.ckpt-2.weights.h5"]
+    model = keras.Sequential(
+        [
+            keras.Input((4,), dtype="int32"),
+            keras.layers.Embedding(10, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    for epoch in (0, 2):
+        model.load_weights(str(logdir / "train" / f"keras_embedding.ckpt-{epoch}.weights.h5"))
+        assert digest(model.get_weights()) == chief["digests"][epoch]
+
+    # Profile of global batch 2: the traced graph and one profiler trace, in the train run.
+    (graph,) = train.Tensors("batch_2")
+    assert graph.step == 2
+    assert train.SummaryMetadata("batch_2").plugin_data.plugin_name == "graph_run_metadata_graph"
+    assert len(list((logdir / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))) == 1
+
+    # evaluation_<metric>_vs_iterations: the validation loss at the chief's optimizer.iterations.
+    evaluation = validation.Scalars("evaluation_loss_vs_iterations")
+    assert [e.step for e in evaluation] == [4, 8, 12]  # 32 samples / 8 per batch, each epoch
+    assert [e.value for e in evaluation] == pytest.approx(history.history["val_loss"], rel=1e-6)

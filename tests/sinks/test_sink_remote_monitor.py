@@ -23,6 +23,7 @@ LOGS = {
     "accuracy": np.float64(0.75),
     "count": 3,
     "learning_rate": np.array(0.01, dtype=np.float32),
+    "one": np.arange(1),  # a one-element array goes out as its value
     "name": "run-1",
 }
 
@@ -84,6 +85,7 @@ async def test_payload_is_what_keras_sends(http_server, send_as_json):
         "accuracy": 0.75,
         "count": 3,
         "learning_rate": float(np.float32(0.01)),
+        "one": 0,
         "name": "run-1",
     }
     assert ours.statistics() == RemoteMonitorStatistics(

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -236,13 +237,20 @@ async def test_write_graph_writes_the_keras_conceptual_graph(tmp_path, keras_mod
     assert acc.SummaryMetadata("keras").plugin_data.content == b"1"
 
 
-def test_keras_2_and_model_only_arguments_warn(tmp_path):
+def test_keras_2_and_ineffective_arguments_warn_bad_ones_raise(tmp_path):
     with pytest.warns(UserWarning, match=r"\['batch_size', 'write_grads'\] are Keras 2 arguments"):
         TensorBoard(tmp_path, batch_size=32, write_grads=True)
-    with pytest.warns(UserWarning, match="write_images=True .* is not written"):
+    with pytest.warns(UserWarning, match="with histogram_freq=0 no image is written"):
         TensorBoard(tmp_path, write_images=True)
     with pytest.raises(ValueError, match='update_freq must be "epoch", "batch" or an integer'):
         TensorBoard(tmp_path, update_freq="samples")
+    for profile_batch in (-1, (3, 2), "1,x", (0, 2), 1.5):
+        with pytest.raises(ValueError, match=f"Received: {re.escape(repr(profile_batch))}"):
+            TensorBoard(tmp_path, profile_batch=profile_batch)
+    assert TensorBoard(tmp_path, profile_batch="2,4").profile_batches == (2, 4)
+    assert TensorBoard(tmp_path, profile_batch=[3, 3]).profile_batches == (3, 3)
+    with pytest.raises(ValueError, match="embeddings_freq must be an integer >= 0, received -1"):
+        TensorBoard(tmp_path, embeddings_freq=-1)
     assert TensorBoard(tmp_path, histogram_freq=3).histogram_freq == 3
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from distcb.keras import flavours
+from distcb.callbacks import keras_models
 
 
 def test_keras3_directions_come_from_the_declared_metrics():
@@ -21,14 +21,14 @@ def test_keras3_directions_come_from_the_declared_metrics():
             keras.metrics.PearsonCorrelation(),
         ],
     )
-    assert flavours.metric_names(model) == [
+    assert keras_models.metric_names(model) == [
         "loss",
         "accuracy",
         "auc",
         "mean_squared_error",
         "pearson_correlation",
     ]
-    assert flavours.metric_directions(model) == {
+    assert keras_models.metric_directions(model) == {
         "loss": "min",
         "accuracy": "max",
         "auc": "max",
@@ -36,9 +36,9 @@ def test_keras3_directions_come_from_the_declared_metrics():
         # Only Keras 3's declared direction says so; no name rule would.
         "pearson_correlation": "max",
     }
-    assert flavours.get_learning_rate(model) == pytest.approx(0.001)
-    flavours.set_learning_rate(model, 0.5)
-    assert flavours.get_learning_rate(model) == pytest.approx(0.5)
+    assert keras_models.get_learning_rate(model) == pytest.approx(0.001)
+    keras_models.set_learning_rate(model, 0.5)
+    assert keras_models.get_learning_rate(model) == pytest.approx(0.5)
 
 
 def test_tf_keras_names_directions_and_learning_rate():
@@ -47,8 +47,8 @@ def test_tf_keras_names_directions_and_learning_rate():
     model.compile(
         tf_keras.optimizers.SGD(0.1), "binary_crossentropy", metrics=["acc", tf_keras.metrics.AUC()]
     )
-    assert flavours.metric_names(model) == ["loss", "acc", "auc"]
-    assert flavours.metric_directions(model) == {"loss": "min", "acc": "max", "auc": "max"}
-    assert flavours.get_learning_rate(model) == pytest.approx(0.1)
-    flavours.set_learning_rate(model, 0.25)
-    assert flavours.get_learning_rate(model) == pytest.approx(0.25)
+    assert keras_models.metric_names(model) == ["loss", "acc", "auc"]
+    assert keras_models.metric_directions(model) == {"loss": "min", "acc": "max", "auc": "max"}
+    assert keras_models.get_learning_rate(model) == pytest.approx(0.1)
+    keras_models.set_learning_rate(model, 0.25)
+    assert keras_models.get_learning_rate(model) == pytest.approx(0.25)

@@ -1,0 +1,153 @@
+"""What distcb reads of (and sets on) a real Keras model, Keras 3 or tf_keras, in one place.
+
+Used by the callbacks in a plain single-process `fit` (where they hold the real
+model) and by the worker glue (`distcb.keras`). Keras itself is imported only
+inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distcb.protocol.metrics import direction_by_name
+
+
+def _is_tf_keras(model: Any) -> bool:
+    return type(model).__module__.startswith("tf_keras")
+
+
+def get_learning_rate(model: Any) -> float | None:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    try:
+        if _is_tf_keras(model):
+            import tf_keras
+
+            return float(tf_keras.backend.get_value(optimizer.learning_rate))
+        import keras
+
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except Exception:  # a LearningRateSchedule has no single value
+        return None
+
+
+def set_learning_rate(model: Any, value: float) -> None:
+    if _is_tf_keras(model):
+        import tf_keras
+
+        tf_keras.backend.set_value(model.optimizer.learning_rate, value)
+    else:
+        model.optimizer.learning_rate = value
+
+
+def _compiled_metrics(model: Any) -> list[Any]:
+    found = []
+    for metric in getattr(model, "metrics", []) or []:
+        inner = getattr(metric, "metrics", None)
+        if isinstance(inner, list) and type(metric).__name__ in (
+            "CompileMetrics",
+            "MetricsList",
+            "MetricsContainer",
+        ):
+            found.extend(inner)
+        else:
+            found.append(metric)
+    return found
+
+
+def _declared_metrics(model: Any) -> list[Any]:
+    """The metrics given to `compile` (names or Metric objects), flattened.
+
+    At `on_train_begin` neither Keras 3 nor tf_keras has built its compiled
+    metrics yet, so what the user declared is the only source then.
+    """
+    container = getattr(model, "_compile_metrics", None) or getattr(model, "compiled_metrics", None)
+    declared = getattr(container, "_user_metrics", None)
+    out: list[Any] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+        elif isinstance(item, list | tuple):
+            for value in item:
+                walk(value)
+        elif item is not None:
+            out.append(item)
+
+    walk(declared)
+    return out
+
+
+def _name_of(metric: Any) -> str | None:
+    name = metric if isinstance(metric, str) else getattr(metric, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def metric_names(model: Any) -> list[str]:
+    names = ["loss"]
+    for metric in [*_declared_metrics(model), *_compiled_metrics(model)]:
+        name = _name_of(metric)
+        if name and name != "compile_metrics":
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def metric_directions(model: Any) -> dict[str, str]:
+    """Metric name -> "min"/"max": Keras 3's declared `_direction`, else the metric's class or
+    name (accuracy, AUC, precision, recall, IoU, F-scores, R² go up). Unknown: left out,
+    and the coordinator's callbacks fall back to Keras 2's name rule."""
+    directions = {"loss": "min"}
+    for metric in [*_declared_metrics(model), *_compiled_metrics(model)]:
+        name = _name_of(metric)
+        if not name or name == "loss":
+            continue
+        direction = getattr(metric, "_direction", None)
+        if direction in ("up", "down"):
+            directions[name] = "max" if direction == "up" else "min"
+        elif any(
+            word in type(metric).__name__.lower()
+            for word in ("accuracy", "auc", "precision", "recall", "iou")
+        ):
+            directions[name] = "max"
+        elif direction_by_name(name) is not None:
+            directions[name] = str(direction_by_name(name))
+    return directions
+
+
+def named_weights(model: Any) -> dict[str, Any]:
+    out = {}
+    for index, variable in enumerate(model.weights):
+        name = getattr(variable, "path", None) or getattr(variable, "name", f"weight_{index}")
+        out[str(name).replace(":0", "")] = variable.numpy()
+    return out
+
+
+def iterations(model: Any) -> int | None:
+    """The optimizer's step count (``optimizer.iterations``), or None without one."""
+    variable = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if variable is None:
+        return None
+    try:
+        if _is_tf_keras(model):
+            import tf_keras
+
+            return int(tf_keras.backend.get_value(variable))
+        import keras
+
+        return int(keras.ops.convert_to_numpy(variable))
+    except Exception:
+        return None
+
+
+def channels_last(model: Any) -> bool:
+    """Whether the model's Keras (3 or tf_keras) lays images out channels last."""
+    import importlib
+
+    keras = importlib.import_module("tf_keras" if _is_tf_keras(model) else "keras")
+    return bool(keras.backend.image_data_format() == "channels_last")
+
+
+def is_keras3(model: Any) -> bool:
+    return not _is_tf_keras(model)

@@ -1,0 +1,168 @@
+"""What the chief worker computes for the coordinator's TensorBoard, from the model it trains.
+
+The coordinator's TensorBoard has no model; the ``Start`` message says what it
+needs (``histogram_freq``, ``write_images``, ``want_model_json``,
+``profile_batch``, ``embeddings_freq`` / ``embeddings_dir``). The chief's
+:class:`ChiefTensorBoardWork` computes it and puts it in ``extras`` of its
+epoch-end message:
+
+- ``iterations``, the optimizer's step count, every epoch (the step of
+  ``evaluation_<metric>_vs_iterations``);
+- ``histograms`` (and ``images`` with ``write_images``) every
+  ``histogram_freq`` epochs: ``distcb.protocol.histograms``, ``distcb.protocol.weight_images``;
+- ``model_json`` at the first epoch;
+- ``embedding_layers`` (for the projector config) at the first epoch, and
+  every ``embeddings_freq`` epochs the chief saves the weights to
+  ``embeddings_dir/keras_embedding.ckpt-<epoch>`` itself (model files are the
+  chief's to write);
+- ``profile`` once the profiled batches are done: the chief profiles into a
+  directory of its own from the training thread (``on_train_batch_begin``:
+  the trace of batch ``stop`` ends when the next batch begins, or at the epoch
+  end, which also ends a profile that would run past it) and sends the files
+  (``distcb.callbacks.tensorboard_profiling``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from distcb.callbacks import keras_models
+from distcb.callbacks import tensorboard_projector as projector
+from distcb.callbacks.tensorboard_profiling import BatchProfiler, pack_profile
+from distcb.protocol.messages import Start
+
+logger = logging.getLogger(__name__)
+
+
+class ChiefTensorBoardWork:
+    """The chief's share of TensorBoard's work, driven by WorkerCallback's hooks.
+
+    Args:
+        model: the Keras model the chief trains.
+        start: the coordinator's go signal, which says what is wanted.
+        max_profile_bytes: the most profile bytes to send in one message.
+    """
+
+    def __init__(self, model: Any, start: Start, *, max_profile_bytes: int):
+        self.model = model
+        self.start = start
+        self.max_profile_bytes = max_profile_bytes
+        self._global_batch = 0
+        self._first_epoch: int | None = None
+        self._profile_dir: str | None = None
+        self._profiler: BatchProfiler | None = None
+        self._trace_writer: Any = None
+        first, last = start.profile_batch
+        if first:
+            self._profile_dir = tempfile.mkdtemp(prefix="distcb-profile-")
+            self._profiler = BatchProfiler(
+                first, last, os.path.join(self._profile_dir, "train"), self._writer
+            )
+            self._profiler.warm_up()
+
+    def _writer(self) -> Any:
+        if self._trace_writer is None:
+            import tensorflow as tf
+
+            assert self._profile_dir is not None
+            self._trace_writer = tf.summary.create_file_writer(
+                os.path.join(self._profile_dir, "train")
+            )
+        return self._trace_writer
+
+    def batch_begin(self, batch: int) -> None:
+        """From ``on_train_batch_begin`` (the training thread)."""
+        self._global_batch += 1
+        if self._profiler is not None:
+            self._profiler.batch_begin(self._global_batch, batch)
+
+    def epoch_extras(self, epoch: int) -> dict[str, Any]:
+        """What goes in ``extras`` of this epoch's end."""
+        if self._first_epoch is None:
+            self._first_epoch = epoch
+        first = epoch == self._first_epoch
+        start = self.start
+        extras: dict[str, Any] = {}
+        steps = keras_models.iterations(self.model)
+        if steps is not None:  # TensorBoard's evaluation_<metric>_vs_iterations step
+            extras["iterations"] = steps
+        if start.histogram_freq and epoch % start.histogram_freq == 0:
+            from distcb.protocol.histograms import weight_histograms
+
+            named = keras_models.named_weights(self.model)
+            extras["histograms"] = weight_histograms(named)
+            if start.write_images:
+                from distcb.protocol.weight_images import weight_images
+
+                channels_last = keras_models.channels_last(self.model)
+                extras["images"] = weight_images(named, channels_last=channels_last)
+        if start.want_model_json and first:
+            # A subclassed model has no JSON config; there is nothing to draw then.
+            with contextlib.suppress(Exception):
+                extras["model_json"] = self.model.to_json()
+        if start.embeddings_freq:
+            if first:
+                extras["embedding_layers"] = projector.embedding_layer_names(self.model)
+            if start.embeddings_dir and epoch % start.embeddings_freq == 0:
+                self._save_embeddings(start.embeddings_dir, epoch)
+        profile = self._finished_profile()
+        if profile is not None:
+            extras["profile"] = profile
+        return extras
+
+    def _save_embeddings(self, folder: str, epoch: int) -> None:
+        keras3 = keras_models.is_keras3(self.model)
+        path = projector.checkpoint_path(folder, epoch, keras3)
+        os.makedirs(folder, exist_ok=True)
+        if not keras3:  # a TensorFlow checkpoint is several files: written in place
+            self.model.save_weights(path)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".distcb-", suffix=".weights.h5", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            self.model.save_weights(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _finished_profile(self) -> dict[str, Any] | None:
+        profiler = self._profiler
+        if profiler is None or not (profiler.tracing or profiler.done):
+            return None
+        profiler.finish()  # a profile ends with the epoch it started in
+        self._profiler = None
+        self._close_writer()
+        assert self._profile_dir is not None
+        payload = pack_profile(
+            os.path.join(self._profile_dir, "train"), max_bytes=self.max_profile_bytes
+        )
+        if "error" not in payload:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
+        return payload
+
+    def _close_writer(self) -> None:
+        if self._trace_writer is not None:
+            self._trace_writer.close()
+            self._trace_writer = None
+
+    def close(self) -> None:
+        """At the end of training: stop a profile that never reached an epoch end."""
+        if self._profiler is not None and self._profiler.tracing:
+            self._profiler.finish()
+            logger.warning(
+                "distcb: training ended before the profiled batches' epoch did; the profile "
+                "was not sent and is left in %s",
+                self._profile_dir,
+            )
+            self._profile_dir = None
+        self._close_writer()
+        if self._profile_dir is not None and self._profiler is not None:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""The projector config (checked against protobuf's own text format) and the profile payload's
+guards; both are written end to end by tests/callbacks/test_plain_fit.py and, from a real chief,
+by tests/workers/test_sinks_real_workers.py."""
+
+import asyncio
+import base64
+import logging
+
+import pytest
+
+from distcb.callbacks import tensorboard_projector as projector
+from distcb.callbacks.tensorboard import TensorBoard
+from distcb.callbacks.tensorboard_profiling import parse_profile_batch, unpack_profile
+from distcb.coordinator.runtime import JobState, Runtime
+from distcb.protocol.config import Config
+
+
+def protobuf_text(layers, metadata) -> str:
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+
+    config = projector_config_pb2.ProjectorConfig()
+    for name in layers:
+        entry = config.embeddings.add()
+        entry.tensor_name = projector.TENSOR_NAME
+        path = metadata if isinstance(metadata, str) else (metadata or {}).get(name)
+        if path is not None:
+            entry.metadata_path = path
+    return text_format.MessageToString(config)
+
+
+@pytest.mark.parametrize(
+    ("layers", "metadata"),
+    [
+        (["tokens"], {"tokens": "words.tsv"}),
+        (["a", "b"], "shared.tsv"),
+        (["a", "b"], {"b": 'odd "name"\\ it\'s\ttab, é, \x01 and \x7f'}),
+        (["a"], None),
+        ([], None),
+    ],
+)
+def test_config_is_protobuf_text_format(layers, metadata):
+    assert projector.config_text(layers, metadata) == protobuf_text(layers, metadata)
+
+
+def test_metadata_for_a_layer_that_is_not_an_embedding_is_an_error():
+    with pytest.raises(ValueError, match=r"\['words'\].*Embedding layers are: \['tokens'\]"):
+        projector.config_text(["tokens"], {"words": "w.tsv"})
+
+
+def test_embedding_layers_of_keras_3_and_tf_keras_models():
+    import keras
+
+    class Tokens(keras.layers.Embedding):
+        pass
+
+    model = keras.Sequential(
+        [keras.Input((2,)), Tokens(5, 2, name="sub"), keras.layers.Embedding(5, 2, name="plain")]
+    )
+    assert projector.embedding_layer_names(model) == ["sub", "plain"]
+    tf_keras = pytest.importorskip("tf_keras")
+    old = tf_keras.Sequential([tf_keras.layers.Embedding(5, 2, input_length=2, name="e")])
+    assert projector.embedding_layer_names(old) == ["e"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, (0, 0)), (None, (0, 0)), (2, (2, 2)), ("3", (3, 3)), ("2,5", (2, 5)), ([1, 4], (1, 4))],
+)
+def test_profile_batch_as_keras_reads_it(value, expected):
+    assert parse_profile_batch(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, (3, 2), "1,x", (0, 2), 1.5, True, (1, 2, 3), ("1", "2")])
+def test_bad_profile_batch_is_an_error(value):
+    with pytest.raises(ValueError, match="profile_batch must be a non-negative integer"):
+        parse_profile_batch(value)
+
+
+def encoded(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    "path", ["../escape.pb", "plugins/profile/../../escape.pb", "/etc/passwd", "train/x.pb"]
+)
+def test_profile_files_cannot_be_written_outside_the_profile_folder(path):
+    payload = {"version": 1, "files": {path: encoded(b"x")}, "summaries": []}
+    with pytest.raises(ValueError, match="is not under plugins/profile/"):
+        unpack_profile(payload)
+
+
+def test_profile_payload_round_trip_and_errors():
+    payload = {
+        "version": 1,
+        "files": {"plugins/profile/run/host.xplane.pb": encoded(b"trace")},
+        "summaries": [{"step": 3, "summary": encoded(b"proto")}],
+    }
+    profile = unpack_profile(payload)
+    assert profile.files == (("plugins/profile/run/host.xplane.pb", b"trace"),)
+    assert profile.summaries == ((3, b"proto"),)
+    assert unpack_profile({"version": 1, "error": "too big"}).error == "too big"
+    with pytest.raises(ValueError, match="must be base64 text"):
+        unpack_profile({"version": 1, "files": {}, "summaries": [{"step": 1, "summary": 3}]})
+    with pytest.raises(ValueError, match="of version 1"):
+        unpack_profile({"version": 2})
+
+
+async def test_what_the_chief_could_not_send_is_reported(tmp_path, caplog):
+    state = JobState(num_workers=2)
+    tensorboard = TensorBoard(
+        tmp_path, profile_batch=2, embeddings_freq=1, embeddings_metadata={"words": "w.tsv"}
+    )
+    tensorboard.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
+
+    def run() -> None:
+        tensorboard.on_train_begin()
+        state.epoch_extras = {
+            0: {"profile": {"version": 1, "error": "the profile takes 9 bytes"}},
+            1: {"embedding_layers": ["ignored: not the chief's"]},
+        }
+        state.epoch_extras[0]["embedding_layers"] = ["tokens"]
+        tensorboard.on_epoch_end(0, {"loss": 1.0})
+        tensorboard.on_train_end()
+
+    with caplog.at_level(logging.WARNING, logger="distcb.callbacks.tensorboard"):
+        await asyncio.to_thread(run)
+        await tensorboard.aclose()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("the chief sent no profile: the profile takes 9 bytes" in m for m in messages)
+    assert any("no projector config written" in m and "['words']" in m for m in messages)
+    assert not (tmp_path / "projector_config.pbtxt").exists()
