@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from distcb.core.config import Config
+from distcb.worker import cluster
 
 ENV_ADDRESS = "DISTCB_ADDRESS"
 ENV_TOKEN = "DISTCB_TOKEN"
@@ -41,32 +42,42 @@ class WorkerContext:
         return self.rank == 0
 
 
-def _int_env(name: str, default: int, fallback: str | None = None) -> int:
-    raw = os.environ.get(name) or (os.environ.get(fallback) if fallback else None)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, found {raw!r}") from None
-
-
-def worker_context() -> WorkerContext:
+def worker_context(*, tf_config: str | None = None) -> WorkerContext:
     """This worker's rank, world size, chief flag and coordinator, from the environment.
 
-    ``DISTCB_RANK`` falls back to Kubernetes' ``JOB_COMPLETION_INDEX`` (Indexed Jobs).
-    Outside a distcb job: rank 0 of 1.
+    The rank and world size come from ``DISTCB_RANK``/``DISTCB_WORLD_SIZE``, else from
+    what the launcher sets: a Kubernetes Indexed Job (``JOB_COMPLETION_INDEX``), a
+    JobSet, Open MPI or Slurm (see `distcb.worker.cluster`). Outside a distcb job:
+    rank 0 of 1. ``DISTCB_ADDRESS`` goes through ``DISTCB_HOST_ALIASES``.
+
+    Args:
+        tf_config: "auto" sets ``TF_CONFIG`` for MultiWorkerMirroredStrategy from the
+            same environment (a pod's stable DNS names, ``DISTCB_COLLECTIVE_PORT``) when
+            it is not set already and the world size is above 1. Call it BEFORE
+            ``tf.distribute.MultiWorkerMirroredStrategy()`` is created: the strategy
+            reads ``TF_CONFIG`` once, in its constructor. None (default) leaves
+            ``TF_CONFIG`` alone.
+
+    Raises:
+        ValueError: a malformed variable, a rank outside the world size, an unknown
+            `tf_config`, or "auto" where the workers' hosts are unknown.
     """
-    rank = _int_env(ENV_RANK, 0, "JOB_COMPLETION_INDEX")
-    world_size = _int_env(ENV_WORLD_SIZE, 1)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"{ENV_RANK}={rank} is outside {ENV_WORLD_SIZE}={world_size}")
+    if tf_config not in (None, "auto"):
+        raise ValueError(f"tf_config must be 'auto' or None, received {tf_config!r}")
+    info = cluster.detect(os.environ)
+    if tf_config == "auto" and info.world_size > 1 and not os.environ.get("TF_CONFIG"):
+        os.environ["TF_CONFIG"] = cluster.tf_config(info)
     raw_config = os.environ.get(ENV_CONFIG)
     config = Config.from_dict(json.loads(raw_config)) if raw_config else Config()
+    address = os.environ.get(ENV_ADDRESS)
+    if address:
+        address = cluster.apply_alias(
+            address, cluster.host_aliases(os.environ.get(cluster.ENV_HOST_ALIASES, ""))
+        )
     return WorkerContext(
-        rank=rank,
-        world_size=world_size,
-        address=os.environ.get(ENV_ADDRESS),
+        rank=info.rank,
+        world_size=info.world_size,
+        address=address,
         token=os.environ.get(ENV_TOKEN),
         config=config,
         run_dir=os.environ.get(ENV_RUN_DIR),
