@@ -2,11 +2,17 @@
 
     distcb coordinator --world-size 4 --callbacks mypkg.callbacks:make --host 0.0.0.0 --port 8765
     distcb status --address coordinator:8765
+    distcb k8s render --variant jobset --image registry.example.com/train:1 --workers 4
 
 `coordinator` runs a coordinator on its own (Kubernetes: a pod or a Service in
 front of it; workers find it through ``DISTCB_ADDRESS`` and ``DISTCB_TOKEN``).
 `--callbacks` names a function returning the list of coordinator callbacks.
-The token comes from ``DISTCB_TOKEN`` (required beyond loopback).
+The token comes from ``DISTCB_TOKEN`` (required beyond loopback). The address
+it binds goes through ``DISTCB_HOST_ALIASES`` (see `distcb.worker.cluster`).
+`k8s render` prints Kubernetes manifests (docs/kubernetes.md).
+
+Exit codes: 0 done, 1 the job failed, 2 bad usage (argparse's), 143 when a
+SIGTERM stops it (what Kubernetes reports for a SIGTERM'd process).
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ import asyncio
 import importlib
 import json
 import os
+import shlex
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from distcb.core.config import Config
 from distcb.core.coordinator import Coordinator
+from distcb.worker import cluster
 
 
 def _load_callbacks(spec: str | None) -> list[Any]:
@@ -43,8 +52,12 @@ async def _serve(options: argparse.Namespace) -> int:
         _load_callbacks(options.callbacks), world_size=options.world_size, config=config
     )
     token = os.environ.get("DISTCB_TOKEN") or None
+    aliases = cluster.host_aliases(os.environ.get(cluster.ENV_HOST_ALIASES, ""))
+    host, port = cluster.split_host_port(
+        cluster.apply_alias(f"{options.host}:{options.port}", aliases)
+    )
     async with WebSocketServer(
-        coordinator, host=options.host, port=options.port, token=token, config=config
+        coordinator, host=host, port=port, token=token, config=config
     ) as server:
         print(f"distcb coordinator listening on {server.address}", flush=True)
         history = await coordinator.run()
@@ -57,6 +70,85 @@ async def _serve(options: argparse.Namespace) -> int:
 def _write_history(path: str, history: Any) -> None:
     with open(path, "w") as handle:
         json.dump({"epoch": history.epoch, "history": history.history}, handle)
+
+
+def _check_state_dir(path: str) -> None:
+    """The state directory exists and takes files, or the coordinator stops now (exit 2)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        print(f"distcb coordinator: --state-dir {path!r} is not a writable directory: {exc}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _render(options: argparse.Namespace) -> int:
+    from distcb.k8s.manifests import RenderOptions, render
+    from distcb.k8s.yaml_text import dump_documents
+
+    values = {
+        name: getattr(options, name)
+        for name in RenderOptions.__dataclass_fields__
+        if getattr(options, name, None) is not None
+    }
+    for name in ("worker_command", "tune_args"):
+        if name in values:
+            values[name] = tuple(shlex.split(values[name]))
+    try:
+        render_options = RenderOptions(**values)
+    except ValueError as exc:
+        print(f"distcb k8s render: {exc}", file=sys.stderr)
+        return 2
+    text = dump_documents(render(render_options), header=_render_header(render_options))
+    if options.out:
+        with open(options.out, "w") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _render_header(options: Any) -> list[str]:
+    from dataclasses import fields
+
+    args = ["distcb", "k8s", "render"]
+    for spec in fields(options):
+        value = getattr(options, spec.name)
+        if spec.name in ("variant", "image") or value != spec.default:
+            shown = shlex.join(value) if isinstance(value, tuple) else str(value)
+            args.append(f"--{spec.name.replace('_', '-')}={shown}")
+    return [
+        f"Rendered by: {shlex.join(args)}",
+        "Do not edit by hand: change the options and render again (docs/kubernetes.md).",
+    ]
+
+
+def _add_render(commands: Any) -> None:
+    k8s = commands.add_parser("k8s", help="Kubernetes manifests")
+    render = k8s.add_subparsers(dest="k8s_command", required=True).add_parser(
+        "render", help="print the manifests of a distcb job as YAML"
+    )
+    render.add_argument("--variant", required=True, choices=["indexed-job", "jobset", "rayjob"])
+    render.add_argument("--image", required=True, help="the training image")
+    render.add_argument("--name", help="prefix of every object's name (default distcb)")
+    render.add_argument("--workers", type=int, help="the world size (default 2)")
+    render.add_argument("--worker-command", help="the workers' command, shell-quoted")
+    render.add_argument("--callbacks", help="the coordinator's module:function")
+    render.add_argument("--port", type=int, help="the coordinator's port (default 8765)")
+    render.add_argument("--collective-port", type=int, help="TF collective port (default 2222)")
+    render.add_argument("--state-size", help="the coordinator state volume's size (default 1Gi)")
+    render.add_argument("--storage-class", help="storage class of the volumes")
+    render.add_argument("--max-restarts", type=int, help="backoffLimit / maxRestarts (default 3)")
+    render.add_argument("--grace-period-s", type=int, help="terminationGracePeriodSeconds")
+    render.add_argument("--worker-cpu", help="each worker's CPU request (default 1)")
+    render.add_argument("--worker-memory", help="each worker's memory request (default 2Gi)")
+    render.add_argument("--gpus-per-worker", type=int, help="nvidia.com/gpu per worker")
+    render.add_argument("--ray-version", help="rayjob: the image's Ray version")
+    render.add_argument("--ray-workers", type=int, help="rayjob: Ray worker pods")
+    render.add_argument("--tune-args", help="rayjob: arguments of examples/tune_asha.py")
+    render.add_argument("--out", help="write to this file instead of stdout")
 
 
 def _status(options: argparse.Namespace) -> int:
@@ -79,12 +171,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--callbacks", help="module:function returning the callbacks")
     serve.add_argument("--config", help="Config fields as JSON")
     serve.add_argument("--history", help="write the History as JSON to this path")
+    serve.add_argument(
+        "--state-dir",
+        help="the coordinator's state directory (a persistent volume on Kubernetes; exact "
+        "resume keeps its journal there); created if missing, must be writable",
+    )
     status = commands.add_parser("status", help="print a running coordinator's /status")
     status.add_argument("--address", required=True, help="host:port")
     status.add_argument("--timeout-s", type=float, default=10.0)
+    _add_render(commands)
     options = parser.parse_args(argv)
     if options.command == "coordinator":
+        if options.state_dir:
+            _check_state_dir(options.state_dir)
         return asyncio.run(_serve(options))
+    if options.command == "k8s":
+        return _render(options)
     return _status(options)
 
 
