@@ -243,7 +243,7 @@ def _failure_policy(container: str) -> dict[str, Any]:
                     "values": [EXIT_PREEMPTED],
                 },
             },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]
     }
 

@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -189,6 +190,7 @@ class PodRun:
     log_path: Path
     started_at: float
     conditions: set[str] = field(default_factory=set)
+    exited_at: float | None = None  # set by a waiter thread the moment the process ends
     exit_code: int | None = None
     action: str | None = None  # Succeeded, FailJob, Ignore, Count, Terminated
 
@@ -240,7 +242,7 @@ class LocalCluster:
         *,
         repo_root: Path,
         dockerfile: Path,
-        grace_cap_s: float = 10.0,
+        grace_cap_s: float = 5.0,
     ) -> None:
         self.workdir = workdir
         self.repo_root = repo_root
@@ -469,6 +471,7 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         run = PodRun(pod, attempt, process, log_path, time.monotonic())
+        threading.Thread(target=_reap, args=(run,), daemon=True).start()
         self.runs.append(run)
         return run
 
@@ -488,10 +491,11 @@ class LocalCluster:
             self._start_ready_jobs()
             self._poll_readiness()
             self._fire(faults)
-            for run in [r for r in self.runs if r.exit_code is None]:
-                code = run.process.poll()
-                if code is not None:
-                    self._on_exit(run, k8s_exit_code(code))
+            # In the order the processes ended, as a controller watching them would see it.
+            ended = [r for r in self.runs if r.exit_code is None and r.exited_at is not None]
+            for run in sorted(ended, key=lambda r: r.exited_at or 0.0):
+                if run.exit_code is None:  # a Job failing above may have terminated it
+                    self._on_exit(run, k8s_exit_code(run.process.returncode))
             if self._finished() or (until is not None and until(self)):
                 return self.outcome()
             if time.monotonic() > deadline:
@@ -693,6 +697,11 @@ def _map_paths(text: str, mapping: dict[str, Path]) -> str:
         pattern = r"(^|[=:\s])" + re.escape(container_path.rstrip("/")) + r"(?=/|$|[:\s])"
         text = re.sub(pattern, lambda m, p=container_path: m.group(1) + str(mapping[p]), text)
     return text
+
+
+def _reap(run: PodRun) -> None:
+    run.process.wait()
+    run.exited_at = time.monotonic()
 
 
 def _free_port() -> int:
