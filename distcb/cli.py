@@ -79,8 +79,10 @@ def _check_state_dir(path: str) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        print(f"distcb coordinator: --state-dir {path!r} is not a writable directory: {exc}",
-              file=sys.stderr)
+        print(
+            f"distcb coordinator: --state-dir {path!r} is not a writable directory: {exc}",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
 
 

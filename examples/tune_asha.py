@@ -110,9 +110,7 @@ def main() -> None:
     if os.environ.get("RAY_ADDRESS"):  # a Ray job (KubeRay's RayJob): use that cluster
         ray.init(log_to_driver=False, runtime_env=runtime_env)
     else:  # logical CPUs: 4 trials x (0.5 for the trial + 2 x 0.5 for its workers) fit in 8
-        ray.init(
-            num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env
-        )
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     started = time.perf_counter()
     tuner = tune.Tuner(
         tune.with_resources(

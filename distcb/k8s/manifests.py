@@ -99,9 +99,17 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; received {self.variant!r}")
-        if not isinstance(self.image, str) or not self.image or any(c.isspace() for c in self.image):
-            raise ValueError(f"image must be an image reference without spaces, received {self.image!r}")
+            raise ValueError(
+                f"variant must be one of {', '.join(VARIANTS)}; received {self.variant!r}"
+            )
+        if (
+            not isinstance(self.image, str)
+            or not self.image
+            or any(c.isspace() for c in self.image)
+        ):
+            raise ValueError(
+                f"image must be an image reference without spaces, received {self.image!r}"
+            )
         if not _DNS_LABEL.fullmatch(self.name):
             raise ValueError(
                 f"name must be a DNS-1123 label (lower-case letters, digits and '-', starting and "
@@ -134,7 +142,9 @@ class RenderOptions:
         if not self.worker_command:
             raise ValueError("worker_command must name a program, received an empty command")
         if ":" not in self.callbacks:
-            raise ValueError(f"callbacks must look like 'module:function', received {self.callbacks!r}")
+            raise ValueError(
+                f"callbacks must look like 'module:function', received {self.callbacks!r}"
+            )
         longest = max(_hostnames(self), key=len)
         if len(longest) > 63:
             raise ValueError(
@@ -243,7 +253,10 @@ def _failure_policy(container: str) -> dict[str, Any]:
                     "values": [EXIT_PREEMPTED],
                 },
             },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
         ]
     }
 
@@ -289,9 +302,7 @@ def _coordinator_pod(o: RenderOptions, labels: dict[str, str]) -> dict[str, Any]
             "restartPolicy": "Never",  # podFailurePolicy requires it
             "terminationGracePeriodSeconds": o.grace_period_s,
             "containers": [_coordinator_container(o)],
-            "volumes": [
-                {"name": "state", "persistentVolumeClaim": {"claimName": _state_claim(o)}}
-            ],
+            "volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": _state_claim(o)}}],
         },
     }
 
@@ -400,7 +411,7 @@ def _indexed_job(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
         ),
         (
             [
-                f"The workers: an Indexed Job of {o.workers}; each pod's rank is its completion index.",
+                f"The workers: an Indexed Job of {o.workers}; a pod's rank = its completion index.",
                 "Exit 0 finished; 143 preempted (pod replaced, not counted); 1 or 2 fail the Job.",
             ],
             {
@@ -489,7 +500,9 @@ def _jobset(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
                     "dependsOn": [{"name": COORDINATOR, "status": "Ready"}],
                     "template": {
                         "spec": job(
-                            _worker_pod(o, _labels(o, WORKERS), worker_env, None), o.workers, "worker"
+                            _worker_pod(o, _labels(o, WORKERS), worker_env, None),
+                            o.workers,
+                            "worker",
                         )
                     },
                 },
@@ -497,7 +510,7 @@ def _jobset(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
         },
     }
     comments = [
-        f"One JobSet: the coordinator, then {o.workers} workers once it is Ready (accepting joins).",
+        f"One JobSet: the coordinator, then {o.workers} workers once it is Ready (takes joins).",
         f"Pods are <name>-<replicatedJob>-<jobIndex>-<podIndex>.{o.name}. Exit 0 finished;",
         "143 preempted (pod replaced); 1 or 2 fail the JobSet; other failures restart it",
         f"(up to {o.max_restarts} times).",

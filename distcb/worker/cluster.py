@@ -208,18 +208,18 @@ def apply_alias(address: str, aliases: Mapping[str, str]) -> str:
     over a bare ``host`` key."""
     if not aliases or "://" in address:
         return address
-    if address in aliases:
-        target = aliases[address]
-        if _has_port(target) or not _has_port(address):
-            return target
-        return f"{target}:{address.rpartition(':')[2]}"
+    exact = aliases.get(address)
+    if exact is not None:
+        if _has_port(exact) or not _has_port(address):
+            return exact
+        return f"{exact}:{address.rpartition(':')[2]}"
     if not _has_port(address):
         return address
     host, _, raw_port = address.rpartition(":")
-    target = aliases.get(host.strip("[]"))
-    if target is None or not raw_port.isdigit():
+    by_host = aliases.get(host.strip("[]"))
+    if by_host is None or not raw_port.isdigit():
         return address
-    return target if _has_port(target) else _join(target, int(raw_port))
+    return by_host if _has_port(by_host) else _join(by_host, int(raw_port))
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -234,7 +234,9 @@ def split_host_port(address: str) -> tuple[str, int]:
     try:
         port = int(raw_port)
     except ValueError:
-        raise ValueError(f"expected 'host:port' with a numeric port, received {address!r}") from None
+        raise ValueError(
+            f"expected 'host:port' with a numeric port, received {address!r}"
+        ) from None
     if not 0 < port < 65536:
         raise ValueError(f"the port in {address!r} must be 1-65535")
     return host.strip("[]"), port
@@ -297,9 +299,7 @@ def _rank_and_size(env: Mapping[str, str]) -> tuple[int, int, str]:
     if world_size < 1:
         raise ValueError(f"the world size must be >= 1, found {world_size} ({ENV_WORLD_SIZE})")
     if not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank {rank} (from {source}) is outside {ENV_WORLD_SIZE}={world_size}"
-        )
+        raise ValueError(f"rank {rank} (from {source}) is outside {ENV_WORLD_SIZE}={world_size}")
     return rank, world_size, source
 
 
@@ -347,14 +347,22 @@ def _hosts(
             if hostname.endswith(f"-{index}"):
                 job_name = hostname[: -len(index) - 1]
         if not job_name:
-            return [], None, (
-                f"{ENV_JOB_NAME} is not set and HOSTNAME={env.get('HOSTNAME', '')!r} is not "
-                "an Indexed Job pod's '<job>-<index>'"
+            return (
+                [],
+                None,
+                (
+                    f"{ENV_JOB_NAME} is not set and HOSTNAME={env.get('HOSTNAME', '')!r} is not "
+                    "an Indexed Job pod's '<job>-<index>'"
+                ),
             )
         if not subdomain:
-            return [], None, (
-                f"{ENV_SUBDOMAIN} is not set (the headless Service named in the pod's "
-                "spec.subdomain)"
+            return (
+                [],
+                None,
+                (
+                    f"{ENV_SUBDOMAIN} is not set (the headless Service named in the pod's "
+                    "spec.subdomain)"
+                ),
             )
         return indexed_job_hosts(job_name, subdomain, world_size), "indexed-job", None
     if source in ("OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):

@@ -275,7 +275,9 @@ class LocalCluster:
                     job.depends_on = list(readiness_jobs)
         for job in self.jobs.values():
             for pod in job.pods:
-                pod.ports = {p["containerPort"]: _free_port() for p in pod.container.get("ports", [])}
+                pod.ports = {
+                    p["containerPort"]: _free_port() for p in pod.container.get("ports", [])
+                }
         self.runs: list[PodRun] = []
         self.ready: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -447,15 +449,24 @@ class LocalCluster:
 
     def command(self, pod: Pod, env: dict[str, str]) -> tuple[list[str], Path]:
         container = pod.container
-        words = [expand(w, env) for w in [*container.get("command", []), *container.get("args", [])]]
+        words = [
+            expand(w, env) for w in [*container.get("command", []), *container.get("args", [])]
+        ]
         if not words:
-            raise ValueError(f"pod {pod.name}: no command (the image's entrypoint is not simulated)")
+            raise ValueError(
+                f"pod {pod.name}: no command (the image's entrypoint is not simulated)"
+            )
         mapping = self.paths(pod)
         words = [_map_paths(w, mapping) for w in words]
-        program = {"python": [sys.executable], "python3": [sys.executable],
-                   "distcb": [sys.executable, "-m", "distcb.cli"]}.get(words[0])
+        program = {
+            "python": [sys.executable],
+            "python3": [sys.executable],
+            "distcb": [sys.executable, "-m", "distcb.cli"],
+        }.get(words[0])
         if program is None:
-            raise ValueError(f"pod {pod.name}: the simulator runs python or distcb, not {words[0]!r}")
+            raise ValueError(
+                f"pod {pod.name}: the simulator runs python or distcb, not {words[0]!r}"
+            )
         workdir = container.get("workingDir", self.image_workdir)
         return [*program, *words[1:]], Path(_map_paths(workdir, mapping))
 
@@ -467,8 +478,13 @@ class LocalCluster:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         run = PodRun(pod, attempt, process, log_path, time.monotonic())
         threading.Thread(target=_reap, args=(run,), daemon=True).start()
@@ -499,7 +515,9 @@ class LocalCluster:
             if self._finished() or (until is not None and until(self)):
                 return self.outcome()
             if time.monotonic() > deadline:
-                raise AssertionError(f"the local job did not finish in {timeout_s} s\n{self.report()}")
+                raise AssertionError(
+                    f"the local job did not finish in {timeout_s} s\n{self.report()}"
+                )
             time.sleep(POLL_S)
 
     def _start_ready_jobs(self) -> None:
@@ -546,7 +564,9 @@ class LocalCluster:
         job = self.jobs[run.pod.job]
         if code == 0:
             run.action = "Succeeded"
-            done = {r.pod.name for r in self.runs if r.pod.job == job.name and r.action == "Succeeded"}
+            done = {
+                r.pod.name for r in self.runs if r.pod.job == job.name and r.action == "Succeeded"
+            }
             if len(done) == len(job.pods):
                 job.state = "Complete"
             return
@@ -572,7 +592,9 @@ class LocalCluster:
         policy = self.jobset["spec"].get("failurePolicy", {})
         action = jobset_failure_action(policy, job.replicated_job or "", reason)
         counted = action == "RestartJobSet"
-        if action == "FailJobSet" or (counted and self.jobset_restarts >= policy.get("maxRestarts", 0)):
+        if action == "FailJobSet" or (
+            counted and self.jobset_restarts >= policy.get("maxRestarts", 0)
+        ):
             self.jobset_state = "Failed"
             self._terminate(self.runs)
             return
@@ -589,9 +611,10 @@ class LocalCluster:
         live = [r for r in runs if r.exit_code is None]
         for run in live:
             run.process.send_signal(signal.SIGTERM)
-        grace = min([self.grace_cap_s] + [
-            float(r.pod.spec.get("terminationGracePeriodSeconds", 30)) for r in live
-        ])
+        grace = min(
+            [self.grace_cap_s]
+            + [float(r.pod.spec.get("terminationGracePeriodSeconds", 30)) for r in live]
+        )
         end = time.monotonic() + grace
         for run in live:
             try:

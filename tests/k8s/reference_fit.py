@@ -9,7 +9,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples")
+EXAMPLES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples"
+)
 sys.path.insert(0, EXAMPLES)
 
 import tf_keras as keras  # noqa: E402
@@ -22,7 +24,12 @@ if __name__ == "__main__":
     train_x, train_y, _, _ = split()
     model = build_model(keras, options.lr)
     history = model.fit(
-        train_x, train_y, batch_size=len(train_x), epochs=options.epochs, shuffle=False, verbose=0,
+        train_x,
+        train_y,
+        batch_size=len(train_x),
+        epochs=options.epochs,
+        shuffle=False,
+        verbose=0,
         callbacks=[keras.callbacks.EarlyStopping(**EARLY_STOPPING)],
     )
     print(json.dumps({"loss": [float(v) for v in history.history["loss"]]}))

@@ -33,7 +33,7 @@ def crd_schema(api_version: str, kind: str, crd_dir: Path = CRD_DIR) -> dict[str
     return _crd_schema(api_version, kind, str(crd_dir))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd_schema(api_version: str, kind: str, crd_dir: str) -> dict[str, Any]:
     path = Path(crd_dir) / CRD_FILES[(api_version, kind)]
     if not path.is_file():
@@ -94,8 +94,12 @@ def pod_templates(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         return [
             (
                 f"replicatedJobs[{r['name']}]",
-                {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": r["name"]},
-                 "spec": r["template"]["spec"]},
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": {"name": r["name"]},
+                    "spec": r["template"]["spec"],
+                },
             )
             for r in document["spec"]["replicatedJobs"]
         ]
@@ -104,7 +108,14 @@ def pod_templates(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         (f"workerGroupSpecs[{i}]", g) for i, g in enumerate(cluster.get("workerGroupSpecs", []))
     ]
     return [
-        (name, {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                "template": group["template"]})
+        (
+            name,
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "t"},
+                "template": group["template"],
+            },
+        )
         for name, group in groups
     ]

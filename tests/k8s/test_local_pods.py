@@ -6,18 +6,17 @@ applied to what the processes exit with."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from podsim import Fault, LocalCluster, Outcome, load
 
 from distcb.k8s.manifests import RenderOptions, render
-
-from podsim import Fault, LocalCluster, Outcome, load
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +30,10 @@ def reference() -> list[float]:
     """Plain tf_keras, one process, the full batch: the losses the job must reproduce."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "k8s" / "reference_fit.py")],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
         env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"),
     )
     return json.loads(done.stdout.strip().splitlines()[-1])["loss"]
@@ -50,16 +52,22 @@ def worker_results(outcome: Outcome, job: str) -> list[dict]:
     for run in outcome.runs_of(job):
         lines = [x for x in run.log().splitlines() if x.startswith(RESULT_PREFIX)]
         assert len(lines) == 1, run.log()[-3000:]
-        results.append(json.loads(lines[0][len(RESULT_PREFIX):]))
+        results.append(json.loads(lines[0][len(RESULT_PREFIX) :]))
     return sorted(results, key=lambda r: r["rank"])
 
 
 VARIANTS = {
     # variant: (coordinator Job, workers Job, the worker pods' DNS names in TF_CONFIG)
-    "indexed-job": ("distcb-coordinator", "distcb-workers",
-                    ["distcb-workers-0.distcb-workers", "distcb-workers-1.distcb-workers"]),
-    "jobset": ("distcb-coordinator-0", "distcb-workers-0",
-               ["distcb-workers-0-0.distcb", "distcb-workers-0-1.distcb"]),
+    "indexed-job": (
+        "distcb-coordinator",
+        "distcb-workers",
+        ["distcb-workers-0.distcb-workers", "distcb-workers-1.distcb-workers"],
+    ),
+    "jobset": (
+        "distcb-coordinator-0",
+        "distcb-workers-0",
+        ["distcb-workers-0-0.distcb", "distcb-workers-0-1.distcb"],
+    ),
 }
 
 
@@ -98,7 +106,8 @@ def test_the_checked_in_manifests_run_a_synchronous_job_to_completion(variant, t
     assert [aliases[f"{name}:2222"] for name in dns_names] == expected
     # Each worker read its own half of the data, and the two halves are the data set.
     shards = [set(r["shard"]) for r in results]
-    assert shards[0].isdisjoint(shards[1]) and shards[0] | shards[1] == set(range(30))
+    assert shards[0].isdisjoint(shards[1])
+    assert shards[0] | shards[1] == set(range(30))
     assert all(len(s) == 15 for s in shards)
     # One model: gradients were all-reduced, so both ranks end with the same weights and
     # saw the same (global) loss every epoch.
@@ -136,7 +145,9 @@ def test_a_permanent_failure_fails_the_jobset_without_restarting_it(tmp_path):
     # argparse's exit 2 (bad usage) -> FailJob -> failOnPermanentExit -> FailJobSet.
     assert outcome.jobset == ("Failed", 0)
     assert outcome.jobs["distcb-workers-0"] == ("Failed", "PodFailurePolicy")
-    assert {code for _, _, code, action in outcome.exits("distcb-workers-0") if action == "FailJob"} == {2}
+    assert {
+        code for _, _, code, action in outcome.exits("distcb-workers-0") if action == "FailJob"
+    } == {2}
     assert [action for *_, action in outcome.exits("distcb-coordinator-0")] == ["Terminated"]
 
 
@@ -150,8 +161,11 @@ def test_a_sigkilled_worker_is_reported_and_the_jobset_restarts_from_scratch(tmp
         report = cluster.report()
     assert fault.fired_at is not None
     assert outcome.jobset == ("Complete", 1), report
-    first = [(name, code, action) for name, attempt, code, action in
-             outcome.exits("distcb-workers-0") if attempt == 0]
+    first = [
+        (name, code, action)
+        for name, attempt, code, action in outcome.exits("distcb-workers-0")
+        if attempt == 0
+    ]
     assert ("distcb-workers-0-1", 137, "Count") in first
     later = [code for _, attempt, code, _ in outcome.exits("distcb-workers-0") if attempt == 1]
     assert later == [0, 0]
@@ -163,7 +177,8 @@ def test_a_sigkilled_worker_is_named_by_the_coordinator(tmp_path):
     fault = Fault("distcb-workers-1", signal.SIGKILL, when_log=r"^rank 1: epoch 2 done")
     with cluster_for(load(ROOT / "k8s" / "indexed-job.yaml"), tmp_path) as cluster:
         outcome = cluster.run(
-            timeout_s=TIMEOUT_S, faults=[fault],
+            timeout_s=TIMEOUT_S,
+            faults=[fault],
             until=lambda c: c.jobs["distcb-coordinator"].state != "Running",
         )
     exits = outcome.exits("distcb-workers")
@@ -180,17 +195,24 @@ def test_a_preempted_worker_makes_every_worker_exit_143_and_the_job_resumes(tmp_
     # backs up at a step all can reach and exits 143; podFailurePolicy Ignore replaces the pods
     # without counting them; they rejoin the coordinator, which never stopped, and the job ends
     # as if nothing had happened.
-    fault = Fault("distcb-workers-1", signal.SIGTERM, when_log=r"^rank 1: epoch 2 done",
-                  disruption=True)
+    fault = Fault(
+        "distcb-workers-1", signal.SIGTERM, when_log=r"^rank 1: epoch 2 done", disruption=True
+    )
     with cluster_for(load(ROOT / "k8s" / "indexed-job.yaml"), tmp_path) as cluster:
         outcome = cluster.run(
-            timeout_s=TIMEOUT_S, faults=[fault],
+            timeout_s=TIMEOUT_S,
+            faults=[fault],
             until=lambda c: c.jobs["distcb-coordinator"].state != "Running",
         )
-    first = {name: (code, action) for name, attempt, code, action in
-             outcome.exits("distcb-workers") if attempt == 0}
+    first = {
+        name: (code, action)
+        for name, attempt, code, action in outcome.exits("distcb-workers")
+        if attempt == 0
+    }
     assert first == {"distcb-workers-0": (143, "Ignore"), "distcb-workers-1": (143, "Ignore")}
-    assert outcome.jobs == {"distcb-coordinator": ("Complete", None),
-                            "distcb-workers": ("Complete", None)}
+    assert outcome.jobs == {
+        "distcb-coordinator": ("Complete", None),
+        "distcb-workers": ("Complete", None),
+    }
     history = json.loads((tmp_path / "claims" / "distcb-state" / "history.json").read_text())
     assert history["history"]["loss"] == pytest.approx(reference, rel=1e-5, abs=1e-6)

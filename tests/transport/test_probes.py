@@ -16,8 +16,9 @@ from distcb.core.coordinator import Coordinator
 from distcb.testing import ScriptedWorker
 from distcb.transport.websocket import WebSocketServer, connect
 
-FAST = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=30.0, stop_timeout_s=5.0,
-              connect_timeout_s=5.0)
+FAST = Config(
+    heartbeat_interval_s=0.05, heartbeat_timeout_s=30.0, stop_timeout_s=5.0, connect_timeout_s=5.0
+)
 WAIT_S = 10.0
 PROBE_TIMEOUT_S = 2.0  # a Kubernetes probe's timeoutSeconds is of this order
 
@@ -70,7 +71,9 @@ async def test_probes_answer_while_a_callback_blocks_and_readiness_follows_the_p
             for _ in range(5):
                 assert await probe(session, f"{base}/healthz") == (200, {"ok": True})
                 assert await probe(session, f"{base}/readyz") == (
-                    200, {"ready": True, "phase": "training"})
+                    200,
+                    {"ready": True, "phase": "training"},
+                )
                 status, body = await probe(session, f"{base}/status", headers=bearer)
                 assert (status, body["phase"], body["epoch"]) == (200, "training", 1)
         finally:
@@ -93,9 +96,11 @@ async def test_status_needs_the_token_but_the_probes_do_not():
         async with aiohttp.ClientSession() as session:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k8s"}):
                 status, body = await probe(session, f"{base}/status", headers=headers)
-                assert status == 401 and "Bearer" in body["error"]
+                assert status == 401
+                assert "Bearer" in body["error"]
             status, body = await probe(
-                session, f"{base}/status", headers={"Authorization": "Bearer k8s-secret-token"})
+                session, f"{base}/status", headers={"Authorization": "Bearer k8s-secret-token"}
+            )
             assert (status, body["world_size"]) == (200, 1)
             assert (await probe(session, f"{base}/healthz"))[0] == 200
             assert (await probe(session, f"{base}/readyz"))[0] == 200
