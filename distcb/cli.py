@@ -52,10 +52,11 @@ async def _serve(options: argparse.Namespace) -> int:
         _load_callbacks(options.callbacks), world_size=options.world_size, config=config
     )
     token = os.environ.get("DISTCB_TOKEN") or None
+    host, port = options.host, options.port
     aliases = cluster.host_aliases(os.environ.get(cluster.ENV_HOST_ALIASES, ""))
-    host, port = cluster.split_host_port(
-        cluster.apply_alias(f"{options.host}:{options.port}", aliases)
-    )
+    aliased = cluster.apply_alias(f"{host}:{port}", aliases)
+    if aliased != f"{host}:{port}":  # DISTCB_HOST_ALIASES names this listening address
+        host, port = cluster.split_host_port(aliased)
     async with WebSocketServer(
         coordinator, host=host, port=port, token=token, config=config
     ) as server:

@@ -26,6 +26,7 @@ counts against ``backoffLimit`` (JobSet: restarts the whole set, up to
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,8 @@ class RenderOptions:
             ``nvidia.com/gpu`` limit (0: none).
         ray_version: the RayJob's ``rayVersion`` (the image's Ray).
         ray_workers: Ray worker pods in the RayJob.
-        tune_args: arguments after ``examples/tune_asha.py`` in the RayJob entrypoint.
+        tune_args: arguments after ``examples/tune_asha.py`` in the RayJob entrypoint;
+            ``--storage /results/tune`` (the rendered shared claim) unless they name one.
     """
 
     variant: str
@@ -340,6 +342,10 @@ def _worker_pod(
     return {"metadata": {"labels": labels}, "spec": spec}
 
 
+def _has_flag(args: tuple[str, ...], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
 def _field(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
@@ -544,9 +550,8 @@ def _rayjob(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
             }
         }
 
-    entrypoint = " ".join(
-        ["python", "/app/examples/tune_asha.py", *o.tune_args, "--storage", f"{RESULTS_DIR}/tune"]
-    )
+    storage = [] if _has_flag(o.tune_args, "--storage") else ["--storage", f"{RESULTS_DIR}/tune"]
+    entrypoint = shlex.join(["python", "/app/examples/tune_asha.py", *o.tune_args, *storage])
     rayjob = {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",

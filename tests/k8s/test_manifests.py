@@ -160,6 +160,12 @@ def test_the_rayjob_entrypoint_is_accepted_by_the_tune_example():
     assert words[:2] == ["python", "/app/examples/tune_asha.py"]  # the Dockerfile's layout
     options = build_parser().parse_args(words[2:])
     assert (options.epochs, options.storage) == (12, "/results/tune")
+    [own] = [
+        d for d in documents("rayjob", tune_args=("--storage=s3://b/t",)) if d["kind"] == "RayJob"
+    ]
+    assert build_parser().parse_args(shlex.split(own["spec"]["entrypoint"])[2:]).storage == (
+        "s3://b/t"
+    )
     mounts = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert mounts["volumeMounts"] == [{"name": "results", "mountPath": "/results"}]
 
