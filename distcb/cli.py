@@ -22,7 +22,6 @@ import asyncio
 import importlib
 import json
 import os
-import shlex
 import sys
 import tempfile
 import urllib.request
@@ -31,6 +30,7 @@ from typing import Any
 
 from distcb.core.config import Config
 from distcb.core.coordinator import Coordinator
+from distcb.k8s import command as k8s_command
 from distcb.worker import cluster
 
 
@@ -87,73 +87,6 @@ def _check_state_dir(path: str) -> None:
         raise SystemExit(2) from None
 
 
-def _render(options: argparse.Namespace) -> int:
-    from distcb.k8s.manifests import RenderOptions, render
-    from distcb.k8s.yaml_text import dump_documents
-
-    values = {
-        name: getattr(options, name)
-        for name in RenderOptions.__dataclass_fields__
-        if getattr(options, name, None) is not None
-    }
-    for name in ("worker_command", "tune_args"):
-        if name in values:
-            values[name] = tuple(shlex.split(values[name]))
-    try:
-        render_options = RenderOptions(**values)
-    except ValueError as exc:
-        print(f"distcb k8s render: {exc}", file=sys.stderr)
-        return 2
-    text = dump_documents(render(render_options), header=_render_header(render_options))
-    if options.out:
-        with open(options.out, "w") as handle:
-            handle.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _render_header(options: Any) -> list[str]:
-    from dataclasses import fields
-
-    args = ["distcb", "k8s", "render"]
-    for spec in fields(options):
-        value = getattr(options, spec.name)
-        if spec.name in ("variant", "image") or value != spec.default:
-            shown = shlex.join(value) if isinstance(value, tuple) else str(value)
-            args.append(f"--{spec.name.replace('_', '-')}={shown}")
-    return [
-        f"Rendered by: {shlex.join(args)}",
-        "Do not edit by hand: change the options and render again (docs/kubernetes.md).",
-    ]
-
-
-def _add_render(commands: Any) -> None:
-    k8s = commands.add_parser("k8s", help="Kubernetes manifests")
-    render = k8s.add_subparsers(dest="k8s_command", required=True).add_parser(
-        "render", help="print the manifests of a distcb job as YAML"
-    )
-    render.add_argument("--variant", required=True, choices=["indexed-job", "jobset", "rayjob"])
-    render.add_argument("--image", required=True, help="the training image")
-    render.add_argument("--name", help="prefix of every object's name (default distcb)")
-    render.add_argument("--workers", type=int, help="the world size (default 2)")
-    render.add_argument("--worker-command", help="the workers' command, shell-quoted")
-    render.add_argument("--callbacks", help="the coordinator's module:function")
-    render.add_argument("--port", type=int, help="the coordinator's port (default 8765)")
-    render.add_argument("--collective-port", type=int, help="TF collective port (default 2222)")
-    render.add_argument("--state-size", help="the coordinator state volume's size (default 1Gi)")
-    render.add_argument("--storage-class", help="storage class of the volumes")
-    render.add_argument("--max-restarts", type=int, help="backoffLimit / maxRestarts (default 3)")
-    render.add_argument("--grace-period-s", type=int, help="terminationGracePeriodSeconds")
-    render.add_argument("--worker-cpu", help="each worker's CPU request (default 1)")
-    render.add_argument("--worker-memory", help="each worker's memory request (default 2Gi)")
-    render.add_argument("--gpus-per-worker", type=int, help="nvidia.com/gpu per worker")
-    render.add_argument("--ray-version", help="rayjob: the image's Ray version")
-    render.add_argument("--ray-workers", type=int, help="rayjob: Ray worker pods")
-    render.add_argument("--tune-args", help="rayjob: arguments of examples/tune_asha.py")
-    render.add_argument("--out", help="write to this file instead of stdout")
-
-
 def _status(options: argparse.Namespace) -> int:
     request = urllib.request.Request(
         f"http://{options.address}/status",
@@ -182,14 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="print a running coordinator's /status")
     status.add_argument("--address", required=True, help="host:port")
     status.add_argument("--timeout-s", type=float, default=10.0)
-    _add_render(commands)
+    k8s_command.add_parser(commands)
     options = parser.parse_args(argv)
     if options.command == "coordinator":
         if options.state_dir:
             _check_state_dir(options.state_dir)
         return asyncio.run(_serve(options))
     if options.command == "k8s":
-        return _render(options)
+        return k8s_command.run(options)
     return _status(options)
 
 

@@ -4,9 +4,14 @@ anything starts, and the listening address goes through DISTCB_HOST_ALIASES."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
+from podsim import k8s_exit_code
 
 from distcb.cli import main
 from distcb.core.errors import JoinTimeoutError
@@ -50,3 +55,21 @@ def test_the_state_dir_is_created_and_the_bind_address_is_aliased(tmp_path, monk
         )
     assert state.is_dir()
     assert f"listening on 127.0.0.1:{free}" in capsys.readouterr().out
+
+
+def test_sigterm_ends_the_coordinator_with_what_kubernetes_reports_as_143(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distcb.cli", "coordinator", "--world-size", "2", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, DISTCB_TOKEN="a-token"),
+    )
+    try:
+        assert "listening on" in process.stdout.readline()
+        process.send_signal(signal.SIGTERM)
+        assert k8s_exit_code(process.wait(timeout=30)) == 143
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
