@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import re
 import shlex
 import signal
@@ -727,7 +728,26 @@ def _reap(run: PodRun) -> None:
     run.exited_at = time.monotonic()
 
 
+_TAKEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A port free now and below the kernel's ephemeral range, so that no outgoing connection
+    (this test's or another process's) is handed it before the pod binds it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            ephemeral_low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(1000):
+        port = random.randrange(10000, max(ephemeral_low, 10001))
+        if port in _TAKEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
