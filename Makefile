@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install run run-replicas run-loss-history test lint bench clean
+.PHONY: install run run-replicas run-loss-history test lint bench k8s clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# The example manifests in k8s/ (tests/k8s checks they are up to date).
+K8S_IMAGE := registry.example.com/distcb-train:latest
+k8s: $(STAMP)
+	for variant in indexed-job jobset rayjob; do \
+	  $(PY) -m distcb k8s render --variant $$variant --image $(K8S_IMAGE) --out k8s/$$variant.yaml; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -2,11 +2,17 @@
 
     distcb coordinator --world-size 4 --callbacks mypkg.callbacks:make --host 0.0.0.0 --port 8765
     distcb status --address coordinator:8765
+    distcb k8s render --variant jobset --image registry.example.com/train:1 --workers 4
 
 `coordinator` runs a coordinator on its own (Kubernetes: a pod or a Service in
 front of it; workers find it through ``DISTCB_ADDRESS`` and ``DISTCB_TOKEN``).
 `--callbacks` names a function returning the list of coordinator callbacks.
-The token comes from ``DISTCB_TOKEN`` (required beyond loopback).
+The token comes from ``DISTCB_TOKEN`` (required beyond loopback). The address
+it binds goes through ``DISTCB_HOST_ALIASES`` (see `distcb.worker.cluster`).
+`k8s render` prints Kubernetes manifests (docs/kubernetes.md).
+
+Exit codes: 0 done, 1 the job failed, 2 bad usage (argparse's), 143 when a
+SIGTERM stops it (what Kubernetes reports for a SIGTERM'd process).
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from distcb.coordinator.engine import Coordinator
+from distcb.launch.k8s import command as k8s_command
 from distcb.protocol.config import Config
+from distcb.worker import cluster
 
 
 def _load_callbacks(spec: str | None) -> list[Any]:
@@ -43,8 +52,13 @@ async def _serve(options: argparse.Namespace) -> int:
         _load_callbacks(options.callbacks), world_size=options.world_size, config=config
     )
     token = os.environ.get("DISTCB_TOKEN") or None
+    host, port = options.host, options.port
+    aliases = cluster.host_aliases(os.environ.get(cluster.ENV_HOST_ALIASES, ""))
+    aliased = cluster.apply_alias(f"{host}:{port}", aliases)
+    if aliased != f"{host}:{port}":  # DISTCB_HOST_ALIASES names this listening address
+        host, port = cluster.split_host_port(aliased)
     async with WebSocketServer(
-        coordinator, host=options.host, port=options.port, token=token, config=config
+        coordinator, host=host, port=port, token=token, config=config
     ) as server:
         print(f"distcb coordinator listening on {server.address}", flush=True)
         history = await coordinator.run()
@@ -57,6 +71,20 @@ async def _serve(options: argparse.Namespace) -> int:
 def _write_history(path: str, history: Any) -> None:
     with open(path, "w") as handle:
         json.dump({"epoch": history.epoch, "history": history.history}, handle)
+
+
+def _check_state_dir(path: str) -> None:
+    """The state directory exists and takes files, or the coordinator stops now (exit 2)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        print(
+            f"distcb coordinator: --state-dir {path!r} is not a writable directory: {exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 def _status(options: argparse.Namespace) -> int:
@@ -79,12 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--callbacks", help="module:function returning the callbacks")
     serve.add_argument("--config", help="Config fields as JSON")
     serve.add_argument("--history", help="write the History as JSON to this path")
+    serve.add_argument(
+        "--state-dir",
+        help="the coordinator's state directory (a persistent volume on Kubernetes; exact "
+        "resume keeps its journal there); created if missing, must be writable",
+    )
     status = commands.add_parser("status", help="print a running coordinator's /status")
     status.add_argument("--address", required=True, help="host:port")
     status.add_argument("--timeout-s", type=float, default=10.0)
+    k8s_command.add_parser(commands)
     options = parser.parse_args(argv)
     if options.command == "coordinator":
+        if options.state_dir:
+            _check_state_dir(options.state_dir)
         return asyncio.run(_serve(options))
+    if options.command == "k8s":
+        return k8s_command.run(options)
     return _status(options)
 
 

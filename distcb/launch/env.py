@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from distcb.worker.context import WorkerContext, tf_config_json
+from distcb.worker.cluster import tf_config_json
+from distcb.worker.context import WorkerContext
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 

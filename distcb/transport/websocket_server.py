@@ -3,7 +3,8 @@ connection to `Coordinator.serve`.
 
 Routes: ``GET /ws`` the worker channel, ``GET /status`` the coordinator's
 `status()` as JSON (both need ``Authorization: Bearer <token>``, checked
-before the upgrade), ``GET /healthz`` liveness for probes (no token).
+before the upgrade), ``GET /healthz`` liveness for probes (no token), ``GET /readyz``
+readiness: 200 while the coordinator accepts joins or trains, 503 otherwise (no token).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ logger = logging.getLogger("distcb.transport.websocket")
 
 WS_PATH = "/ws"
 _SHUTTING_DOWN = "the coordinator is shutting down"
+_READY_PHASES = ("joining", "training")  # /readyz: accepting joins, or running the job
 
 
 class WebSocketServer:
@@ -40,7 +42,8 @@ class WebSocketServer:
 
     Routes: ``GET /ws`` the worker channel (token required), ``GET /status`` the
     coordinator's `status()` as JSON (token required), ``GET /healthz`` liveness
-    for probes (no token).
+    for probes (no token), ``GET /readyz`` readiness: 200 while joining or training,
+    503 otherwise (no token).
 
     Args:
         coordinator: the coordinator each worker connection is handed to.
@@ -109,6 +112,7 @@ class WebSocketServer:
         app.router.add_get(WS_PATH, self._serve_worker)
         app.router.add_get("/status", self._serve_status)
         app.router.add_get("/healthz", self._serve_health)
+        app.router.add_get("/readyz", self._serve_ready)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=self._config.heartbeat_interval_s * 2
         )
@@ -214,6 +218,11 @@ class WebSocketServer:
 
     async def _serve_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
+
+    async def _serve_ready(self, request: web.Request) -> web.Response:
+        phase = self._coordinator.phase.value
+        ready = phase in _READY_PHASES and not self._closed
+        return web.json_response({"ready": ready, "phase": phase}, status=200 if ready else 503)
 
 
 def _is_loopback(host: str) -> bool:

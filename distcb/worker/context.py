@@ -17,11 +17,12 @@ import contextvars
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from distcb.protocol.config import Config
+from distcb.worker import cluster
 
 ENV_ADDRESS = "DISTCB_ADDRESS"
 ENV_TOKEN = "DISTCB_TOKEN"
@@ -69,13 +70,6 @@ class WorkerContext:
         if self.run_dir:
             env[ENV_RUN_DIR] = self.run_dir
         return env
-
-
-def tf_config_json(rank: int, addresses: Sequence[str]) -> str:
-    """``TF_CONFIG`` for MultiWorkerMirroredStrategy: worker `rank` of the cluster `addresses`."""
-    return json.dumps(
-        {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": rank}}
-    )
 
 
 class FailureReporter(Protocol):
@@ -130,45 +124,57 @@ def hosting(host: WorkerHost) -> Iterator[WorkerHost]:
         _HOST.reset(token)
 
 
-def _int_env(
-    source: Mapping[str, str], name: str, default: int, fallback: str | None = None
-) -> int:
-    raw = source.get(name) or (source.get(fallback) if fallback else None)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, found {raw!r}") from None
-
-
 def context_from_env(env: Mapping[str, str] | None = None) -> WorkerContext:
-    """A `WorkerContext` from ``DISTCB_*`` variables (default: this process's environment).
+    """A `WorkerContext` from the environment (default: this process's).
 
-    ``DISTCB_RANK`` falls back to Kubernetes' ``JOB_COMPLETION_INDEX`` (Indexed Jobs).
+    The rank and world size come from ``DISTCB_RANK``/``DISTCB_WORLD_SIZE``, else from
+    what the launcher sets: a Kubernetes Indexed Job (``JOB_COMPLETION_INDEX``), a
+    JobSet, Open MPI or Slurm (`distcb.worker.cluster`). ``DISTCB_ADDRESS`` goes
+    through ``DISTCB_HOST_ALIASES``.
+
+    Raises:
+        ValueError: a malformed variable, or a rank outside the world size.
     """
     source: Mapping[str, str] = os.environ if env is None else env
-    rank = _int_env(source, ENV_RANK, 0, "JOB_COMPLETION_INDEX")
-    world_size = _int_env(source, ENV_WORLD_SIZE, 1)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"{ENV_RANK}={rank} is outside {ENV_WORLD_SIZE}={world_size}")
+    info = cluster.detect(source)
     raw_config = source.get(ENV_CONFIG)
     config = Config.from_dict(json.loads(raw_config)) if raw_config else Config()
+    address = source.get(ENV_ADDRESS)
+    if address:
+        aliases = cluster.host_aliases(source.get(cluster.ENV_HOST_ALIASES, ""))
+        address = cluster.apply_alias(address, aliases)
     return WorkerContext(
-        rank=rank,
-        world_size=world_size,
-        address=source.get(ENV_ADDRESS),
+        rank=info.rank,
+        world_size=info.world_size,
+        address=address,
         token=source.get(ENV_TOKEN),
         config=config,
         run_dir=source.get(ENV_RUN_DIR),
     )
 
 
-def worker_context() -> WorkerContext:
+def worker_context(*, tf_config: str | None = None) -> WorkerContext:
     """This worker's rank, world size, chief flag and coordinator.
 
-    From its launcher when one started it (`hosting`), else from the environment;
-    outside a distcb job: rank 0 of 1.
+    From its launcher when one started it (`hosting`), else from the environment
+    (`context_from_env`); outside a distcb job: rank 0 of 1.
+
+    Args:
+        tf_config: "auto" sets ``TF_CONFIG`` for MultiWorkerMirroredStrategy from the
+            environment (a pod's stable DNS names, ``DISTCB_COLLECTIVE_PORT``; see
+            `distcb.worker.cluster`) when it is not set already and the world size is
+            above 1. Call it BEFORE ``tf.distribute.MultiWorkerMirroredStrategy()`` is
+            created: the strategy reads ``TF_CONFIG`` once, in its constructor. None
+            (default) leaves ``TF_CONFIG`` alone.
+
+    Raises:
+        ValueError: a malformed variable, a rank outside the world size, an unknown
+            `tf_config`, or "auto" where the workers' hosts are unknown.
     """
+    if tf_config not in (None, "auto"):
+        raise ValueError(f"tf_config must be 'auto' or None, received {tf_config!r}")
     host = current_host()
-    return host.context if host is not None else context_from_env()
+    context = host.context if host is not None else context_from_env()
+    if tf_config == "auto" and context.world_size > 1 and not os.environ.get("TF_CONFIG"):
+        os.environ["TF_CONFIG"] = cluster.tf_config(cluster.detect(os.environ))
+    return context

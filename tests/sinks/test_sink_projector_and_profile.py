@@ -1,6 +1,6 @@
 """The projector config (checked against protobuf's own text format) and the profile payload's
 guards; both are written end to end by tests/callbacks/test_plain_fit.py and, from a real chief,
-by tests/workers/test_sinks_real_workers.py."""
+by tests/launch/test_sinks_real_workers.py."""
 
 import asyncio
 import base64
