@@ -4,15 +4,20 @@ Batch logs of Keras 3 and tf_keras are running means over the epoch so far;
 the merge of step s is the sample-weighted mean over workers of those running
 means, weights being the samples each worker has seen so far in the epoch
 (equal weights when a worker does not know). Epoch logs are weighted by the
-epoch's training samples, ``val_*`` keys by validation samples. Metrics named
-in ``stateful_metrics`` and values that are not numbers are taken from the
-chief (the lowest live rank). The per-worker spread of every numeric metric is
-kept aside for status and TensorBoard; it never enters the logs.
+epoch's training samples, ``val_*`` keys by validation samples. Sums are
+exact (float32 value x integer weight is exact in float64; math.fsum); float32
+inputs give float32 means, as Keras logs them, and ratios of counts
+(accuracies: hits / samples) give the ratio of the summed counts, so means that
+are mathematically equal compare equal. Metrics named in ``stateful_metrics``
+and values that are not numbers are taken from the chief (the lowest live rank).
+The per-worker spread of every numeric metric is kept aside for status and
+TensorBoard; it never enters the logs.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -54,7 +59,27 @@ def _weighted_mean(values: list[float], weights: list[float]) -> float:
     if not all(math.isfinite(v) for v in values):
         return sum(values)  # NaN if any is NaN or both infinities occur, else that infinity
     total = math.fsum(weights)
-    return math.fsum(v * w for v, w in zip(values, weights, strict=True)) / total
+    # float32 value x integer weight is exact in float64, and fsum adds exactly.
+    mean = math.fsum(v * w for v, w in zip(values, weights, strict=True)) / total
+    if not all(_float32(v) == v for v in values):
+        return mean  # not Keras's float32 logs: keep every bit
+    # Each value is float32(k / w) with k an integer (an accuracy: hits / samples)?
+    # Then return float32(sum k / sum w), what one process over all samples logs.
+    counts = [round(v * w) for v, w in zip(values, weights, strict=True)]
+    if all(
+        w == 0 or (w.is_integer() and _float32(k / w) == v)
+        for k, v, w in zip(counts, values, weights, strict=True)
+    ):
+        return _float32(math.fsum(counts) / total)
+    return _float32(mean)  # float32, as Keras logs: equal means compare equal
+
+
+def _float32(value: float) -> float:
+    """The float32 nearest to `value` (itself when out of float32's range)."""
+    try:
+        return float(struct.unpack("f", struct.pack("f", value))[0])
+    except OverflowError:
+        return value
 
 
 def _weights(ranks: list[int], counts: Mapping[int, float | None]) -> list[float]:
