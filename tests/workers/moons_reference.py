@@ -1,11 +1,12 @@
 """The seed's moons run in one plain tf_keras process: the reference distributed runs must equal.
 
-    python moons_reference.py OUT.json --epochs E [--patience P] [--checkpoint PATH]
+    python moons_reference.py OUT.json --epochs E [--patience P] [--checkpoint PATH] [--keras3]
 
 Writes {"history": {...}, "epochs": n, "train_accuracy_of_saved": a, "test_accuracy_of_saved":
 b}: fit's per-epoch logs, how many epochs ran, and (with --checkpoint) the saved best model's
 accuracy on the training and the validation set (the seed's "Train: a, Test: b"). Same model,
-seed, data and compile as examples/moons.py. Tests start it with `Reference`.
+seed, data and compile as examples/moons.py (tf_keras, the seed's Keras 2 API) or, with
+--keras3, as examples/moons_sync_keras3.py. Tests start it with `Reference`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples")
 class Reference:
     """This script in a subprocess (so that it runs while a distributed job does)."""
 
-    def __init__(self, tmp_path, epochs: int, patience: int | None = None):
+    def __init__(self, tmp_path, epochs: int, patience: int | None = None, keras3: bool = False):
         self.out = tmp_path / "reference.json"
         command = [
             sys.executable,
@@ -33,7 +34,9 @@ class Reference:
             "--epochs",
             str(epochs),
         ]
-        command += ["--checkpoint", str(tmp_path / "reference_best.h5")]
+        suffix = ".keras" if keras3 else ".h5"
+        command += ["--checkpoint", str(tmp_path / f"reference_best{suffix}")]
+        command += ["--keras3"] if keras3 else []
         if patience is not None:
             command += ["--patience", str(patience)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -62,20 +65,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--patience", type=int)
     parser.add_argument("--checkpoint")
+    parser.add_argument("--keras3", action="store_true")
     options = parser.parse_args()
 
     sys.path.insert(0, EXAMPLES)
-    import tf_keras as keras
+    import importlib
+
     from moons_data import split
 
+    keras = importlib.import_module("keras" if options.keras3 else "tf_keras")
     keras.utils.set_random_seed(1)
     train_x, train_y, test_x, test_y = split()
-    model = keras.Sequential(
-        [
-            keras.layers.Dense(500, input_dim=2, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
+    first = (
+        [keras.Input((2,)), keras.layers.Dense(500, activation="relu")]
+        if options.keras3
+        else [keras.layers.Dense(500, input_dim=2, activation="relu")]
     )
+    model = keras.Sequential([*first, keras.layers.Dense(1, activation="sigmoid")])
     model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
     callbacks = []
     if options.patience is not None:

@@ -70,6 +70,18 @@ def test_moons_sync_gives_the_single_process_answer(tmp_path):
     assert os.path.exists(tmp_path / "run" / "best_model.h5")
 
 
+def test_moons_sync_keras3_stops_both_workers_together_and_loads_the_best_model(tmp_path):
+    # Its numbers against the single Keras 3 process: tests/workers/test_equivalence.py.
+    out = run_example("moons_sync_keras3.py", "--epochs", "40", "--patience", "3",
+                      "--run-dir", str(tmp_path))
+    ends = re.search(r"^epochs run by each worker: \{0: (\d+), 1: (\d+)\}$", out, re.M)
+    assert ends is not None, out[-2000:]
+    epochs = int(re.search(r"^epochs=(\d+)", out, re.M).group(1))
+    assert int(ends.group(1)) == int(ends.group(2)) == epochs <= 40
+    assert re.search(r"^Train: \d\.\d{3}, Test: \d\.\d{3}$", out, re.M), out[-2000:]
+    assert os.path.exists(tmp_path / "best_model.keras")
+
+
 def test_loss_history_sees_aggregated_batch_losses():
     out = run_example("loss_history.py", "--workers", "2", "--epochs", "2", "--samples", "512")
     # 512 samples / batch 128 = 4 steps per epoch, 2 epochs: 8 aggregated losses, not 16.
