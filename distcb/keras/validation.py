@@ -62,9 +62,9 @@ class PersistentValidation(tf_keras.callbacks.Callback):
     callbacks see the logs in list order.
 
     Args:
-        validation_data: ``(x, y)`` or ``(x, y, sample_weight)`` of arrays (or
-            nested dicts/lists of arrays, as `fit` accepts), or a finite
-            `tf.data.Dataset` of such batches (every worker must build the same one).
+        validation_data: ``(x, y)`` or ``(x, y, sample_weight)`` of arrays, or a
+            finite `tf.data.Dataset` of such batches (every worker must build the
+            same one; its batches are dealt to the replicas in turn).
         batch_size: global batch size for arrays (as `fit`'s `validation_batch_size`:
             each replica evaluates ``ceil(batch_size / num_replicas)`` samples per
             step). Default 32. Must be None for a dataset (its own batches are used).
@@ -115,7 +115,7 @@ class PersistentValidation(tf_keras.callbacks.Callback):
         self.distributed_dataset: Any = None  # what the replicas read, once training began
         self._iterator: Any = None
         self._validate: Any = None
-        self._built_for: tuple[int, int] | None = None
+        self._built_for: tuple[Any, int] | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -167,7 +167,7 @@ class PersistentValidation(tf_keras.callbacks.Callback):
         """One pass over the validation set with the model's compiled test step.
 
         Returns the logs `model.evaluate(..., return_dict=True)` returns (names
-        without the ``val_`` prefix), as Python floats.
+        without the ``val_`` prefix): Python floats, numpy arrays for non-scalar metrics.
         """
         if self._iterator is None or self._validate is None:
             raise RuntimeError("PersistentValidation.evaluate() runs between train begin and end")
@@ -187,8 +187,7 @@ class PersistentValidation(tf_keras.callbacks.Callback):
         shards: ``strategy.experimental_local_results(batch)`` for each of `steps`
         batches of ``iter(dataset)`` is what this worker's replicas evaluate.
         """
-        key = (id(strategy), steps_per_execution)
-        if self.distributed_dataset is not None and self._built_for == key:
+        if self._built_for is not None and self._built_for == (strategy, steps_per_execution):
             return self.distributed_dataset
         replicas = int(strategy.num_replicas_in_sync)
         if self._arrays is not None:
@@ -208,7 +207,8 @@ class PersistentValidation(tf_keras.callbacks.Callback):
         )
 
         def per_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
-            # This pipeline feeds `local` replicas, one element each per step, in turn.
+            # Batch k goes to replica k % replicas (batch_layout); this pipeline feeds
+            # `local` consecutive replicas, one element each per step, in turn.
             local = replicas // context.num_input_pipelines
             pipeline = context.input_pipeline_id
             mine = padded.enumerate().filter(lambda k, _: (k % replicas) // local == pipeline)
@@ -219,7 +219,7 @@ class PersistentValidation(tf_keras.callbacks.Callback):
 
         self.distributed_dataset = strategy.distribute_datasets_from_function(per_pipeline)
         self.steps = steps
-        self._built_for = key
+        self._built_for = (strategy, steps_per_execution)
         return self.distributed_dataset
 
 

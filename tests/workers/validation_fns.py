@@ -138,19 +138,27 @@ def shards(strategy) -> dict:
     """What this worker's replicas receive from PersistentValidation in one epoch.
 
     71 samples whose features are their indices, batches of 8 per replica: 9 batches,
-    so the second replica's last step is an empty batch.
+    so the second replica's last step is an empty batch. The same from a dataset of
+    batches of 8.
     """
+    import tensorflow as tf
+
     from distcb.keras import PersistentValidation
 
     index = np.arange(71, dtype="float32")
-    validation = PersistentValidation((index[:, None], index), batch_size=16)
-    iterator = iter(validation.distribute(strategy))
-    steps = []
-    for _ in range(validation.steps):
-        x, _ = next(iterator)
-        local = strategy.experimental_local_results(x)
-        steps.append([np.asarray(v)[:, 0].astype(int).tolist() for v in local])
-    return {"steps": validation.steps, "per_step": steps}
+    replicas = strategy.num_replicas_in_sync
+    arrays = PersistentValidation((index[:, None], index), batch_size=8 * replicas)
+    batches = tf.data.Dataset.from_tensor_slices((index[:, None], index)).batch(8)
+    report = {}
+    for name, validation in (("arrays", arrays), ("dataset", PersistentValidation(batches))):
+        iterator = iter(validation.distribute(strategy))
+        steps = []
+        for _ in range(validation.steps):
+            x, _ = next(iterator)
+            local = strategy.experimental_local_results(x)
+            steps.append([np.asarray(v)[:, 0].astype(int).tolist() for v in local])
+        report[name] = {"steps": validation.steps, "per_step": steps}
+    return report
 
 
 def local_replicas(out_path: str) -> None:
@@ -171,10 +179,14 @@ def local_replicas(out_path: str) -> None:
     with strategy.scope():
         model = _model(keras, "sparse_ce_several_metrics")
     x, y, _ = _data("sparse", 71, seed=2)
-    validation = PersistentValidation((x, y), batch_size=16)
-    validation.set_model(model)
-    validation.on_train_begin()
-    report["persistent"] = validation.evaluate()
+    for name, data in (
+        ("arrays", (x, y)),
+        ("dataset", tf.data.Dataset.from_tensor_slices((x, y)).batch(5)),
+    ):
+        validation = PersistentValidation(data, batch_size=16 if name == "arrays" else None)
+        validation.set_model(model)
+        validation.on_train_begin()
+        report[name] = validation.evaluate()
     report["evaluate"] = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
     with open(out_path, "w") as handle:
         json.dump(report, handle)
