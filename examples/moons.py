@@ -1,24 +1,26 @@
 """The seed's moons example, synchronous: 2 workers, tf_keras + MultiWorkerMirroredStrategy.
 
-The two workers train ONE model together (gradients all-reduced every step);
-the coordinator runs the seed's EarlyStopping(patience=200) and
-ModelCheckpoint(save_best_only=True) once, so both workers stop at the same
-epoch and exit together, and the chief alone writes best_model.h5. Then the
-best model is loaded with Keras and evaluated, as in the seed.
+The two workers train ONE model together and compute what the seed computes in
+one process. Each step, worker 0 takes the even samples of the 30 training
+samples and worker 1 the odd ones (15 + 15); Keras averages the two halves'
+gradients, which is the full batch's gradient. Validation splits the 70 test
+samples the same way (35 + 35) and reduces the sums over both workers, so
+`val_loss` and `val_accuracy` are the whole test set's. Run with
+`--show-shards` to print the sample indices each worker receives.
 
-Where the time of a MultiWorkerMirroredStrategy epoch went, for this tiny
-model on 2 CPU processes (measured here: ~300-650 ms per epoch with plain
-`fit(x, y, validation_data=...)`): not the thread pools (one intra/inter-op
-thread changed nothing) but distributed iterators. `fit` creates a new one
-over the training data every epoch, and `evaluate` (the validation) another
-one every epoch; each costs collective setup across the workers. Here the
-training dataset repeats and `steps_per_epoch` is set, so `fit` keeps one
-iterator for the whole run, and the validation runs as a compiled
-distributed step over one persistent iterator (`PersistentValidation`),
-computing exactly the `val_loss`/`val_accuracy` Keras computes. About 65 ms
-per epoch instead (see docs/BENCHMARKS.md).
+The coordinator runs the seed's EarlyStopping(patience=200) and
+ModelCheckpoint(save_best_only=True) once, on those aggregated logs, so both
+workers stop at the same epoch and the chief alone writes best_model.h5; then
+the best model is loaded with Keras and evaluated, as in the seed.
 
-    python examples/moons.py [--epochs 4000] [--run-dir runs/moons]
+Speed: `fit(validation_data=...)` under this strategy builds a new distributed
+iterator for the validation every epoch (300-650 ms per epoch here).
+`distcb.keras.PersistentValidation` runs the model's own compiled evaluation
+over one iterator for the whole run instead; the training data repeats and
+`steps_per_epoch` is set, so `fit` keeps one training iterator too (see
+docs/BENCHMARKS.md).
+
+    python examples/moons.py [--epochs 4000] [--patience 200] [--run-dir runs/moons] [--show-shards]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import distcb
 from distcb.callbacks import EarlyStopping, ModelCheckpoint
 
 
-def train(epochs: int) -> None:
+def train(epochs: int, show_shards: bool = False) -> None:
     import tensorflow as tf
     import tf_keras as keras
     from moons_data import split
@@ -43,13 +45,6 @@ def train(epochs: int) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     keras.utils.set_random_seed(1)
     train_x, train_y, test_x, test_y = split()
-    options = tf.data.Options()
-    # Every worker sees the whole (tiny) data set, as the single-process seed does.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    train_ds = tf.data.Dataset.from_tensor_slices((train_x, train_y)).batch(len(train_x))
-    test_ds = tf.data.Dataset.from_tensor_slices((test_x, test_y)).batch(len(test_x))
-    train_ds = train_ds.cache().repeat().with_options(options)
-    test_ds = test_ds.cache().repeat().with_options(options)
     with strategy.scope():
         model = keras.Sequential(
             [
@@ -58,14 +53,24 @@ def train(epochs: int) -> None:
             ]
         )
         model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
-    validation = PersistentValidation(strategy, model, test_ds)
+
+    def worker_data(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        # Worker i takes samples i, i + 2, i + 4, ...: 15 + 15 make the seed's batch of 30.
+        data = tf.data.Dataset.from_tensor_slices((train_x, train_y))
+        data = data.shard(context.num_input_pipelines, context.input_pipeline_id)
+        return data.batch(context.get_per_replica_batch_size(len(train_x))).repeat()
+
+    train_data = strategy.distribute_datasets_from_function(worker_data)
+    validation = distcb.keras.PersistentValidation((test_x, test_y), batch_size=len(test_x))
+    if show_shards:
+        print_shards(strategy, train_data, validation)
     model.fit(
-        train_ds,
+        train_data,
         steps_per_epoch=1,
         epochs=epochs,
         verbose=0,
         callbacks=[
-            validation,  # before WorkerCallback: the epoch logs it sends carry val_*
+            validation,  # first: the callbacks after it see val_loss and val_accuracy
             distcb.keras.WorkerCallback(
                 flavour="tf_keras", samples=len(train_x), val_samples=len(test_x)
             ),
@@ -73,52 +78,26 @@ def train(epochs: int) -> None:
     )
 
 
-def _validation_callback_base() -> type:
-    import tf_keras as keras
+def print_shards(strategy, train_data, validation) -> None:  # type: ignore[no-untyped-def]
+    """Print the sample indices this worker's replicas receive in one epoch."""
+    import numpy as np
+    from moons_data import make_moons
 
-    return keras.callbacks.Callback  # type: ignore[no-any-return]
+    import distcb
 
+    points, _ = make_moons(100, 0.2, 1)  # train = indices 0-29, test = 30-99
 
-class PersistentValidation:
-    """Adds `val_loss` and `val_accuracy` to the epoch logs from one distributed iterator.
+    def indices(batch) -> list[int]:  # type: ignore[no-untyped-def]
+        rows = np.concatenate([np.asarray(x) for x in strategy.experimental_local_results(batch)])
+        return sorted(int(np.flatnonzero((points == row).all(axis=1))[0]) for row in rows)
 
-    Keras's own validation builds a new distributed iterator every epoch; this one
-    keeps one for the run. Each worker evaluates the whole validation set; sums of
-    per-sample losses and hits are reduced over the workers, so the ratio is the
-    same mean Keras reports.
-    """
-
-    def __new__(cls, *args: object) -> PersistentValidation:
-        klass = type("PersistentValidation", (cls, _validation_callback_base()), {})
-        return super().__new__(klass)
-
-    def __init__(self, strategy, model, dataset) -> None:  # type: ignore[no-untyped-def]
-        import tensorflow as tf
-        import tf_keras as keras
-
-        super().__init__()
-        self._iterator = iter(strategy.experimental_distribute_dataset(dataset))
-
-        def replica_step(x, y):  # type: ignore[no-untyped-def]
-            y = tf.reshape(y, (-1, 1))
-            predictions = model(x, training=False)
-            loss = keras.losses.binary_crossentropy(y, predictions)
-            hits = keras.metrics.binary_accuracy(y, predictions)
-            count = tf.cast(tf.size(y), tf.float32)
-            return tf.reduce_sum(loss), tf.reduce_sum(hits), count
-
-        @tf.function
-        def step(iterator):  # type: ignore[no-untyped-def]
-            per_replica = strategy.run(replica_step, args=next(iterator))
-            return [strategy.reduce("SUM", value, axis=None) for value in per_replica]
-
-        self._step = step
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # type: ignore[type-arg]
-        loss, hits, count = self._step(self._iterator)
-        if logs is not None:
-            logs["val_loss"] = float(loss / count)
-            logs["val_accuracy"] = float(hits / count)
+    val_data = validation.distribute(strategy)
+    train_x = next(iter(train_data))[0]
+    val_iterator = iter(val_data)
+    val_x = [i for _ in range(validation.steps) for i in indices(next(val_iterator)[0])]
+    rank = distcb.worker_context().rank
+    print(f"worker {rank} trains on samples {indices(train_x)}", flush=True)
+    print(f"worker {rank} validates on samples {sorted(val_x)}", flush=True)
 
 
 def main() -> None:
@@ -126,6 +105,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4000)
     parser.add_argument("--patience", type=int, default=200)
     parser.add_argument("--run-dir", default=os.path.join("runs", "moons"))
+    parser.add_argument("--show-shards", action="store_true", help="print each worker's samples")
     options = parser.parse_args()
     os.makedirs(options.run_dir, exist_ok=True)
     best_path = os.path.join(options.run_dir, "best_model.h5")
@@ -135,7 +115,7 @@ def main() -> None:
         num_workers=2,
         tf_config=True,
         threads_per_worker=1,
-        kwargs={"epochs": options.epochs},
+        kwargs={"epochs": options.epochs, "show_shards": options.show_shards},
         run_dir=options.run_dir,
         callbacks=[
             EarlyStopping(monitor="val_loss", mode="min", verbose=1, patience=options.patience),

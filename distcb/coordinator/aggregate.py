@@ -9,12 +9,13 @@ in ``stateful_metrics`` and values that are not numbers are taken from the
 chief (the lowest live rank). The per-worker spread of every numeric metric is
 kept aside for status and TensorBoard; it never enters the logs.
 
-Equal values look equal: the weighted sums are exact (`math.fsum` of products
-of float32-precision values with integer sample counts), and the mean is
-rounded once to float32 precision, the precision of Keras's own logs (a value
-from a single worker passes through as it is). Two
-epochs whose merged accuracy is mathematically the same therefore compare
-equal, and no callback sees an "improvement" that is only float rounding.
+Equal values look equal. Sums are exact (float32 value x integer weight is
+exact in float64; `math.fsum`); float32 inputs give float32 means, as Keras
+logs them, and ratios of counts (accuracies: hits / samples) give the ratio
+of the summed counts, what one process over all samples logs; so means that
+are mathematically equal compare equal, and no callback sees an
+"improvement" that is only float rounding. A value from a single worker, and
+values that are not float32 to begin with, pass through at full precision.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ _FLOAT32 = struct.Struct("f")
 
 
 def round32(value: float) -> float:
-    """`value` rounded to the nearest float32, as a Python float (non-finite kept)."""
+    """The float32 nearest to `value` (itself when beyond float32's range)."""
     try:
         result: float = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
-    except OverflowError:  # beyond float32's range: Keras's float32 logs would say inf
-        return math.copysign(math.inf, value)
+    except OverflowError:
+        return value
     return result
 
 
@@ -77,9 +78,20 @@ def _weighted_mean(values: list[float], weights: list[float]) -> float:
     # NaN, so TerminateOnNaN sees it (a mean must never hide a diverged rank).
     if not all(math.isfinite(v) for v in values):
         return sum(values)  # NaN if any is NaN or both infinities occur, else that infinity
-    return round32(
-        math.fsum(v * w for v, w in zip(values, weights, strict=True)) / math.fsum(weights)
-    )
+    total = math.fsum(weights)
+    # float32 value x integer weight is exact in float64, and fsum adds exactly.
+    mean = math.fsum(v * w for v, w in zip(values, weights, strict=True)) / total
+    if not all(round32(v) == v for v in values):
+        return mean  # not Keras's float32 logs: keep every bit
+    # Each value is float32(k / w) with k an integer (an accuracy: hits / samples)?
+    # Then return float32(sum k / sum w), what one process over all samples logs.
+    counts = [round(v * w) for v, w in zip(values, weights, strict=True)]
+    if all(
+        w == 0 or (w.is_integer() and round32(k / w) == v)
+        for k, v, w in zip(counts, values, weights, strict=True)
+    ):
+        return round32(math.fsum(counts) / total)
+    return round32(mean)  # float32, as Keras logs: equal means compare equal
 
 
 def _weights(ranks: list[int], counts: Mapping[int, float | None]) -> list[float]:

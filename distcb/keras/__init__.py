@@ -1,5 +1,20 @@
-"""Worker glue for Keras 3 and tf_keras: add `WorkerCallback()` to `model.fit`."""
+"""Worker glue for Keras 3 and tf_keras: add `WorkerCallback()` to `model.fit`.
+
+`PersistentValidation` (tf_keras only) is imported on first use: importing it
+imports tf_keras, which would make ``WorkerCallback(flavour="auto")`` pick tf_keras
+in a Keras 3 worker.
+"""
+
+from typing import Any
 
 from distcb.keras.worker_callback import WorkerCallback
 
-__all__ = ["WorkerCallback"]
+__all__ = ["PersistentValidation", "WorkerCallback"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PersistentValidation":
+        from distcb.keras.validation import PersistentValidation
+
+        return PersistentValidation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The Ray backend: the coordinator is an async Ray actor, each worker a Ray actor.
 
-    history = distcb.run(train_fn, num_workers=4, backend="ray", num_cpus_per_worker=2,
+    history = distcb.run(train_fn, num_workers=4, backend="ray", cpus_per_worker=2,
                          callbacks=[EarlyStopping(...)])
 
 Where things run. The coordinator actor (no CPU reserved) runs the callback

@@ -97,5 +97,60 @@ def test_means_that_are_mathematically_equal_are_equal():
 def test_round32_matches_numpy_float32():
     for value in [0.1, 1 / 3, 1e-40, 3.4e38, -2.5e-7, 123456.789]:
         assert round32(value) == float(np.float32(value))
-    assert round32(1e39) == math.inf
+    assert round32(1e39) == math.inf  # beyond float32, as numpy says
     assert math.isnan(round32(math.nan))
+
+
+# ---------------------------------------------------------------- equal means compare equal
+
+
+def f32(value: float) -> float:
+    """What Keras logs: the float32 nearest to `value`, as a Python float."""
+    return float(np.float32(value))
+
+
+def val_accuracy(hits: dict[int, int], samples: dict[int, int]) -> float:
+    per_rank = {r: {"val_accuracy": f32(hits[r] / samples[r])} for r in hits}
+    return merge_logs(per_rank, samples, val_samples=samples).logs["val_accuracy"]
+
+
+def test_replica_accuracies_with_equal_means_merge_to_the_same_value():
+    # Two replicas validating on all 70 samples: 55 + 57 hits and 56 + 56 hits are the same
+    # mean; a float64 mean of the float32 logs tells them apart (0.79999998 vs 0.80000001),
+    # and so does rounding that mean to float32.
+    samples = {0: 70, 1: 70}
+    assert val_accuracy({0: 55, 1: 57}, samples) == val_accuracy({0: 56, 1: 56}, samples)
+    assert val_accuracy({0: 43, 1: 69}, samples) == f32(112 / 140)
+    assert val_accuracy({0: 31, 1: 33}, {0: 35, 1: 35}) == f32(32 / 35)
+
+
+def test_merged_accuracy_is_what_one_process_over_all_samples_logs():
+    # Equal shards: every pair of hit counts with the same sum merges to one value, the
+    # float32 of total hits / total samples (Keras's `total / count` in float32).
+    for n in range(1, 41):
+        for a in range(n + 1):
+            for b in range(a, n + 1):
+                merged = val_accuracy({0: a, 1: b}, {0: n, 1: n})
+                assert merged == f32((a + b) / (2 * n)), (n, a, b)
+    # Uneven shards (36 + 34 of 70 samples), three ranks of different sizes.
+    for k0 in range(37):
+        for k1 in range(35):
+            assert val_accuracy({0: k0, 1: k1}, {0: 36, 1: 34}) == f32((k0 + k1) / 70)
+    assert val_accuracy({0: 5, 1: 0, 2: 9}, {0: 7, 1: 3, 2: 11}) == f32(14 / 21)
+
+
+def test_float32_logs_merge_to_float32_and_other_floats_keep_every_bit():
+    merged = merge_logs(
+        {0: {"loss": f32(0.3), "x": 0.1}, 1: {"loss": f32(0.7), "x": 0.2}}, {0: 30, 1: 10}
+    ).logs
+    assert merged["loss"] == f32((f32(0.3) * 30 + f32(0.7) * 10) / 40)
+    assert merged["x"] == math.fsum([0.1 * 30, 0.2 * 10]) / 40  # not float32: unrounded
+    # One rank: its value, untouched.
+    assert merge_logs({3: {"loss": f32(0.123)}}, {3: 64}).logs["loss"] == f32(0.123)
+    # A rank with no samples adds nothing, whatever it reports.
+    empty = merge_logs(
+        {0: {"val_accuracy": f32(5 / 7)}, 1: {"val_accuracy": 0.0}}, {}, val_samples={0: 7, 1: 0}
+    )
+    assert empty.logs["val_accuracy"] == f32(5 / 7)
+    # Values beyond float32's range stay as they are.
+    assert merge_logs({0: {"m": 1e300}, 1: {"m": 1e300}}, {}).logs["m"] == 1e300

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from tests.helpers.moons_reference import Reference
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,14 +66,52 @@ def test_moons_replicas_stops_both_replicas_and_loads_the_best_model(tmp_path):
     assert os.path.exists(tmp_path / "best_model.keras")
 
 
-def test_moons_sync_both_workers_end_at_the_same_epoch(tmp_path):
-    out = run_example("moons.py", "--epochs", "12", "--patience", "2", "--run-dir", str(tmp_path))
+def test_moons_sync_gives_the_single_process_answer(tmp_path):
+    # `make run` as a user runs it, next to the seed in one plain tf_keras process.
+    with Reference(tmp_path, 4000, patience=200) as running:
+        out = run_example(
+            "moons.py", "--show-shards", "--run-dir", str(tmp_path / "run"), timeout=900
+        )
+        single = running.result()
+    # What each worker received: 15 + 15 training and 35 + 35 validation samples, each once.
+    for kind, samples in (("trains", range(30)), ("validates", range(30, 100))):
+        shards = {
+            int(rank): json.loads(indices)
+            for rank, indices in re.findall(rf"worker (\d) {kind} on samples (\[.*\])", out)
+        }
+        assert sorted(shards) == [0, 1], out[-2000:]
+        assert len(shards[0]) == len(shards[1]) == len(samples) // 2
+        assert sorted(shards[0] + shards[1]) == list(samples)
+    # Both workers stop at the epoch the coordinator stopped the job.
     ends = re.search(r"^epochs run by each worker: \{0: (\d+), 1: (\d+)\}$", out, re.M)
     assert ends is not None, out[-2000:]
     epochs = int(re.search(r"^epochs=(\d+)", out, re.M).group(1))
     assert int(ends.group(1)) == int(ends.group(2)) == epochs
-    assert re.search(r"^Train: \d\.\d{3}, Test: \d\.\d{3}$", out, re.M)
-    assert os.path.exists(tmp_path / "best_model.h5")
+    # The seed's answer: the best model scores what the single process's does (within 0.02;
+    # the runs agree to float rounding, which may move the stop by an epoch or so).
+    found = re.search(r"^Train: (\d\.\d{3}), Test: (\d\.\d{3})$", out, re.M)
+    assert found is not None, out[-2000:]
+    print(
+        f"distributed: {found.group(0)} after {epochs} epochs; single process: Train: "
+        f"{single['train_accuracy_of_saved']:.3f}, Test: {single['test_accuracy_of_saved']:.3f}"
+        f" after {single['epochs']} epochs"
+    )
+    assert abs(float(found.group(1)) - single["train_accuracy_of_saved"]) <= 0.02
+    assert abs(float(found.group(2)) - single["test_accuracy_of_saved"]) <= 0.02
+    assert abs(epochs - single["epochs"]) <= 10
+    assert os.path.exists(tmp_path / "run" / "best_model.h5")
+
+
+def test_moons_sync_keras3_stops_both_workers_together_and_loads_the_best_model(tmp_path):
+    # Its numbers against the single Keras 3 process: tests/workers/test_equivalence.py.
+    out = run_example("moons_sync_keras3.py", "--epochs", "40", "--patience", "3",
+                      "--run-dir", str(tmp_path))
+    ends = re.search(r"^epochs run by each worker: \{0: (\d+), 1: (\d+)\}$", out, re.M)
+    assert ends is not None, out[-2000:]
+    epochs = int(re.search(r"^epochs=(\d+)", out, re.M).group(1))
+    assert int(ends.group(1)) == int(ends.group(2)) == epochs <= 40
+    assert re.search(r"^Train: \d\.\d{3}, Test: \d\.\d{3}$", out, re.M), out[-2000:]
+    assert os.path.exists(tmp_path / "best_model.keras")
 
 
 def test_loss_history_sees_aggregated_batch_losses():
