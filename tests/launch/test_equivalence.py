@@ -20,6 +20,7 @@ import os
 import sys
 
 import pytest
+
 from tests.helpers.moons_reference import EXAMPLES, Reference
 
 pytestmark = pytest.mark.slow

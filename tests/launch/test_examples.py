@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tests.helpers.moons_reference import Reference
 
 pytestmark = pytest.mark.slow
@@ -104,8 +105,9 @@ def test_moons_sync_gives_the_single_process_answer(tmp_path):
 
 def test_moons_sync_keras3_stops_both_workers_together_and_loads_the_best_model(tmp_path):
     # Its numbers against the single Keras 3 process: tests/workers/test_equivalence.py.
-    out = run_example("moons_sync_keras3.py", "--epochs", "40", "--patience", "3",
-                      "--run-dir", str(tmp_path))
+    out = run_example(
+        "moons_sync_keras3.py", "--epochs", "40", "--patience", "3", "--run-dir", str(tmp_path)
+    )
     ends = re.search(r"^epochs run by each worker: \{0: (\d+), 1: (\d+)\}$", out, re.M)
     assert ends is not None, out[-2000:]
     epochs = int(re.search(r"^epochs=(\d+)", out, re.M).group(1))

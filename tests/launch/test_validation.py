@@ -85,10 +85,9 @@ def close(a: float, b: float) -> bool:
 
 @pytest.mark.slow
 def test_under_multi_worker_mirrored_strategy_it_logs_what_fit_logs(tmp_path):
-    from tests.helpers.validation_fns import CONFIGS, EPOCHS, compare_with_keras
-
     import distcb
     from distcb import Config
+    from tests.helpers.validation_fns import CONFIGS, EPOCHS, compare_with_keras
 
     distcb.run(
         compare_with_keras,
