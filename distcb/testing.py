@@ -21,21 +21,24 @@ told to stop.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from distcb.callbacks.history import History
-from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.engine import Coordinator, JobListener
 from distcb.protocol.config import Config
 from distcb.protocol.decisions import Decision, SaveModel
 from distcb.protocol.errors import CoordinatorLostError
 from distcb.protocol.logs import Logs
-from distcb.protocol.messages import EpochEnd, JoinParams
+from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
 from distcb.transport.base import Connection
 from distcb.transport.memory import connection_pair
 from distcb.worker.apply import AppliedDecision
+from distcb.worker.backup import BackupStore
 from distcb.worker.protocol import DecisionArrival, StepBegun
 from distcb.worker.session import WorkerSession
 
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 DEFAULT_LEARNING_RATE = 0.001
+Faults = dict[int, tuple[int, int]] | Sequence[dict[int, tuple[int, int]]]
 
 
 @dataclass
@@ -77,6 +81,28 @@ class ScriptedModel:
     def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
         self.saves.append(filepath)
 
+    # Backups: the weights (any JSON value) and the learning rate, as JSON files.
+    snapshot_suffix = ".json"
+
+    def save_state(self, directory: str) -> None:
+        state = {"weights": self.weights, "learning_rate": self.learning_rate}
+        with open(os.path.join(directory, "state.json"), "w") as handle:
+            json.dump(state, handle)
+
+    def load_state(self, directory: str) -> None:
+        with open(os.path.join(directory, "state.json")) as handle:
+            state = json.load(handle)
+        self.weights = state["weights"]
+        self.learning_rate = float(state["learning_rate"])
+
+    def save_snapshot(self, weights: Any, path: str) -> None:
+        with open(path, "w") as handle:
+            json.dump(weights, handle)
+
+    def load_snapshot(self, path: str) -> Any:
+        with open(path) as handle:
+            return json.load(handle)
+
 
 @dataclass
 class ScriptedWorker:
@@ -91,6 +117,9 @@ class ScriptedWorker:
         config: the job's Config (heartbeats, window, frame sizes).
         disconnect_at: ``(epoch, step)`` at which the worker drops its connection, as a
             crashed process would (its `run` then raises ConnectionError).
+        preempt_at: ``(epoch, step)`` at which the worker tells the coordinator it got
+            SIGTERM (a preempted pod), and goes on until it is stopped.
+        run_dir: where its backups go (a resumable job), as `DISTCB_RUN_DIR`.
     """
 
     rank: int
@@ -104,6 +133,8 @@ class ScriptedWorker:
     yields_per_step: int = 1
     config: Config = field(default_factory=Config)
     disconnect_at: tuple[int, int] | None = None
+    preempt_at: tuple[int, int] | None = None
+    run_dir: str | None = None
 
     model: ScriptedModel = field(init=False)
     session: WorkerSession | None = field(default=None, init=False)
@@ -111,6 +142,7 @@ class ScriptedWorker:
     learning_rates: list[float] = field(default_factory=list)  # in effect during each epoch
     epochs_run: int = 0
     job_error: str | None = None
+    interrupted: bool = False  # it ended so that the job restarts (JobInterrupted)
 
     def __post_init__(self) -> None:
         self.model = ScriptedModel(
@@ -161,31 +193,43 @@ class ScriptedWorker:
         async def connect() -> Connection:
             return connection
 
+        store = None
+        if self.run_dir is not None:
+            store = BackupStore(os.path.join(self.run_dir, "backups"), self.rank, self.rank)
         session = self.session = WorkerSession(
             rank=self.rank,
             world_size=self.world_size,
             connect=connect,
             config=self.config,
             target=self.model,
+            store=store,
             record_steps=True,
         )
-        first = int(self.params.get("initial_epoch", 0))
+        initial = int(self.params.get("initial_epoch", 0))
         fields = {k: v for k, v in self.params.items() if k in JoinParams.__struct_fields__}
-        fields.setdefault("epochs", first + len(self.epoch_logs))
+        fields.setdefault("epochs", initial + len(self.epoch_logs))
         if self.batch_logs is not None and "steps" not in self.params:
             fields["steps"] = max((len(s) for s in self.batch_logs), default=0)
         try:
-            await session.open(JoinParams(**fields))
-            await self._train(session, first)
+            start = await session.open(JoinParams(**fields))
+            first = initial
+            if start.resume is not None:  # go on after the barrier the job resumes from
+                session.applier.resume(start.resume)
+                end = initial + len(self.epoch_logs)
+                first = end if start.resume.stopping else start.resume.epoch + 1
+            await self._train(session, initial, first)
             decisions, self.job_error = await session.end_training()
             session.apply(decisions, -1)
             await session.finish({"learning_rate": self.model.learning_rate})
+            self.interrupted = session.protocol.restart
         finally:
             await session.close()
 
-    async def _train(self, session: WorkerSession, first: int) -> None:
+    async def _train(self, session: WorkerSession, initial: int, first: int) -> None:
         for index, logs in enumerate(self.epoch_logs):
-            epoch = first + index
+            epoch = initial + index
+            if epoch < first:
+                continue
             session.apply(session.begin_epoch(epoch), -1)
             if self.model.stop_requested:
                 return
@@ -196,6 +240,8 @@ class ScriptedWorker:
                 if (epoch, step) == self.disconnect_at:
                     await session.close()
                     raise ConnectionError(f"rank {self.rank} crashed at epoch {epoch} step {step}")
+                if (epoch, step) == self.preempt_at:
+                    session.send_nowait(Preempted(rank=self.rank))
                 decisions = await session.begin_batch(step)
                 session.apply(decisions, step)
                 for _ in range(self.yields_per_step):
@@ -230,8 +276,10 @@ class SimulationResult:
         stopped_epoch: the last epoch run when a decision stopped training, else None.
         learning_rates: the learning rate in effect during each epoch run (the chief's).
         weights: the weights the chief ends with (after any restore).
-        workers: the scripted workers, for what each applied and when.
+        workers: the scripted workers, for what each applied and when (those of the
+            last attempt when the job restarted).
         coordinator: the coordinator (status(), decision log).
+        attempts: the workers of every attempt (more than one after a restart).
     """
 
     history: History
@@ -241,6 +289,7 @@ class SimulationResult:
     weights: Any
     workers: list[ScriptedWorker]
     coordinator: Coordinator
+    attempts: list[list[ScriptedWorker]] = field(default_factory=list)
 
 
 async def asimulate(
@@ -255,6 +304,11 @@ async def asimulate(
     config: Config | None = None,
     stateful_metrics: Sequence[str] = (),
     yields_per_step: Sequence[int] | None = None,
+    run_dir: str | None = None,
+    max_restarts: int = 0,
+    resume: bool = False,
+    disconnect_at: Faults | None = None,
+    preempt_at: Faults | None = None,
 ) -> SimulationResult:
     """`simulate` for code already inside an event loop."""
     if not epoch_logs or not epoch_logs[0]:
@@ -274,38 +328,71 @@ async def asimulate(
     per_rank_params = (
         list(params) if isinstance(params, Sequence) else [dict(params or {})] * world_size
     )
+    resumable = bool(max_restarts or resume)
     coordinator = Coordinator(
-        callbacks, world_size=world_size, config=config, stateful_metrics=stateful_metrics
+        callbacks,
+        world_size=world_size,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        state_dir=os.path.join(run_dir, "state") if run_dir and resumable else None,
+        max_restarts=max_restarts,
+        resume=resume,
     )
-    workers = [
-        ScriptedWorker(
-            rank=rank,
-            world_size=world_size,
-            epoch_logs=[row[rank] for row in epoch_logs],
-            batch_logs=None
-            if batch_logs is None
-            else [[step[rank] for step in epoch] for epoch in batch_logs],
-            params=dict(per_rank_params[rank]),
-            weights=weights if rank == 0 else None,
-            samples=None if samples is None else [row[rank] for row in samples],
-            val_samples=None if val_samples is None else [row[rank] for row in val_samples],
-            yields_per_step=1 if yields_per_step is None else yields_per_step[rank],
-            config=config,
-        )
-        for rank in range(world_size)
-    ]
-    tasks = []
-    for worker in workers:
-        coordinator_end, worker_end = connection_pair(f"scripted worker {worker.rank}")
-        tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
-        tasks.append(asyncio.create_task(worker.run(worker_end)))
+
+    def fault(faults: Faults | None, attempt: int, rank: int) -> tuple[int, int] | None:
+        if faults is None:
+            return None
+        per_attempt = [faults] if isinstance(faults, dict) else list(faults)
+        return per_attempt[attempt].get(rank) if attempt < len(per_attempt) else None
+
+    def make_workers(attempt: int) -> list[ScriptedWorker]:
+        return [
+            ScriptedWorker(
+                rank=rank,
+                world_size=world_size,
+                epoch_logs=[row[rank] for row in epoch_logs],
+                batch_logs=None
+                if batch_logs is None
+                else [[step[rank] for step in epoch] for epoch in batch_logs],
+                params=dict(per_rank_params[rank]),
+                weights=weights if rank == 0 else None,
+                samples=None if samples is None else [row[rank] for row in samples],
+                val_samples=None if val_samples is None else [row[rank] for row in val_samples],
+                yields_per_step=1 if yields_per_step is None else yields_per_step[rank],
+                config=config,
+                disconnect_at=fault(disconnect_at, attempt, rank),
+                preempt_at=fault(preempt_at, attempt, rank),
+                run_dir=run_dir,
+            )
+            for rank in range(world_size)
+        ]
+
+    tasks: list[asyncio.Task[Any]] = []
+    attempts: list[list[ScriptedWorker]] = []
+
+    def start(attempt: int) -> None:
+        workers = make_workers(attempt)
+        attempts.append(workers)
+        for worker in workers:
+            coordinator_end, worker_end = connection_pair(f"scripted worker {worker.rank}")
+            tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
+            tasks.append(asyncio.create_task(worker.run(worker_end)))
+
+    class Restarter(JobListener):
+        def restarting(self, attempt: int, failure: BaseException) -> None:
+            start(attempt + 1)
+
+    coordinator.add_listener(Restarter())
+    start(0)
     try:
         history = await coordinator.run()
     finally:
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, CoordinatorLostError):
-            raise result
+    if len(attempts) == 1:  # with restarts, a fault's own error is expected
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, CoordinatorLostError):
+                raise result
+    workers = attempts[-1]
     chief = workers[0]
     return SimulationResult(
         history=history,
@@ -315,6 +402,7 @@ async def asimulate(
         weights=chief.current_weights,
         workers=workers,
         coordinator=coordinator,
+        attempts=attempts,
     )
 
 
@@ -338,6 +426,13 @@ def simulate(
         samples, val_samples: ``[epoch][rank]`` sample counts sent with epoch logs.
         config: a `Config`; stateful_metrics: names taken from the chief.
         yields_per_step: per rank, how often it yields per step (makes workers uneven).
+        run_dir: a directory for the journal and the workers' backups (with
+            `max_restarts` or `resume`).
+        max_restarts, resume: as `distcb.run`'s.
+        disconnect_at, preempt_at: rank -> ``(epoch, step)``: that worker crashes (drops
+            its connection) or is preempted (says it got SIGTERM) there, in the first
+            attempt; or a list of such dicts, one per attempt. Restarted workers replay
+            their scripts from where the job resumes.
 
     Raises:
         RuntimeError: when called inside a running event loop (use `asimulate`).

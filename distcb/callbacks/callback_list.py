@@ -164,11 +164,16 @@ class CallbackList:
     def on_train_end(self, logs: Logs | None = None) -> Logs:
         return self._call("on_train_end", logs=logs)
 
-    def on_train_end_each(self, logs: Logs | None = None) -> list[BaseException]:
-        """`on_train_end` on every callback even when one raises; returns what they raised."""
+    def on_train_end_each(
+        self, logs: Logs | None = None, *, observers_only: bool = False
+    ) -> list[BaseException]:
+        """`on_train_end` on every callback (or only on the observers, which close their
+        files) even when one raises; returns what they raised."""
         logs = {} if logs is None else logs
         errors: list[BaseException] = []
         for callback in self.callbacks:
+            if observers_only and not getattr(callback, "observes_only", False):
+                continue
             self.current = callback
             try:
                 callback.on_train_end(logs)

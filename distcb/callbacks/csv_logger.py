@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import csv
 import io
 import logging
@@ -67,6 +68,8 @@ class CSVLogger(Callback):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed: concurrent.futures.Future[None] | None = None
         self._failed = False
+        self._lines = 0  # lines in the file (header included; an appended file's too)
+        self._resume_lines: int | None = None
 
         class _Dialect(csv.excel):
             delimiter = separator
@@ -81,9 +84,23 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self._close_file()
+        if self._resume_lines is not None:  # a resumed job: the file as it was then
+            _truncate_lines(self.filename, self._resume_lines)
+            self._lines, self._resume_lines = self._resume_lines, None
+            self._needs_header = False
+            self._file = open(self.filename, "a")  # noqa: SIM115
+            self._failed = False
+            self._closed = None
+            if self._runtime is not None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="distcb-csv"
+                )
+            return
+        self._lines = 0
         if self.append and os.path.exists(self.filename):
             with open(self.filename) as existing:
                 self._needs_header = not existing.readline()
+                self._lines = 0 if self._needs_header else 1 + sum(1 for _ in existing)
         else:
             self._needs_header = True
         self._file = open(self.filename, "a" if self.append else "w")  # noqa: SIM115
@@ -105,7 +122,9 @@ class CSVLogger(Callback):
                 self.keys += [f"val_{k}" for k in self.keys]
             if self._needs_header:
                 writer.writerow(["epoch", *self.keys])
+                self._lines += 1
         writer.writerow([epoch, *(_cell(logs.get(k, "NA")) for k in self.keys)])
+        self._lines += 1
         self._run(self._write, text.getvalue())
 
     def on_train_end(self, logs: Logs | None = None) -> None:
@@ -115,6 +134,24 @@ class CSVLogger(Callback):
         executor, self._executor = self._executor, None
         self._closed = executor.submit(self._close_file)
         executor.shutdown(wait=False)
+
+    def get_state(self) -> dict[str, Any]:
+        """The columns and how many lines the file holds (rows past them go on resume)."""
+        return {"keys": self.keys, "lines": self._lines}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Go on from `get_state()`: the next `on_train_begin` cuts the file back to the
+        lines written then and appends, so it ends as an uninterrupted run's would."""
+        keys = state.get("keys")
+        self.keys = None if keys is None else [str(k) for k in keys]
+        self._resume_lines = int(state["lines"])
+
+    def sync(self) -> None:
+        """Block until every row queued so far is on disk (the journal calls this)."""
+        executor = self._executor
+        if executor is not None:
+            with contextlib.suppress(RuntimeError):  # shut down: nothing is queued
+                executor.submit(lambda: None).result()
 
     async def aclose(self) -> None:
         """Wait until every row is on disk and the file is closed."""
@@ -155,3 +192,17 @@ class CSVLogger(Callback):
     def _close_file(self) -> None:
         if self._file is not None and not self._file.closed:
             self._file.close()
+
+
+def _truncate_lines(path: str, lines: int) -> None:
+    """Keep the first `lines` lines of the file at `path` (a missing file stays missing)."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as handle:
+        kept = 0
+        for _ in range(lines):
+            line = handle.readline()
+            if not line:
+                break
+            kept += len(line)
+        handle.truncate(kept)

@@ -111,12 +111,14 @@ class EarlyStopping(MonitorCallback):
             self.model.set_weights(self.best_weights)
 
     def get_state(self) -> dict[str, Any]:
-        """The counters, JSON-compatible (the best weights stay with the workers)."""
+        """The counters, JSON-compatible; the best weights stay with the workers: the state
+        names their snapshot (a distcb job keeps it on disk when it journals)."""
         return {
             "wait": self.wait,
             "stopped_epoch": self.stopped_epoch,
             "best": encode_float(self.best),
             "best_epoch": self.best_epoch,
+            "best_weights": getattr(self.best_weights, "snapshot_id", None),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -125,5 +127,10 @@ class EarlyStopping(MonitorCallback):
         self.stopped_epoch = int(state["stopped_epoch"])
         self.best = decode_float(state["best"])
         self.best_epoch = int(state["best_epoch"])
-        self.best_weights = None
+        snapshot_id = state.get("best_weights")
+        holder = getattr(self.model, "weights_snapshot", None)
+        # The handle comes back when the model can rebuild it (a resumed distcb job).
+        self.best_weights = (
+            holder(int(snapshot_id)) if snapshot_id is not None and callable(holder) else None
+        )
         self._resumed = True

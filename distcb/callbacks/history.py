@@ -25,8 +25,15 @@ class History(Callback):
         # Set by distcb.run: rank -> what each worker reported at its end
         # (learning rate, weights digest, decisions applied).
         self.worker_reports: dict[int, dict[str, Any]] = {}
+        # Set by distcb.run: every decision the coordinator made, in order (kind, effect
+        # point, the callback that made it, when).
+        self.decisions: list[dict[str, Any]] = []
+        self._resumed = False
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
+        if self._resumed:  # set_state() before training: go on from there
+            self._resumed = False
+            return
         self.epoch = []
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
@@ -35,6 +42,16 @@ class History(Callback):
             self.history.setdefault(key, []).append(value)
         if self.model is not None:
             self.model.history = self
+
+    def get_state(self) -> dict[str, Any]:
+        """The epochs and their logs so far (the journal makes the floats JSON)."""
+        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Go on from `get_state()`: the next `on_train_begin` keeps these epochs."""
+        self.epoch = [int(e) for e in state["epoch"]]
+        self.history = {str(k): list(v) for k, v in state["history"].items()}
+        self._resumed = True
 
     def __repr__(self) -> str:
         return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"

@@ -7,7 +7,11 @@ inside the functions that need it.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
+
+import numpy as np
 
 from distcb.protocol.metrics import direction_by_name
 
@@ -151,3 +155,93 @@ def channels_last(model: Any) -> bool:
 
 def is_keras3(model: Any) -> bool:
     return not _is_tf_keras(model)
+
+
+def is_synchronous(model: Any) -> bool:
+    """Whether the workers train one model together (MultiWorkerMirroredStrategy): then
+    the chief alone holds the weights to back up, and every worker restores its backup."""
+    strategy = getattr(model, "distribute_strategy", None)
+    name = type(strategy).__name__ if strategy is not None else ""
+    return "MultiWorkerMirrored" in name or "CollectiveAllReduce" in name
+
+
+def save_training_state(model: Any, directory: str) -> None:
+    """Model and optimizer state, in Keras's own format, into `directory` (see
+    `load_training_state`)."""
+    if _is_tf_keras(model):
+        # The TF-format checkpoint of save_weights tracks the optimizer too.
+        model.save_weights(os.path.join(directory, "checkpoint"), save_format="tf")
+        return
+    model.save_weights(os.path.join(directory, "model.weights.h5"))
+    # Keras 3's weights file leaves the seed generators' states out (dropout and other
+    # seeded layers): without them a resumed run would draw other random numbers.
+    generators = [v for v in model.variables if "seed_generator_state" in v.path]
+    with open(os.path.join(directory, "seed_generators.npz"), "wb") as handle:
+        np.savez(handle, *[np.asarray(v.numpy()) for v in generators])
+
+
+def load_training_state(model: Any, directory: str) -> None:
+    """Set model and optimizer state back to what `save_training_state` wrote."""
+    if _is_tf_keras(model):
+        model.load_weights(os.path.join(directory, "checkpoint"))
+        return
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)  # its variables exist before they load
+    model.load_weights(os.path.join(directory, "model.weights.h5"))
+    generators = [v for v in model.variables if "seed_generator_state" in v.path]
+    with np.load(os.path.join(directory, "seed_generators.npz")) as data:
+        if len(data.files) != len(generators):
+            raise ValueError(
+                f"the backup in {directory} holds {len(data.files)} seed generator states, "
+                f"the model has {len(generators)}: is it the same model?"
+            )
+        for index, variable in enumerate(generators):
+            variable.assign(data[f"arr_{index}"])
+
+
+def seed_everything(seed: int, epoch: int) -> None:
+    """Seed Python's, NumPy's and the framework's global generators from (seed, epoch)."""
+    value = (seed * 1_000_003 + epoch) % (2**31)
+    if "tf_keras" in sys.modules and "keras" not in sys.modules:
+        import tf_keras
+
+        tf_keras.utils.set_random_seed(value)
+    else:
+        import keras
+
+        keras.utils.set_random_seed(value)
+
+
+def resume_at_epoch(model: Any, epoch: int) -> None:
+    """Make the `fit` that is starting begin at `epoch` (a resumed job).
+
+    Keras 3 reads ``model._initial_epoch`` after ``on_train_begin`` (what its own
+    BackupAndRestore sets); tf_keras asks ``model._training_state`` (what its own
+    BackupAndRestore installs) for the epoch to begin at.
+    """
+    if _is_tf_keras(model):
+        model._training_state = _ResumeAt(epoch)
+    else:
+        model._initial_epoch = epoch
+
+
+def end_resume(model: Any) -> None:
+    """Undo `resume_at_epoch` once the fit has begun (a later fit starts as asked)."""
+    if _is_tf_keras(model):
+        if isinstance(getattr(model, "_training_state", None), _ResumeAt):
+            model._training_state = None
+    elif hasattr(model, "_initial_epoch"):
+        model._initial_epoch = None
+
+
+class _ResumeAt:
+    """What tf_keras's fit asks for the epoch and step to begin at."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def maybe_load_initial_counters_from_ckpt(
+        self, steps_per_epoch: Any, initial_epoch: int, mode: Any = None
+    ) -> tuple[int, int]:
+        return self.epoch, 0

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -212,6 +213,9 @@ class TensorBoard(Callback):
         self._profiler: BatchProfiler | None = None
         self._global_test_step = 0
         self._training = False  # between on_train_begin and on_train_end
+        self._resume: dict[str, Any] | None = None  # set_state(): where a resumed job goes on
+        self._last_epoch = -1
+        self._purge_step: int | None = None  # the step new writers purge from (a resume)
 
     def _warn_unused(self, *, keras2: dict[str, Any]) -> None:
         if self.write_images and not self.histogram_freq:
@@ -232,6 +236,33 @@ class TensorBoard(Callback):
         """Receive the coordinator's runtime: files are then written off the callback thread."""
         self._runtime = runtime
 
+    def get_state(self) -> dict[str, Any]:
+        """Where the event files stand: the step count, and the last epoch written."""
+        return {
+            "global_step": self._global_step,
+            "epoch": self._last_epoch,
+            "graph_written": self._graph_written,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Go on from `get_state()`: the event files are reopened with a purge step, so that
+        TensorBoard drops what an interrupted run wrote past this point (tensorboardX's
+        `purge_step`: of the batch steps when batches are logged, else of the epochs)."""
+        self._resume = dict(state)
+        batches = self._every is not None
+        self._purge_step = int(state["global_step"]) + 1 if batches else int(state["epoch"]) + 1
+
+    def sync(self) -> None:
+        """Block until every write queued so far is done (the journal calls this)."""
+        executor = self._executor
+        if executor is not None:
+            with contextlib.suppress(RuntimeError):  # shut down: nothing is queued
+                executor.submit(self._flush_writers).result()
+
+    def _flush_writers(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
     @property
     def embeddings_dir(self) -> str | None:
         """Where the embeddings files go (``log_dir/train``, absolute), or None without them.
@@ -246,10 +277,11 @@ class TensorBoard(Callback):
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self._training = True
-        self._global_step = 0
+        resume, self._resume = self._resume, None
+        self._global_step = 0 if resume is None else int(resume["global_step"])
         self._global_test_step = 0
         self._in_batch = False
-        self._graph_written = False
+        self._graph_written = False if resume is None else bool(resume["graph_written"])
         self._projector_written = False
         self._closed = None
         self._write_failed = False
@@ -259,7 +291,7 @@ class TensorBoard(Callback):
                 max_workers=1, thread_name_prefix="distcb-tensorboard"
             )
         to_json = getattr(self.model, "to_json", None)
-        if self.write_graph and callable(to_json):
+        if self.write_graph and callable(to_json) and not self._graph_written:
             try:
                 model_json = to_json()
             except Exception as exc:  # like Keras: a model that cannot serialize is skipped
@@ -351,6 +383,7 @@ class TensorBoard(Callback):
             self._model_writers.pop()
 
     def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        self._last_epoch = epoch
         train: dict[str, float] = {}
         val: dict[str, float] = {}
         for name, value in (logs or {}).items():
@@ -545,7 +578,9 @@ class TensorBoard(Callback):
         if writer is None:
             from tensorboardX import SummaryWriter
 
-            writer = SummaryWriter(logdir=os.path.join(self.log_dir, run))
+            writer = SummaryWriter(
+                logdir=os.path.join(self.log_dir, run), purge_step=self._purge_step
+            )
             self._writers[run] = writer
         return writer
 

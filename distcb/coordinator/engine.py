@@ -3,7 +3,8 @@
 The roster turns every connection's messages into events in one queue,
 consumed by one engine task, the sole owner of the job's state: state changes
 happen one at a time, in arrival order. Callback hooks run on a dedicated
-thread (user code may block; the event loop must not). The phases::
+thread (user code may block; the event loop must not). The phases of one
+attempt::
 
     JOINING -> TRAINING -> ENDING -> DONE
          \\________\\_________\\-> (failure: the error is kept, survivors are stopped at a
@@ -12,7 +13,14 @@ thread (user code may block; the event loop must not). The phases::
 One epoch barrier, in order (`_finish_epoch`): merge the workers' epoch logs,
 run the deciding callbacks (`on_epoch_end`, then the next `on_epoch_begin`) in
 one trip to the callback thread, release every worker with the decisions,
-tell the listeners, and only then run the observers (sinks, History).
+tell the listeners, run the observers (sinks, History), and journal.
+
+With a state directory the job is resumable (DESIGN principle 9): the journal
+records every barrier, the workers back up at each, and a worker lost (or
+preempted) while restarts are left ends the attempt: the survivors stop and
+exit with the "retry me" code, the callbacks roll back to the newest
+committed barrier, and a new attempt waits for every rank to join again and
+restore its backup of that barrier.
 """
 
 from __future__ import annotations
@@ -25,33 +33,39 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from distcb.callbacks.callback_list import CallbackList, DeferredCall
 from distcb.callbacks.history import History
+from distcb.coordinator import resume as resuming
 from distcb.coordinator.aggregate import BatchMerger, MergedStep, merge_logs
+from distcb.coordinator.journal import Journal, JournalEntry, describe_job
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder, ModelProxy
 from distcb.coordinator.roster import Roster, WorkerLost
 from distcb.coordinator.runtime import JobState, Runtime
+from distcb.coordinator.status import RECENT, describe, job_status
 from distcb.protocol.config import Config
-from distcb.protocol.decisions import Decision, EffectPoint, StopTraining
+from distcb.protocol.decisions import BackupModel, Decision, EffectPoint, StopTraining
 from distcb.protocol.errors import (
     AggregationError,
     DistcbError,
     JoinTimeoutError,
     ProtocolError,
+    RestartsExhausted,
     WorkerLostError,
 )
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import (
     Abort,
+    BackedUp,
     BatchFrame,
     Done,
     EpochEnd,
     EpochReply,
     Message,
+    Preempted,
     Progress,
+    Resume,
     Saved,
     Start,
     TrainEnd,
@@ -62,7 +76,6 @@ from distcb.transport.base import Connection
 
 logger = logging.getLogger("distcb.coordinator")
 _T = TypeVar("_T")
-_RECENT = 200  # decisions and saves kept for status pages
 
 
 class Phase(enum.Enum):
@@ -72,29 +85,38 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
-class JobListener(Protocol):
-    """What the engine tells listeners (Tune's bridge, journals, status pages).
-
-    Called on the event loop, in order; a listener must not block.
-    """
+class JobListener:
+    """What the engine tells listeners (Tune's bridge, launchers, status pages): override
+    what you need. Called on the event loop, in order; a listener must not block."""
 
     def epoch_released(self, epoch: int, logs: Logs, records: Sequence[DecisionRecord]) -> None:
         """Epoch `epoch`'s decisions went out to every worker."""
+        return None
 
     def saved(self, message: Saved) -> None:
         """The chief reported a save (or its failure)."""
+        return None
+
+    def restarting(self, attempt: int, failure: BaseException) -> None:
+        """Attempt `attempt` ended with a restartable `failure`; the workers stop and exit
+        with the "retry me" code, and the next attempt waits for them to join again."""
+        return None
 
     def ended(self, failure: BaseException | None) -> None:
         """The job ended (`on_train_end` ran and the sinks were closed)."""
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    """Event: the stop timeout after a failure ran out."""
+        return None
 
 
 class CallbackFailed(DistcbError):
     """A coordinator callback raised: the job stops; workers are told why."""
+
+
+class _Deadline:
+    """Event: the stop timeout after a failure ran out."""
+
+
+class _Restart(Exception):
+    """Ends an attempt that a restart follows."""
 
 
 class Coordinator:
@@ -106,6 +128,12 @@ class Coordinator:
         world_size: the number of workers (ranks 0 .. world_size - 1); rank 0 is the chief.
         config: limits and timeouts.
         stateful_metrics: metric names taken from the chief rather than averaged.
+        state_dir: where the journal goes; workers back up at every barrier (every
+            `Config.backup_every_epochs`) so that the job can go on after a failure.
+        max_restarts: how many times a lost (or preempted) worker may restart the job from
+            its last committed barrier (needs `state_dir`).
+        resume: go on from the journal in `state_dir` if it has a committed barrier (a
+            coordinator that died); without one, start afresh.
 
     Use: hand each worker connection to `serve` (a transport does this) and
     await `run`, which returns the aggregated History or raises the job's error.
@@ -118,11 +146,21 @@ class Coordinator:
         world_size: int,
         config: Config | None = None,
         stateful_metrics: Iterable[str] = (),
+        state_dir: str | None = None,
+        max_restarts: int = 0,
+        resume: bool = False,
     ):
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size must be an int >= 1, received {world_size!r}")
         if config is not None and not isinstance(config, Config):
             raise TypeError(f"config must be a distcb.Config, received {type(config).__name__}")
+        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, received {max_restarts!r}")
+        if (max_restarts or resume) and not state_dir:
+            raise ValueError(
+                "max_restarts and resume need a state directory for the journal and the "
+                "backups: pass state_dir (distcb.run: run_dir)"
+            )
         self.world_size = world_size
         self.config = config or Config()
         self.stateful_metrics = frozenset(stateful_metrics)
@@ -130,23 +168,47 @@ class Coordinator:
         histories = [cb for cb in user_callbacks if isinstance(cb, History)]
         self.history = histories[0] if histories else History()
         self.callbacks = CallbackList(user_callbacks + ([] if histories else [self.history]))
-        self.recorder = DecisionRecorder()
-        self.recorder.current_callback = lambda: self.callbacks.current
-        self.model = ModelProxy(self.recorder)
+        self.journal = (
+            Journal(state_dir, describe_job(world_size, self.callbacks.callbacks))
+            if state_dir
+            else None
+        )
+        self.max_restarts = max_restarts
+        self.resume = resume
         self.state = JobState(num_workers=world_size)
-        self.phase = Phase.JOINING
         self.params: dict[str, Any] = {}
         self.decision_log: list[DecisionRecord] = []
         self.saved_count = 0
         self.recent_saved: list[Saved] = []
-        self.failure: BaseException | None = None
-        self.epoch = 0
+        self.failures: list[BaseException] = []  # the restartable failures so far
+        self.attempt = 0
+        self.committed_epoch: int | None = None
         self.last_epoch_logs: Logs = {}
         self.last_batch_logs: Logs = {}
         self._listeners: list[JobListener] = []
+        self._callback_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="distcb-callbacks"
+        )
+        self._journal_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="distcb-journal"
+        )
+        self._runtime: Runtime | None = None
+        self._initial_states: list[dict[str, Any] | None] | None = None
+        self._snapshots_of: dict[int, set[int]] = {}  # journaled epoch -> snapshots it holds
+        self._committed_snapshots: set[int] = set()  # held by the newest committed barrier
+        self._new_attempt()
+
+    def _new_attempt(self) -> None:
+        """The state of one attempt: a fresh roster, merger, model proxy and phase."""
+        self.phase = Phase.JOINING
+        self.failure: BaseException | None = None
+        self.epoch = 0
+        self.recorder = DecisionRecorder()
+        self.recorder.current_callback = lambda: self.callbacks.current
+        self.model = ModelProxy(self.recorder)
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self.roster = Roster(
-            world_size,
+            self.world_size,
             self.config,
             post=self._events.put_nowait,
             accepting=lambda: self.phase is Phase.JOINING,
@@ -155,12 +217,10 @@ class Coordinator:
         self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
         self._epoch_ends: dict[int, EpochEnd] = {}
         self._progress_sent = -1  # the last processed step told to the workers this epoch
-        self._callback_thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="distcb-callbacks"
-        )
-        self._runtime: Runtime | None = None
         self._finished = asyncio.Event()
         self._callbacks_broken = False  # a callback raised: no hook runs but on_train_end
+        self._restarting: BaseException | None = None  # this attempt ends in a restart
+        self._backups = resuming.BackupTracker()
 
     # ------------------------------------------------------------------ the public surface
 
@@ -169,28 +229,47 @@ class Coordinator:
         """Every decision made so far, in the order the callbacks made them."""
         return [record.decision for record in self.decision_log]
 
+    @property
+    def processed_step(self) -> int:
+        return self._merger.processed_step
+
     async def serve(self, connection: Connection) -> None:
         """Handle one worker connection until it closes (a transport calls this)."""
         await self.roster.serve(connection)
 
-    def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
+    def report_lost(
+        self,
+        rank: int,
+        reason: str,
+        traceback_text: str | None = None,
+        *,
+        retryable: bool = True,
+    ) -> None:
         """A launcher saw worker `rank` die (exit code, dead actor). Call on the event loop."""
-        self.roster.report_lost(rank, reason, traceback_text)
+        self.roster.report_lost(rank, reason, traceback_text, retryable=retryable)
 
-    async def report_exit(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
+    async def report_exit(
+        self, rank: int, reason: str, traceback_text: str | None = None, *, retryable: bool = True
+    ) -> None:
         """A launcher saw worker `rank`'s process end: once what it sent before it ended
         has been read (bounded by `Config.reply_timeout_s`), it is lost unless it said
         goodbye. A clean exit right after its last message is therefore no failure."""
-        await self.roster.wait_disconnected(rank, self.config.reply_timeout_s)
-        self.roster.report_lost(rank, reason, traceback_text)
+        roster = self.roster
+        await roster.wait_disconnected(rank, self.config.reply_timeout_s)
+        if roster is self.roster:  # not a report about an attempt that has ended
+            roster.report_lost(rank, reason, traceback_text, retryable=retryable)
 
     def add_listener(self, listener: JobListener) -> None:
-        """Be told of released epochs, saves and the job's end (see `JobListener`)."""
+        """Be told of released epochs, saves, restarts and the job's end (`JobListener`)."""
         self._listeners.append(listener)
 
     @property
     def accepting_joins(self) -> bool:
         return self.phase is Phase.JOINING
+
+    def status(self) -> dict[str, Any]:
+        """A picture of the job for ``/status`` and status pages."""
+        return job_status(self)
 
     # ------------------------------------------------------------------ the engine
 
@@ -200,43 +279,112 @@ class Coordinator:
         Raises:
             JoinTimeoutError: not every rank joined in time.
             WorkerLostError: a worker disconnected, went silent or raised.
+            RestartsExhausted: with restarts, the job failed once more than allowed.
             AggregationError: worker logs could not be merged.
             ProtocolError: the workers' join parameters disagree.
+            JournalMismatchError: the state directory holds another job's journal.
             Exception: what a coordinator callback raised.
         """
         loop = asyncio.get_running_loop()
         self._runtime = Runtime(loop, self.config, self.state)
+        failure: BaseException | None = None
+        try:
+            entry = await self._open_journal()
+            while True:
+                try:
+                    return await self._run_attempt(entry)
+                except _Restart:
+                    entry = await self._roll_back()
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            await self._runtime.aclose()
+            self._callback_thread.shutdown(wait=False)
+            self._journal_thread.shutdown(wait=True)
+            for listener in self._listeners:
+                with contextlib.suppress(Exception):
+                    listener.ended(failure)
+
+    async def _run_attempt(self, entry: JournalEntry | None) -> History:
+        loop = asyncio.get_running_loop()
         watchdog = loop.create_task(self.roster.watch_heartbeats(), name="distcb-heartbeats")
         try:
             await self._join()
             if self.failure is None:
-                await self._start()
+                await self._start(entry)
             while not self._finished.is_set():
                 event = await self._events.get()
                 try:
                     await self._handle(event)
                 except AggregationError as exc:
                     await self._fail(exc)
+            if self._restarting is not None:
+                raise _Restart()
             if self.failure is not None:
                 raise self.failure
             self.history.worker_reports = {
                 r: w.report for r, w in sorted(self.roster.workers.items()) if w.report is not None
             }
+            self.history.decisions = [record.to_json() for record in self.decision_log]
             return self.history
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
             await self.roster.close_all()
-            await self._runtime.aclose()
-            self._callback_thread.shutdown(wait=False)
-            for listener in self._listeners:
-                with contextlib.suppress(Exception):
-                    listener.ended(self.failure)
+
+    async def _open_journal(self) -> JournalEntry | None:
+        """The committed entry to resume from, or None to start afresh (a new journal)."""
+        journal = self.journal
+        if journal is None:
+            return None
+        if await asyncio.to_thread(journal.check_job):
+            entry = await asyncio.to_thread(journal.latest)
+            if entry is not None and not self.resume:
+                raise DistcbError(
+                    f"{journal.directory} holds this job's journal (committed up to epoch "
+                    f"{entry.epoch}): pass resume=True to go on from it, or use another "
+                    "run directory to start over"
+                )
+            if entry is not None:
+                self.committed_epoch = entry.epoch
+                self._committed_snapshots = set(entry.snapshots)
+                logger.info("resuming after epoch %d from %s", entry.epoch, journal.directory)
+            return entry
+        await asyncio.to_thread(journal.start)
+        return None
+
+    async def _roll_back(self) -> JournalEntry | None:
+        """After an attempt that ends in a restart: the entry the next attempt resumes from.
+
+        The next attempt's state (a roster accepting joins) exists before the listeners
+        hear of the restart: a launcher may start the workers again at once.
+        """
+        failure = self._restarting
+        assert failure is not None
+        assert self.journal is not None
+        self.failures.append(failure)
+        attempt = self.attempt
+        entry = await asyncio.to_thread(self.journal.latest)
+        logger.warning(
+            "restart %d of %d after %s: going on after %s",
+            len(self.failures),
+            self.max_restarts,
+            describe(failure),
+            f"epoch {entry.epoch}" if entry is not None else "nothing (from the start)",
+        )
+        self.attempt += 1
+        self._new_attempt()
+        self._committed_snapshots = set(entry.snapshots) if entry is not None else set()
+        for listener in self._listeners:
+            listener.restarting(attempt, failure)
+        return entry
 
     async def _join(self) -> None:
         try:
-            await asyncio.wait_for(self.roster.all_joined.wait(), self.config.join_timeout_s)
+            async with asyncio.timeout(self.config.join_timeout_s):
+                await self.roster.all_joined.wait()
         except TimeoutError:
             missing = self.roster.missing()
             error: DistcbError = JoinTimeoutError(
@@ -246,10 +394,7 @@ class Coordinator:
             if not self.roster.never_joined:
                 return
             error = self.roster.never_joined[min(self.roster.never_joined)]
-        self.failure = error
-        self.phase = Phase.DONE
-        await self.roster.broadcast(Abort(reason=str(error)))
-        self._finished.set()
+        await self._fail(error)
 
     async def _handle(self, event: Any) -> None:
         if isinstance(event, WorkerLost):
@@ -265,7 +410,7 @@ class Coordinator:
         await handler(self, rank, message)
 
     async def _in_callbacks(self, fn: Callable[[], _T]) -> _T:
-        """Run `fn` (hook calls) on the callback thread; the decisions it made are logged.
+        """Run `fn` (hook calls) on the callback thread.
 
         Raises:
             CallbackFailed: a callback raised (the job then ends with that error).
@@ -286,9 +431,15 @@ class Coordinator:
         self.decision_log.extend(records)
         return [record.decision for record in records]
 
+    @property
+    def _hooks_run(self) -> bool:
+        """Whether callback hooks still run: not on a broken chain, nor in an attempt that
+        ends in a restart (what it would record is rolled back)."""
+        return not self._callbacks_broken and self._restarting is None
+
     # ------------------------------------------------------------------ phases
 
-    async def _start(self) -> None:
+    async def _start(self, entry: JournalEntry | None) -> None:
         try:
             self.params = self.roster.merged_params()
         except ProtocolError as exc:
@@ -307,22 +458,40 @@ class Coordinator:
         self.roster.flow_window = flow_window
         self.model.optimizer._sync(self.roster.workers[0].params.learning_rate)
         self.callbacks.attach(self.params, self.model, self._runtime)
+        if self._initial_states is None and self.journal is not None:
+            # What a restart before the first committed barrier rolls back to.
+            self._initial_states = await self._in_callbacks(
+                lambda: resuming.callback_states(self.callbacks.callbacks)
+            )
+        first = int(self.params.get("initial_epoch") or 0)  # a resumed fit counts from there
+        resume: Resume | None = None
+        pending: list[Decision] = []
+        if entry is not None:
+            first = entry.epoch + 1
+            resume = Resume(
+                epoch=entry.epoch, snapshots=tuple(entry.snapshots), stopping=entry.stopping
+            )
+            pending = list(entry.pending)
+            await self._apply_entry(entry)
+        elif self.attempt > 0 and self._initial_states is not None:
+            await self._apply_initial_states()
         self.phase = Phase.TRAINING
         self.roster.begin_training()
-        # A resumed fit (Keras `initial_epoch`) counts its epochs from there.
-        self.epoch = first = int(self.params.get("initial_epoch") or 0)
+        self.epoch = first
         self.roster.begin_epoch(first)
         self._merger = BatchMerger(first, stateful_metrics=self.stateful_metrics)
 
         def begin() -> list[DecisionRecord]:
             self.recorder.set_context("train_begin", first)
             self.callbacks.on_train_begin()
-            if not self.model.stop_training:
+            # A resumed job made the next epoch's on_epoch_begin decisions before it was
+            # interrupted: they come from the journal (`pending`), not from a second call.
+            if entry is None and not self.model.stop_training:
                 self.callbacks.on_epoch_begin(first)
             return self.recorder.take()
 
         try:
-            decisions = self._log(await self._in_callbacks(begin))
+            decisions = pending + self._log(await self._in_callbacks(begin))
         except CallbackFailed as exc:
             await self._fail(exc)
             return
@@ -332,9 +501,34 @@ class Coordinator:
             want_batch_logs=want_batch_logs,
             histogram_freq=self.callbacks.histogram_freq,
             want_model_json=self.callbacks.wants_model_json,
+            persist_snapshots=self.journal is not None,
+            resume=resume,
             **self.callbacks.chief_tensorboard_requests,
         )
+        if entry is not None and entry.stopping:
+            self.phase = Phase.ENDING  # it had decided to stop: only the train end is left
         await self.roster.broadcast(start)
+
+    async def _apply_entry(self, entry: JournalEntry) -> None:
+        """Set this attempt back to the barrier of `entry` (callbacks attached)."""
+        resuming.apply_to_recorder(entry, self.recorder)
+        self.decision_log = resuming.records_from_json(entry.decisions)
+        self.state.global_step = entry.global_step
+        self.model.optimizer._sync(entry.learning_rate)
+        self.history.worker_reports = {}
+        await self._in_callbacks(
+            lambda: resuming.restore_callbacks(self.callbacks.callbacks, entry.callbacks)
+        )
+
+    async def _apply_initial_states(self) -> None:
+        states = self._initial_states
+        assert states is not None
+        self.decision_log = []
+        self.state.global_step = 0
+        self.history.worker_reports = {}
+        await self._in_callbacks(
+            lambda: resuming.restore_callbacks(self.callbacks.callbacks, states)
+        )
 
     async def _on_batches(self, rank: int, frame: BatchFrame) -> None:
         self._merger.add(rank, frame)
@@ -346,7 +540,7 @@ class Coordinator:
         epoch = self.epoch
         self.last_batch_logs = dict(steps[-1].logs)
         decisions: list[Decision] = []
-        if self.callbacks.has_batch_hooks and not self._callbacks_broken:
+        if self.callbacks.has_batch_hooks and self._hooks_run:
 
             def run_all() -> list[DecisionRecord]:
                 # One trip to the callback thread for all ready steps, but each step is
@@ -390,8 +584,8 @@ class Coordinator:
     async def _finish_epoch(self, training: set[int]) -> None:
         epoch = self.epoch
         await self._process_steps(self._merger.flush(training))
-        if self._callbacks_broken:
-            # The failure's stop takes effect here; no hook runs on a broken chain.
+        if not self._hooks_run:
+            # The failure's stop takes effect here; nothing of this epoch is recorded.
             self._epoch_ends = {}
             self.phase = Phase.ENDING
             self.roster.begin_epoch(epoch)  # before the reply: a worker answers at once
@@ -419,6 +613,9 @@ class Coordinator:
             await self._fail(exc)
             await self._finish_epoch(training)  # the failure's stop, released at once
             return
+        backup = self._backup_decision(epoch, stopping)
+        if backup is not None:
+            records.append(DecisionRecord(backup, "distcb", time.time()))
         decisions = self._log(records)
         self.last_epoch_logs = logs
         if stopping:
@@ -433,6 +630,82 @@ class Coordinator:
             for listener in self._listeners:
                 listener.epoch_released(epoch, logs, records)
         await self._observe(epoch, deferred)
+        if backup is not None and self._hooks_run:
+            pending = [d for d in decisions if d.at > EffectPoint.epoch_end(epoch)]
+            await self._journal_barrier(epoch, pending, stopping)
+
+    def _backup_decision(self, epoch: int, stopping: bool) -> BackupModel | None:
+        """The backup of this barrier, when the job journals and one is due (every
+        `Config.backup_every_epochs`, and at the last barrier)."""
+        if self.journal is None or self.failure is not None:
+            return None
+        if not stopping and (epoch + 1) % self.config.backup_every_epochs:
+            return None
+        # Snapshot files a rollback may still need stay: those held now, and those the
+        # newest committed barrier holds.
+        keep = self.recorder.outstanding | self._committed_snapshots
+        return BackupModel(
+            at=EffectPoint.epoch_end(epoch), epoch=epoch, keep_snapshots=tuple(sorted(keep))
+        )
+
+    async def _journal_barrier(self, epoch: int, pending: list[Decision], stopping: bool) -> None:
+        """Write epoch `epoch`'s journal entry (off the event loop), then commit it once
+        every worker has backed it up."""
+        assert self.journal is not None
+        journal = self.journal
+        try:
+            states = await self._in_callbacks(
+                lambda: resuming.callback_states(self.callbacks.callbacks)
+            )
+        except CallbackFailed as exc:
+            await self._fail(exc)
+            return
+        entry = resuming.capture(
+            epoch=epoch,
+            states=states,
+            log=list(self.decision_log),
+            recorder=self.recorder,
+            learning_rate=float(self.model.optimizer.learning_rate),
+            pending=pending,
+            global_step=self.state.global_step,
+            stopping=stopping,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._journal_thread, journal.write, entry)
+        except OSError as exc:
+            logger.error("could not write the journal entry of epoch %d: %s", epoch, exc)
+            return
+        self._backups.written.add(epoch)
+        self._snapshots_of[epoch] = set(entry.snapshots)
+        await self._maybe_commit(epoch)
+
+    async def _maybe_commit(self, epoch: int) -> None:
+        if not self._backups.complete(epoch, set(self.roster.live)):
+            return
+        assert self.journal is not None
+        loop = asyncio.get_running_loop()
+        self._backups.commit(epoch)
+        try:
+            await loop.run_in_executor(self._journal_thread, self.journal.commit, epoch)
+        except OSError as exc:
+            logger.error("could not commit the journal entry of epoch %d: %s", epoch, exc)
+            return
+        self.committed_epoch = epoch
+        self._committed_snapshots = self._snapshots_of.pop(epoch, set())
+        self._snapshots_of = {e: s for e, s in self._snapshots_of.items() if e > epoch}
+
+    async def _on_backed_up(self, rank: int, message: BackedUp) -> None:
+        if message.error is not None:
+            logger.warning(
+                "rank %d could not back up epoch %d (%s): the job cannot go on from that "
+                "epoch after a failure",
+                rank,
+                message.epoch,
+                message.error,
+            )
+        self._backups.report(message.epoch, rank, message.error)
+        await self._maybe_commit(message.epoch)
 
     def _merge_epoch(self, ends: dict[int, EpochEnd]) -> Logs:
         merged = merge_logs(
@@ -494,20 +767,23 @@ class Coordinator:
     async def _end_training(self) -> None:
         self.phase = Phase.DONE
         logs = dict(self.last_epoch_logs)
+        interrupted = self._restarting is not None
 
         def end() -> tuple[list[DecisionRecord], list[BaseException]]:
             self.recorder.set_context("train_end", self.epoch)
+            if interrupted:  # the sinks close their files; nothing else ends: it goes on
+                return [], self.callbacks.on_train_end_each(logs, observers_only=True)
             errors = self.callbacks.on_train_end_each(logs)
             return self.recorder.take(), errors
 
         records, errors = await self._in_callbacks(end)
-        decisions = self._log(records)
+        decisions = [] if interrupted else self._log(records)
         for error in errors:
             if self.failure is None:
                 self.failure = error
             else:
                 logger.error("on_train_end raised after the job had failed: %r", error)
-        error_text = _reason(self.failure) if self.failure is not None else None
+        error_text = describe(self.failure) if self.failure is not None else None
         self.roster.train_end_replied()
         await self.roster.broadcast(TrainEndReply(tuple(decisions), error=error_text))  # type: ignore[arg-type]
         assert self._runtime is not None
@@ -524,16 +800,22 @@ class Coordinator:
 
     async def _on_saved(self, rank: int, message: Saved) -> None:
         self.saved_count += 1
-        self.recent_saved = [*self.recent_saved[-(_RECENT - 1) :], message]
+        self.recent_saved = [*self.recent_saved[-(RECENT - 1) :], message]
         if message.error:
             logger.warning("rank %d could not save %s: %s", rank, message.filepath, message.error)
         for listener in self._listeners:
             listener.saved(message)
 
     async def _on_worker_failed(self, rank: int, message: WorkerFailed) -> None:
-        await self._on_lost(
-            rank, WorkerLostError(rank, f"training raised {message.error}", message.traceback)
+        # Its own code raised: a restart would raise again.
+        error = WorkerLostError(
+            rank, f"training raised {message.error}", message.traceback, retryable=False
         )
+        await self._on_lost(rank, error)
+
+    async def _on_preempted(self, rank: int, message: Preempted) -> None:
+        reason = "was preempted (SIGTERM): its pod or node is going away"
+        await self._fail(WorkerLostError(rank, reason, retryable=True))
 
     _HANDLERS: dict[type[Message], Callable[[Coordinator, int, Any], Any]] = {
         BatchFrame: _on_batches,
@@ -541,6 +823,8 @@ class Coordinator:
         TrainEnd: _on_train_end,
         Done: _on_done,
         Saved: _on_saved,
+        BackedUp: _on_backed_up,
+        Preempted: _on_preempted,
         WorkerFailed: _on_worker_failed,
     }
 
@@ -559,19 +843,28 @@ class Coordinator:
 
     async def _fail(self, error: BaseException) -> None:
         """Keep the job's first error, stop the survivors at a common point, and end the
-        job once they reached `on_train_end` (or `Config.stop_timeout_s` ran out).
+        attempt once they reached `on_train_end` (or `Config.stop_timeout_s` ran out).
 
-        The epoch in progress ends at the survivors' barrier as usual (listeners do
-        not hear of it: its logs come from the survivors alone). After a callback
-        raised, no hook runs but `on_train_end`.
+        With restarts left, a restartable error ends the attempt in a restart: nothing
+        of the epoch in progress is recorded and the survivors exit to be started again.
+        Otherwise the epoch in progress ends at the survivors' barrier as usual
+        (listeners do not hear of it: its logs come from the survivors alone). After a
+        callback raised, no hook runs but `on_train_end`.
         """
-        if self.failure is None:
-            reason = _reason(error)
+        if self.failure is None and self._restarting is None:
+            reason = describe(error)
+            restart = self._may_restart(error)
             if isinstance(error, CallbackFailed):
                 self._callbacks_broken = True
                 if error.__cause__ is not None:
                     error = error.__cause__  # the job raises what the callback raised
-            self.failure = error
+            if restart:
+                self._restarting = error
+                reason = f"{reason}; the job goes on from its last committed barrier"
+            else:
+                if self.journal is not None and self.max_restarts and resuming.restartable(error):
+                    error = RestartsExhausted([*self.failures, error], self.max_restarts)
+                self.failure = error
             logger.error("%s", reason)
             window = self.recorder.window_steps
             if self.phase is Phase.TRAINING and window is not None:
@@ -579,9 +872,11 @@ class Coordinator:
             else:
                 at = EffectPoint.epoch_end(self.epoch)
             stop = StopTraining(at=at)
-            self.decision_log.append(DecisionRecord(stop, "distcb", time.time()))
+            if not restart:
+                self.decision_log.append(DecisionRecord(stop, "distcb", time.time()))
             self.model._stop_training = True
-            await self.roster.broadcast(Abort(reason=reason[:60000], decisions=(stop,)))
+            abort = Abort(reason=reason[:60000], decisions=(stop,), restart=restart)
+            await self.roster.broadcast(abort)
             if self.phase is Phase.JOINING:  # nothing started, no callback ran: done
                 self.phase = Phase.DONE
                 self._finished.set()
@@ -597,6 +892,13 @@ class Coordinator:
             return
         await self._recheck_barriers()
         await self._maybe_end_training()
+
+    def _may_restart(self, error: BaseException) -> bool:
+        return (
+            self.journal is not None
+            and resuming.restartable(error)
+            and len(self.failures) < self.max_restarts
+        )
 
     async def _recheck_barriers(self) -> None:
         """A rank left the batch merge and the epoch barrier: they may be complete now."""
@@ -617,50 +919,3 @@ class Coordinator:
         if self.phase is not Phase.DONE:
             await self._end_training()
         self._finished.set()
-
-    # ------------------------------------------------------------------ status
-
-    def status(self) -> dict[str, Any]:
-        """A picture of the job for ``/status`` and status pages (JSON values; floats may
-        be non-finite: the server makes them strict JSON)."""
-        workers = self.roster.status()
-        live = [w for w in workers if w["state"] != "lost"]
-        front = max(((w["epoch"], w["step"]) for w in live), default=(0, -1))
-        for worker in workers:
-            worker["lag_steps"] = front[1] - worker["step"] if worker["epoch"] == front[0] else None
-            worker["lag_epochs"] = front[0] - worker["epoch"]
-        statistics = {}
-        for callback in self.callbacks.callbacks:
-            stats = getattr(callback, "statistics", None)
-            if callable(stats):
-                with contextlib.suppress(Exception):
-                    statistics[type(callback).__name__] = stats()
-        return {
-            "phase": self.phase.value,
-            "world_size": self.world_size,
-            "epoch": self.epoch,
-            "epochs": self.params.get("epochs"),
-            "processed_step": self._merger.processed_step,
-            "global_step": self.state.global_step,
-            "workers": workers,
-            "joined": sorted(self.roster.workers),
-            "live": sorted(self.roster.live),
-            "history": {k: list(v[-500:]) for k, v in self.history.history.items()},
-            "history_epochs": list(self.history.epoch[-500:]),
-            "last_epoch_logs": dict(self.last_epoch_logs),
-            "last_batch_logs": dict(self.last_batch_logs),
-            "epoch_spread": {k: s.to_dict() for k, s in self.state.epoch_spread.items()},
-            "batch_spread": {k: s.to_dict() for k, s in self.state.batch_spread.items()},
-            "monitored": sorted(
-                {str(cb.monitor) for cb in self.callbacks.callbacks if hasattr(cb, "monitor")}
-            ),
-            "decisions": [r.to_json() for r in self.decision_log[-_RECENT:]],
-            "decision_count": len(self.decision_log),
-            "saved_count": self.saved_count,
-            "sinks": statistics,
-            "failure": _reason(self.failure) if self.failure is not None else None,
-        }
-
-
-def _reason(error: BaseException) -> str:
-    return str(error) if isinstance(error, DistcbError) else f"{type(error).__name__}: {error}"

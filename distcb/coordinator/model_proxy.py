@@ -10,7 +10,6 @@ each effect as a decision value that every worker applies at one named point.
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 import time
 import weakref
@@ -79,7 +78,8 @@ class DecisionRecorder:
         self._decisions: list[Decision] = []
         self._made_by: list[str] = []
         self._released: collections.deque[int] = collections.deque()  # filled by GC finalizers
-        self._ids = itertools.count(1)
+        self.snapshot_counter = 0  # the last snapshot id given out
+        self.outstanding: set[int] = set()  # snapshots given out and not released
 
     def set_context(self, phase: str, epoch: int = 0, step: int = -1) -> None:
         self.context = HookContext(phase, epoch, step)
@@ -102,7 +102,9 @@ class DecisionRecorder:
         self._made_by = [m for _, m in kept]
 
     def new_snapshot_id(self) -> int:
-        return next(self._ids)
+        self.snapshot_counter += 1
+        self.outstanding.add(self.snapshot_counter)
+        return self.snapshot_counter
 
     def release_later(self, snapshot_id: int) -> None:
         self._released.append(snapshot_id)
@@ -116,7 +118,9 @@ class DecisionRecorder:
         """The decisions made since the last call, releases of dropped snapshots last."""
         at = self.effect_point()
         while self._released:
-            self.record(ReleaseWeights(at=at, snapshot_id=self._released.popleft()), "distcb")
+            snapshot_id = self._released.popleft()
+            self.outstanding.discard(snapshot_id)
+            self.record(ReleaseWeights(at=at, snapshot_id=snapshot_id), "distcb")
         now = time.time()
         out = [
             DecisionRecord(d, m, now) for d, m in zip(self._decisions, self._made_by, strict=True)
@@ -130,13 +134,14 @@ class WeightsSnapshot:
     every worker at the moment the call takes effect. Pass it to ``model.set_weights`` to
     restore them. The arrays themselves stay on the workers."""
 
-    def __init__(self, snapshot_id: int, at: EffectPoint, recorder: DecisionRecorder):
+    def __init__(self, snapshot_id: int, at: EffectPoint | None, recorder: DecisionRecorder):
         self.snapshot_id = snapshot_id
-        self.at = at
+        self.at = at  # None: a handle rebuilt from the journal
         weakref.finalize(self, recorder.release_later, snapshot_id)
 
     def __repr__(self) -> str:
-        return f"WeightsSnapshot(id={self.snapshot_id}, taken at {self.at})"
+        where = "an earlier run" if self.at is None else self.at
+        return f"WeightsSnapshot(id={self.snapshot_id}, taken at {where})"
 
     def _no_arrays(self, *args: Any) -> Any:
         raise TypeError(
@@ -264,6 +269,12 @@ class ModelProxy:
         snapshot_id = self._recorder.new_snapshot_id()
         self._recorder.record(SnapshotWeights(at=at, snapshot_id=snapshot_id))
         return WeightsSnapshot(snapshot_id, at, self._recorder)
+
+    def weights_snapshot(self, snapshot_id: int) -> WeightsSnapshot:
+        """The handle of snapshot `snapshot_id`, rebuilt when a job resumes (`set_state`)."""
+        if snapshot_id not in self._recorder.outstanding:
+            raise ValueError(f"there is no weights snapshot {snapshot_id} to hold")
+        return WeightsSnapshot(snapshot_id, None, self._recorder)
 
     def set_weights(self, weights: Any) -> None:
         """Every worker restores the weights of a snapshot from `get_weights()`."""

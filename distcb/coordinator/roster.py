@@ -11,13 +11,15 @@ Per-rank protocol states, and the worker messages valid in each (anything
 else is a protocol error that closes that connection and counts the rank as
 lost)::
 
-    state        | batches epoch_end train_end saved done worker_failed heartbeat
-    -------------+------------------------------------------------------------------
-    joined       |    -        -         -       -     -        x           x
-    training     |    x        x         x       x     -        x           x
-    at_barrier   |    -        -         -       -     -        x           x
-    train_ended  |    -        -         -       x     x*       x           x
-    done         |    -        -         -       -     -        -           x
+    state        | batches epoch_end train_end saved backed_up done preempted
+    -------------+----------------------------------------------------------------
+    joined       |    -        -         -       -       -        -       x
+    training     |    x        x         x       x       x        -       x
+    at_barrier   |    -        -         -       -       -        -       x
+    train_ended  |    -        -         -       x       x        x*      x
+    done         |    -        -         -       -       -        -       -
+
+    worker_failed and heartbeat are valid in every state but done (heartbeat: there too).
 
     * done only once the coordinator sent its train-end reply.
 
@@ -39,6 +41,7 @@ from typing import Any
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
 from distcb.protocol.messages import (
+    BackedUp,
     BatchFrame,
     Done,
     EpochEnd,
@@ -46,6 +49,7 @@ from distcb.protocol.messages import (
     Join,
     JoinParams,
     Message,
+    Preempted,
     Saved,
     TrainEnd,
     WorkerFailed,
@@ -63,12 +67,12 @@ class RankState(enum.Enum):
     DONE = "done"
 
 
-_ANY_TIME = (WorkerFailed, Heartbeat)
+_ANY_TIME = (WorkerFailed, Heartbeat, Preempted)
 ALLOWED: dict[RankState, tuple[type[Message], ...]] = {
     RankState.JOINED: _ANY_TIME,
-    RankState.TRAINING: (BatchFrame, EpochEnd, TrainEnd, Saved, *_ANY_TIME),
+    RankState.TRAINING: (BatchFrame, EpochEnd, TrainEnd, Saved, BackedUp, *_ANY_TIME),
     RankState.AT_BARRIER: _ANY_TIME,
-    RankState.TRAIN_ENDED: (Saved, Done, *_ANY_TIME),
+    RankState.TRAIN_ENDED: (Saved, BackedUp, Done, *_ANY_TIME),
     RankState.DONE: (Heartbeat,),
 }
 """The worker messages valid in each per-rank state (the table in the module docstring)."""
@@ -295,12 +299,19 @@ class Roster:
                 async with asyncio.timeout(timeout_s):
                     await worker.disconnected.wait()
 
-    def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
+    def report_lost(
+        self,
+        rank: int,
+        reason: str,
+        traceback_text: str | None = None,
+        *,
+        retryable: bool = True,
+    ) -> None:
         """A launcher saw worker `rank` die (exit code, dead actor)."""
         worker = self.workers.get(rank)
         if worker is not None and worker.done:
             return
-        error = WorkerLostError(rank, reason, traceback_text)
+        error = WorkerLostError(rank, reason, traceback_text, retryable=retryable)
         if worker is None or (worker.dropped and self._accepting()):
             # It never joined (for good): the join barrier cannot complete; fail it now.
             self.never_joined[rank] = error

@@ -8,6 +8,8 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
+
 from distcb.callbacks import keras_models
 
 TEMP_PREFIX = ".distcb-"
@@ -20,7 +22,15 @@ class KerasModelTarget:
     target directory, which then replaces the target (`os.replace`). Temporary
     files a killed save left behind are removed at the next save: the chief is
     the only writer of these files, so any that exists then is stale.
+
+    Backups (`save_state`) hold everything training goes on from, in Keras's own
+    formats: Keras 3's weights file, which holds the optimizer's variables (Adam's
+    moments and its iteration count) with the model's, plus the random generators'
+    states its weights file leaves out (dropout masks continue exactly); tf_keras's
+    TensorFlow checkpoint (`save_weights` in the TF format also tracks the optimizer).
     """
+
+    snapshot_suffix = ".npz"
 
     def __init__(self, model: Any):
         self.model = model
@@ -58,6 +68,20 @@ class KerasModelTarget:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def save_state(self, directory: str) -> None:
+        keras_models.save_training_state(self.model, directory)
+
+    def load_state(self, directory: str) -> None:
+        keras_models.load_training_state(self.model, directory)
+
+    def save_snapshot(self, weights: Any, path: str) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, *weights)
+
+    def load_snapshot(self, path: str) -> Any:
+        with np.load(path) as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:

@@ -10,9 +10,13 @@ required for MultiWorkerMirroredStrategy).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import socket
+import sys
+import threading
 from typing import Any
 
 from distcb.callbacks import keras_models
@@ -20,9 +24,11 @@ from distcb.keras import flavours
 from distcb.keras.chief import ChiefTensorBoardWork
 from distcb.keras.model_target import KerasModelTarget
 from distcb.protocol.config import Config
+from distcb.protocol.errors import JobInterrupted
 from distcb.protocol.logs import clean_logs
-from distcb.protocol.messages import EpochEnd, JoinParams
+from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
 from distcb.transport import connector_for
+from distcb.worker.backup import BackupStore
 from distcb.worker.context import WorkerContext, current_host, worker_context
 from distcb.worker.session import Connector, WorkerSession
 from distcb.worker.threaded import ThreadedSession
@@ -44,6 +50,11 @@ class WorkerCallback:
         config: a `distcb.Config` (default: from ``DISTCB_CONFIG``, else defaults).
         flavour: "keras3", "tf_keras" or "auto" (tf_keras if it is imported, else Keras 3).
         connect: a coroutine function opening the connection (backends other than websocket).
+        seed: when set, every epoch begins with Python's, NumPy's and the framework's global
+            random generators seeded from (seed, epoch) (`keras.utils.set_random_seed`), so
+            that what draws from them during an epoch does not depend on what ran before:
+            a resumed job draws what an uninterrupted one would. See the README's
+            "Failures and restarts" for what this covers and what it cannot.
     """
 
     def __new__(cls, *args: Any, flavour: str = "auto", **kwargs: Any) -> WorkerCallback:
@@ -65,8 +76,11 @@ class WorkerCallback:
         config: Config | None = None,
         flavour: str = "auto",
         connect: Connector | None = None,
+        seed: int | None = None,
     ):
         super().__init__()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be an int >= 0 or None, received {seed!r}")
         for name, value in (
             ("samples", samples),
             ("val_samples", val_samples),
@@ -103,6 +117,10 @@ class WorkerCallback:
         self._first_epoch: int | None = None
         self.link_statistics: dict[str, float] = {}
         self.job_error: str | None = None
+        self.seed = seed
+        self.resumed_after: int | None = None  # the barrier a resumed job went on from
+        self._preempted = False
+        self._previous_sigterm: Any = None
 
     # Set by Keras (the flavour's Callback base provides them).
     model: Any
@@ -131,12 +149,17 @@ class WorkerCallback:
         connect = self._connect or connector_for(
             context.address or "", context.token or "", context.config
         )
+        store = None
+        if context.run_dir:
+            owner = 0 if keras_models.is_synchronous(self.model) else context.rank
+            store = BackupStore(os.path.join(context.run_dir, "backups"), context.rank, owner)
         self._session = WorkerSession(
             rank=context.rank,
             world_size=context.world_size,
             connect=connect,
             config=context.config,
             target=KerasModelTarget(self.model),
+            store=store,
         )
         self._worker = ThreadedSession(self._session)
         host = current_host()
@@ -163,10 +186,20 @@ class WorkerCallback:
             self._chief = ChiefTensorBoardWork(
                 self.model, start, max_profile_bytes=context.config.max_message_bytes // 2
             )
+        if start.resume is not None:
+            self._session.applier.resume(start.resume)
+            self.resumed_after = start.resume.epoch
+            epochs = int(params.get("epochs") or 0)
+            first = epochs if start.resume.stopping else start.resume.epoch + 1
+            keras_models.resume_at_epoch(self.model, first)
+        self._listen_for_sigterm()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._first_epoch is None:
             self._first_epoch = epoch
+            keras_models.end_resume(self.model)
+        if self.seed is not None:
+            keras_models.seed_everything(self.seed, epoch)
         self._epoch = epoch
         self._require_worker().begin_epoch(epoch)
 
@@ -203,17 +236,50 @@ class WorkerCallback:
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         worker = self._require_worker()
         host = current_host()
+        keras_models.end_resume(self.model)
         try:
             self.job_error = worker.end_training()
             self.link_statistics = worker.session.statistics()
             worker.finish(self.report())
         finally:
+            self._restore_sigterm()
             if host is not None:
                 host.unregister(worker)
             self._worker = None
             if self._chief is not None:
                 self._chief.close()
                 self._chief = None
+        protocol = worker.session.protocol
+        if protocol.restart or self._preempted:
+            why = "preempted" if self._preempted else "the job restarts from its backups"
+            reason = f"distcb rank {self.context.rank}: {why} ({protocol.abort_reason})"
+            print(f"{reason}; exiting with code 143 (retry me)", file=sys.stderr, flush=True)
+            raise JobInterrupted(reason)
+
+    # ------------------------------------------------------------------ preemption
+
+    def _listen_for_sigterm(self) -> None:
+        """SIGTERM (a pod going away) asks the coordinator for a common stop instead of
+        ending this process at once (installed after the strategy, whose own handler
+        would otherwise keep training)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (workers run as threads)
+
+        def preempted(signum: int, frame: Any) -> None:
+            if self._preempted:
+                return
+            self._preempted = True
+            session = self._session
+            if session is not None:
+                session.send_nowait(Preempted(rank=self.context.rank))
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, preempted)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     # ------------------------------------------------------------------ reports
 
@@ -234,5 +300,7 @@ class WorkerCallback:
             "epochs_run": self._epoch + 1,
             "applied": [a.to_json() for a in applier.applied] if applier else [],
             "saved": list(applier.saved_paths) if applier else [],
+            "backups": list(applier.backups) if applier else [],
+            "resumed_after": self.resumed_after,
             "link": dict(self.link_statistics),
         }

@@ -28,6 +28,8 @@ def run(
     kwargs: dict[str, Any] | None = None,
     config: Config | None = None,
     stateful_metrics: Sequence[str] = (),
+    max_restarts: int = 0,
+    resume: bool = False,
     **options: Any,
 ) -> History:
     """Run `train_fn(*args, **kwargs)` on `num_workers` workers; return the aggregated History.
@@ -45,6 +47,12 @@ def run(
         args, kwargs: passed to `train_fn`.
         config: timeouts and limits (`distcb.Config`).
         stateful_metrics: metrics taken from the chief instead of averaged.
+        max_restarts: how many times a worker that is lost (killed, evicted, silent) or
+            preempted may restart the job from its last epoch barrier; the job then ends
+            as if nothing had happened. Needs ``run_dir`` (the journal and the workers'
+            backups go there). See the README's "Failures and restarts".
+        resume: go on from the journal in ``run_dir`` (a job whose launching process
+            died); with no journal there yet, start afresh.
         **options: backend options, see `distcb.launch.options.LaunchOptions`
             (process: ``tf_config``, ``gpus_per_worker``, ``threads_per_worker``,
             ``run_dir``, ``env``, ``output``; ray: ``tf_config``, ``gpus_per_worker``,
@@ -68,8 +76,17 @@ def run(
         raise TypeError(f"kwargs must be a dict or None, received {type(kwargs).__name__}")
     if config is not None and not isinstance(config, Config):
         raise TypeError(f"config must be a distcb.Config, received {type(config).__name__}")
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, received {max_restarts!r}")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, received {resume!r}")
     module = importlib.import_module(module_name)
     launch_options = LaunchOptions.for_backend(backend, module.SUPPORTED_OPTIONS, options)
+    if (max_restarts or resume) and not launch_options.run_dir:
+        raise ValueError(
+            "max_restarts and resume need run_dir: the journal and the workers' backups go "
+            "there (a directory every worker can read)"
+        )
     coroutine = module.launch(
         train_fn,
         num_workers=num_workers,
@@ -79,6 +96,8 @@ def run(
         config=config or Config(),
         stateful_metrics=tuple(stateful_metrics),
         options=launch_options,
+        max_restarts=max_restarts,
+        resume=resume,
     )
     try:
         asyncio.get_running_loop()

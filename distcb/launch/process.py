@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from distcb.callbacks.history import History
-from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.engine import Coordinator, JobListener
 from distcb.launch import spec
 from distcb.launch.env import worker_env
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
 from distcb.worker.context import WorkerContext
 
@@ -46,6 +47,7 @@ class _Child:
 
     def __init__(self, rank: int, process: subprocess.Popen[str], out: TextIO):
         self.rank = rank
+        self.attempt = 0
         self.process = process
         self.pump = threading.Thread(
             target=self._pump, args=(out,), name=f"distcb-out-{rank}", daemon=True
@@ -73,6 +75,8 @@ async def launch(
     config: Config,
     stateful_metrics: Sequence[str] = (),
     options: LaunchOptions = DEFAULT_OPTIONS,
+    max_restarts: int = 0,
+    resume: bool = False,
 ) -> History:
     """`distcb.run(..., backend="process")`."""
     from distcb.transport.websocket import WebSocketServer
@@ -83,60 +87,158 @@ async def launch(
             f"the process backend gives whole GPUs (CUDA_VISIBLE_DEVICES): gpus_per_worker must "
             f"be a whole number, received {gpus!r}"
         )
-    out = options.output or sys.stdout
     coordinator = Coordinator(
-        callbacks, world_size=num_workers, config=config, stateful_metrics=stateful_metrics
+        callbacks,
+        world_size=num_workers,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        state_dir=state_dir(options.run_dir) if (max_restarts or resume) else None,
+        max_restarts=max_restarts,
+        resume=resume,
     )
-    loop = asyncio.get_running_loop()
-    children: list[_Child] = []
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
         spec_path = await asyncio.to_thread(spec.write, spec_dir, train_fn, args, kwargs)
         async with WebSocketServer(coordinator, config=config) as server:
             ports = free_ports(num_workers) if options.tf_config else []
             threads = options.threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
-            watchers: list[asyncio.Task[None]] = []
+
+            def environment(rank: int) -> dict[str, str]:
+                context = WorkerContext(
+                    rank=rank,
+                    world_size=num_workers,
+                    address=server.address,
+                    token=server.token,
+                    config=config,
+                    run_dir=options.run_dir,
+                )
+                variables, defaults = worker_env(
+                    context,
+                    extra=options.env,
+                    tf_cluster=[f"127.0.0.1:{p}" for p in ports] if ports else None,
+                    threads=threads,
+                    gpus=None if gpus is None else range(rank * int(gpus), (rank + 1) * int(gpus)),
+                )
+                child_env = {**defaults, **os.environ, **variables}
+                child_env["PYTHONUNBUFFERED"] = "1"
+                # The child must import what the parent imports (multiprocessing does too).
+                child_env["PYTHONPATH"] = os.pathsep.join(
+                    [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
+                ).rstrip(os.pathsep)
+                return child_env
+
+            group = _WorkerGroup(
+                coordinator,
+                num_workers,
+                spec_path,
+                environment,
+                options.output or sys.stdout,
+                config.stop_timeout_s,
+            )
+            coordinator.add_listener(group)
             try:  # from the first spawn on: children never outlive this call
-                for rank in range(num_workers):
-                    context = WorkerContext(
-                        rank=rank,
-                        world_size=num_workers,
-                        address=server.address,
-                        token=server.token,
-                        config=config,
-                        run_dir=options.run_dir,
-                    )
-                    variables, defaults = worker_env(
-                        context,
-                        extra=options.env,
-                        tf_cluster=[f"127.0.0.1:{p}" for p in ports] if ports else None,
-                        threads=threads,
-                        gpus=None
-                        if gpus is None
-                        else range(rank * int(gpus), (rank + 1) * int(gpus)),
-                    )
-                    child_env = {**defaults, **os.environ, **variables}
-                    child_env["PYTHONUNBUFFERED"] = "1"
-                    # The child must import what the parent imports (multiprocessing does too).
-                    child_env["PYTHONPATH"] = os.pathsep.join(
-                        [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]
-                    ).rstrip(os.pathsep)
-                    children.append(
-                        await asyncio.to_thread(_spawn, rank, spec_path, child_env, out)
-                    )
-                watchers = [
-                    loop.create_task(
-                        _watch(child, coordinator, spec_dir), name=f"distcb-watch-{child.rank}"
-                    )
-                    for child in children
-                ]
+                await group.start()
                 return await coordinator.run()
             finally:
-                await _stop_children(children, config.stop_timeout_s)
-                for watcher in watchers:
-                    watcher.cancel()
-                await asyncio.gather(*watchers, return_exceptions=True)
-                for child in children:
-                    child.pump.join(5.0)
+                await group.stop()
+
+
+def state_dir(run_dir: str | None) -> str:
+    """Where a resumable job's journal goes: ``<run_dir>/state``.
+
+    Raises:
+        ValueError: no run directory (a resumable job needs one, shared by every worker).
+    """
+    if not run_dir:
+        raise ValueError(
+            "max_restarts and resume need run_dir: the journal and the workers' backups go there"
+        )
+    return os.path.join(os.path.abspath(run_dir), "state")
+
+
+class _WorkerGroup(JobListener):
+    """The worker processes of one job: started, watched, and started again on a restart."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        num_workers: int,
+        spec_path: str,
+        environment: Callable[[int], dict[str, str]],
+        out: TextIO,
+        grace_s: float,
+    ):
+        self.coordinator = coordinator
+        self.num_workers = num_workers
+        self.spec_path = spec_path
+        self.spec_dir = os.path.dirname(spec_path)
+        self.environment = environment
+        self.out = out
+        self.grace_s = grace_s
+        self.attempt = 0
+        self.children: list[_Child] = []
+        self.watchers: list[asyncio.Task[None]] = []
+        self._respawn: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for rank in range(self.num_workers):
+            with contextlib.suppress(FileNotFoundError):  # a failure of an ended attempt
+                os.unlink(spec.failure_path(self.spec_dir, rank))
+            child = await asyncio.to_thread(
+                _spawn, rank, self.spec_path, self.environment(rank), self.out
+            )
+            child.attempt = self.attempt
+            self.children.append(child)
+            self.watchers.append(loop.create_task(self._watch(child), name=f"distcb-watch-{rank}"))
+
+    async def stop(self) -> None:
+        if self._respawn is not None and self._respawn is not asyncio.current_task():
+            self._respawn.cancel()
+            await asyncio.gather(self._respawn, return_exceptions=True)
+        children, self.children = self.children, []
+        watchers, self.watchers = self.watchers, []
+        await _stop_children(children, self.grace_s)
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for child in children:
+            child.pump.join(5.0)
+
+    def restarting(self, attempt: int, failure: BaseException) -> None:
+        """The coordinator restarts the job: every worker process starts again."""
+        self.attempt = attempt + 1  # reports of the ended attempt's processes are dropped
+        self._respawn = asyncio.get_running_loop().create_task(self._start_again())
+
+    async def _start_again(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def _watch(self, child: _Child) -> None:
+        code = await asyncio.to_thread(child.process.wait)
+        if child.attempt != self.attempt:
+            return
+        coordinator = self.coordinator
+        if code == 0:
+            await coordinator.report_exit(
+                child.rank, "exited before it finished training (exit code 0)"
+            )
+            return
+        data = await asyncio.to_thread(spec.read_failure, self.spec_dir, child.rank)
+        if data is not None:  # its training function raised: a restart would raise again
+            coordinator.report_lost(
+                child.rank,
+                f"training raised {data.get('error')}",
+                data.get("traceback"),
+                retryable=False,
+            )
+        elif code < 0:
+            coordinator.report_lost(
+                child.rank, f"was killed by signal {signal.Signals(-code).name}"
+            )
+        elif code == exit_codes.PREEMPTED:
+            coordinator.report_lost(child.rank, "exited with code 143 (preempted or interrupted)")
+        else:
+            coordinator.report_lost(child.rank, f"exited with code {code}", retryable=False)
 
 
 def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Child:
@@ -151,25 +253,6 @@ def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Chil
         start_new_session=True,  # its own process group: stopping it stops its children too
     )
     return _Child(rank, process, out)
-
-
-async def _watch(child: _Child, coordinator: Coordinator, spec_dir: str) -> None:
-    code = await asyncio.to_thread(child.process.wait)
-    if code == 0:
-        await coordinator.report_exit(
-            child.rank, "exited before it finished training (exit code 0)"
-        )
-        return
-    traceback_text = None
-    data = await asyncio.to_thread(spec.read_failure, spec_dir, child.rank)
-    if data is not None:
-        traceback_text = data.get("traceback")
-        reason = f"training raised {data.get('error')}"
-    elif code < 0:
-        reason = f"was killed by signal {signal.Signals(-code).name}"
-    else:
-        reason = f"exited with code {code}"
-    coordinator.report_lost(child.rank, reason, traceback_text)
 
 
 async def _stop_children(children: Sequence[_Child], grace_s: float) -> None:

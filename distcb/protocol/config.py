@@ -33,6 +33,9 @@ class Config:
             that their IO thread wakes rarely and never competes with training.
         max_message_bytes: the largest message a transport accepts.
         max_frame_entries: the largest number of batch entries in one frame.
+        backup_every_epochs: with a journal (resumable jobs), workers back up model and
+            optimizer at every this many epoch barriers (and at the last); a restart goes
+            on from the newest barrier every worker backed up.
         max_ahead_steps: when coordinator callbacks only observe batches (no batch
             decisions, so no window rule), how many steps a worker may still run ahead
             of the last step the coordinator merged: the bound on what the coordinator
@@ -52,6 +55,7 @@ class Config:
     max_message_bytes: int = 8 * 1024 * 1024
     max_frame_entries: int = 4096
     max_ahead_steps: int = 1024
+    backup_every_epochs: int = 1
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -63,7 +67,7 @@ class Config:
                 )
             if value <= 0:
                 raise ValueError(f"Config.{field.name} must be > 0, received {value!r}.")
-        for name in ("window_steps", "max_frame_entries", "max_ahead_steps"):
+        for name in ("window_steps", "max_frame_entries", "max_ahead_steps", "backup_every_epochs"):
             value = getattr(self, name)
             if not isinstance(value, int):
                 raise TypeError(f"Config.{name} must be an int, received {value!r}.")

@@ -154,8 +154,24 @@ class SaveModel(Decision, frozen=True, tag="save"):
     overwrite: bool = True
 
 
+class BackupModel(Decision, frozen=True, tag="backup"):
+    """Every worker that holds its own weights backs up model and optimizer as they stand
+    at the end of `epoch` (the journal's rollback point) and reports `BackedUp`; weight
+    snapshot files not in `keep_snapshots` may go."""
+
+    kind: ClassVar[str] = "backup"
+    epoch: NonNegInt
+    keep_snapshots: tuple[NonNegInt, ...] = ()
+
+
 AnyDecision = (
-    StopTraining | SetLearningRate | SnapshotWeights | RestoreWeights | ReleaseWeights | SaveModel
+    StopTraining
+    | SetLearningRate
+    | SnapshotWeights
+    | RestoreWeights
+    | ReleaseWeights
+    | SaveModel
+    | BackupModel
 )
 DECISION_TYPES: tuple[type[Decision], ...] = (
     StopTraining,
@@ -164,6 +180,7 @@ DECISION_TYPES: tuple[type[Decision], ...] = (
     RestoreWeights,
     ReleaseWeights,
     SaveModel,
+    BackupModel,
 )
 
 

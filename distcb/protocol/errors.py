@@ -7,8 +7,12 @@
     ├── WorkerLostError        a worker disconnected, missed heartbeats or raised (names the rank)
     ├── CoordinatorLostError   a worker lost its coordinator
     ├── DecisionError          a decision that cannot be carried out
-    └── ConnectionClosed       a channel closed or broke (transports raise it; the
-                               coordinator and workers turn it into the two above)
+    ├── ConnectionClosed       a channel closed or broke (transports raise it; the
+    │                          coordinator and workers turn it into the two above)
+    └── RestartsExhausted      a job lost a worker once more than `max_restarts` allowed
+
+    JobInterrupted (a SystemExit, code 143)  a worker stops so that its job resumes
+                               from its backups (a preemption, a restart)
 
 Each survives pickling, so a launcher can carry it across processes.
 """
@@ -57,19 +61,38 @@ class JoinTimeoutError(DistcbError, TimeoutError):
 
 
 class WorkerLostError(DistcbError):
-    """A worker disconnected, stopped sending heartbeats, or raised."""
+    """A worker disconnected, stopped sending heartbeats, or raised.
 
-    def __init__(self, rank: int, reason: str, traceback_text: str | None = None):
+    `retryable` is False when the worker's own code raised (a bug: a restart would
+    raise again), True when it went away (killed, evicted, disconnected, silent).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        reason: str,
+        traceback_text: str | None = None,
+        *,
+        retryable: bool = True,
+    ):
         self.rank = rank
         self.reason = reason
         self.traceback_text = traceback_text
+        self.retryable = retryable
         message = f"[Rank {rank}] {reason}"
         if traceback_text:
             message += f"\n\nTraceback from rank {rank}:\n{traceback_text.rstrip()}"
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.rank, self.reason, self.traceback_text))
+        return (
+            _rebuild,
+            (
+                type(self),
+                (self.rank, self.reason, self.traceback_text),
+                {"retryable": self.retryable},
+            ),
+        )
 
 
 class CoordinatorLostError(DistcbError):
@@ -89,6 +112,50 @@ class ConnectionClosed(DistcbError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.reason,))
+
+
+class RestartsExhausted(DistcbError):
+    """The job failed once more than `max_restarts` allowed; names every failure.
+
+    Attributes:
+        failures: every failure the job went through, the last one last.
+    """
+
+    def __init__(self, failures: list[BaseException], max_restarts: int):
+        self.failures = list(failures)
+        self.max_restarts = max_restarts
+        lines = [f"  {i + 1}. {_first_line(f)}" for i, f in enumerate(self.failures)]
+        super().__init__(
+            f"the job failed {len(self.failures)} times, more than max_restarts={max_restarts} "
+            "allows:\n" + "\n".join(lines) + f"\n\nThe last failure:\n{self.failures[-1]}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.failures, self.max_restarts))
+
+
+class JobInterrupted(SystemExit):
+    """A worker stops so that its job resumes from its backups (preempted, or restarting).
+
+    A SystemExit with the "retry me" exit code (143): it passes through the user's
+    ``except Exception`` and ends the process with that code, which restart policies
+    (distcb's launchers, a Kubernetes pod failure policy) read as "start me again".
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(143)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason,))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], attrs: dict[str, Any]) -> Exception:

@@ -167,6 +167,23 @@ class Saved(Message, frozen=True, tag="saved"):
     error: Text | None = None
 
 
+class BackedUp(Message, frozen=True, tag="backed_up"):
+    """A worker carried out a BackupModel decision (or failed to)."""
+
+    type: ClassVar[str] = "backed_up"
+    rank: NonNegInt
+    epoch: NonNegInt
+    error: Text | None = None
+
+
+class Preempted(Message, frozen=True, tag="preempted"):
+    """The worker got SIGTERM (its pod is going away): stop the job where every worker
+    can, so that it resumes from its backups."""
+
+    type: ClassVar[str] = "preempted"
+    rank: NonNegInt
+
+
 class WorkerFailed(Message, frozen=True, tag="worker_failed"):
     """Training raised; the worker is leaving."""
 
@@ -195,7 +212,9 @@ class Start(Message, frozen=True, tag="start"):
     not stream them. What the chief computes for TensorBoard: weight histograms
     every `histogram_freq` epochs (with images when `write_images`), the model
     JSON, a profile of global batches `profile_batch` ((0, 0): none), and every
-    `embeddings_freq` epochs the embeddings file in `embeddings_dir`.
+    `embeddings_freq` epochs the embeddings file in `embeddings_dir`. With a journal,
+    `persist_snapshots` asks workers to keep weight snapshots on disk too, and
+    `resume` says where a resumed job goes on.
     """
 
     type: ClassVar[str] = "start"
@@ -208,6 +227,18 @@ class Start(Message, frozen=True, tag="start"):
     profile_batch: tuple[NonNegInt, NonNegInt] = (0, 0)
     embeddings_freq: NonNegInt = 0
     embeddings_dir: Annotated[str, msgspec.Meta(max_length=MAX_PATH_CHARS)] | None = None
+    persist_snapshots: bool = False
+    resume: Resume | None = None
+
+
+class Resume(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a resumed job goes on: after epoch `epoch`, from the workers' backups of it,
+    with the weight snapshots `snapshots` still held; `stopping` when it had decided to
+    stop after that epoch (only the train end is left)."""
+
+    epoch: NonNegInt
+    snapshots: tuple[NonNegInt, ...] = ()
+    stopping: bool = False
 
 
 class Progress(Message, frozen=True, tag="progress"):
@@ -236,11 +267,13 @@ class TrainEndReply(Message, frozen=True, tag="train_end_reply"):
 
 
 class Abort(Message, frozen=True, tag="abort"):
-    """The job failed elsewhere: stop at the given decision, then end."""
+    """The job failed elsewhere: stop at the given decision, then end. With `restart`,
+    the job goes on from its backups: the worker ends with the "retry me" exit code."""
 
     type: ClassVar[str] = "abort"
     reason: Text
     decisions: tuple[AnyDecision, ...] = ()
+    restart: bool = False
 
 
 WORKER_MESSAGES: tuple[type[Message], ...] = (
@@ -250,6 +283,8 @@ WORKER_MESSAGES: tuple[type[Message], ...] = (
     TrainEnd,
     Done,
     Saved,
+    BackedUp,
+    Preempted,
     WorkerFailed,
     Heartbeat,
 )
@@ -267,7 +302,16 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 _encoder = msgspec.msgpack.Encoder()
 _from_worker = msgspec.msgpack.Decoder(
-    Join | BatchFrame | EpochEnd | TrainEnd | Done | Saved | WorkerFailed | Heartbeat
+    Join
+    | BatchFrame
+    | EpochEnd
+    | TrainEnd
+    | Done
+    | Saved
+    | BackedUp
+    | Preempted
+    | WorkerFailed
+    | Heartbeat
 )
 _from_coordinator = msgspec.msgpack.Decoder(
     Start | Progress | EpochReply | TrainEndReply | Abort | Heartbeat

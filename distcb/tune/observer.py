@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distcb.callbacks.base import Callback, Logs
+from distcb.coordinator.engine import JobListener
 from distcb.coordinator.model_proxy import DecisionRecord
 from distcb.protocol.decisions import EffectPoint, SaveModel
 from distcb.protocol.logs import to_json_value
@@ -47,7 +48,7 @@ class _Epoch:
     saved: list[str] = field(default_factory=list)
 
 
-class TuneObserver:
+class TuneObserver(JobListener):
     """Pairs each released epoch with the saves it caused, for the trial to report.
 
     Callback-thread side: `wait_verdicts`. Event-loop side: the listener methods and,

@@ -3,8 +3,8 @@
 A `DecisionTarget` is what a decision acts on: a Keras model
 (`distcb.keras`), or the fake model of a scripted worker (`distcb.testing`).
 `DecisionApplier` keeps what applying needs across calls (the weight
-snapshots) and a record of what was applied where, and turns a save into the
-`Saved` report the chief sends back.
+snapshots, the backup store) and a record of what was applied where, and
+turns a save or a backup into the report the worker sends back.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from distcb.protocol.decisions import (
+    BackupModel,
     Decision,
     ReleaseWeights,
     RestoreWeights,
@@ -23,7 +24,8 @@ from distcb.protocol.decisions import (
     StopTraining,
 )
 from distcb.protocol.errors import DecisionError
-from distcb.protocol.messages import Saved
+from distcb.protocol.messages import BackedUp, Message, Resume, Saved
+from distcb.worker.backup import BackupStore
 
 
 class DecisionTarget(Protocol):
@@ -41,6 +43,22 @@ class DecisionTarget(Protocol):
 
     def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
         """Save the model (or its weights) to `filepath` atomically; raise on failure."""
+
+    snapshot_suffix: str
+    """The file suffix of a persisted weight snapshot."""
+
+    def save_state(self, directory: str) -> None:
+        """Write model and optimizer state (everything training goes on from) into
+        `directory`, which exists and is empty."""
+
+    def load_state(self, directory: str) -> None:
+        """Set model and optimizer state back to what `save_state` wrote in `directory`."""
+
+    def save_snapshot(self, weights: Any, path: str) -> None:
+        """Persist weights that `get_weights` returned to the file `path`."""
+
+    def load_snapshot(self, path: str) -> Any:
+        """Weights as `get_weights` returns them, from a file `save_snapshot` wrote."""
 
 
 @dataclass(frozen=True)
@@ -62,25 +80,42 @@ class DecisionApplier:
     Args:
         target: the model decisions act on.
         rank: this worker's rank; only the chief (rank 0) saves.
+        store: where backups and persisted snapshots go (None: a job without a run
+            directory, which cannot back up).
     """
 
-    def __init__(self, target: DecisionTarget, rank: int):
+    def __init__(self, target: DecisionTarget, rank: int, store: BackupStore | None = None):
         self.target = target
         self.rank = rank
+        self.store = store
+        self.persist_snapshots = False  # the coordinator journals: snapshots go to disk too
         self.snapshots: dict[int, Any] = {}
+        self.on_disk: set[int] = set()  # snapshots a resumed job holds only on disk
         self.applied: list[AppliedDecision] = []
         self.saved_paths: list[str] = []
+        self.backups: list[int] = []  # the epochs this worker backed up
         self.stopped = False
+
+    def resume(self, resume: Resume) -> None:
+        """Set the target back to its backup of `resume.epoch` (a resumed job)."""
+        if self.store is None:
+            raise DecisionError(
+                f"rank {self.rank}: the job resumes from its backups, but this worker has no "
+                "run directory to read them from (set DISTCB_RUN_DIR)"
+            )
+        self.target.load_state(self.store.read_epoch(resume.epoch))
+        self.snapshots.clear()
+        self.on_disk = set(resume.snapshots)
 
     def apply(
         self, decisions: Sequence[Decision], *, epoch: int, step: int, max_step_begun: int
-    ) -> list[Saved]:
-        """Carry out `decisions`; returns the save reports to send to the coordinator.
+    ) -> list[Message]:
+        """Carry out `decisions`; returns the reports to send to the coordinator.
 
         Raises:
             DecisionError: a restore names a snapshot this worker does not hold.
         """
-        reports: list[Saved] = []
+        reports: list[Message] = []
         for decision in decisions:
             self.applied.append(AppliedDecision(decision, epoch, step, max_step_begun))
             report = self._HANDLERS[type(decision)](self, decision)
@@ -96,17 +131,41 @@ class DecisionApplier:
         self.target.set_learning_rate(decision.learning_rate)
 
     def _snapshot(self, decision: SnapshotWeights) -> None:
-        self.snapshots[decision.snapshot_id] = self.target.get_weights()
+        weights = self.target.get_weights()
+        self.snapshots[decision.snapshot_id] = weights
+        store = self.store
+        if self.persist_snapshots and store is not None and store.writes:
+            suffix = self.target.snapshot_suffix
+            store.write_snapshot(
+                decision.snapshot_id, suffix, lambda path: self.target.save_snapshot(weights, path)
+            )
 
     def _restore(self, decision: RestoreWeights) -> None:
-        if decision.snapshot_id not in self.snapshots:
-            raise DecisionError(
-                f"rank {self.rank}: no weights snapshot {decision.snapshot_id} to restore"
-            )
-        self.target.set_weights(self.snapshots[decision.snapshot_id])
+        snapshot_id = decision.snapshot_id
+        if snapshot_id not in self.snapshots and snapshot_id in self.on_disk:
+            assert self.store is not None
+            path = self.store.snapshot_path(snapshot_id, self.target.snapshot_suffix)
+            self.snapshots[snapshot_id] = self.target.load_snapshot(path)
+        if snapshot_id not in self.snapshots:
+            raise DecisionError(f"rank {self.rank}: no weights snapshot {snapshot_id} to restore")
+        self.target.set_weights(self.snapshots[snapshot_id])
 
     def _release(self, decision: ReleaseWeights) -> None:
         self.snapshots.pop(decision.snapshot_id, None)
+        self.on_disk.discard(decision.snapshot_id)
+
+    def _backup(self, decision: BackupModel) -> BackedUp:
+        store = self.store
+        try:
+            if store is None:
+                raise DecisionError("this worker has no run directory to back up into")
+            if store.writes:
+                store.write_epoch(decision.epoch, self.target.save_state)
+                store.keep_only_snapshots(decision.keep_snapshots)
+        except Exception as exc:  # reported: the epoch is then no rollback point
+            return BackedUp(rank=self.rank, epoch=decision.epoch, error=_describe(exc))
+        self.backups.append(decision.epoch)
+        return BackedUp(rank=self.rank, epoch=decision.epoch)
 
     def _save(self, decision: SaveModel) -> Saved | None:
         if self.rank != 0:
@@ -120,13 +179,14 @@ class DecisionApplier:
         self.saved_paths.append(decision.filepath)
         return Saved(rank=self.rank, filepath=decision.filepath)
 
-    _HANDLERS: dict[type[Decision], Callable[[DecisionApplier, Any], Saved | None]] = {
+    _HANDLERS: dict[type[Decision], Callable[[DecisionApplier, Any], Message | None]] = {
         StopTraining: _stop,
         SetLearningRate: _set_lr,
         SnapshotWeights: _snapshot,
         RestoreWeights: _restore,
         ReleaseWeights: _release,
         SaveModel: _save,
+        BackupModel: _backup,
     }
 
 

@@ -113,6 +113,7 @@ class WorkerProtocol:
         self.histogram_freq = 0
         self.want_model_json = False
         self.abort_reason: str | None = None
+        self.restart = False  # the job goes on from its backups: this worker exits to restart
         self.lost: DistcbError | None = None
         self.max_step_begun = -1
         self.steps_begun: list[StepBegun] | None = [] if record_steps else None
@@ -170,6 +171,7 @@ class WorkerProtocol:
                 self._train_end_reply = message
             elif isinstance(message, Abort):
                 self.abort_reason = message.reason
+                self.restart = self.restart or message.restart
                 self._pending.add(message.decisions)
 
     def lose(self, error: DistcbError) -> None:

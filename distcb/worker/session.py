@@ -46,6 +46,7 @@ from distcb.protocol.messages import (
 )
 from distcb.transport.base import Connection
 from distcb.worker.apply import DecisionApplier, DecisionTarget
+from distcb.worker.backup import BackupStore
 from distcb.worker.batches import BatchBuffer
 from distcb.worker.protocol import WorkerProtocol
 
@@ -60,6 +61,7 @@ class WorkerSession:
         connect: coroutine function opening the transport connection.
         config: timeouts and limits (heartbeats, flush delay, frame size).
         target: what decisions act on (the worker's model).
+        store: where this worker's backups go (None: no run directory, no backups).
         record_steps: keep what the worker knew at every step it began (tests).
     """
 
@@ -71,12 +73,13 @@ class WorkerSession:
         connect: Connector,
         config: Config,
         target: DecisionTarget,
+        store: BackupStore | None = None,
         record_steps: bool = False,
     ):
         self.rank = rank
         self.config = config
         self.protocol = WorkerProtocol(rank, world_size, record_steps=record_steps)
-        self.applier = DecisionApplier(target, rank)
+        self.applier = DecisionApplier(target, rank, store)
         self.buffer = BatchBuffer(rank, config.max_frame_entries)
         self._connect = connect
         self._connection: Connection | None = None
@@ -129,6 +132,7 @@ class WorkerSession:
             what="the go signal",
         )
         start = self.protocol.take_start()
+        self.applier.persist_snapshots = start.persist_snapshots
         window = start.window_steps
         self._kick_every = max(1, window // 4) if window else 32
         if start.want_batch_logs:

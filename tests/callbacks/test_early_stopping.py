@@ -207,7 +207,13 @@ def test_state_round_trip_is_json() -> None:
     ours = EarlyStopping(patience=3)
     run_distcb([ours], losses([NAN, 1.0, 0.9]))
     state = json.loads(json.dumps(ours.get_state(), allow_nan=False))
-    assert state == {"wait": 2, "stopped_epoch": 0, "best": "NaN", "best_epoch": 0}
+    assert state == {
+        "wait": 2,
+        "stopped_epoch": 0,
+        "best": "NaN",
+        "best_epoch": 0,
+        "best_weights": None,
+    }
     resumed = EarlyStopping(patience=3)
     resumed.set_state({**state, "best": 0.5, "wait": 2})
     result = run_distcb([resumed], losses([0.6]))

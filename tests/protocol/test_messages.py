@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from distcb.protocol.decisions import (
     DECISION_TYPES,
+    BackupModel,
     EffectPoint,
     ReleaseWeights,
     RestoreWeights,
@@ -27,6 +28,7 @@ from distcb.protocol.messages import (
     PROTOCOL_VERSION,
     WORKER_MESSAGES,
     Abort,
+    BackedUp,
     BatchFrame,
     Done,
     EpochEnd,
@@ -34,7 +36,9 @@ from distcb.protocol.messages import (
     Heartbeat,
     Join,
     JoinParams,
+    Preempted,
     Progress,
+    Resume,
     Saved,
     Start,
     TrainEnd,
@@ -52,6 +56,7 @@ DECISIONS = {
     RestoreWeights: RestoreWeights(at=EffectPoint.train_end(), snapshot_id=7),
     ReleaseWeights: ReleaseWeights(at=EffectPoint.epoch_end(4), snapshot_id=2),
     SaveModel: SaveModel(at=EffectPoint.epoch_end(4), filepath="/tmp/m.keras", overwrite=False),
+    BackupModel: BackupModel(at=EffectPoint.epoch_end(4), epoch=4, keep_snapshots=(2, 7)),
 }
 
 SAMPLES = {
@@ -79,6 +84,8 @@ SAMPLES = {
     Done: Done(rank=1, report={"learning_rate": 0.01, "applied": [[0, -1, {"kind": "stop"}]]}),
     Saved: Saved(rank=0, filepath="/tmp/m.keras", error=None),
     WorkerFailed: WorkerFailed(rank=1, error="ValueError: boom", traceback="Traceback ..."),
+    BackedUp: BackedUp(rank=1, epoch=4, error="OSError: disk full"),
+    Preempted: Preempted(rank=1),
     Heartbeat: Heartbeat(),
     Start: Start(
         decisions=tuple(DECISIONS.values()),
@@ -88,6 +95,8 @@ SAMPLES = {
         profile_batch=(3, 5),
         embeddings_freq=1,
         embeddings_dir="/tmp/logs/train",
+        persist_snapshots=True,
+        resume=Resume(epoch=4, snapshots=(2, 7), stopping=False),
     ),
     Progress: Progress(epoch=1, processed_step=7, decisions=(DECISIONS[StopTraining],)),
     EpochReply: EpochReply(epoch=4, decisions=(DECISIONS[SaveModel], DECISIONS[SetLearningRate])),

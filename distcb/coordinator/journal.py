@@ -1,0 +1,283 @@
+"""The coordinator's journal: what the job knew at each epoch barrier, so that it can go on.
+
+At every epoch barrier, once the deciding callbacks and the observers have run,
+the coordinator writes one `JournalEntry`: the last completed epoch, every
+callback's state (`get_state()`), the decision log, the learning rate in effect,
+the weight snapshots still held, and the decisions still to apply. When every
+worker that holds weights has backed up that epoch, the entry is committed (a
+marker file). A job rolls back to its newest committed entry.
+
+Files, in the state directory (one writer: the coordinator)::
+
+    job.json                       what the job is (world size, callbacks and their
+                                   arguments): a journal of another job is refused
+    epoch-00000012.json            the entry of epoch 12
+    epoch-00000012.committed       its workers' backups are complete
+
+Every file is written atomically (a temporary file, fsync, rename, fsync of the
+directory), and JSON (never pickle). The newest entries are kept; an entry that
+does not parse (a torn write) is skipped, so the job falls back to the one
+before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from distcb.protocol.decisions import AnyDecision, Decision
+from distcb.protocol.errors import DistcbError
+from distcb.protocol.logs import from_json_value, to_json_value
+
+FORMAT = 1
+JOB_FILE = "job.json"
+KEEP_COMMITTED = 3  # entries kept: this many committed ones, and any newer one
+_ENTRY = re.compile(r"^epoch-(\d{8})\.json$")
+
+
+class JournalMismatchError(DistcbError):
+    """The state directory holds the journal of another job (says what differs)."""
+
+
+@dataclass
+class JournalEntry:
+    """The job as it stood after the barrier of `epoch`.
+
+    Attributes:
+        epoch: the last completed epoch.
+        callbacks: the state of each callback in chain order (None: it keeps none).
+        decisions: the decision log so far, with who made each and when.
+        learning_rate: the learning rate in effect for the next epoch.
+        snapshots: ids of the weight snapshots the callbacks still hold.
+        snapshot_counter: the last snapshot id given out.
+        pending: decisions already sent that take effect after this barrier (the next
+            epoch's `on_epoch_begin` decisions): sent again when the job resumes here.
+        global_step: merged training steps so far.
+        stopping: whether the job was ending after this epoch.
+    """
+
+    epoch: int
+    callbacks: list[dict[str, Any] | None]
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    learning_rate: float | None = None
+    snapshots: list[int] = field(default_factory=list)
+    snapshot_counter: int = 0
+    pending: list[Decision] = field(default_factory=list)
+    global_step: int = 0
+    stopping: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "callbacks": to_json_value(self.callbacks),
+            "decisions": self.decisions,
+            "learning_rate": to_json_value(self.learning_rate),
+            "snapshots": list(self.snapshots),
+            "snapshot_counter": self.snapshot_counter,
+            "pending": [msgspec.to_builtins(d) for d in self.pending],
+            "global_step": self.global_step,
+            "stopping": self.stopping,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JournalEntry:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"journal format {data.get('format')!r}, expected {FORMAT}")
+        rate = from_json_value(data.get("learning_rate"))
+        return cls(
+            epoch=int(data["epoch"]),
+            callbacks=from_json_value(data["callbacks"]),
+            decisions=list(data.get("decisions", [])),
+            learning_rate=None if rate is None else float(rate),
+            snapshots=[int(s) for s in data.get("snapshots", [])],
+            snapshot_counter=int(data.get("snapshot_counter", 0)),
+            pending=[msgspec.convert(d, AnyDecision) for d in data.get("pending", [])],
+            global_step=int(data.get("global_step", 0)),
+            stopping=bool(data.get("stopping", False)),
+        )
+
+
+def describe_job(world_size: int, callbacks: Sequence[Any]) -> dict[str, Any]:
+    """What identifies a job: its world size and each callback's class and arguments.
+
+    A callback's arguments are its public attributes of plain types as they stand
+    before training (its constructor's doing); functions and objects are left out.
+    """
+    return {
+        "world_size": world_size,
+        "callbacks": [
+            {"class": f"{type(cb).__module__}.{type(cb).__qualname__}", "arguments": _arguments(cb)}
+            for cb in callbacks
+        ],
+    }
+
+
+def _arguments(callback: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in sorted(vars(callback).items()):
+        if name.startswith("_") or name in ("model", "params"):
+            continue
+        if isinstance(value, bool | int | float | str) or value is None:
+            out[name] = to_json_value(value)
+        elif isinstance(value, list | tuple) and all(
+            isinstance(v, bool | int | float | str) for v in value
+        ):
+            out[name] = to_json_value(list(value))
+    return out
+
+
+def job_difference(journal: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """How the job described by `now` differs from the journal's, in words (None: same)."""
+    if journal.get("world_size") != now.get("world_size"):
+        return (
+            f"the journal is of a job of world_size={journal.get('world_size')}, this job has "
+            f"world_size={now.get('world_size')}"
+        )
+    old, new = journal.get("callbacks", []), now.get("callbacks", [])
+    if [c["class"] for c in old] != [c["class"] for c in new]:
+        return (
+            f"the journal's callbacks are {[c['class'].rsplit('.', 1)[-1] for c in old]}, this "
+            f"job's are {[c['class'].rsplit('.', 1)[-1] for c in new]}"
+        )
+    for index, (before, after) in enumerate(zip(old, new, strict=True)):
+        name = after["class"].rsplit(".", 1)[-1]
+        for key in sorted(set(before["arguments"]) | set(after["arguments"])):
+            was, is_now = before["arguments"].get(key), after["arguments"].get(key)
+            if was != is_now:
+                return (
+                    f"callback {index} ({name}): {key} was {was!r} in the journal, is {is_now!r} "
+                    "now"
+                )
+    return None
+
+
+class Journal:
+    """The journal in `directory` (created if missing).
+
+    Args:
+        directory: the coordinator's state directory.
+        job: `describe_job(...)` of the running job.
+    """
+
+    def __init__(self, directory: str, job: dict[str, Any]):
+        self.directory = os.path.abspath(directory)
+        self.job = job
+
+    # ------------------------------------------------------------------ opening
+
+    def check_job(self) -> bool:
+        """Whether the directory holds this job's journal (False: none yet).
+
+        Raises:
+            JournalMismatchError: it holds another job's journal (nothing is written).
+        """
+        path = os.path.join(self.directory, JOB_FILE)
+        if not os.path.exists(path):
+            return False
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+        difference = job_difference(recorded, self.job)
+        if difference is not None:
+            raise JournalMismatchError(
+                f"{self.directory} holds the journal of another job: {difference}. Use another "
+                "run directory, or remove this one to start over."
+            )
+        return True
+
+    def start(self) -> None:
+        """Record this job (a new journal); `check_job` first."""
+        os.makedirs(self.directory, exist_ok=True)
+        _write_atomically(self.directory, JOB_FILE, json.dumps(self.job, indent=1))
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, entry: JournalEntry) -> None:
+        """Write `entry` (not committed yet)."""
+        name = f"epoch-{entry.epoch:08d}.json"
+        _write_atomically(self.directory, name, json.dumps(entry.to_json(), allow_nan=False))
+
+    def commit(self, epoch: int) -> None:
+        """Mark epoch `epoch`'s entry committed (its backups are complete) and prune."""
+        if not os.path.exists(os.path.join(self.directory, f"epoch-{epoch:08d}.json")):
+            return  # a commit may arrive before the entry's write on a slow disk: retried
+        _write_atomically(self.directory, f"epoch-{epoch:08d}.committed", "")
+        self._prune()
+
+    def committed(self, epoch: int) -> bool:
+        return os.path.exists(os.path.join(self.directory, f"epoch-{epoch:08d}.committed"))
+
+    def _prune(self) -> None:
+        epochs = self._epochs()
+        committed = [e for e in epochs if self.committed(e)]
+        if len(committed) <= KEEP_COMMITTED:
+            return
+        oldest_kept = committed[-KEEP_COMMITTED]
+        for epoch in epochs:
+            if epoch < oldest_kept:
+                for suffix in (".json", ".committed"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.directory, f"epoch-{epoch:08d}{suffix}"))
+
+    # ------------------------------------------------------------------ reading
+
+    def latest(
+        self, usable: Callable[[JournalEntry], bool] = lambda entry: True
+    ) -> JournalEntry | None:
+        """The newest committed entry that parses (and that `usable` accepts), or None."""
+        for epoch in reversed(self._epochs()):
+            if not self.committed(epoch):
+                continue
+            try:
+                with open(os.path.join(self.directory, f"epoch-{epoch:08d}.json")) as handle:
+                    entry = JournalEntry.from_json(json.load(handle))
+            except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError):
+                continue  # a torn or damaged entry: fall back to the one before
+            if entry.epoch == epoch and usable(entry):
+                return entry
+        return None
+
+    def _epochs(self) -> list[int]:
+        if not os.path.isdir(self.directory):
+            return []
+        found = (_ENTRY.match(name) for name in os.listdir(self.directory))
+        return sorted(int(m.group(1)) for m in found if m)
+
+
+def _write_atomically(directory: str, name: str, text: str) -> None:
+    """Write `text` to directory/name: temporary file, fsync, rename, fsync the directory."""
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_temporaries(directory: str) -> None:
+    """Temporary files a killed write left behind (called when a journal opens)."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.startswith(".tmp-"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))

@@ -1,0 +1,65 @@
+"""The coordinator's picture of a job, for ``/status`` and status pages."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distcb.coordinator.engine import Coordinator
+
+RECENT = 200  # decisions and saves kept for status pages
+
+
+def job_status(coordinator: Coordinator) -> dict[str, Any]:
+    """JSON values (floats may be non-finite: the server makes them strict JSON)."""
+    roster = coordinator.roster
+    workers = roster.status()
+    live = [w for w in workers if w["state"] != "lost"]
+    front = max(((w["epoch"], w["step"]) for w in live), default=(0, -1))
+    for worker in workers:
+        worker["lag_steps"] = front[1] - worker["step"] if worker["epoch"] == front[0] else None
+        worker["lag_epochs"] = front[0] - worker["epoch"]
+    statistics = {}
+    for callback in coordinator.callbacks.callbacks:
+        stats = getattr(callback, "statistics", None)
+        if callable(stats):
+            with contextlib.suppress(Exception):
+                statistics[type(callback).__name__] = stats()
+    history = coordinator.history
+    state = coordinator.state
+    failure = coordinator.failure
+    return {
+        "phase": coordinator.phase.value,
+        "world_size": coordinator.world_size,
+        "attempt": coordinator.attempt,
+        "failures": [describe(f) for f in coordinator.failures],
+        "epoch": coordinator.epoch,
+        "epochs": coordinator.params.get("epochs"),
+        "processed_step": coordinator.processed_step,
+        "global_step": state.global_step,
+        "workers": workers,
+        "joined": sorted(roster.workers),
+        "live": sorted(roster.live),
+        "history": {k: list(v[-500:]) for k, v in history.history.items()},
+        "history_epochs": list(history.epoch[-500:]),
+        "last_epoch_logs": dict(coordinator.last_epoch_logs),
+        "last_batch_logs": dict(coordinator.last_batch_logs),
+        "epoch_spread": {k: s.to_dict() for k, s in state.epoch_spread.items()},
+        "batch_spread": {k: s.to_dict() for k, s in state.batch_spread.items()},
+        "monitored": sorted(
+            {str(cb.monitor) for cb in coordinator.callbacks.callbacks if hasattr(cb, "monitor")}
+        ),
+        "decisions": [r.to_json() for r in coordinator.decision_log[-RECENT:]],
+        "decision_count": len(coordinator.decision_log),
+        "saved_count": coordinator.saved_count,
+        "committed_epoch": coordinator.committed_epoch,
+        "sinks": statistics,
+        "failure": describe(failure) if failure is not None else None,
+    }
+
+
+def describe(error: BaseException) -> str:
+    from distcb.protocol.errors import DistcbError
+
+    return str(error) if isinstance(error, DistcbError) else f"{type(error).__name__}: {error}"

@@ -1,0 +1,153 @@
+"""A worker's backups: model and optimizer state at epoch barriers, and weight snapshots.
+
+Layout, under the run directory::
+
+    backups/rank-<r>/epoch-<e>/           what the target's `save_state` wrote at the end of
+                                          epoch e (Keras's own formats)
+    backups/rank-<r>/snapshot-<id>.*      a weight snapshot (restore_best_weights)
+
+Each backup is written into a temporary directory that is then renamed
+(atomic on one file system); a backup that was being written when its
+process died leaves only a temporary directory, removed at the next backup.
+Workers of a synchronous job (MultiWorkerMirroredStrategy) hold one model:
+the chief alone writes, and every worker reads the chief's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+
+KEEP_EPOCHS = 3  # backups kept: the journal rolls back to one of its newest committed epochs
+_EPOCH = re.compile(r"^epoch-(\d{8})$")
+_SNAPSHOT = re.compile(r"^snapshot-(\d+)\.")
+
+
+class BackupStore:
+    """One rank's backup directory.
+
+    Args:
+        root: ``<run_dir>/backups``.
+        rank: this worker's rank.
+        owner: the rank whose backups this worker reads and writes (itself, or the chief
+            under MultiWorkerMirroredStrategy).
+    """
+
+    def __init__(self, root: str, rank: int, owner: int):
+        self.root = os.path.abspath(root)
+        self.rank = rank
+        self.owner = owner
+
+    @property
+    def writes(self) -> bool:
+        """Whether this worker writes backups (it holds its own weights, or is the chief)."""
+        return self.rank == self.owner
+
+    @property
+    def directory(self) -> str:
+        return os.path.join(self.root, f"rank-{self.owner}")
+
+    def epoch_dir(self, epoch: int) -> str:
+        return os.path.join(self.directory, f"epoch-{epoch:08d}")
+
+    def write_epoch(self, epoch: int, save: Callable[[str], None]) -> None:
+        """Back up epoch `epoch`: `save(directory)` writes into a fresh directory that then
+        takes the backup's name; older backups beyond `KEEP_EPOCHS` go."""
+        os.makedirs(self.directory, exist_ok=True)
+        self._remove_temporaries()
+        tmp = tempfile.mkdtemp(prefix=".tmp-epoch-", dir=self.directory)
+        try:
+            save(tmp)
+            _fsync_tree(tmp)
+            target = self.epoch_dir(epoch)
+            if os.path.isdir(target):  # the same epoch backed up again after a rollback
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+            _fsync_dir(self.directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._prune(epoch)
+
+    def read_epoch(self, epoch: int) -> str:
+        """The directory of epoch `epoch`'s backup.
+
+        Raises:
+            FileNotFoundError: there is none (says where it looked).
+        """
+        path = self.epoch_dir(epoch)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"rank {self.rank}: no backup of epoch {epoch} in {self.directory}; the journal "
+                "and the backups must live on storage every restarted worker can read"
+            )
+        return path
+
+    def snapshot_path(self, snapshot_id: int, suffix: str) -> str:
+        return os.path.join(self.directory, f"snapshot-{snapshot_id}{suffix}")
+
+    def write_snapshot(self, snapshot_id: int, suffix: str, save: Callable[[str], None]) -> None:
+        """Persist a weight snapshot atomically (`save(path)` writes the file)."""
+        os.makedirs(self.directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-snapshot-", suffix=suffix, dir=self.directory)
+        os.close(fd)
+        os.unlink(tmp)  # let the saver create it (Keras refuses some existing files)
+        try:
+            save(tmp)
+            os.replace(tmp, self.snapshot_path(snapshot_id, suffix))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def keep_only_snapshots(self, keep: Iterable[int]) -> None:
+        """Remove snapshot files whose ids are not in `keep`."""
+        wanted = set(keep)
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            match = _SNAPSHOT.match(name)
+            if match and int(match.group(1)) not in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name))
+
+    def _prune(self, newest: int) -> None:
+        epochs = sorted(
+            int(m.group(1))
+            for m in (_EPOCH.match(n) for n in os.listdir(self.directory))
+            if m and int(m.group(1)) <= newest
+        )
+        for epoch in epochs[:-KEEP_EPOCHS]:
+            shutil.rmtree(self.epoch_dir(epoch), ignore_errors=True)
+
+    def _remove_temporaries(self) -> None:
+        for name in os.listdir(self.directory):
+            if name.startswith(".tmp-"):
+                path = os.path.join(self.directory, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+
+
+def _fsync_tree(directory: str) -> None:
+    for base, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(base, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(base)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,160 @@
+"""A deterministic distcb job for the exact-resume tests: Keras 3 replicas, seeded, with op
+determinism, EarlyStopping(restore_best_weights), ReduceLROnPlateau, ModelCheckpoint
+(save_best_only) and CSVLogger on the coordinator.
+
+    python -m tests.helpers.resume_job RUN_DIR [--faults JSON] [--max-restarts N] [--resume]
+
+runs the job with `distcb.run` and prints one JSON line (``RESULT {...}``) with what the
+tests compare. Faults (a JSON list) fire once each, in whichever attempt reaches them
+first: ``{"name": ..., "rank": r, "epoch": e, "batch": b, "signal": "KILL" | "TERM"}``;
+the worker of that rank sends itself the signal from ``on_train_batch_begin(b)`` of
+epoch e (a marker file in RUN_DIR/faults makes it fire once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import numpy as np
+
+EPOCHS = 20
+SAMPLES = 64
+BATCH = 16
+SEED = 1234
+FAST = {"heartbeat_interval_s": 0.2, "heartbeat_timeout_s": 4.0, "stop_timeout_s": 20.0}
+
+
+def digest(arrays: Any) -> str:
+    h = hashlib.sha256()
+    for array in arrays:
+        h.update(np.ascontiguousarray(np.asarray(array)).tobytes())
+    return h.hexdigest()
+
+
+def data(rank: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(100 + rank)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = ((x[:, 0] + 0.5 * x[:, 1] - x[:, 2] + 1.0 * rng.normal(size=n)) > 0).astype("float32")
+    return x, y
+
+
+def train(run_dir: str, faults: list[dict[str, Any]]) -> None:
+    """The worker: a Keras 3 replica of the job (module level: picklable)."""
+    import keras
+    import tensorflow as tf
+
+    import distcb
+    import distcb.keras
+
+    tf.config.experimental.enable_op_determinism()
+    ctx = distcb.worker_context()
+    with open(os.path.join(run_dir, f"pid-{ctx.rank}-{os.getpid()}"), "w"):
+        pass
+    keras.utils.set_random_seed(SEED)
+    x, y = data(ctx.rank, SAMPLES)
+    vx, vy = data(ctx.rank + 50, SAMPLES // 2)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dropout(0.25),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    mine = [f for f in faults if f["rank"] == ctx.rank]
+
+    class Faults(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            for fault in mine:
+                if (fault["epoch"], fault["batch"]) != (self.epoch, batch):
+                    continue
+                marker = os.path.join(run_dir, "faults", fault["name"])
+                os.makedirs(os.path.dirname(marker), exist_ok=True)
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue  # fired in an earlier attempt
+                os.kill(os.getpid(), getattr(signal, f"SIG{fault['signal']}"))
+
+    worker = distcb.keras.WorkerCallback(
+        samples=len(x), val_samples=len(vx), batch_size=BATCH, seed=SEED
+    )
+    model.fit(
+        x,
+        y,
+        validation_data=(vx, vy),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[Faults(), worker],
+    )
+    report = {"weights": digest(model.get_weights()), "resumed_after": worker.resumed_after}
+    with open(os.path.join(run_dir, f"report-{ctx.rank}.json"), "w") as handle:
+        json.dump(report, handle)
+
+
+def callbacks(run_dir: str) -> list[Any]:
+    from distcb.callbacks import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+
+    return [
+        ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_delta=0.01),
+        EarlyStopping(monitor="val_loss", patience=3, min_delta=0.01, restore_best_weights=True),
+        ModelCheckpoint(
+            os.path.join(run_dir, "best.weights.h5"),
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+        ),
+        CSVLogger(os.path.join(run_dir, "log.csv")),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--faults", default="[]")
+    parser.add_argument("--max-restarts", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    options = parser.parse_args(argv)
+    import distcb
+
+    run_dir = os.path.abspath(options.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    chain = callbacks(run_dir)
+    history = distcb.run(
+        train,
+        num_workers=2,
+        args=(run_dir, json.loads(options.faults)),
+        callbacks=chain,
+        run_dir=run_dir,
+        max_restarts=options.max_restarts,
+        resume=options.resume,
+        config=distcb.Config(**FAST),
+    )
+    result = {
+        "epochs": history.epoch,
+        "history": history.history,
+        "decisions": [
+            [d["kind"], d["at"], d.get("made_by")] for d in getattr(history, "decisions", [])
+        ],
+        "stopped_epoch": chain[1].stopped_epoch,
+        "best_epoch": chain[1].best_epoch,
+        "reports": {str(r): rep for r, rep in history.worker_reports.items()},
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
