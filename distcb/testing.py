@@ -143,6 +143,7 @@ class ScriptedWorker:
     epochs_run: int = 0
     job_error: str | None = None
     interrupted: bool = False  # it ended so that the job restarts (JobInterrupted)
+    resumed_after: int | None = None  # the barrier its job resumed from
 
     def __post_init__(self) -> None:
         self.model = ScriptedModel(
@@ -215,6 +216,7 @@ class ScriptedWorker:
             first = initial
             if start.resume is not None:  # go on after the barrier the job resumes from
                 session.applier.resume(start.resume)
+                self.resumed_after = start.resume.epoch
                 end = initial + len(self.epoch_logs)
                 first = end if start.resume.stopping else start.resume.epoch + 1
             await self._train(session, initial, first)

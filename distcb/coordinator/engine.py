@@ -788,14 +788,14 @@ class Coordinator:
         await self.roster.broadcast(TrainEndReply(tuple(decisions), error=error_text))  # type: ignore[arg-type]
         assert self._runtime is not None
         await self._runtime.close_callbacks(self.callbacks.callbacks)
-        if not self.roster.live or self.roster.all_live(lambda w: w.done):
+        if not self.roster.live or self.roster.all_live(_said_goodbye):
             self._finished.set()
         else:
             asyncio.get_running_loop().call_later(self.config.reply_timeout_s, self._finished.set)
 
     async def _on_done(self, rank: int, message: Done) -> None:
         self.roster.workers[rank].report = message.report
-        if self.phase is Phase.DONE and self.roster.all_live(lambda w: w.done):
+        if self.phase is Phase.DONE and self.roster.all_live(_said_goodbye):
             self._finished.set()
 
     async def _on_saved(self, rank: int, message: Saved) -> None:
@@ -836,7 +836,7 @@ class Coordinator:
         await self.roster.drop(rank, error.reason)
         self._merger.drop_rank(rank)
         if self.phase is Phase.DONE:
-            if self.roster.all_live(lambda w: w.done):
+            if self.roster.all_live(_said_goodbye):
                 self._finished.set()
             return
         await self._fail(error)
@@ -919,3 +919,9 @@ class Coordinator:
         if self.phase is not Phase.DONE:
             await self._end_training()
         self._finished.set()
+
+
+def _said_goodbye(worker: Any) -> bool:
+    # The engine took in its Done (its report), not just the roster: the roster marks a
+    # rank done as the message arrives, ahead of the engine's queue.
+    return worker.report is not None

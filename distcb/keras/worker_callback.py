@@ -17,14 +17,15 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from distcb.callbacks import keras_models
 from distcb.keras import flavours
 from distcb.keras.chief import ChiefTensorBoardWork
 from distcb.keras.model_target import KerasModelTarget
 from distcb.protocol.config import Config
-from distcb.protocol.errors import JobInterrupted
+from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
 from distcb.protocol.logs import clean_logs
 from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
 from distcb.transport import connector_for
@@ -32,6 +33,8 @@ from distcb.worker.backup import BackupStore
 from distcb.worker.context import WorkerContext, current_host, worker_context
 from distcb.worker.session import Connector, WorkerSession
 from distcb.worker.threaded import ThreadedSession
+
+_T = TypeVar("_T")
 
 
 class WorkerCallback:
@@ -166,7 +169,8 @@ class WorkerCallback:
         if host is not None:
             host.register(self._worker)
         params = dict(self.params or {})
-        start = self._worker.start(
+        start = self._retry_me_on_loss(
+            self._worker.start,
             JoinParams(
                 epochs=params.get("epochs"),
                 initial_epoch=self.initial_epoch,
@@ -180,7 +184,7 @@ class WorkerCallback:
                 learning_rate=keras_models.get_learning_rate(self.model),
                 flavour=flavours.flavour_of(self),  # type: ignore[arg-type]
                 host=f"{socket.gethostname()}:{os.getpid()}",
-            )
+            ),
         )
         if self.is_chief:
             self._chief = ChiefTensorBoardWork(
@@ -201,12 +205,12 @@ class WorkerCallback:
         if self.seed is not None:
             keras_models.seed_everything(self.seed, epoch)
         self._epoch = epoch
-        self._require_worker().begin_epoch(epoch)
+        self._retry_me_on_loss(self._require_worker().begin_epoch, epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._chief is not None:
             self._chief.batch_begin(batch)
-        self._require_worker().begin_batch(batch)
+        self._retry_me_on_loss(self._require_worker().begin_batch, batch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         session = self._session
@@ -222,7 +226,8 @@ class WorkerCallback:
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         worker = self._require_worker()
         extras = {} if self._chief is None else self._chief.epoch_extras(epoch)
-        worker.end_epoch(
+        self._retry_me_on_loss(
+            worker.end_epoch,
             EpochEnd(
                 rank=self.context.rank,
                 epoch=epoch,
@@ -230,7 +235,7 @@ class WorkerCallback:
                 samples=None if self.samples is None else float(self.samples),
                 val_samples=None if self.val_samples is None else float(self.val_samples),
                 extras=extras,
-            )
+            ),
         )
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -238,7 +243,7 @@ class WorkerCallback:
         host = current_host()
         keras_models.end_resume(self.model)
         try:
-            self.job_error = worker.end_training()
+            self.job_error = self._retry_me_on_loss(worker.end_training)
             self.link_statistics = worker.session.statistics()
             worker.finish(self.report())
         finally:
@@ -255,6 +260,18 @@ class WorkerCallback:
             reason = f"distcb rank {self.context.rank}: {why} ({protocol.abort_reason})"
             print(f"{reason}; exiting with code 143 (retry me)", file=sys.stderr, flush=True)
             raise JobInterrupted(reason)
+
+    def _retry_me_on_loss(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Call `fn`; a lost coordinator ends `fit` with JobInterrupted ("retry me", 143):
+        whoever runs this worker starts it again, and it rejoins and resumes (a
+        restarted coordinator, a pod). Catching CoordinatorLostError still works: it is
+        the JobInterrupted's cause."""
+        try:
+            return fn(*args)
+        except CoordinatorLostError as exc:
+            reason = f"CoordinatorLostError: {exc}"
+            print(f"distcb {reason}; exiting with code 143 (retry me)", file=sys.stderr, flush=True)
+            raise JobInterrupted(reason) from exc
 
     # ------------------------------------------------------------------ preemption
 

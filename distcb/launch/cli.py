@@ -49,7 +49,14 @@ async def _serve(options: argparse.Namespace) -> int:
 
     config = Config.from_dict(json.loads(options.config)) if options.config else Config()
     coordinator = Coordinator(
-        _load_callbacks(options.callbacks), world_size=options.world_size, config=config
+        _load_callbacks(options.callbacks),
+        world_size=options.world_size,
+        config=config,
+        state_dir=options.state_dir,
+        max_restarts=options.max_restarts,
+        # A coordinator restarted with its state directory (a pod on a persistent volume)
+        # goes on from its journal.
+        resume=options.state_dir is not None,
     )
     token = os.environ.get("DISTCB_TOKEN") or None
     host, port = options.host, options.port
@@ -109,8 +116,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--history", help="write the History as JSON to this path")
     serve.add_argument(
         "--state-dir",
-        help="the coordinator's state directory (a persistent volume on Kubernetes; exact "
-        "resume keeps its journal there); created if missing, must be writable",
+        help="the coordinator's state directory (a persistent volume on Kubernetes): its "
+        "journal goes there, and a coordinator started again with it goes on from it; "
+        "created if missing, must be writable",
+    )
+    serve.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="how many times a lost or preempted worker may restart the job from its last "
+        "epoch barrier (needs --state-dir; workers then need DISTCB_RUN_DIR for backups); "
+        "default 0",
     )
     status = commands.add_parser("status", help="print a running coordinator's /status")
     status.add_argument("--address", required=True, help="host:port")
@@ -118,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     k8s_command.add_parser(commands)
     options = parser.parse_args(argv)
     if options.command == "coordinator":
+        if options.max_restarts and not options.state_dir:
+            parser.error("--max-restarts needs --state-dir (the journal goes there)")
         if options.state_dir:
             _check_state_dir(options.state_dir)
         return asyncio.run(_serve(options))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import socket
 import traceback
@@ -27,7 +28,7 @@ import ray
 from ray import cloudpickle
 
 from distcb.callbacks.history import History
-from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.engine import Coordinator, JobListener
 from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError
 from distcb.transport.ray_channel import ChannelHub
@@ -65,6 +66,9 @@ class CoordinatorActor:
         stateful_metrics: Iterable[str] = (),
         observer: Any = None,
         user_callbacks: int | None = None,
+        state_dir: str | None = None,
+        max_restarts: int = 0,
+        resume: bool = False,
     ):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         self._loop = asyncio.get_running_loop()  # the default group's loop owns the coordinator
@@ -77,11 +81,19 @@ class CoordinatorActor:
                 chain.append(History())  # the observer sees the logs as History records them
             chain.append(observer.callback())
         self.coordinator = Coordinator(
-            chain, world_size=world_size, config=self._config, stateful_metrics=stateful_metrics
+            chain,
+            world_size=world_size,
+            config=self._config,
+            stateful_metrics=stateful_metrics,
+            state_dir=state_dir,
+            max_restarts=max_restarts,
+            resume=resume,
         )
         if observer is not None:
             observer.attach(self.coordinator)
         self._hub = ChannelHub(self.coordinator.serve, token, self._config)
+        self._attempts = _Attempts()
+        self.coordinator.add_listener(self._attempts)
 
     # ---------------------------------------------------------------- data path (default group)
 
@@ -115,7 +127,7 @@ class CoordinatorActor:
             "history": dict(history.history),
             "epoch": list(history.epoch),
             "worker_reports": dict(getattr(history, "worker_reports", {}) or {}),
-            "decisions": [d.to_json() for d in coordinator.decisions],
+            "decisions": [record.to_json() for record in coordinator.decision_log],
             "callback_states": [
                 callback_state(cb) for cb in coordinator.callbacks.callbacks[: self._user_count]
             ],
@@ -143,13 +155,31 @@ class CoordinatorActor:
         await self._on_loop(close_channel())
 
     @ray.method(concurrency_group=CONTROL_GROUP)
-    async def report_lost(self, rank: int, reason: str, traceback_text: str | None = None) -> None:
-        """The launcher saw worker `rank` die."""
+    async def report_lost(
+        self,
+        rank: int,
+        reason: str,
+        traceback_text: str | None = None,
+        retryable: bool = True,
+        attempt: int | None = None,
+    ) -> None:
+        """The launcher saw worker `rank` (of `attempt`) die."""
 
         async def report() -> None:
-            self.coordinator.report_lost(rank, reason, traceback_text)
+            if attempt is None or attempt == self.coordinator.attempt:
+                self.coordinator.report_lost(rank, reason, traceback_text, retryable=retryable)
 
         await self._on_loop(report())
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def next_attempt(self, after: int, wait_s: float) -> int | None:
+        """The attempt the job is at once it is past `after` (a restart), or None when
+        none came within `wait_s`."""
+
+        async def wait() -> int | None:
+            return await self._attempts.past(after, wait_s)
+
+        return await self._on_loop(wait())
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def status(self) -> dict[str, Any]:
@@ -180,6 +210,27 @@ class CoordinatorActor:
             return await coro
         future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return await asyncio.wrap_future(future)
+
+
+class _Attempts(JobListener):
+    """Wakes `next_attempt` callers when the coordinator restarts the job."""
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self._changed = asyncio.Event()
+
+    def restarting(self, attempt: int, failure: BaseException) -> None:
+        self.attempt = attempt + 1
+        self._changed.set()
+
+    async def past(self, after: int, wait_s: float) -> int | None:
+        if self.attempt > after:
+            return self.attempt
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, wait_s)):
+                await self._changed.wait()
+        return self.attempt if self.attempt > after else None
 
 
 RayCoordinator: Any = cast(Any, ray.remote)(concurrency_groups={CONTROL_GROUP: 16})(

@@ -44,8 +44,9 @@ from typing import Any
 from distcb.callbacks.history import History
 from distcb.launch.env import apply_env, worker_env
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.launch.process import state_dir
 from distcb.protocol.config import Config
-from distcb.protocol.errors import CoordinatorLostError, DistcbError
+from distcb.protocol.errors import CoordinatorLostError, DistcbError, JobInterrupted
 from distcb.worker.context import WorkerContext, WorkerHost, context_from_env, hosting
 
 __all__ = ["SUPPORTED_OPTIONS", "RayJob", "launch"]
@@ -93,6 +94,9 @@ class _WorkerRunner:
         try:
             with hosting(host):
                 train_fn(*args, **kwargs)
+        except (JobInterrupted, CoordinatorLostError) as exc:
+            # Not this worker's fault: the job restarts (or lost its coordinator).
+            return {"error": None, "interrupted": f"{type(exc).__name__}: {exc}"}
         except BaseException as exc:  # reported with its traceback, like the process backend
             host.report_failure(exc)
             return {
@@ -143,6 +147,8 @@ class RayJob:
         stateful_metrics: Sequence[str] = (),
         options: LaunchOptions = DEFAULT_OPTIONS,
         observer: Any = None,
+        max_restarts: int = 0,
+        resume: bool = False,
     ):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, received {num_workers!r}")
@@ -162,8 +168,12 @@ class RayJob:
         self.outcome: dict[str, Any] | None = None  # what the coordinator actor returned
         self._token = secrets.token_hex(16)
         self._started_ray = False
+        self.max_restarts = max_restarts
+        self.resume = resume
+        self.attempt = 0
         self._run: asyncio.Future[Any] | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        self._restarts: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RayJob:
         try:
@@ -182,27 +192,43 @@ class RayJob:
         """Start the coordinator actor, then the worker actors and their watchers."""
         options = self.options
         self._started_ray = _ensure_ray(dict(options.ray_init or {}))
-        import ray
 
         from distcb.launch.ray_actor import RayCoordinator
 
-        common: dict[str, Any] = {"max_restarts": 0}
+        self._common: dict[str, Any] = {"max_restarts": 0}
         if options.runtime_env is not None:
-            common["runtime_env"] = dict(options.runtime_env)
-        self.coordinator = RayCoordinator.options(name=self.name, num_cpus=0, **common).remote(
+            self._common["runtime_env"] = dict(options.runtime_env)
+        resumable = bool(self.max_restarts or self.resume)
+        self.coordinator = RayCoordinator.options(
+            name=self.name, num_cpus=0, **self._common
+        ).remote(
             self.callbacks,
             world_size=self.num_workers,
             config=self.config.to_dict(),
             token=self._token,
             stateful_metrics=self.stateful_metrics,
             observer=self.observer,
+            state_dir=state_dir(self.run_dir) if resumable else None,
+            max_restarts=self.max_restarts,
+            resume=self.resume,
         )
         self._run = asyncio.ensure_future(self.coordinator.run.remote())
+        await self._start_workers()
+        if resumable:
+            self._restarts = asyncio.get_running_loop().create_task(
+                self._follow_restarts(), name="distcb-ray-restarts"
+            )
+
+    async def _start_workers(self) -> None:
+        """Start one worker actor per rank, run `train_fn` on each, and watch them."""
+        import ray
+
+        options = self.options
         runner = ray.remote(_WorkerRunner)
-        suffix = self.name.rsplit("-", 1)[-1]
+        suffix = f"{self.name.rsplit('-', 1)[-1]}-{self.attempt}"
         cpus = 1 if options.cpus_per_worker is None else options.cpus_per_worker
         for rank in range(self.num_workers):
-            actor_options = dict(common)
+            actor_options = dict(self._common)
             actor_options.update(
                 name=f"distcb-worker-{suffix}-{rank}",
                 num_cpus=cpus,
@@ -230,8 +256,39 @@ class RayJob:
             )
             ref = worker.run.remote(self.train_fn, self.args, self.kwargs, env, defaults)
             self._watchers.append(
-                loop.create_task(self._watch(rank, ref), name=f"distcb-ray-watch-{rank}")
+                loop.create_task(
+                    self._watch(rank, ref, self.attempt), name=f"distcb-ray-watch-{rank}"
+                )
             )
+
+    async def _follow_restarts(self) -> None:
+        """When the coordinator restarts the job, every worker actor starts again."""
+        while True:
+            attempt = await self.coordinator.next_attempt.remote(
+                self.attempt, self.config.heartbeat_timeout_s
+            )
+            if attempt is None or attempt <= self.attempt:
+                if self._run is not None and self._run.done():
+                    return
+                continue
+            self.attempt = attempt
+            await self._stop_workers()
+            await self._start_workers()
+
+    async def _stop_workers(self) -> None:
+        """Let the workers end (up to `Config.stop_timeout_s`), then kill their actors."""
+        import ray
+
+        watchers, self._watchers = self._watchers, []
+        if watchers:
+            _, pending = await asyncio.wait(watchers, timeout=self.config.stop_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        workers, self.workers = self.workers, []
+        for actor in workers:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
 
     async def _tf_cluster(self) -> list[str]:
         try:
@@ -246,16 +303,19 @@ class RayJob:
             ) from None
         return [f"{host}:{port}" for host, port in addresses]
 
-    async def _watch(self, rank: int, ref: Any) -> None:
+    async def _watch(self, rank: int, ref: Any, attempt: int) -> None:
         from ray.exceptions import RayError
 
         traceback_text = None
+        retryable = True
         try:
             result = await ref
         except RayError as exc:
             reason = f"its Ray actor died ({_describe(exc)})"
         else:
-            if result.get("error") is None:
+            if result.get("interrupted"):
+                reason = f"stopped: {result['interrupted']}"
+            elif result.get("error") is None:
                 # Normally it said Done first and the job ends now; give that message time
                 # to reach the coordinator's engine ahead of this report.
                 assert self._run is not None
@@ -266,9 +326,14 @@ class RayJob:
             else:
                 reason = f"training raised {result['error']}"
                 traceback_text = result.get("traceback")
+                retryable = False
+        if attempt != self.attempt:
+            return  # a worker of an attempt that has ended
         with contextlib.suppress(RayError, TimeoutError):
             await asyncio.wait_for(
-                self.coordinator.report_lost.remote(rank, reason, traceback_text),
+                self.coordinator.report_lost.remote(
+                    rank, reason, traceback_text, retryable, attempt
+                ),
                 self.config.reply_timeout_s,
             )
 
@@ -300,18 +365,18 @@ class RayJob:
             history.history = outcome["history"]
             history.epoch = outcome["epoch"]
         history.worker_reports = outcome["worker_reports"]
+        history.decisions = outcome["decisions"]
         return history
 
     async def close(self) -> None:
         """Let workers finish (up to `Config.stop_timeout_s`), then kill every actor started."""
         import ray
 
-        if self._watchers:
-            _, pending = await asyncio.wait(self._watchers, timeout=self.config.stop_timeout_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*self._watchers, return_exceptions=True)
-            self._watchers = []
+        if self._restarts is not None:
+            self._restarts.cancel()
+            await asyncio.gather(self._restarts, return_exceptions=True)
+            self._restarts = None
+        await self._stop_workers()
         if self._run is not None and not self._run.done():
             self._run.cancel()
             await asyncio.gather(self._run, return_exceptions=True)
@@ -336,6 +401,8 @@ async def launch(
     config: Config,
     stateful_metrics: Sequence[str] = (),
     options: LaunchOptions = DEFAULT_OPTIONS,
+    max_restarts: int = 0,
+    resume: bool = False,
 ) -> History:
     """`distcb.run(..., backend="ray")`: run `train_fn` on `num_workers` Ray actors."""
     async with RayJob(
@@ -347,5 +414,7 @@ async def launch(
         config=config,
         stateful_metrics=stateful_metrics,
         options=options,
+        max_restarts=max_restarts,
+        resume=resume,
     ) as job:
         return await job.wait()

@@ -31,9 +31,17 @@ def run(
     kwargs: dict[str, Any] | None = None,
     config: Config | None = None,
     stateful_metrics: Sequence[str] = (),
+    max_restarts: int = 0,
+    resume: bool = False,
     **options: Any,
 ) -> History:
     """Inside a Tune function trainable: run a distcb job on Ray and report it to Tune.
+
+    With ``run_dir`` and ``max_restarts``, a lost worker actor restarts the job from its
+    journal inside the trial; with ``resume=True`` and a ``run_dir`` that outlives the
+    trial process (the trial's directory on shared storage), a trial Tune restores goes
+    on from the journal, callbacks' state included. Epochs replayed after a restart are
+    reported to Tune again.
 
     Takes `distcb.run`'s arguments and the Ray backend's options
     (``cpus_per_worker``, ``gpus_per_worker``, ``run_dir``, ``env``, ...; see
@@ -70,6 +78,8 @@ def run(
                 stateful_metrics=tuple(stateful_metrics),
                 options=dataclasses.replace(launch_options, env=env),
                 epoch_offset=epoch_offset,
+                max_restarts=max_restarts,
+                resume=resume,
             )
         )
     finally:
@@ -92,6 +102,8 @@ async def _run_trial(
     stateful_metrics: tuple[str, ...],
     options: LaunchOptions,
     epoch_offset: int,
+    max_restarts: int = 0,
+    resume: bool = False,
 ) -> tuple[History | None, SystemExit | None]:
     from distcb.launch.ray_backend import RayJob
 
@@ -105,6 +117,8 @@ async def _run_trial(
         stateful_metrics=stateful_metrics,
         options=options,
         observer=TuneObserver(),
+        max_restarts=max_restarts,
+        resume=resume,
     ) as job:
         waiter = asyncio.ensure_future(job.wait())
         reporter = asyncio.ensure_future(_report_epochs(job, config, epoch_offset))

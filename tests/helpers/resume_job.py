@@ -6,9 +6,9 @@ determinism, EarlyStopping(restore_best_weights), ReduceLROnPlateau, ModelCheckp
 
 runs the job with `distcb.run` and prints one JSON line (``RESULT {...}``) with what the
 tests compare. Faults (a JSON list) fire once each, in whichever attempt reaches them
-first: ``{"name": ..., "rank": r, "epoch": e, "batch": b, "signal": "KILL" | "TERM"}``;
-the worker of that rank sends itself the signal from ``on_train_batch_begin(b)`` of
-epoch e (a marker file in RUN_DIR/faults makes it fire once).
+first: ``{"name": ..., "rank": r, "epoch": e, "batch": b, "signal": "KILL" | "TERM" |
+"RAISE"}``; the worker of that rank sends itself the signal (or raises) from
+``on_train_batch_begin(b)`` of epoch e (a marker file in RUN_DIR/faults makes it fire once).
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def train(run_dir: str, faults: list[dict[str, Any]]) -> None:
                     os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 except FileExistsError:
                     continue  # fired in an earlier attempt
+                if fault["signal"] == "RAISE":
+                    raise RuntimeError(f"a bug at epoch {self.epoch}")
                 os.kill(os.getpid(), getattr(signal, f"SIG{fault['signal']}"))
 
     worker = distcb.keras.WorkerCallback(

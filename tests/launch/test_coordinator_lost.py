@@ -82,7 +82,7 @@ def test_worker_stops_when_its_coordinator_is_killed(tmp_path):
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
-    assert worker.returncode != 0
+    assert worker.returncode == 143, out[-2000:]  # "retry me": a pod would be started again
     assert "CoordinatorLostError" in out, out[-2000:]
     assert "rank 0" in out
     # Heartbeat timeout 2 s: the worker notices within a few seconds, not never.

@@ -95,7 +95,8 @@ def test_tensorboard_gets_images_projector_profile_from_the_chief(tmp_path, read
     """What needs the model is computed by the chief and written by the coordinator."""
     import keras
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from worker_fns import digest, tiny_embedding_keras3
+
+    from tests.helpers.worker_fns import digest, tiny_embedding_keras3
 
     logdir = tmp_path / "tb"
     epochs = 3

@@ -97,3 +97,45 @@ def test_worker_actor_killed_mid_epoch_is_named_and_the_others_stop(
         survivor = json.load(handle)
     assert len(survivor["steps"]) == 3
     assert "[Rank 1]" in survivor["job_error"]
+
+
+def test_a_killed_worker_actor_restarts_the_job_exactly(ray_cluster, no_leaked_actors, tmp_path):
+    from tests.helpers import resume_job
+
+    def job(run_dir, faults):
+        os.makedirs(run_dir, exist_ok=True)
+        chain = resume_job.callbacks(str(run_dir))
+        history = distcb.run(
+            resume_job.train,
+            num_workers=2,
+            args=(str(run_dir), faults),
+            callbacks=chain,
+            run_dir=str(run_dir),
+            max_restarts=1,
+            config=distcb.Config(**resume_job.FAST),
+            backend="ray",
+            cpus_per_worker=0.5,
+        )
+        with open(run_dir / "log.csv", "rb") as handle:
+            csv = handle.read()
+        return history, chain[1], csv
+
+    base, base_stop, base_csv = job(tmp_path / "uninterrupted", [])
+    fault = {"name": "ray", "rank": 1, "epoch": 4, "batch": 2, "signal": "KILL"}
+    after, after_stop, after_csv = job(tmp_path / "killed", [fault])
+    assert after.history == base.history
+    assert after.epoch == base.epoch
+    assert (after_stop.stopped_epoch, after_stop.best_epoch) == (
+        base_stop.stopped_epoch,
+        base_stop.best_epoch,
+    )
+    assert [(d["kind"], d["at"]) for d in after.decisions] == [
+        (d["kind"], d["at"]) for d in base.decisions
+    ]
+    assert after_csv == base_csv
+    for rank in (0, 1):
+        assert (
+            after.worker_reports[rank]["weights_sha256"]
+            == base.worker_reports[rank]["weights_sha256"]
+        )
+        assert after.worker_reports[rank]["resumed_after"] == 3
