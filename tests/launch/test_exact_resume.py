@@ -136,7 +136,8 @@ def test_a_killed_launcher_then_resume_true(tmp_path, uninterrupted):
     result = outcome(run_dir, output)
     assert_same(result, uninterrupted)
     resumed = result["resumed_after"]["0"]
-    assert resumed is not None and resumed >= 5
+    assert resumed is not None
+    assert resumed >= 5
 
 
 def test_sigterm_of_a_worker_stops_every_worker_and_the_job_goes_on(tmp_path, uninterrupted):
