@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -44,8 +45,26 @@ def data(rank: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def train(run_dir: str, faults: list[dict[str, Any]]) -> None:
+def note(run_dir: str, event: str) -> None:
+    """Append a timestamped event to RUN_DIR/timeline.jsonl (bench/bench_resume.py)."""
+    line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid()})
+    with open(os.path.join(run_dir, "timeline.jsonl"), "a") as handle:
+        handle.write(line + "\n")
+
+
+def read_timeline(run_dir: str) -> dict[str, list[float]]:
+    events: dict[str, list[float]] = {}
+    with open(os.path.join(run_dir, "timeline.jsonl")) as handle:
+        for line in handle:
+            item = json.loads(line)
+            events.setdefault(item["event"], []).append(item["time"])
+    return events
+
+
+def train(run_dir: str, faults: list[dict[str, Any]], timeline: bool = False) -> None:
     """The worker: a Keras 3 replica of the job (module level: picklable)."""
+    if timeline:
+        note(run_dir, "process")
     import keras
     import tensorflow as tf
 
@@ -71,10 +90,15 @@ def train(run_dir: str, faults: list[dict[str, Any]]) -> None:
     mine = [f for f in faults if f["rank"] == ctx.rank]
 
     class Faults(keras.callbacks.Callback):
+        first_step = True
+
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.epoch = epoch
 
         def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if timeline and self.first_step:
+                self.first_step = False
+                note(run_dir, "first_step")
             for fault in mine:
                 if (fault["epoch"], fault["batch"]) != (self.epoch, batch):
                     continue
@@ -86,6 +110,8 @@ def train(run_dir: str, faults: list[dict[str, Any]]) -> None:
                     continue  # fired in an earlier attempt
                 if fault["signal"] == "RAISE":
                     raise RuntimeError(f"a bug at epoch {self.epoch}")
+                if timeline:
+                    note(run_dir, "kill")
                 os.kill(os.getpid(), getattr(signal, f"SIG{fault['signal']}"))
 
     worker = distcb.keras.WorkerCallback(
