@@ -85,6 +85,7 @@ class WorkerCallback:
             token=token or context.token,
             config=config or context.config,
             run_dir=context.run_dir,
+            tls_ca=context.tls_ca,
         )
         if connect is None and not self.context.address:
             raise ValueError(
@@ -129,7 +130,7 @@ class WorkerCallback:
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         context = self.context
         connect = self._connect or connector_for(
-            context.address or "", context.token or "", context.config
+            context.address or "", context.token or "", context.config, tls_ca=context.tls_ca
         )
         self._session = WorkerSession(
             rank=context.rank,
