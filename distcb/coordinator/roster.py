@@ -250,8 +250,8 @@ class Roster:
         limit = self.config.max_frame_entries
         if frame.entries > limit:
             raise ProtocolError(
-                f"rank {entry.rank} sent a frame of {frame.entries} batch entries, over "
-                f"Config.max_frame_entries={limit}",
+                f"rank {entry.rank} exceeded Config.max_frame_entries={limit}: a frame of "
+                f"{frame.entries} batch entries",
                 close_code=close_codes.FRAME_ENTRIES,
             )
         if not frame.steps:
@@ -269,9 +269,9 @@ class Roster:
         bound = self.processed_step() + window
         if frame.steps[-1] > bound:
             raise ProtocolError(
-                f"rank {entry.rank} sent step {frame.steps[-1]} while the coordinator had "
-                f"processed step {self.processed_step()}: over the window of {window} steps "
-                "(Config.window_steps / Config.max_ahead_steps) a worker may run ahead",
+                f"rank {entry.rank} exceeded the window of {window} steps (Config.window_steps / "
+                f"Config.max_ahead_steps) a rank may run ahead: step {frame.steps[-1]} with step "
+                f"{self.processed_step()} processed",
                 close_code=close_codes.WINDOW,
             )
         entry.last_step = frame.steps[-1]

@@ -38,7 +38,18 @@ KINDS = ("token", "over_capacity", "handshake_timeout", "join_timeout", "accept_
 """Why connections are rejected, as counted in ``/status``."""
 
 _FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_REFUSAL_LINGER_S = 1.0  # how long a refused connection may take to send its request
+_LINGER_S = 1.0  # after an answer that closes a connection: how long it may still send
+
+
+def _answer_and_close(transport: asyncio.Transport, response: bytes) -> asyncio.TimerHandle | None:
+    """Write `response`, end our side, and close once the peer is done or after a linger
+    (closing on unread data would reset the connection and lose the answer)."""
+    transport.write(response)
+    if not transport.can_write_eof():  # TLS
+        transport.close()
+        return None
+    transport.write_eof()
+    return asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
 
 
 class RejectionLog:
@@ -129,6 +140,8 @@ class _Guarded(asyncio.Protocol):
         self._slot = slot
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -139,14 +152,20 @@ class _Guarded(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if not self._expired:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._expired and self._transport is not None:
+            self._transport.close()
+            return None
         result: bool | None = self._inner.eof_received()
         return result
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.request_arrived()
+        if self._linger is not None:
+            self._linger.cancel()
         self._slot.release()
         self._inner.connection_lost(exc)
 
@@ -179,8 +198,8 @@ class _Guarded(asyncio.Protocol):
         body = (
             f"no complete HTTP request within Config.handshake_timeout_s={timeout_s:g} s\n"
         ).encode()
-        transport.write(_response(408, "Request Timeout", body))
-        transport.close()
+        self._expired = True  # aiohttp hears nothing more of this connection
+        self._linger = _answer_and_close(transport, _response(408, "Request Timeout", body))
 
 
 class _Refusal(asyncio.Protocol):
@@ -206,16 +225,22 @@ class _Refusal(asyncio.Protocol):
             f"the coordinator holds its limit of {limit} connections (Config.max_connections); "
             "retry later\n"
         ).encode()
-        transport.write(_response(503, "Service Unavailable", body, retry_after=True))
+        response = _response(503, "Service Unavailable", body, retry_after=True)
         if admission.refusing >= admission.max_refusing:
+            transport.write(response)
             transport.abort()  # a flood: no linger, free the descriptor now
             return
-        admission.refusing += 1
-        self._timer = asyncio.get_running_loop().call_later(_REFUSAL_LINGER_S, transport.close)
+        self._timer = _answer_and_close(transport, response)
+        if self._timer is not None:
+            admission.refusing += 1
 
     def data_received(self, data: bytes) -> None:
+        pass  # the request: read and dropped, so that closing resets nothing
+
+    def eof_received(self) -> bool | None:
         if self._transport is not None:
             self._transport.close()
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

@@ -242,8 +242,8 @@ class WebSocketServer:
             return None
         if self._admission is not None:
             self._admission.rejections.reject(
-                "token", f"{request.method} {request.path} from {request.remote}: missing or "
-                "wrong token"
+                "token",
+                f"{request.method} {request.path} from {request.remote}: missing or wrong token",
             )
         return web.json_response(
             {
