@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(options: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """Run the coordinator the parsed `options` describe; returns the exit code."""
     source: Mapping[str, str] = os.environ if env is None else env
+    callbacks = _load_callbacks(options.callbacks)
     try:
         ssl_context = _server_tls(options, source)
     except ValueError as exc:
@@ -65,11 +66,12 @@ def run(options: argparse.Namespace, env: Mapping[str, str] | None = None) -> in
             "Set DISTCB_TOKEN (e.g. to the output of `openssl rand -hex 32`) for the coordinator "
             "and every worker."
         )
-    return asyncio.run(_serve(options, host, port, token, ssl_context))
+    return asyncio.run(_serve(options, callbacks, host, port, token, ssl_context))
 
 
 async def _serve(
     options: argparse.Namespace,
+    callbacks: list[Any],
     host: str,
     port: int,
     token: str | None,
@@ -78,9 +80,7 @@ async def _serve(
     from distcb.transport.websocket import WebSocketServer
 
     config = Config.from_dict(json.loads(options.config)) if options.config else Config()
-    coordinator = Coordinator(
-        _load_callbacks(options.callbacks), world_size=options.world_size, config=config
-    )
+    coordinator = Coordinator(callbacks, world_size=options.world_size, config=config)
     try:
         server = WebSocketServer(
             coordinator,

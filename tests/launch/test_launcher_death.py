@@ -75,8 +75,6 @@ def test_the_process_backend_removes_stale_save_temporaries_at_startup(tmp_path)
     kept.write_bytes(b"a whole model")
     config = Config(join_timeout_s=30.0)
     with pytest.raises(DistcbError):  # the workers return without training: a lost worker
-        distcb.run(
-            orphans.no_training, num_workers=1, run_dir=str(tmp_path / "run"), config=config
-        )
+        distcb.run(orphans.no_training, num_workers=1, run_dir=str(tmp_path / "run"), config=config)
     assert not stale.exists()
     assert kept.read_bytes() == b"a whole model"
