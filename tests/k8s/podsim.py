@@ -18,8 +18,9 @@ What it stands in for, and how:
   ``status.podIP``/``hostIP`` = 127.0.0.1); volumes as directories (``emptyDir`` per pod, a
   ``persistentVolumeClaim`` per claim, kept across restarts, a ``secret`` as its keys' files);
   container paths in the command and the environment mapped to them; readiness probes
-  (``httpGet``, HTTP or HTTPS) polled; termination as SIGTERM, then SIGKILL after the grace period (capped, to keep tests short); exit codes as
-  Kubernetes reports them (128 + signal for a process a signal killed);
+  (``httpGet``, HTTP or HTTPS) polled; termination as SIGTERM, then SIGKILL after the grace
+  period (capped, to keep tests short); exit codes as Kubernetes reports them (128 + signal
+  for a process a signal killed);
 - cluster DNS: every name a pod dials (a Service's ``<name>:<port>``, a pod's
   ``<hostname>.<subdomain>:<port>``) and every port it listens on (``0.0.0.0:<port>``) is
   mapped to a loopback port of its own through ONE override, ``DISTCB_HOST_ALIASES``, which

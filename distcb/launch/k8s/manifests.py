@@ -295,7 +295,7 @@ def _coordinator_host(o: RenderOptions) -> str:
 def _coordinator_container(o: RenderOptions) -> dict[str, Any]:
     tls = [f"--tls-cert={TLS_DIR}/tls.crt", f"--tls-key={TLS_DIR}/tls.key"]
     scheme = {"scheme": "HTTPS"} if o.tls else {}
-    mounts = [{"name": "state", "mountPath": STATE_DIR}]
+    mounts: list[dict[str, Any]] = [{"name": "state", "mountPath": STATE_DIR}]
     if o.tls:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     return {
