@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install run run-replicas run-loss-history test lint bench k8s clean
+.PHONY: install run run-replicas run-loss-history test fuzz lint bench k8s clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ run-loss-history: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# A longer run of the message-handler fuzz test than `make test` does (FUZZ_EXAMPLES=30 there).
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/coordinator/test_fuzz_handlers.py -p no:logging -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distcb tests examples bench

@@ -179,11 +179,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="distcb-bench-recovery-") as run_dir:
             recoveries.append(recovery_once(run_dir))
     results["recovery"] = {
-        key: [r[key] for r in recoveries] for key in ("detection_s", "restart_s", "restore_s", "total_s")
+        key: [r[key] for r in recoveries]
+        for key in ("detection_s", "restart_s", "restore_s", "total_s")
     }
     print(json.dumps(results["recovery"]), flush=True)
 
-    cases = {"moons": (False, 40 if not options.quick else 10), "10M": (True, 12 if not options.quick else 5)}
+    cases = {
+        "moons": (False, 40 if not options.quick else 10),
+        "10M": (True, 12 if not options.quick else 5),
+    }
     steady: dict[str, dict[str, list[float]]] = {}
     for name, (big, epochs) in cases.items():
         runs: dict[str, list[float]] = {"off": [], "every 1": [], "every 5": []}

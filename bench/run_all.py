@@ -17,7 +17,14 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-MODULES = ["bench_worker", "bench_sinks", "bench_ray", "bench_validation"]
+MODULES = [
+    "bench_worker",
+    "bench_sinks",
+    "bench_ray",
+    "bench_validation",
+    "bench_coordinator_load",
+    "bench_resume",
+]
 
 
 def main() -> None:

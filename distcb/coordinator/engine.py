@@ -214,6 +214,9 @@ class Coordinator:
             accepting=lambda: self.phase is Phase.JOINING,
         )
         self.roster.processed_step = lambda: self._merger.processed_step
+        self.roster.waiting_since = self.waiting_since
+        self.last_progress = time.monotonic()  # a merged step, an epoch end, a callback return
+        self._in_callback = False
         self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
         self._epoch_ends: dict[int, EpochEnd] = {}
         self._progress_sent = -1  # the last processed step told to the workers this epoch
@@ -270,6 +273,14 @@ class Coordinator:
     def status(self) -> dict[str, Any]:
         """A picture of the job for ``/status`` and status pages."""
         return job_status(self)
+
+    def waiting_since(self) -> float | None:
+        """When the coordinator last made progress (`time.monotonic()`), while it waits for
+        workers to train or to end; None otherwise (joining, in a callback, after a failure,
+        done). The stall watchdog and ``/readyz`` measure from here."""
+        if self.phase not in (Phase.TRAINING, Phase.ENDING) or self.failure is not None:
+            return None
+        return None if self._in_callback else self.last_progress
 
     # ------------------------------------------------------------------ the engine
 
@@ -416,6 +427,7 @@ class Coordinator:
             CallbackFailed: a callback raised (the job then ends with that error).
         """
         loop = asyncio.get_running_loop()
+        self._in_callback = True
         try:
             return await loop.run_in_executor(self._callback_thread, fn)
         except Exception as exc:
@@ -426,6 +438,9 @@ class Coordinator:
                 f"coordinator callback {name} raised {type(exc).__name__}: {exc}\n\n"
                 + "".join(traceback.format_exception(exc))
             ) from exc
+        finally:
+            self._in_callback = False
+            self.last_progress = time.monotonic()
 
     def _log(self, records: Sequence[DecisionRecord]) -> list[Decision]:
         self.decision_log.extend(records)
@@ -476,6 +491,7 @@ class Coordinator:
         elif self.attempt > 0 and self._initial_states is not None:
             await self._apply_initial_states()
         self.phase = Phase.TRAINING
+        self.last_progress = time.monotonic()  # the stall watchdog counts from the start
         self.roster.begin_training()
         self.epoch = first
         self.roster.begin_epoch(first)
@@ -537,6 +553,7 @@ class Coordinator:
     async def _process_steps(self, steps: Sequence[MergedStep]) -> None:
         if not steps or self.phase is not Phase.TRAINING:
             return
+        self.last_progress = time.monotonic()
         epoch = self.epoch
         self.last_batch_logs = dict(steps[-1].logs)
         decisions: list[Decision] = []
@@ -583,6 +600,7 @@ class Coordinator:
 
     async def _finish_epoch(self, training: set[int]) -> None:
         epoch = self.epoch
+        self.last_progress = time.monotonic()
         await self._process_steps(self._merger.flush(training))
         if not self._hooks_run:
             # The failure's stop takes effect here; nothing of this epoch is recorded.

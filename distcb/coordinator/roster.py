@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
 from distcb.protocol.messages import (
@@ -94,6 +95,7 @@ class WorkerEntry:
     connection: Connection
     params: JoinParams
     last_seen: float
+    last_active: float = 0.0  # its last message other than a heartbeat
     state: RankState = RankState.JOINED
     report: dict[str, Any] | None = None
     epoch: int = 0
@@ -143,6 +145,9 @@ class Roster:
         self.never_joined: dict[int, WorkerLostError] = {}
         self.flow_window: int | None = None
         self.processed_step: Callable[[], int] = lambda: -1
+        # When the coordinator last made progress while it waits for workers (None: it is
+        # not waiting for them): the stall watchdog's reference (Config.stall_timeout_s).
+        self.waiting_since: Callable[[], float | None] = lambda: None
 
     # ------------------------------------------------------------------ connections
 
@@ -172,6 +177,7 @@ class Roster:
                 entry.last_seen = time.monotonic()
                 if isinstance(message, Heartbeat):
                     continue
+                entry.last_active = entry.last_seen
                 self._check(entry, message)
                 self._post((rank, message))
         except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
@@ -180,8 +186,9 @@ class Roster:
             if self.workers.get(rank) is entry:
                 self._on_connection_end(entry, exc)
             entry.disconnected.set()
+            code = exc.close_code if isinstance(exc, ProtocolError) else close_codes.NORMAL
             with contextlib.suppress(ConnectionClosed):
-                await connection.close(str(exc))
+                await connection.close(str(exc), code=code)
 
     def _on_connection_end(self, entry: WorkerEntry, exc: BaseException) -> None:
         if entry.done:
@@ -205,7 +212,8 @@ class Roster:
         previous = self.workers.get(join.rank)
         if previous is not None and not previous.dropped:
             raise ProtocolError(f"rank {join.rank} joined twice (its first connection is open)")
-        self.workers[join.rank] = WorkerEntry(join.rank, connection, join.params, time.monotonic())
+        now = time.monotonic()
+        self.workers[join.rank] = WorkerEntry(join.rank, connection, join.params, now, now)
         self.live.add(join.rank)
         if len(self.workers) == self.world_size:
             self.all_joined.set()
@@ -246,8 +254,9 @@ class Roster:
         limit = self.config.max_frame_entries
         if frame.entries > limit:
             raise ProtocolError(
-                f"rank {entry.rank} sent a frame of {frame.entries} batch entries, over "
-                f"Config.max_frame_entries={limit}"
+                f"rank {entry.rank} exceeded Config.max_frame_entries={limit}: a frame of "
+                f"{frame.entries} batch entries",
+                close_code=close_codes.FRAME_ENTRIES,
             )
         if not frame.steps:
             return
@@ -264,9 +273,10 @@ class Roster:
         bound = self.processed_step() + window
         if frame.steps[-1] > bound:
             raise ProtocolError(
-                f"rank {entry.rank} sent step {frame.steps[-1]} while the coordinator had "
-                f"processed step {self.processed_step()}: over the window of {window} steps "
-                "(Config.window_steps / Config.max_ahead_steps) a worker may run ahead"
+                f"rank {entry.rank} exceeded the window of {window} steps (Config.window_steps / "
+                f"Config.max_ahead_steps) a rank may run ahead: step {frame.steps[-1]} with step "
+                f"{self.processed_step()} processed",
+                close_code=close_codes.WINDOW,
             )
         entry.last_step = frame.steps[-1]
         entry.sent_steps += frame.entries
@@ -377,6 +387,27 @@ class Roster:
                     )
                     self._post(WorkerLost(rank, WorkerLostError(rank, reason)))
                     worker.silence_reported = True
+            self._check_stall(now)
+
+    def _check_stall(self, now: float) -> None:
+        """Report the ranks a barrier waits for that sent nothing but heartbeats for longer
+        than `Config.stall_timeout_s` while the coordinator made no progress."""
+        since = self.waiting_since()
+        limit = self.config.stall_timeout_s
+        if since is None or now - since <= limit:
+            return
+        for rank in sorted(self.live):
+            worker = self.workers[rank]
+            idle = now - worker.last_active
+            if worker.state is not RankState.TRAINING or worker.silence_reported or idle <= limit:
+                continue
+            reason = (
+                f"made no progress for {idle:.0f} s while the coordinator waited for it (epoch "
+                f"{worker.epoch}, last step {worker.last_step}; it sent only heartbeats, so its "
+                f"training thread is stuck): over Config.stall_timeout_s={limit:g}"
+            )
+            self._post(WorkerLost(rank, WorkerLostError(rank, reason)))
+            worker.silence_reported = True
 
     async def close_all(self) -> None:
         for worker in self.workers.values():

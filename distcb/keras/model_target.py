@@ -84,6 +84,16 @@ class KerasModelTarget:
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+def remove_stale_temporaries_under(root: str) -> list[str]:
+    """`remove_stale_temporaries` in `root` and every directory below it (a launcher does
+    this in the run directory before its workers start: no save of this job runs yet)."""
+    removed = []
+    for directory, _, files in os.walk(root):
+        if any(name.startswith(TEMP_PREFIX) for name in files):
+            removed += remove_stale_temporaries(directory)
+    return removed
+
+
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Remove the temporary files of saves that never finished in `directory`."""
     removed = []

@@ -102,6 +102,7 @@ class WorkerCallback:
             token=token or context.token,
             config=config or context.config,
             run_dir=context.run_dir,
+            tls_ca=context.tls_ca,
         )
         if connect is None and not self.context.address:
             raise ValueError(
@@ -150,7 +151,7 @@ class WorkerCallback:
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         context = self.context
         connect = self._connect or connector_for(
-            context.address or "", context.token or "", context.config
+            context.address or "", context.token or "", context.config, tls_ca=context.tls_ca
         )
         store = None
         if context.run_dir:

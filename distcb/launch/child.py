@@ -6,21 +6,46 @@ on failure reports the error through the worker's open sessions and in a file
 its launcher reads, before exiting non-zero. Exit codes (`distcb.protocol.exit_codes`):
 0 finished, 143 stopped so that the job restarts (preempted, a restart, or the
 coordinator lost), 1 the training function raised.
+
+A worker never outlives its launcher: on Linux it asks the kernel for SIGKILL
+when its parent dies (``PR_SET_PDEATHSIG``), first thing, before any import
+that takes time, and then checks that its parent is still the launcher (which
+may have died before the request took hold).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
 import traceback
 
-from distcb.launch import spec
-from distcb.protocol import exit_codes
-from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
-from distcb.worker.context import WorkerHost, context_from_env, hosting
+ENV_LAUNCHER_PID = "DISTCB_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(launcher_pid: int | None) -> bool:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); exit at once
+    when the parent is no longer `launcher_pid`. Returns whether the request took hold."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if launcher_pid is not None and os.getppid() != launcher_pid:
+        os._exit(1)  # the launcher died before the request: nothing would ever stop us
+    return armed
 
 
 def main(spec_path: str) -> int:
+    from distcb.launch import spec
+    from distcb.protocol import exit_codes
+    from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
+    from distcb.worker.context import WorkerHost, context_from_env, hosting
+
     train_fn, args, kwargs = spec.read(spec_path)
     host = WorkerHost(context_from_env())
     try:
@@ -43,4 +68,6 @@ def main(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
+    _launcher = os.environ.get(ENV_LAUNCHER_PID)
+    die_with_parent(int(_launcher) if _launcher and _launcher.isdigit() else None)
     sys.exit(main(sys.argv[1]))

@@ -7,7 +7,9 @@
 `coordinator` runs a coordinator on its own (Kubernetes: a pod or a Service in
 front of it; workers find it through ``DISTCB_ADDRESS`` and ``DISTCB_TOKEN``).
 `--callbacks` names a function returning the list of coordinator callbacks.
-The token comes from ``DISTCB_TOKEN`` (required beyond loopback). The address
+The token comes from ``DISTCB_TOKEN`` (required beyond loopback; on loopback
+one is generated and printed when stdout is a terminal), TLS from
+``--tls-cert``/``--tls-key`` (see `distcb.launch.serve`). The address
 it binds goes through ``DISTCB_HOST_ALIASES`` (see `distcb.worker.cluster`).
 `k8s render` prints Kubernetes manifests (docs/kubernetes.md).
 
@@ -18,66 +20,15 @@ SIGTERM stops it (what Kubernetes reports for a SIGTERM'd process).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
 import json
 import os
 import sys
 import tempfile
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
 
-from distcb.coordinator.engine import Coordinator
+from distcb.launch import serve as serving
 from distcb.launch.k8s import command as k8s_command
-from distcb.protocol.config import Config
-from distcb.worker import cluster
-
-
-def _load_callbacks(spec: str | None) -> list[Any]:
-    if not spec:
-        return []
-    module_name, _, attribute = spec.partition(":")
-    if not attribute:
-        raise SystemExit(f"--callbacks must look like 'module:function', received {spec!r}")
-    factory = getattr(importlib.import_module(module_name), attribute)
-    return list(factory())
-
-
-async def _serve(options: argparse.Namespace) -> int:
-    from distcb.transport.websocket import WebSocketServer
-
-    config = Config.from_dict(json.loads(options.config)) if options.config else Config()
-    coordinator = Coordinator(
-        _load_callbacks(options.callbacks),
-        world_size=options.world_size,
-        config=config,
-        state_dir=options.state_dir,
-        max_restarts=options.max_restarts,
-        # A coordinator restarted with its state directory (a pod on a persistent volume)
-        # goes on from its journal.
-        resume=options.state_dir is not None,
-    )
-    token = os.environ.get("DISTCB_TOKEN") or None
-    host, port = options.host, options.port
-    aliases = cluster.host_aliases(os.environ.get(cluster.ENV_HOST_ALIASES, ""))
-    aliased = cluster.apply_alias(f"{host}:{port}", aliases)
-    if aliased != f"{host}:{port}":  # DISTCB_HOST_ALIASES names this listening address
-        host, port = cluster.split_host_port(aliased)
-    async with WebSocketServer(
-        coordinator, host=host, port=port, token=token, config=config
-    ) as server:
-        print(f"distcb coordinator listening on {server.address}", flush=True)
-        history = await coordinator.run()
-    if options.history:
-        await asyncio.to_thread(_write_history, options.history, history)
-    print(f"distcb coordinator done after {len(history.epoch)} epochs", flush=True)
-    return 0
-
-
-def _write_history(path: str, history: Any) -> None:
-    with open(path, "w") as handle:
-        json.dump({"epoch": history.epoch, "history": history.history}, handle)
 
 
 def _check_state_dir(path: str) -> None:
@@ -128,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epoch barrier (needs --state-dir; workers then need DISTCB_RUN_DIR for backups); "
         "default 0",
     )
+    serving.add_arguments(serve)
     status = commands.add_parser("status", help="print a running coordinator's /status")
     status.add_argument("--address", required=True, help="host:port")
     status.add_argument("--timeout-s", type=float, default=10.0)
@@ -138,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--max-restarts needs --state-dir (the journal goes there)")
         if options.state_dir:
             _check_state_dir(options.state_dir)
-        return asyncio.run(_serve(options))
+        return serving.run(options)
     if options.command == "k8s":
         return k8s_command.run(options)
     return _status(options)

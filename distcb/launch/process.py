@@ -16,7 +16,9 @@ from typing import Any, TextIO
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator, JobListener
+from distcb.keras.model_target import remove_stale_temporaries_under
 from distcb.launch import spec
+from distcb.launch.child import ENV_LAUNCHER_PID
 from distcb.launch.env import worker_env
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.protocol import exit_codes
@@ -96,6 +98,8 @@ async def launch(
         max_restarts=max_restarts,
         resume=resume,
     )
+    if options.run_dir:  # what a killed save left behind (os.walk of a missing dir: nothing)
+        await asyncio.to_thread(remove_stale_temporaries_under, options.run_dir)
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
         spec_path = await asyncio.to_thread(spec.write, spec_dir, train_fn, args, kwargs)
         async with WebSocketServer(coordinator, config=config) as server:
@@ -120,6 +124,7 @@ async def launch(
                 )
                 child_env = {**defaults, **os.environ, **variables}
                 child_env["PYTHONUNBUFFERED"] = "1"
+                child_env[ENV_LAUNCHER_PID] = str(os.getpid())
                 # The child must import what the parent imports (multiprocessing does too).
                 child_env["PYTHONPATH"] = os.pathsep.join(
                     [p for p in sys.path if p] + [child_env.get("PYTHONPATH", "")]

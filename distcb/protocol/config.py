@@ -40,6 +40,28 @@ class Config:
             decisions, so no window rule), how many steps a worker may still run ahead
             of the last step the coordinator merged: the bound on what the coordinator
             buffers per worker. Must be at least `window_steps`.
+        max_connections: the most TCP connections the coordinator's server holds at once
+            (workers, probes, status requests, and anything else that connects). One more
+            is answered ``503`` and closed. The server lowers it to what the process's
+            open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``) leaves room for.
+        handshake_timeout_s: how long a connection may take from its TCP accept (its TLS
+            handshake included) to a complete HTTP request, and how long a kept-alive
+            connection may idle between requests; past it the server answers ``408`` and
+            closes it. Bounds what a peer without the token can hold (slowloris).
+        first_message_timeout_s: how long a worker may take from the websocket upgrade to
+            its join; past it the connection is closed with code 4001
+            (`distcb.protocol.close_codes.JOIN_TIMEOUT`).
+        stall_timeout_s: how long an epoch barrier (or the batch merge, or the train-end
+            barrier) may wait without progress (no merged step, no epoch end) while the
+            ranks it waits for send nothing but heartbeats; then those ranks count as lost
+            and the job fails, and ``/readyz`` answers 503 from that point on. Heartbeats
+            come from a worker's IO thread, so this is what catches a training thread that
+            hangs (a stuck collective, a dead data pipeline). Raise it above your longest
+            epoch plus validation when no coordinator callback has batch hooks (workers
+            then report once per epoch).
+        rejection_log_interval_s: rejected connections (wrong token, over
+            `max_connections`, handshake timeouts, the open-file limit) are counted in
+            ``/status`` and logged at most once per interval for each kind.
     """
 
     join_timeout_s: float = 120.0
@@ -56,6 +78,11 @@ class Config:
     max_frame_entries: int = 4096
     max_ahead_steps: int = 1024
     backup_every_epochs: int = 1
+    max_connections: int = 1024
+    handshake_timeout_s: float = 10.0
+    first_message_timeout_s: float = 10.0
+    stall_timeout_s: float = 3600.0
+    rejection_log_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -67,7 +94,13 @@ class Config:
                 )
             if value <= 0:
                 raise ValueError(f"Config.{field.name} must be > 0, received {value!r}.")
-        for name in ("window_steps", "max_frame_entries", "max_ahead_steps", "backup_every_epochs"):
+        for name in (
+            "window_steps",
+            "max_frame_entries",
+            "max_ahead_steps",
+            "backup_every_epochs",
+            "max_connections",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int):
                 raise TypeError(f"Config.{name} must be an int, received {value!r}.")

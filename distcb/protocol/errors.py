@@ -28,7 +28,18 @@ class DistcbError(Exception):
 
 
 class ProtocolError(DistcbError):
-    """A message was malformed, unexpected, oversized or of another protocol version."""
+    """A message was malformed, unexpected, oversized or of another protocol version.
+
+    `close_code` is the code the connection is closed with (`distcb.protocol.close_codes`):
+    a bound of `Config` the peer exceeded has a code of its own.
+    """
+
+    def __init__(self, message: str = "", *, close_code: int = 1008):
+        super().__init__(message)
+        self.close_code = close_code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, {"close_code": self.close_code}))
 
 
 class AggregationError(DistcbError):

@@ -21,14 +21,21 @@ DEFAULT_CONNECTOR = "distcb.transport.websocket_client:connect"
 __all__ = ["CONNECTORS", "Connection", "ConnectionClosed", "connector_for"]
 
 
-def connector_for(address: str, token: str, config: Config) -> Callable[[], Awaitable[Connection]]:
-    """A coroutine function that opens a worker's connection to the coordinator at `address`."""
+def connector_for(
+    address: str, token: str, config: Config, *, tls_ca: str | None = None
+) -> Callable[[], Awaitable[Connection]]:
+    """A coroutine function that opens a worker's connection to the coordinator at `address`.
+
+    `tls_ca` (``DISTCB_TLS_CA``): the CA file the websocket client verifies the
+    coordinator's certificate against (``wss://``); other transports take none.
+    """
     target = CONNECTORS.get(address.partition(":")[0], DEFAULT_CONNECTOR)
+    extra = {"ca_file": tls_ca} if tls_ca and target == DEFAULT_CONNECTOR else {}
 
     async def connect() -> Connection:
         module_name, function_name = target.split(":")
         open_connection = getattr(importlib.import_module(module_name), function_name)
-        connection: Connection = await open_connection(address, token, config=config)
+        connection: Connection = await open_connection(address, token, config=config, **extra)
         return connection
 
     return connect

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from distcb.protocol import close_codes
 from distcb.protocol.errors import ConnectionClosed
 from distcb.protocol.messages import Message
 
@@ -33,8 +34,11 @@ class Connection(Protocol):
         """The next message, validated; raises ConnectionClosed or ProtocolError."""
         ...
 
-    async def close(self, reason: str = "") -> None:
-        """Close the channel; the peer's `receive` raises ConnectionClosed."""
+    async def close(self, reason: str = "", *, code: int = close_codes.NORMAL) -> None:
+        """Close the channel; the peer's `receive` raises ConnectionClosed.
+
+        `code` says why (`distcb.protocol.close_codes`); a transport without close
+        frames tells the peer the reason only."""
         ...
 
 

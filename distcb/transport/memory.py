@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from distcb.protocol import close_codes
 from distcb.protocol.errors import ConnectionClosed
 from distcb.protocol.messages import (
     Message,
@@ -73,7 +74,7 @@ class MemoryConnection:
             raise ConnectionClosed(self._closed or "closed")
         return self._decode(item)
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", *, code: int = close_codes.NORMAL) -> None:
         if self._closed is None:
             self._closed = reason or "closed"
             self._outbox.put_nowait(_Closed(self._closed))

@@ -36,6 +36,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
+from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import (
@@ -136,7 +137,7 @@ class RayConnection:
                 self._peer_closed = str(reply["closed"])
         return self._received.popleft()
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", *, code: int = close_codes.NORMAL) -> None:
         if self._closed is not None:
             return
         self._closed = reason or "closed by the worker"

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import Message, decode_from_worker, encode
@@ -73,7 +74,7 @@ class ServerConnection:
             raise ConnectionClosed(self._closed or f"{self._peer} closed the connection")
         return check_frame(item, self._config.max_message_bytes, self._peer)
 
-    async def close(self, reason: str = "") -> None:
+    async def close(self, reason: str = "", *, code: int = close_codes.NORMAL) -> None:
         if self._closed is None:
             self._closed = reason or "closed by the coordinator"
             self._inbox.put_nowait(_CLOSED)

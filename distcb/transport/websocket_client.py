@@ -10,6 +10,7 @@ from yarl import URL
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import decode_from_coordinator
+from distcb.transport import tls
 from distcb.transport.websocket_connection import WebSocketConnection
 from distcb.transport.websocket_server import WS_PATH
 
@@ -22,6 +23,7 @@ async def connect(
     *,
     config: Config | None = None,
     peer: str = "coordinator",
+    ca_file: str | None = None,
 ) -> WebSocketConnection:
     """Connect a worker to its coordinator; retries refused connections (workers often
     start before the coordinator listens) until `Config.connect_timeout_s`.
@@ -31,13 +33,19 @@ async def connect(
         token: the job's token (`WebSocketServer.token`).
         config: limits and timeouts; the defaults when None.
         peer: the name of the other end in error messages.
+        ca_file: the CA (PEM) that signed the coordinator's certificate (``DISTCB_TLS_CA``):
+            a ``host:port`` address is then dialled with ``wss://``. A ``wss://`` URL
+            without it trusts the system's CAs.
 
     Raises:
-        ConnectionClosed: the coordinator could not be reached in time (names address and cause).
+        ConnectionClosed: the coordinator could not be reached in time (names address and
+            cause), or its certificate did not verify (names the CA file).
         ProtocolError: the coordinator rejected the token.
+        ValueError: a ``ws://`` URL with a CA file, or a CA file that does not load.
     """
     config = config or Config()
-    url = _worker_url(address_or_url)
+    url = _worker_url(address_or_url, secure=ca_file is not None)
+    tls_context = tls.client_context(ca_file) if url.startswith("wss:") else None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.connect_timeout_s
     session = aiohttp.ClientSession(
@@ -54,6 +62,7 @@ async def connect(
                         headers={"Authorization": f"Bearer {token}"},
                         max_msg_size=config.max_message_bytes,
                         heartbeat=None,
+                        ssl=tls_context if tls_context is not None else True,
                         timeout=aiohttp.ClientWSTimeout(ws_close=config.heartbeat_interval_s * 2),
                     )
                 break
@@ -66,6 +75,12 @@ async def connect(
                 raise ConnectionClosed(
                     f"the coordinator at {url} refused the websocket upgrade: HTTP {exc.status} "
                     f"{exc.message}"
+                ) from exc
+            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+                trust = f"the CA in {ca_file!r} ({tls.ENV_CA})" if ca_file else "the system's CAs"
+                raise ConnectionClosed(
+                    f"TLS with the coordinator at {url} failed: {_describe(exc)}. Its "
+                    f"certificate must be signed by {trust} and name the host dialled."
                 ) from exc
             except aiohttp.ClientConnectorError as exc:  # refused, or not resolvable yet
                 last_error = exc
@@ -98,14 +113,19 @@ async def connect(
     )
 
 
-def _worker_url(address_or_url: str) -> str:
+def _worker_url(address_or_url: str, *, secure: bool = False) -> str:
     if "://" not in address_or_url:
-        return f"ws://{address_or_url}{WS_PATH}"
+        return f"{'wss' if secure else 'ws'}://{address_or_url}{WS_PATH}"
     url = URL(address_or_url)
     if url.scheme not in ("ws", "wss"):
         raise ValueError(
             f"the coordinator URL must be ws:// or wss://, received {address_or_url!r} "
             "(or pass 'host:port')"
+        )
+    if secure and url.scheme == "ws":
+        raise ValueError(
+            f"a CA file ({tls.ENV_CA}) was given for the plaintext URL {address_or_url!r}: "
+            "dial wss:// (or 'host:port') to use TLS, or leave the CA out"
         )
     return str(url.with_path(WS_PATH) if url.path in ("", "/") else url)
 

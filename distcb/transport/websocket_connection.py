@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import PROTOCOL_VERSION, Message, encode
@@ -67,6 +68,7 @@ class WebSocketConnection:
         self._send_lock = asyncio.Lock()
         self._unusable: str | None = None  # why send/receive now raise ConnectionClosed
         self._close_started = False
+        self.received = 0  # messages received and decoded
 
     @property
     def peer(self) -> str:
@@ -135,7 +137,9 @@ class WebSocketConnection:
                 await self.close(str(exc), code=WSCloseCode.INTERNAL_ERROR)
                 raise ConnectionClosed(self._unusable) from exc
             if msg.type is WSMsgType.BINARY:
-                return await self._parse(msg.data)
+                message = await self._parse(msg.data)
+                self.received += 1
+                return message
             if msg.type is WSMsgType.TEXT:
                 await self._reject(
                     WSCloseCode.UNSUPPORTED_DATA,
@@ -157,7 +161,7 @@ class WebSocketConnection:
                 await self.close(self._unusable)
             # PING/PONG are answered by aiohttp (autoping); read on.
 
-    async def close(self, reason: str = "", *, code: int = WSCloseCode.OK) -> None:
+    async def close(self, reason: str = "", *, code: int = close_codes.NORMAL) -> None:
         """Close the channel with a closing handshake; the peer's `receive` raises
         ConnectionClosed with `reason` (cut to the 123 bytes a close frame holds)."""
         reason = reason or "closed"

@@ -2,9 +2,21 @@
 connection to `Coordinator.serve`.
 
 Routes: ``GET /ws`` the worker channel, ``GET /status`` the coordinator's
-`status()` as JSON (both need ``Authorization: Bearer <token>``, checked
-before the upgrade), ``GET /healthz`` liveness for probes (no token), ``GET /readyz``
-readiness: 200 while the coordinator accepts joins or trains, 503 otherwise (no token).
+`status()` as JSON plus the server's counters (both need ``Authorization:
+Bearer <token>``, checked before the upgrade), ``GET /healthz`` liveness: the
+process is alive (no token), ``GET /readyz`` readiness: 200 while the
+coordinator accepts joins, or trains with its barriers advancing (no
+`Config.stall_timeout_s` without progress), 503 otherwise (no token).
+
+What a peer without the token can hold is bounded (`distcb.transport.admission`):
+connections (`Config.max_connections`), the time to a complete request
+(`Config.handshake_timeout_s`), and the rate of warnings about rejected
+connections. After the upgrade a worker must join within
+`Config.first_message_timeout_s`.
+
+Off loopback the server needs TLS (``ssl=``, see `distcb.transport.tls`): the
+token would otherwise cross the network in plaintext. ``insecure=True`` allows
+plain ``ws://`` there, with a warning.
 """
 
 from __future__ import annotations
@@ -15,14 +27,19 @@ import ipaddress
 import json
 import logging
 import secrets
+import time
+from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
 
+from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.logs import to_json_value
 from distcb.protocol.messages import decode_from_worker
+from distcb.transport.admission import Admission, connection_room
 from distcb.transport.websocket_connection import WebSocketConnection
 
 if TYPE_CHECKING:  # workers import this package too; they need no coordinator
@@ -41,17 +58,21 @@ class WebSocketServer:
     """Serves one coordinator to its workers over websockets (aiohttp).
 
     Routes: ``GET /ws`` the worker channel (token required), ``GET /status`` the
-    coordinator's `status()` as JSON (token required), ``GET /healthz`` liveness
-    for probes (no token), ``GET /readyz`` readiness: 200 while joining or training,
-    503 otherwise (no token).
+    coordinator's `status()` and the server's counters as JSON (token required),
+    ``GET /healthz`` liveness for probes (no token), ``GET /readyz`` readiness: 200
+    while joining, or training with progress, 503 otherwise (no token).
 
     Args:
         coordinator: the coordinator each worker connection is handed to.
         host: the interface to bind; loopback unless the workers are elsewhere.
         port: the port; 0 picks a free one (see `address`).
-        token: the job's shared secret. None generates one on loopback; binding
-            beyond loopback without one raises ValueError.
+        token: the job's shared secret. None generates one on loopback (see
+            `token_generated`); binding beyond loopback without one raises ValueError.
         config: limits and timeouts; the coordinator's by default.
+        ssl: the server's TLS context (`distcb.transport.tls.server_context`): workers
+            then connect with ``wss://``. Required beyond loopback unless `insecure`.
+        insecure: allow plain ``ws://`` beyond loopback (the token then crosses the
+            network in plaintext); logs a warning.
     """
 
     def __init__(
@@ -62,7 +83,10 @@ class WebSocketServer:
         port: int = 0,
         token: str | None = None,
         config: Config | None = None,
+        ssl: SSLContext | None = None,
+        insecure: bool = False,
     ):
+        self.token_generated = token is None
         if token is None:
             if not _is_loopback(host):
                 raise ValueError(
@@ -77,6 +101,21 @@ class WebSocketServer:
                 "token must be a non-empty string of printable ASCII without spaces (it travels "
                 "in an HTTP header); secrets.token_urlsafe(32) makes a good one"
             )
+        loopback = _is_loopback(host)
+        if ssl is None and not loopback and not insecure:
+            raise ValueError(
+                f"WebSocketServer(host={host!r}) would send the job's token across the network "
+                "in plaintext: pass ssl=distcb.transport.tls.server_context(cert_file, key_file) "
+                "(the CLI: --tls-cert/--tls-key or DISTCB_TLS_CERT/DISTCB_TLS_KEY) and give the "
+                "workers the CA (DISTCB_TLS_CA), or pass insecure=True (the CLI: --insecure) on a "
+                "network you trust."
+            )
+        if ssl is None and not loopback:
+            logger.warning(
+                "serving on %s without TLS (insecure=True): the job's token and every message "
+                "cross the network in plaintext",
+                host,
+            )
         self._coordinator = coordinator
         self._config = config or coordinator.config
         self._host = "127.0.0.1" if host == "localhost" else host  # one socket, one port
@@ -87,6 +126,10 @@ class WebSocketServer:
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
         self._closed = False
+        self._ssl = ssl
+        self._server: asyncio.Server | None = None
+        self._admission: Admission | None = None
+        self._timers: set[asyncio.Task[None]] = set()
 
     @property
     def token(self) -> str:
@@ -101,29 +144,57 @@ class WebSocketServer:
 
     @property
     def url(self) -> str:
-        """The workers' websocket URL, ``ws://host:port/ws``."""
-        return f"ws://{self.address}{WS_PATH}"
+        """The workers' websocket URL, ``ws://host:port/ws`` (``wss://`` with TLS)."""
+        scheme = "wss" if self._ssl is not None else "ws"
+        return f"{scheme}://{self.address}{WS_PATH}"
+
+    def statistics(self) -> dict[str, Any]:
+        """Connections open, their peak and cap, and rejected connections by kind."""
+        if self._admission is None:
+            return {}
+        return {**self._admission.statistics(), "tls": self._ssl is not None}
 
     async def start(self) -> None:
         """Bind and start serving. Raises OSError when the address is taken."""
         if self._runner is not None or self._closed:
             raise RuntimeError("a WebSocketServer starts once")
-        app = web.Application()
+        config = self._config
+        app = web.Application(middlewares=[self._admitted])
         app.router.add_get(WS_PATH, self._serve_worker)
         app.router.add_get("/status", self._serve_status)
         app.router.add_get("/healthz", self._serve_health)
         app.router.add_get("/readyz", self._serve_ready)
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self._config.heartbeat_interval_s * 2
+            app,
+            access_log=None,
+            shutdown_timeout=config.heartbeat_interval_s * 2,
+            keepalive_timeout=config.handshake_timeout_s,  # idle between two requests
+            handle_signals=False,
         )
         await runner.setup()
         self._runner = runner
+        room, lowered = connection_room(config.max_connections)
+        if lowered is not None:
+            level = logging.WARNING if room < self._coordinator.world_size + 16 else logging.INFO
+            logger.log(level, "%s", lowered)
+        loop = asyncio.get_running_loop()
+        admission = Admission(runner.server, config, room)  # type: ignore[arg-type]
+        self._admission = admission
+        admission.watch_accept_errors(loop)
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            self._server = await loop.create_server(
+                admission,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                ssl_handshake_timeout=config.handshake_timeout_s if self._ssl else None,
+                backlog=128,
+                reuse_address=True,
+            )
         except BaseException:
             await self.aclose()
             raise
-        host, port = runner.addresses[0][:2]
+        host, port = self._server.sockets[0].getsockname()[:2]
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def aclose(self) -> None:
@@ -131,9 +202,15 @@ class WebSocketServer:
         if self._closed:
             return
         self._closed = True
+        for timer in list(self._timers):
+            timer.cancel()
         await asyncio.gather(
             *(c.close(_SHUTTING_DOWN, code=WSCloseCode.GOING_AWAY) for c in list(self._connections))
         )
+        if self._server is not None:
+            self._server.close()
+        if self._admission is not None:
+            self._admission.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -149,18 +226,25 @@ class WebSocketServer:
     ) -> None:
         await self.aclose()
 
+    @web.middleware
+    async def _admitted(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._admission is not None:
+            self._admission.request_arrived(request.transport)
+        return await handler(request)
+
     def _denied(self, request: web.Request) -> web.Response | None:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), self._token_bytes
         ):
             return None
-        logger.warning(
-            "rejected %s %s from %s: missing or wrong token",
-            request.method,
-            request.path,
-            request.remote,
-        )
+        if self._admission is not None:
+            self._admission.rejections.reject(
+                "token",
+                f"{request.method} {request.path} from {request.remote}: missing or wrong token",
+            )
         return web.json_response(
             {
                 "error": "missing or wrong token; send the job's token as "
@@ -199,30 +283,58 @@ class WebSocketServer:
             drop=drop,
         )
         self._connections.add(connection)
+        overdue = asyncio.get_running_loop().call_later(
+            self._config.first_message_timeout_s, self._join_overdue, connection, where
+        )
         try:
             if self._closed:
                 await connection.close(_SHUTTING_DOWN, code=WSCloseCode.GOING_AWAY)
             else:
                 await self._coordinator.serve(connection)
         finally:
+            overdue.cancel()
             self._connections.discard(connection)
             await connection.close("the coordinator is done with this connection")
         return ws
+
+    def _join_overdue(self, connection: WebSocketConnection, where: str) -> None:
+        """No message within `Config.first_message_timeout_s` of the upgrade: cut it off."""
+        if connection.received or connection.closed:
+            return
+        timeout_s = self._config.first_message_timeout_s
+        reason = f"no join within Config.first_message_timeout_s={timeout_s:g} s"
+        if self._admission is not None:
+            self._admission.rejections.reject("join_timeout", f"{where}: {reason}")
+        task = asyncio.get_running_loop().create_task(
+            connection.close(reason, code=close_codes.JOIN_TIMEOUT)
+        )
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
 
     async def _serve_status(self, request: web.Request) -> web.Response:
         denied = self._denied(request)
         if denied is not None:
             return denied
-        body = json.dumps(to_json_value(self._coordinator.status()), allow_nan=False)
+        status = {**self._coordinator.status(), "server": self.statistics()}
+        body = json.dumps(to_json_value(status), allow_nan=False)
         return web.Response(text=body, content_type="application/json")
 
     async def _serve_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
     async def _serve_ready(self, request: web.Request) -> web.Response:
-        phase = self._coordinator.phase.value
-        ready = phase in _READY_PHASES and not self._closed
-        return web.json_response({"ready": ready, "phase": phase}, status=200 if ready else 503)
+        coordinator = self._coordinator
+        phase = coordinator.phase.value
+        body: dict[str, Any] = {"ready": False, "phase": phase}
+        since = coordinator.waiting_since()
+        stalled_s = 0.0 if since is None else time.monotonic() - since
+        if stalled_s > self._config.stall_timeout_s:
+            body["stalled_s"] = round(stalled_s, 1)  # the watchdog is failing the job now
+        else:
+            body["ready"] = (
+                phase in _READY_PHASES and coordinator.failure is None and not self._closed
+            )
+        return web.json_response(body, status=200 if body["ready"] else 503)
 
 
 def _is_loopback(host: str) -> bool:

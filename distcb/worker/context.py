@@ -30,6 +30,7 @@ ENV_RANK = "DISTCB_RANK"
 ENV_WORLD_SIZE = "DISTCB_WORLD_SIZE"
 ENV_CONFIG = "DISTCB_CONFIG"
 ENV_RUN_DIR = "DISTCB_RUN_DIR"
+ENV_TLS_CA = "DISTCB_TLS_CA"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class WorkerContext:
         token: the job's token.
         config: the job's Config.
         run_dir: the job's run directory (where files go), or None.
+        tls_ca: the CA file (PEM) the coordinator's TLS certificate is verified against;
+            set, the worker dials ``wss://``.
     """
 
     rank: int = 0
@@ -51,6 +54,7 @@ class WorkerContext:
     token: str | None = field(default=None, repr=False)
     config: Config = field(default_factory=Config)
     run_dir: str | None = None
+    tls_ca: str | None = None
 
     @property
     def is_chief(self) -> bool:
@@ -69,6 +73,8 @@ class WorkerContext:
             env[ENV_TOKEN] = self.token
         if self.run_dir:
             env[ENV_RUN_DIR] = self.run_dir
+        if self.tls_ca:
+            env[ENV_TLS_CA] = self.tls_ca
         return env
 
 
@@ -150,6 +156,7 @@ def context_from_env(env: Mapping[str, str] | None = None) -> WorkerContext:
         token=source.get(ENV_TOKEN),
         config=config,
         run_dir=source.get(ENV_RUN_DIR),
+        tls_ca=source.get(ENV_TLS_CA) or None,
     )
 
 

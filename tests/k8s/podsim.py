@@ -16,10 +16,11 @@ What it stands in for, and how:
   ``env`` with ``value`` (``$(VAR)`` expanded), ``secretKeyRef`` and ``fieldRef`` (labels,
   annotations, ``metadata.name``/``namespace``/``uid``, ``spec.nodeName``,
   ``status.podIP``/``hostIP`` = 127.0.0.1); volumes as directories (``emptyDir`` per pod, a
-  ``persistentVolumeClaim`` per claim, kept across restarts); container paths in the command
-  and the environment mapped to them; readiness probes (``httpGet``) polled; termination as
-  SIGTERM, then SIGKILL after the grace period (capped, to keep tests short); exit codes as
-  Kubernetes reports them (128 + signal for a process a signal killed);
+  ``persistentVolumeClaim`` per claim, kept across restarts, a ``secret`` as its keys' files);
+  container paths in the command and the environment mapped to them; readiness probes
+  (``httpGet``, HTTP or HTTPS) polled; termination as SIGTERM, then SIGKILL after the grace
+  period (capped, to keep tests short); exit codes as Kubernetes reports them (128 + signal
+  for a process a signal killed);
 - cluster DNS: every name a pod dials (a Service's ``<name>:<port>``, a pod's
   ``<hostname>.<subdomain>:<port>``) and every port it listens on (``0.0.0.0:<port>``) is
   mapped to a loopback port of its own through ONE override, ``DISTCB_HOST_ALIASES``, which
@@ -40,6 +41,7 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -401,11 +403,27 @@ class LocalCluster:
                 local = self.workdir / "claims" / volume["persistentVolumeClaim"]["claimName"]
             elif "emptyDir" in volume:
                 local = self.workdir / "pods" / pod.name / "volumes" / mount["name"]
+            elif "secret" in volume:  # its keys as files (only `items`, when listed)
+                local = self.workdir / "pods" / pod.name / "volumes" / mount["name"]
+                self._write_secret(pod, volume["secret"], local)
             else:
                 raise ValueError(f"pod {pod.name}: volume {mount['name']!r} is not simulated")
             local.mkdir(parents=True, exist_ok=True)
             mapping[mount["mountPath"]] = local
         return mapping
+
+    def _write_secret(self, pod: Pod, source: dict[str, Any], local: Path) -> None:
+        name = source["secretName"]
+        if name not in self.secrets:
+            raise ValueError(
+                f"pod {pod.name}: volume needs Secret {name}, which the manifests do not define "
+                "(ContainerCreating)"
+            )
+        data = self.secrets[name]
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        local.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            (local / item["path"]).write_text(data[item["key"]])
 
     def environment(self, pod: Pod) -> dict[str, str]:
         """The container's environment as the kubelet builds it (plus the DNS override)."""
@@ -541,9 +559,11 @@ class LocalCluster:
             if run.exit_code is not None or probe is None or pod.hostname in self.ready:
                 continue
             port = _probe_port(pod, probe["httpGet"]["port"])
-            url = f"http://{LOOPBACK}:{pod.ports[port]}{probe['httpGet']['path']}"
+            scheme = probe["httpGet"].get("scheme", "HTTP").lower()
+            url = f"{scheme}://{LOOPBACK}:{pod.ports[port]}{probe['httpGet']['path']}"
+            context = ssl._create_unverified_context()  # the kubelet does not verify either
             try:
-                with urllib.request.urlopen(url, timeout=0.5) as response:
+                with urllib.request.urlopen(url, timeout=0.5, context=context) as response:
                     body = json.load(response)
                     self.ready[pod.hostname] = (time.monotonic(), body)
             except (OSError, urllib.error.URLError, ValueError):

@@ -17,6 +17,7 @@ import pytest
 from podsim import Fault, LocalCluster, Outcome, load
 
 from distcb.launch.k8s.manifests import RenderOptions, render
+from tests.helpers.pki import make_ca, make_server_cert
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,27 @@ def reference() -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])["loss"]
 
 
+def tls_secret(tmp_path: Path, name: str = "distcb") -> dict:
+    """The Secret ``<name>-tls`` the manifests mount, as `kubectl create secret` makes it,
+    with a CA and a coordinator certificate made here (the workers dial it on 127.0.0.1)."""
+    directory = tmp_path / "pki"
+    directory.mkdir(exist_ok=True)
+    ca, ca_key, ca_name = make_ca(directory, "cluster-ca")
+    cert, key = make_server_cert(directory, ca_key, ca_name, (f"{name}-coordinator",))
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-tls"},
+        "stringData": {
+            "tls.crt": cert.read_text(),
+            "tls.key": key.read_text(),
+            "ca.crt": ca.read_text(),
+        },
+    }
+
+
 def cluster_for(documents, tmp_path: Path) -> LocalCluster:
+    documents = [*documents, tls_secret(tmp_path)]
     return LocalCluster(documents, tmp_path, repo_root=ROOT, dockerfile=ROOT / "Dockerfile")
 
 

@@ -119,8 +119,13 @@ def test_in_the_pod_distcb_reads_the_rank_peers_and_coordinator_the_manifest_dec
 ):
     """What each simulated pod's environment yields through distcb.worker.cluster: no
     process is started, so a renamed variable fails here in milliseconds."""
+    keys = {"tls.crt": "the certificate", "tls.key": "the key", "ca.crt": "the CA"}
+    secret = {"kind": "Secret", "metadata": {"name": "distcb-tls"}, "stringData": keys}
     sim = LocalCluster(
-        documents(variant, workers=3), tmp_path, repo_root=ROOT, dockerfile=ROOT / "Dockerfile"
+        [*documents(variant, workers=3), secret],
+        tmp_path,
+        repo_root=ROOT,
+        dockerfile=ROOT / "Dockerfile",
     )
     [workers] = [j for j in sim.jobs.values() if "workers" in j.name]
     [coordinator] = [p for j in sim.jobs.values() if "coordinator" in j.name for p in j.pods]
@@ -134,6 +139,9 @@ def test_in_the_pod_distcb_reads_the_rank_peers_and_coordinator_the_manifest_dec
             f"127.0.0.1:{coordinator.ports[8765]}"
         )
         assert env["DISTCB_TOKEN"] == "replace-me-with-a-random-token"  # from the Secret
+        ca = Path(env["DISTCB_TLS_CA"])  # the CA of the TLS Secret, and nothing else of it
+        assert ca.read_text() == "the CA"
+        assert sorted(p.name for p in ca.parent.iterdir()) == ["ca.crt"]
         assert pod.hostname == (
             "distcb-workers-" if variant == "indexed-job" else "distcb-workers-0-"
         ) + str(index)
@@ -141,6 +149,11 @@ def test_in_the_pod_distcb_reads_the_rank_peers_and_coordinator_the_manifest_dec
     env = sim.environment(coordinator)
     argv, _ = sim.command(coordinator, env)
     assert "--state-dir=" + str(tmp_path / "claims" / "distcb-state") in argv
+    tls_args = [a for a in argv if a.startswith("--tls-")]
+    assert [Path(a.partition("=")[2]).read_text() for a in tls_args] == [
+        "the certificate",
+        "the key",
+    ]
     bind = cluster.apply_alias("0.0.0.0:8765", cluster.host_aliases(env["DISTCB_HOST_ALIASES"]))
     assert bind == f"127.0.0.1:{coordinator.ports[8765]}"
 

@@ -90,7 +90,9 @@ async def test_probes_answer_while_a_callback_blocks_and_readiness_follows_the_p
 
 async def test_status_needs_the_token_but_the_probes_do_not():
     coordinator = Coordinator([], world_size=1, config=FAST)
-    async with WebSocketServer(coordinator, host="0.0.0.0", token="k8s-secret-token") as server:
+    async with WebSocketServer(
+        coordinator, host="0.0.0.0", token="k8s-secret-token", insecure=True
+    ) as server:
         port = server.address.rpartition(":")[2]
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:

@@ -194,12 +194,18 @@ async def test_healthz_needs_no_token_and_status_needs_one():
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "coordinator.example"])
-def test_binding_beyond_loopback_needs_a_token(host):
+def test_binding_beyond_loopback_needs_a_token_and_tls_or_insecure(host, caplog):
     coordinator = Coordinator([], world_size=1, config=FAST)
     with pytest.raises(ValueError, match="needs a token"):
-        WebSocketServer(coordinator, host=host)
-    # With a token it constructs; nothing is bound before start().
-    assert WebSocketServer(coordinator, host=host, token="s3cret").token == "s3cret"
+        WebSocketServer(coordinator, host=host, insecure=True)
+    with pytest.raises(ValueError, match="plaintext: pass ssl="):
+        WebSocketServer(coordinator, host=host, token="s3cret")
+    # insecure=True constructs (nothing is bound before start()) and says so, once.
+    with caplog.at_level("WARNING", logger="distcb.transport.websocket"):
+        server = WebSocketServer(coordinator, host=host, token="s3cret", insecure=True)
+    assert server.token == "s3cret"
+    warnings = [r for r in caplog.records if "without TLS" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])

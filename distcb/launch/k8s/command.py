@@ -43,8 +43,12 @@ def _header(options: Any) -> list[str]:
     for spec in fields(options):
         value = getattr(options, spec.name)
         if spec.name in ("variant", "image") or value != spec.default:
+            flag = spec.name.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(f"--{flag}" if value else f"--no-{flag}")
+                continue
             shown = shlex.join(value) if isinstance(value, tuple) else str(value)
-            args.append(f"--{spec.name.replace('_', '-')}={shown}")
+            args.append(f"--{flag}={shown}")
     return [
         f"Rendered by: {shlex.join(args)}",
         "Do not edit by hand: change the options and render again (docs/kubernetes.md).",
@@ -75,4 +79,10 @@ def add_parser(commands: Any) -> None:
     render.add_argument("--ray-version", help="rayjob: the image's Ray version")
     render.add_argument("--ray-workers", type=int, help="rayjob: Ray worker pods")
     render.add_argument("--tune-args", help="rayjob: arguments of examples/tune_asha.py")
+    render.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        help="the coordinator serves wss:// from the Secret <name>-tls (default); --no-tls "
+        "renders --insecure",
+    )
     render.add_argument("--out", help="write to this file instead of stdout")

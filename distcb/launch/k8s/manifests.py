@@ -47,6 +47,7 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: also what Kubernetes reports for a proces
 
 VARIANTS = ("indexed-job", "jobset", "rayjob")
 STATE_DIR = "/state"  # the coordinator's state directory: a PersistentVolumeClaim
+TLS_DIR = "/tls"  # the coordinator's certificate and key; the workers' CA (a Secret)
 RESULTS_DIR = "/results"  # the RayJob's shared Tune storage
 COORDINATOR = "coordinator"
 WORKERS = "workers"
@@ -78,6 +79,10 @@ class RenderOptions:
         ray_workers: Ray worker pods in the RayJob.
         tune_args: arguments after ``examples/tune_asha.py`` in the RayJob entrypoint;
             ``--storage /results/tune`` (the rendered shared claim) unless they name one.
+        tls: the coordinator serves ``wss://`` with the certificate of the Secret
+            ``<name>-tls`` (``tls.crt``, ``tls.key``; you create it) and the workers verify
+            it against its ``ca.crt``. False renders ``--insecure``: the token then crosses
+            the cluster network in plaintext.
     """
 
     variant: str
@@ -98,6 +103,7 @@ class RenderOptions:
     ray_version: str = "2.60.0"
     ray_workers: int = 2
     tune_args: tuple[str, ...] = field(default=("--epochs", "40"))
+    tls: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -180,6 +186,15 @@ def _secret_name(o: RenderOptions) -> str:
     return f"{o.name}-token"
 
 
+def _tls_secret_name(o: RenderOptions) -> str:
+    return f"{o.name}-tls"
+
+
+def _tls_volume(o: RenderOptions, keys: tuple[str, ...]) -> dict[str, Any]:
+    items = [{"key": key, "path": key} for key in keys]
+    return {"name": "tls", "secret": {"secretName": _tls_secret_name(o), "items": items}}
+
+
 def _state_claim(o: RenderOptions) -> str:
     return f"{o.name}-state"
 
@@ -198,6 +213,14 @@ def _secret(o: RenderOptions) -> tuple[list[str], dict[str, Any]]:
         '--from-literal=token="$(openssl rand -hex 32)"',
         "and leave this placeholder out (kubectl apply would overwrite yours).",
     ]
+    if o.tls:
+        comments += [
+            f"The coordinator serves wss:// with the Secret {_tls_secret_name(o)} (not rendered):",
+            f"kubectl create secret generic {_tls_secret_name(o)} --from-file=tls.crt "
+            "--from-file=tls.key --from-file=ca.crt",
+            "(cert-manager's Certificate makes one with these keys). The certificate must name",
+            f"the host the workers dial: {_coordinator_host(o)}.",
+        ]
     return comments, {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -263,7 +286,18 @@ def _failure_policy(container: str) -> dict[str, Any]:
     }
 
 
+def _coordinator_host(o: RenderOptions) -> str:
+    if o.variant == "jobset":
+        return f"{o.name}-{COORDINATOR}-0-0.{o.name}"
+    return f"{o.name}-{COORDINATOR}"
+
+
 def _coordinator_container(o: RenderOptions) -> dict[str, Any]:
+    tls = [f"--tls-cert={TLS_DIR}/tls.crt", f"--tls-key={TLS_DIR}/tls.key"]
+    scheme = {"scheme": "HTTPS"} if o.tls else {}
+    mounts: list[dict[str, Any]] = [{"name": "state", "mountPath": STATE_DIR}]
+    if o.tls:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     return {
         "name": COORDINATOR,
         "image": o.image,
@@ -276,24 +310,25 @@ def _coordinator_container(o: RenderOptions) -> dict[str, Any]:
             f"--callbacks={o.callbacks}",
             f"--state-dir={STATE_DIR}",
             f"--history={STATE_DIR}/history.json",
+            *(tls if o.tls else ["--insecure"]),
         ],
         "env": [_token_env(o)],
         "ports": [{"name": "distcb", "containerPort": o.port}],
         # Ready = accepting joins (or training); JobSet starts the workers on it.
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": o.port},
+            "httpGet": {"path": "/readyz", "port": o.port, **scheme},
             "periodSeconds": 2,
             "failureThreshold": 1,
         },
         # Callbacks run on their own thread: /healthz answers during a long callback.
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": o.port},
+            "httpGet": {"path": "/healthz", "port": o.port, **scheme},
             "periodSeconds": 10,
             "timeoutSeconds": 5,
             "failureThreshold": 6,
         },
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
-        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}],
+        "volumeMounts": mounts,
     }
 
 
@@ -304,7 +339,10 @@ def _coordinator_pod(o: RenderOptions, labels: dict[str, str]) -> dict[str, Any]
             "restartPolicy": "Never",  # podFailurePolicy requires it
             "terminationGracePeriodSeconds": o.grace_period_s,
             "containers": [_coordinator_container(o)],
-            "volumes": [{"name": "state", "persistentVolumeClaim": {"claimName": _state_claim(o)}}],
+            "volumes": [
+                {"name": "state", "persistentVolumeClaim": {"claimName": _state_claim(o)}},
+                *([_tls_volume(o, ("tls.crt", "tls.key"))] if o.tls else []),
+            ],
         },
     }
 
@@ -323,9 +361,15 @@ def _worker_container(o: RenderOptions, env: list[dict[str, Any]]) -> dict[str, 
             _token_env(o),
             {"name": "DISTCB_COLLECTIVE_PORT", "value": str(o.collective_port)},
             {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "3"},
+            *([{"name": "DISTCB_TLS_CA", "value": f"{TLS_DIR}/ca.crt"}] if o.tls else []),
         ],
         "ports": [{"name": "collective", "containerPort": o.collective_port}],
         "resources": resources,
+        **(
+            {"volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]}
+            if o.tls
+            else {}
+        ),
     }
 
 
@@ -337,6 +381,8 @@ def _worker_pod(
         "terminationGracePeriodSeconds": o.grace_period_s,
         "containers": [_worker_container(o, env)],
     }
+    if o.tls:  # the CA only: workers never see the coordinator's key
+        spec["volumes"] = [_tls_volume(o, ("ca.crt",))]
     if subdomain:
         spec = {"subdomain": subdomain, **spec}
     return {"metadata": {"labels": labels}, "spec": spec}

@@ -1,0 +1,359 @@
+"""What a peer without the token can hold of the coordinator's server, and what it can log.
+
+`Admission` wraps the HTTP server's protocol factory (aiohttp's `web.Server`):
+
+- at most `Config.max_connections` connections at once (lowered to what the
+  process's open-file limit leaves room for); one more is answered ``503``
+  and closed;
+- each connection must deliver a complete HTTP request within
+  `Config.handshake_timeout_s` of its accept (after TLS: the TLS handshake has
+  the same bound); else ``408`` and closed (slowloris);
+- the event loop's "socket.accept() out of system resource" errors (the
+  open-file limit reached anyway) are counted, not logged once per attempt.
+
+`RejectionLog` counts every rejected connection by kind and logs a warning at
+most once per `Config.rejection_log_interval_s` for each kind, saying how many
+it left out: the rate of log lines is ours to decide, not the attacker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from distcb.protocol.config import Config
+
+__all__ = ["KINDS", "Admission", "RejectionLog", "connection_room"]
+
+logger = logging.getLogger("distcb.transport.websocket")
+
+KINDS = ("token", "over_capacity", "handshake_timeout", "join_timeout", "accept_error")
+"""Why connections are rejected, as counted in ``/status``."""
+
+_FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_LINGER_S = 1.0  # after an answer that closes a connection: how long it may still send
+
+
+def _answer_and_close(transport: asyncio.Transport, response: bytes) -> asyncio.TimerHandle | None:
+    """Write `response`, end our side, and close once the peer is done or after a linger
+    (closing on unread data would reset the connection and lose the answer)."""
+    transport.write(response)
+    if not transport.can_write_eof():  # TLS
+        transport.close()
+        return None
+    transport.write_eof()
+    return asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+
+
+class RejectionLog:
+    """Counts rejected connections by kind; logs at most one warning per kind and interval.
+
+    Args:
+        interval_s: the shortest time between two warnings of one kind.
+        clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = dict.fromkeys(KINDS, 0)
+
+    def reject(self, kind: str, detail: str) -> None:
+        """Count one rejection of `kind`; log `detail` unless one was logged recently."""
+        self.counts[kind] += 1
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval_s:
+            self._left_out[kind] += 1
+            return
+        self._last[kind] = now
+        left_out, self._left_out[kind] = self._left_out[kind], 0
+        more = (
+            f" ({left_out} more of this kind since the last warning; at most one warning per "
+            f"Config.rejection_log_interval_s={self.interval_s:g} s, all counted in /status)"
+            if left_out
+            else ""
+        )
+        logger.warning("rejected a connection: %s%s", detail, more)
+
+
+def connection_room(requested: int) -> tuple[int, str | None]:
+    """`requested`, lowered to what the open-file limit leaves room for; and why, if lowered.
+
+    Room = the soft ``RLIMIT_NOFILE`` minus the descriptors open now, minus a reserve
+    (an eighth of the limit, at least 16) for files, pipes and refusals in flight.
+    """
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return requested, None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested, None
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 16
+    room = max(1, soft - open_now - _reserve(soft))
+    if room >= requested:
+        return requested, None
+    return room, (
+        f"Config.max_connections={requested} lowered to {room}: the process may open "
+        f"{soft} files (RLIMIT_NOFILE; raise it with `ulimit -n`) and {open_now} are open"
+    )
+
+
+def _reserve(soft_limit: int) -> int:
+    return max(16, soft_limit // 8)
+
+
+class _Slot:
+    """One counted connection; released once, by connection_lost or garbage collection."""
+
+    __slots__ = ("admission", "open")
+
+    def __init__(self, admission: Admission):
+        self.admission = admission
+        self.open = True
+
+    def release(self) -> None:
+        if self.open:
+            self.open = False
+            self.admission.open_connections -= 1
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the handshake deadline."""
+
+    def __init__(self, admission: Admission, inner: Any, slot: _Slot):
+        self._admission = admission
+        self._inner = inner
+        self._slot = slot
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._admission.pending[transport] = self
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._admission.config.handshake_timeout_s, self._expire)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._expired:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._expired and self._transport is not None:
+            self._transport.close()
+            return None
+        result: bool | None = self._inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.request_arrived()
+        if self._linger is not None:
+            self._linger.cancel()
+        self._slot.release()
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def request_arrived(self) -> None:
+        """The HTTP request is complete: the handshake deadline no longer applies."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._admission.pending.pop(self._transport, None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        self._admission.pending.pop(transport, None)
+        timeout_s = self._admission.config.handshake_timeout_s
+        self._admission.rejections.reject(
+            "handshake_timeout",
+            f"{_peer(transport)} sent no complete HTTP request within "
+            f"Config.handshake_timeout_s={timeout_s:g} s",
+        )
+        body = (
+            f"no complete HTTP request within Config.handshake_timeout_s={timeout_s:g} s\n"
+        ).encode()
+        self._expired = True  # aiohttp hears nothing more of this connection
+        self._linger = _answer_and_close(transport, _response(408, "Request Timeout", body))
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the cap: answered 503 and closed, once its request arrived (so
+    that the peer reads the answer rather than a reset) or after a short linger."""
+
+    def __init__(self, admission: Admission):
+        self._admission = admission
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        admission = self._admission
+        limit = admission.max_connections
+        admission.rejections.reject(
+            "over_capacity",
+            f"{_peer(transport)} connected while {limit} connections were open "
+            "(Config.max_connections)",
+        )
+        body = (
+            f"the coordinator holds its limit of {limit} connections (Config.max_connections); "
+            "retry later\n"
+        ).encode()
+        response = _response(503, "Service Unavailable", body, retry_after=True)
+        if admission.refusing >= admission.max_refusing:
+            transport.write(response)
+            transport.abort()  # a flood: no linger, free the descriptor now
+            return
+        self._timer = _answer_and_close(transport, response)
+        if self._timer is not None:
+            admission.refusing += 1
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request: read and dropped, so that closing resets nothing
+
+    def eof_received(self) -> bool | None:
+        if self._transport is not None:
+            self._transport.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._admission.refusing -= 1
+
+
+class Admission:
+    """The protocol factory of a guarded HTTP server, and what it counts.
+
+    Args:
+        server_factory: aiohttp's protocol factory (``AppRunner.server``).
+        config: the bounds (`max_connections`, `handshake_timeout_s`,
+            `rejection_log_interval_s`).
+        max_connections: the cap actually applied (see `connection_room`).
+    """
+
+    def __init__(self, server_factory: Callable[[], Any], config: Config, max_connections: int):
+        self._factory = server_factory
+        self.config = config
+        self.max_connections = max_connections
+        self.max_refusing = max(4, _reserve(max_connections) // 2)
+        self.rejections = RejectionLog(config.rejection_log_interval_s)
+        self.open_connections = 0
+        self.peak_connections = 0
+        self.refusing = 0
+        self.pending: dict[asyncio.Transport, _Guarded] = {}
+        self._restore_handler: Callable[[], None] | None = None
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open_connections >= self.max_connections:
+            return _Refusal(self)
+        self.open_connections += 1
+        self.peak_connections = max(self.peak_connections, self.open_connections)
+        slot = _Slot(self)
+        guarded = _Guarded(self, self._factory(), slot)
+        # A TLS handshake that never completes never calls connection_lost: release then.
+        weakref.finalize(guarded, slot.release)
+        return guarded
+
+    def request_arrived(self, transport: Any) -> None:
+        """Called for every request that reached a handler (a middleware does it)."""
+        guarded = self.pending.get(transport)
+        if guarded is not None:
+            guarded.request_arrived()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connections_open": self.open_connections,
+            "connections_peak": self.peak_connections,
+            "max_connections": self.max_connections,
+            "rejected": dict(self.rejections.counts),
+        }
+
+    # ------------------------------------------------------------------ accept errors
+
+    def watch_accept_errors(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count the loop's accept errors on the open-file limit instead of logging each.
+
+        asyncio logs "socket.accept() out of system resource" with a traceback on every
+        failed accept (Python 3.11: up to the backlog's length per wake-up, 64,000 lines
+        in 20 s were seen); every other error goes to the handler there was before.
+        """
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            error = context.get("exception")
+            if (
+                isinstance(error, OSError)
+                and error.errno in _FD_ERRORS
+                and "accept" in str(context.get("message", ""))
+            ):
+                self.rejections.reject(
+                    "accept_error",
+                    f"could not accept a connection: {error.strerror} (the process's open-file "
+                    "limit, RLIMIT_NOFILE: raise it with `ulimit -n`, or lower "
+                    "Config.max_connections)",
+                )
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
+        def restore() -> None:
+            if loop.get_exception_handler() is handler:
+                loop.set_exception_handler(previous)
+
+        self._restore_handler = restore
+
+    def close(self) -> None:
+        if self._restore_handler is not None:
+            self._restore_handler()
+            self._restore_handler = None
+        for guarded in list(self.pending.values()):
+            guarded.request_arrived()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peername = transport.get_extra_info("peername")
+    with contextlib.suppress(TypeError, IndexError):
+        return f"{peername[0]}:{peername[1]}"
+    return "a peer"
+
+
+def _response(status: int, phrase: str, body: bytes, *, retry_after: bool = False) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+        + ("Retry-After: 1\r\n" if retry_after else "")
+        + "\r\n"
+    )
+    return head.encode() + body

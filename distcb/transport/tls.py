@@ -1,0 +1,65 @@
+"""TLS for the websocket transport: the coordinator's certificate, the workers' trust.
+
+The coordinator serves ``wss://`` with a certificate and key read from files
+(`server_context`); workers verify it against a CA file (`client_context`),
+named by ``DISTCB_TLS_CA`` in their environment (`WorkerContext.tls_ca`). The
+certificate must name the host the workers dial (a Kubernetes Service's DNS
+name, or the IP address).
+
+Environment (the ``distcb coordinator`` command reads these when its flags are
+not given): ``DISTCB_TLS_CERT`` and ``DISTCB_TLS_KEY``, the paths of the
+PEM certificate (chain) and key; the workers' ``DISTCB_TLS_CA``, the path of
+the PEM CA bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+__all__ = ["ENV_CA", "ENV_CERT", "ENV_KEY", "client_context", "server_context"]
+
+ENV_CERT = "DISTCB_TLS_CERT"
+ENV_KEY = "DISTCB_TLS_KEY"
+ENV_CA = "DISTCB_TLS_CA"
+
+
+def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The coordinator's TLS context: TLS 1.2 or later, this certificate and key.
+
+    Raises:
+        ValueError: a file is missing or does not hold a PEM certificate / matching key.
+    """
+    for label, path in (("certificate", cert_file), ("key", key_file)):
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"the TLS {label} file {path!r} does not exist")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"could not load the TLS certificate {cert_file!r} with the key {key_file!r}: {exc} "
+            "(both must be PEM, and the key must belong to the certificate)"
+        ) from None
+    return context
+
+
+def client_context(ca_file: str | None) -> ssl.SSLContext:
+    """A worker's TLS context: verifies the coordinator's certificate and host name against
+    `ca_file` (a PEM bundle), or against the system's trust store when None.
+
+    Raises:
+        ValueError: `ca_file` is missing or holds no PEM certificate.
+    """
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ValueError(
+            f"the CA file {ca_file!r} ({ENV_CA}) does not exist; it must name the PEM "
+            "certificate of the CA that signed the coordinator's certificate"
+        )
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"could not load the CA file {ca_file!r} ({ENV_CA}): {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
