@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distcb.callbacks.history import History
-from distcb.coordinator.engine import Coordinator, JobListener
+from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.listener import JobListener
 from distcb.protocol.config import Config
 from distcb.protocol.decisions import Decision, SaveModel
 from distcb.protocol.errors import CoordinatorLostError

@@ -39,7 +39,8 @@ from distcb.callbacks.callback_list import CallbackList, DeferredCall
 from distcb.callbacks.history import History
 from distcb.coordinator import resume as resuming
 from distcb.coordinator.aggregate import BatchMerger, MergedStep, merge_logs
-from distcb.coordinator.journal import Journal, JournalEntry, describe_job
+from distcb.coordinator.journal import JournalEntry
+from distcb.coordinator.listener import JobListener
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder, ModelProxy
 from distcb.coordinator.roster import Roster, WorkerLost
 from distcb.coordinator.runtime import JobState, Runtime
@@ -51,7 +52,6 @@ from distcb.protocol.errors import (
     DistcbError,
     JoinTimeoutError,
     ProtocolError,
-    RestartsExhausted,
     WorkerLostError,
 )
 from distcb.protocol.logs import Logs
@@ -83,28 +83,6 @@ class Phase(enum.Enum):
     TRAINING = "training"
     ENDING = "ending"
     DONE = "done"
-
-
-class JobListener:
-    """What the engine tells listeners (Tune's bridge, launchers, status pages): override
-    what you need. Called on the event loop, in order; a listener must not block."""
-
-    def epoch_released(self, epoch: int, logs: Logs, records: Sequence[DecisionRecord]) -> None:
-        """Epoch `epoch`'s decisions went out to every worker."""
-        return None
-
-    def saved(self, message: Saved) -> None:
-        """The chief reported a save (or its failure)."""
-        return None
-
-    def restarting(self, attempt: int, failure: BaseException) -> None:
-        """Attempt `attempt` ended with a restartable `failure`; the workers stop and exit
-        with the "retry me" code, and the next attempt waits for them to join again."""
-        return None
-
-    def ended(self, failure: BaseException | None) -> None:
-        """The job ended (`on_train_end` ran and the sinks were closed)."""
-        return None
 
 
 class CallbackFailed(DistcbError):
@@ -168,34 +146,31 @@ class Coordinator:
         histories = [cb for cb in user_callbacks if isinstance(cb, History)]
         self.history = histories[0] if histories else History()
         self.callbacks = CallbackList(user_callbacks + ([] if histories else [self.history]))
-        self.journal = (
-            Journal(state_dir, describe_job(world_size, self.callbacks.callbacks))
+        # A resumable job's journal, backups and restarts (None: a failure ends the job).
+        self.recovery = (
+            resuming.Recovery(
+                state_dir,
+                world_size=world_size,
+                callbacks=self.callbacks.callbacks,
+                max_restarts=max_restarts,
+                resume=resume,
+                backup_every_epochs=self.config.backup_every_epochs,
+            )
             if state_dir
             else None
         )
-        self.max_restarts = max_restarts
-        self.resume = resume
         self.state = JobState(num_workers=world_size)
         self.params: dict[str, Any] = {}
         self.decision_log: list[DecisionRecord] = []
         self.saved_count = 0
         self.recent_saved: list[Saved] = []
-        self.failures: list[BaseException] = []  # the restartable failures so far
-        self.attempt = 0
-        self.committed_epoch: int | None = None
         self.last_epoch_logs: Logs = {}
         self.last_batch_logs: Logs = {}
         self._listeners: list[JobListener] = []
         self._callback_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="distcb-callbacks"
         )
-        self._journal_thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="distcb-journal"
-        )
         self._runtime: Runtime | None = None
-        self._initial_states: list[dict[str, Any] | None] | None = None
-        self._snapshots_of: dict[int, set[int]] = {}  # journaled epoch -> snapshots it holds
-        self._committed_snapshots: set[int] = set()  # held by the newest committed barrier
         self._new_attempt()
 
     def _new_attempt(self) -> None:
@@ -223,7 +198,6 @@ class Coordinator:
         self._finished = asyncio.Event()
         self._callbacks_broken = False  # a callback raised: no hook runs but on_train_end
         self._restarting: BaseException | None = None  # this attempt ends in a restart
-        self._backups = resuming.BackupTracker()
 
     # ------------------------------------------------------------------ the public surface
 
@@ -231,6 +205,21 @@ class Coordinator:
     def decisions(self) -> list[Decision]:
         """Every decision made so far, in the order the callbacks made them."""
         return [record.decision for record in self.decision_log]
+
+    @property
+    def attempt(self) -> int:
+        """0 for the first attempt, then one more after each restart."""
+        return self.recovery.attempt if self.recovery is not None else 0
+
+    @property
+    def failures(self) -> list[BaseException]:
+        """The failures that restarted the job so far."""
+        return self.recovery.failures if self.recovery is not None else []
+
+    @property
+    def committed_epoch(self) -> int | None:
+        """The newest epoch the job can go on from after a failure."""
+        return self.recovery.committed_epoch if self.recovery is not None else None
 
     @property
     def processed_step(self) -> int:
@@ -300,7 +289,7 @@ class Coordinator:
         self._runtime = Runtime(loop, self.config, self.state)
         failure: BaseException | None = None
         try:
-            entry = await self._open_journal()
+            entry = await self.recovery.open() if self.recovery is not None else None
             while True:
                 try:
                     return await self._run_attempt(entry)
@@ -312,7 +301,8 @@ class Coordinator:
         finally:
             await self._runtime.aclose()
             self._callback_thread.shutdown(wait=False)
-            self._journal_thread.shutdown(wait=True)
+            if self.recovery is not None:
+                self.recovery.close()
             for listener in self._listeners:
                 with contextlib.suppress(Exception):
                     listener.ended(failure)
@@ -345,27 +335,6 @@ class Coordinator:
                 await watchdog
             await self.roster.close_all()
 
-    async def _open_journal(self) -> JournalEntry | None:
-        """The committed entry to resume from, or None to start afresh (a new journal)."""
-        journal = self.journal
-        if journal is None:
-            return None
-        if await asyncio.to_thread(journal.check_job):
-            entry = await asyncio.to_thread(journal.latest)
-            if entry is not None and not self.resume:
-                raise DistcbError(
-                    f"{journal.directory} holds this job's journal (committed up to epoch "
-                    f"{entry.epoch}): pass resume=True to go on from it, or use another "
-                    "run directory to start over"
-                )
-            if entry is not None:
-                self.committed_epoch = entry.epoch
-                self._committed_snapshots = set(entry.snapshots)
-                logger.info("resuming after epoch %d from %s", entry.epoch, journal.directory)
-            return entry
-        await asyncio.to_thread(journal.start)
-        return None
-
     async def _roll_back(self) -> JournalEntry | None:
         """After an attempt that ends in a restart: the entry the next attempt resumes from.
 
@@ -374,20 +343,10 @@ class Coordinator:
         """
         failure = self._restarting
         assert failure is not None
-        assert self.journal is not None
-        self.failures.append(failure)
-        attempt = self.attempt
-        entry = await asyncio.to_thread(self.journal.latest)
-        logger.warning(
-            "restart %d of %d after %s: going on after %s",
-            len(self.failures),
-            self.max_restarts,
-            describe(failure),
-            f"epoch {entry.epoch}" if entry is not None else "nothing (from the start)",
-        )
-        self.attempt += 1
+        assert self.recovery is not None
+        attempt = self.recovery.attempt
+        entry = await self.recovery.next_attempt(failure)
         self._new_attempt()
-        self._committed_snapshots = set(entry.snapshots) if entry is not None else set()
         for listener in self._listeners:
             listener.restarting(attempt, failure)
         return entry
@@ -473,9 +432,10 @@ class Coordinator:
         self.roster.flow_window = flow_window
         self.model.optimizer._sync(self.roster.workers[0].params.learning_rate)
         self.callbacks.attach(self.params, self.model, self._runtime)
-        if self._initial_states is None and self.journal is not None:
+        recovery = self.recovery
+        if recovery is not None and recovery.initial_states is None:
             # What a restart before the first committed barrier rolls back to.
-            self._initial_states = await self._in_callbacks(
+            recovery.initial_states = await self._in_callbacks(
                 lambda: resuming.callback_states(self.callbacks.callbacks)
             )
         first = int(self.params.get("initial_epoch") or 0)  # a resumed fit counts from there
@@ -488,8 +448,8 @@ class Coordinator:
             )
             pending = list(entry.pending)
             await self._apply_entry(entry)
-        elif self.attempt > 0 and self._initial_states is not None:
-            await self._apply_initial_states()
+        elif recovery is not None and recovery.attempt > 0:
+            await self._apply_initial_states(recovery.initial_states)
         self.phase = Phase.TRAINING
         self.last_progress = time.monotonic()  # the stall watchdog counts from the start
         self.roster.begin_training()
@@ -517,7 +477,7 @@ class Coordinator:
             want_batch_logs=want_batch_logs,
             histogram_freq=self.callbacks.histogram_freq,
             want_model_json=self.callbacks.wants_model_json,
-            persist_snapshots=self.journal is not None,
+            persist_snapshots=recovery is not None,
             resume=resume,
             **self.callbacks.chief_tensorboard_requests,
         )
@@ -536,8 +496,7 @@ class Coordinator:
             lambda: resuming.restore_callbacks(self.callbacks.callbacks, entry.callbacks)
         )
 
-    async def _apply_initial_states(self) -> None:
-        states = self._initial_states
+    async def _apply_initial_states(self, states: list[dict[str, Any] | None] | None) -> None:
         assert states is not None
         self.decision_log = []
         self.state.global_step = 0
@@ -653,24 +612,15 @@ class Coordinator:
             await self._journal_barrier(epoch, pending, stopping)
 
     def _backup_decision(self, epoch: int, stopping: bool) -> BackupModel | None:
-        """The backup of this barrier, when the job journals and one is due (every
-        `Config.backup_every_epochs`, and at the last barrier)."""
-        if self.journal is None or self.failure is not None:
+        if self.recovery is None or self.failure is not None:
             return None
-        if not stopping and (epoch + 1) % self.config.backup_every_epochs:
-            return None
-        # Snapshot files a rollback may still need stay: those held now, and those the
-        # newest committed barrier holds.
-        keep = self.recorder.outstanding | self._committed_snapshots
-        return BackupModel(
-            at=EffectPoint.epoch_end(epoch), epoch=epoch, keep_snapshots=tuple(sorted(keep))
-        )
+        return self.recovery.backup_decision(epoch, stopping, self.recorder.outstanding)
 
     async def _journal_barrier(self, epoch: int, pending: list[Decision], stopping: bool) -> None:
         """Write epoch `epoch`'s journal entry (off the event loop), then commit it once
         every worker has backed it up."""
-        assert self.journal is not None
-        journal = self.journal
+        recovery = self.recovery
+        assert recovery is not None
         try:
             states = await self._in_callbacks(
                 lambda: resuming.callback_states(self.callbacks.callbacks)
@@ -688,42 +638,13 @@ class Coordinator:
             global_step=self.state.global_step,
             stopping=stopping,
         )
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._journal_thread, journal.write, entry)
-        except OSError as exc:
-            logger.error("could not write the journal entry of epoch %d: %s", epoch, exc)
-            return
-        self._backups.written.add(epoch)
-        self._snapshots_of[epoch] = set(entry.snapshots)
-        await self._maybe_commit(epoch)
-
-    async def _maybe_commit(self, epoch: int) -> None:
-        if not self._backups.complete(epoch, set(self.roster.live)):
-            return
-        assert self.journal is not None
-        loop = asyncio.get_running_loop()
-        self._backups.commit(epoch)
-        try:
-            await loop.run_in_executor(self._journal_thread, self.journal.commit, epoch)
-        except OSError as exc:
-            logger.error("could not commit the journal entry of epoch %d: %s", epoch, exc)
-            return
-        self.committed_epoch = epoch
-        self._committed_snapshots = self._snapshots_of.pop(epoch, set())
-        self._snapshots_of = {e: s for e, s in self._snapshots_of.items() if e > epoch}
+        if await recovery.write(entry):
+            await recovery.maybe_commit(epoch, set(self.roster.live))
 
     async def _on_backed_up(self, rank: int, message: BackedUp) -> None:
-        if message.error is not None:
-            logger.warning(
-                "rank %d could not back up epoch %d (%s): the job cannot go on from that "
-                "epoch after a failure",
-                rank,
-                message.epoch,
-                message.error,
-            )
-        self._backups.report(message.epoch, rank, message.error)
-        await self._maybe_commit(message.epoch)
+        if self.recovery is not None:
+            self.recovery.backed_up(message.epoch, rank, message.error)
+            await self.recovery.maybe_commit(message.epoch, set(self.roster.live))
 
     def _merge_epoch(self, ends: dict[int, EpochEnd]) -> Logs:
         merged = merge_logs(
@@ -880,8 +801,8 @@ class Coordinator:
                 self._restarting = error
                 reason = f"{reason}; the job goes on from its last committed barrier"
             else:
-                if self.journal is not None and self.max_restarts and resuming.restartable(error):
-                    error = RestartsExhausted([*self.failures, error], self.max_restarts)
+                if self.recovery is not None:
+                    error = self.recovery.final_error(error)
                 self.failure = error
             logger.error("%s", reason)
             window = self.recorder.window_steps
@@ -912,11 +833,7 @@ class Coordinator:
         await self._maybe_end_training()
 
     def _may_restart(self, error: BaseException) -> bool:
-        return (
-            self.journal is not None
-            and resuming.restartable(error)
-            and len(self.failures) < self.max_restarts
-        )
+        return self.recovery is not None and self.recovery.may_restart(error)
 
     async def _recheck_barriers(self) -> None:
         """A rank left the batch merge and the epoch barrier: they may be complete now."""

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from distcb.callbacks.history import History
-from distcb.coordinator.engine import Coordinator, JobListener
+from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.listener import JobListener
 from distcb.keras.model_target import remove_stale_temporaries_under
 from distcb.launch import spec
 from distcb.launch.child import ENV_LAUNCHER_PID

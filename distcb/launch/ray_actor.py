@@ -28,7 +28,8 @@ import ray
 from ray import cloudpickle
 
 from distcb.callbacks.history import History
-from distcb.coordinator.engine import Coordinator, JobListener
+from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.listener import JobListener
 from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError
 from distcb.transport.ray_channel import ChannelHub

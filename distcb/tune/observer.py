@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distcb.callbacks.base import Callback, Logs
-from distcb.coordinator.engine import JobListener
+from distcb.coordinator.listener import JobListener
 from distcb.coordinator.model_proxy import DecisionRecord
 from distcb.protocol.decisions import EffectPoint, SaveModel
 from distcb.protocol.logs import to_json_value
