@@ -24,12 +24,14 @@ from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
 from distcb.protocol.errors import CoordinatorLostError, DistcbError
 from distcb.protocol.messages import (
+    BackedUp,
     BatchFrame,
     Done,
     EpochEnd,
     Heartbeat,
     Join,
     JoinParams,
+    Preempted,
     Saved,
     TrainEnd,
     WorkerFailed,
@@ -79,6 +81,8 @@ valid_messages = st.one_of(
     st.builds(Done, rank=ranks),
     st.builds(Saved, rank=ranks, filepath=st.text(min_size=1, max_size=30)),
     st.builds(WorkerFailed, rank=ranks, error=st.text(max_size=30)),
+    st.builds(BackedUp, rank=ranks, epoch=epochs, error=st.none() | st.text(max_size=10)),
+    st.builds(Preempted, rank=ranks),
     st.just(Heartbeat()),
     st.builds(Join, rank=st.just(1), world_size=st.just(2)),
 ).map(encode)
