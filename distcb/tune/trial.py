@@ -163,19 +163,49 @@ async def _report_epochs(job: Any, config: Config, epoch_offset: int) -> SystemE
 
 
 async def _observe(job: Any, config: Config, method: str, *args: Any) -> Any:
+    """Call the observer's `method` in the coordinator actor.
+
+    A slow answer is not a lost coordinator: on a loaded machine its loop may take longer
+    than `Config.heartbeat_timeout_s`. While the actor's process answers a ping (a
+    separate concurrency group, not the coordinator's loop), keep waiting, up to
+    `Config.stall_timeout_s` in all, the bound on a job that makes no progress.
+    """
+    from ray.exceptions import RayError
+
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + max(config.stall_timeout_s, config.heartbeat_timeout_s)
+    call = asyncio.ensure_future(job.coordinator.observe.remote(method, *args))
+    try:
+        while True:
+            done, _ = await asyncio.wait({call}, timeout=config.heartbeat_timeout_s)
+            if done:
+                return call.result()
+            alive = await _answers_ping(job, config.heartbeat_timeout_s)
+            if not alive or loop.time() >= give_up_at:
+                raise CoordinatorLostError(
+                    f"the coordinator actor did not answer {method} within "
+                    f"Config.heartbeat_timeout_s={config.heartbeat_timeout_s:g} s"
+                    + (
+                        ""
+                        if not alive
+                        else f" (nor within stall_timeout_s={config.stall_timeout_s:g} s)"
+                    )
+                )
+    except RayError as exc:
+        raise CoordinatorLostError(f"the coordinator actor failed: {type(exc).__name__}") from None
+    finally:
+        if not call.done():
+            call.cancel()
+
+
+async def _answers_ping(job: Any, timeout_s: float) -> bool:
     from ray.exceptions import RayError
 
     try:
-        return await asyncio.wait_for(
-            job.coordinator.observe.remote(method, *args), config.heartbeat_timeout_s
-        )
-    except TimeoutError:
-        raise CoordinatorLostError(
-            f"the coordinator actor did not answer {method} within "
-            f"Config.heartbeat_timeout_s={config.heartbeat_timeout_s:g} s"
-        ) from None
-    except RayError as exc:
-        raise CoordinatorLostError(f"the coordinator actor failed: {type(exc).__name__}") from None
+        await asyncio.wait_for(job.coordinator.ping.remote(), timeout_s)
+    except (TimeoutError, RayError):
+        return False
+    return True
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> SystemExit | None:
