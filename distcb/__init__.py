@@ -26,6 +26,7 @@ _LAZY = {
     "Coordinator": "distcb.coordinator.engine",
     "run": "distcb.launch.api",
     "worker_context": "distcb.worker.context",
+    "worker_main": "distcb.launch.worker_main",
     "WorkerContext": "distcb.worker.context",
     "History": "distcb.callbacks.history",
 }
@@ -44,6 +45,7 @@ __all__ = [
     "WorkerLostError",
     "run",
     "worker_context",
+    "worker_main",
 ]
 
 

@@ -15,9 +15,22 @@ global batch), gradients are all-reduced every step, so the result is the
 single-process full-batch result. The coordinator runs EarlyStopping once
 for the job; every worker stops at the same epoch and exits 0.
 
+Preemption and exact resume: with ``DISTCB_RUN_DIR`` set (the rendered
+manifests mount a shared claim there) the chief backs up model and optimizer
+at every epoch barrier. A SIGTERM'd pod asks the coordinator for a common
+stop; every worker exits 143, Kubernetes replaces the pods, and the new ones
+rejoin, load the chief's backup and go on from the next epoch, ending as the
+uninterrupted job would. For that, each epoch must depend only on the weights,
+the optimizer and (seed, epoch): the data here is read in a fixed order (no
+shuffling; permute per epoch from (seed, epoch) if you need to), and
+``WorkerCallback(seed=...)`` reseeds the global generators at every epoch.
+
     python examples/k8s_train.py [--epochs 60] [--lr 0.05]
 
-Exit codes: 0 finished (also an early stop), 1 failed, 2 bad arguments.
+Exit codes (`distcb.worker_main`): 0 finished (also an early stop), 143
+"retry me" (preempted, or the job restarts from its backups after a lost
+worker), 1 failed (the coordinator is told, and fails the job), 2 bad
+arguments.
 """
 
 from __future__ import annotations
@@ -115,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             f"rank {context.rank}: epoch {epoch} done, loss {logs['loss']:.4f}", flush=True
         )
     )
-    callbacks: list[Any] = [
-        WorkerCallback(flavour="tf_keras", samples=len(train_x) // context.world_size),
-        progress,
-    ]
+    worker = WorkerCallback(
+        flavour="tf_keras", samples=len(train_x) // context.world_size, seed=SEED
+    )
+    callbacks: list[Any] = [worker, progress]
     if options.crash_at_epoch is not None and context.rank == options.crash_rank:
         callbacks.insert(0, _crash_callback(keras, options.crash_at_epoch))
     history = model.fit(
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": len(history.history["loss"]),
         "loss": [float(v) for v in history.history["loss"]],
         "weights_sha256": digest,
+        "resumed_after": worker.resumed_after,  # None: this process started the job
     }
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
@@ -148,4 +162,6 @@ def _crash_callback(keras: Any, epoch: int) -> Any:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # moons_data
-    sys.exit(main())
+    # The exit code the pod failure policy reads: 0, 143 "retry me" (preempted, the job
+    # restarts, a lost peer), 1 (this worker's own code raised: the coordinator is told).
+    sys.exit(distcb.worker_main(main))

@@ -79,9 +79,13 @@ class WorkerContext:
 
 
 class FailureReporter(Protocol):
-    """A worker's open session, as a host needs it: it can report a failure."""
+    """A worker's open session, as a host needs it: it can report a failure, and says
+    what the coordinator decided about the job so far."""
 
     def fail(self, error: BaseException) -> None: ...
+
+    @property
+    def verdict(self) -> str | None: ...
 
 
 class WorkerHost:
@@ -100,6 +104,15 @@ class WorkerHost:
     def unregister(self, session: FailureReporter) -> None:
         with self._lock, contextlib.suppress(ValueError):
             self._sessions.remove(session)
+
+    def verdict(self) -> str | None:
+        """What the coordinator told this worker's open sessions: "restart" (the job goes
+        on from its backups: exit to be started again), "failed" (the job ends), or None."""
+        with self._lock:
+            verdicts = {session.verdict for session in self._sessions}
+        if "restart" in verdicts:
+            return "restart"
+        return "failed" if "failed" in verdicts else None
 
     def report_failure(self, error: BaseException) -> None:
         """Send `error` (with its traceback) through every session still open."""

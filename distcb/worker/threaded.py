@@ -69,6 +69,15 @@ class ThreadedSession:
         finally:
             self._stop_thread()
 
+    @property
+    def verdict(self) -> str | None:
+        """What the coordinator said of the job: "restart" (it goes on from its backups),
+        "failed" (it aborted the job), or None (nothing: training goes on)."""
+        protocol = self.session.protocol
+        if protocol.restart:
+            return "restart"
+        return "failed" if protocol.abort_reason is not None else None
+
     def fail(self, error: BaseException) -> None:
         """Tell the coordinator training raised (bounded), close, stop the IO thread."""
         try:

@@ -11,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,13 +69,48 @@ def cluster_for(documents, tmp_path: Path) -> LocalCluster:
     return LocalCluster(documents, tmp_path, repo_root=ROOT, dockerfile=ROOT / "Dockerfile")
 
 
+def history_of(tmp_path: Path) -> dict:
+    """The History the coordinator wrote to its state claim."""
+    return json.loads((tmp_path / "claims" / "distcb-state" / "history.json").read_text())
+
+
+@dataclass
+class Completed:
+    """One run of a checked-in manifest, to completion, without a fault."""
+
+    cluster: LocalCluster
+    outcome: Outcome
+    report: str
+    tmp_path: Path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Callable[[str], Completed]:
+    """The checked-in `variant` run once per module: the synchronous-job test checks it, the
+    fault tests compare their resumed jobs with it."""
+    runs: dict[str, Completed] = {}
+
+    def run(variant: str) -> Completed:
+        if variant not in runs:
+            tmp_path = tmp_path_factory.mktemp(variant)
+            with cluster_for(load(ROOT / "k8s" / f"{variant}.yaml"), tmp_path) as cluster:
+                outcome = cluster.run(timeout_s=TIMEOUT_S)
+                runs[variant] = Completed(cluster, outcome, cluster.report(), tmp_path)
+        return runs[variant]
+
+    return run
+
+
 def rendered(variant: str, **options) -> list[dict]:
     return [doc for _, doc in render(RenderOptions(variant=variant, image=IMAGE, **options))]
 
 
-def worker_results(outcome: Outcome, job: str) -> list[dict]:
+def worker_results(outcome: Outcome, job: str, attempt: int | None = None) -> list[dict]:
+    """What examples/k8s_train.py printed in each worker pod (of one `attempt`)."""
     results = []
     for run in outcome.runs_of(job):
+        if attempt is not None and run.attempt != attempt:
+            continue
         lines = [x for x in run.log().splitlines() if x.startswith(RESULT_PREFIX)]
         assert len(lines) == 1, run.log()[-3000:]
         results.append(json.loads(lines[0][len(RESULT_PREFIX) :]))
@@ -96,12 +133,13 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_the_checked_in_manifests_run_a_synchronous_job_to_completion(variant, tmp_path, reference):
+def test_the_checked_in_manifests_run_a_synchronous_job_to_completion(
+    variant, uninterrupted, reference
+):
     coordinator_job, workers_job, dns_names = VARIANTS[variant]
-    with cluster_for(load(ROOT / "k8s" / f"{variant}.yaml"), tmp_path) as cluster:
-        outcome = cluster.run(timeout_s=TIMEOUT_S)
-        report = cluster.report()
-        worker_pods = cluster.jobs[workers_job].pods
+    run = uninterrupted(variant)
+    cluster, outcome, report = run.cluster, run.outcome, run.report
+    worker_pods = cluster.jobs[workers_job].pods
     assert outcome.jobs == {coordinator_job: ("Complete", None), workers_job: ("Complete", None)}
     if variant == "jobset":
         assert outcome.jobset == ("Complete", 0)
@@ -115,8 +153,7 @@ def test_the_checked_in_manifests_run_a_synchronous_job_to_completion(variant, t
     assert all(ready_at < run.started_at for run in outcome.runs_of(workers_job))
 
     # The coordinator wrote its History on its state volume; it is plain Keras's.
-    history = json.loads((tmp_path / "claims" / "distcb-state" / "history.json").read_text())
-    losses = history["history"]["loss"]
+    losses = history_of(run.tmp_path)["history"]["loss"]
     assert len(losses) == len(reference) < 60, "EarlyStopping must stop before --epochs"
     assert losses == pytest.approx(reference, rel=1e-5, abs=1e-6)
 
@@ -137,6 +174,40 @@ def test_the_checked_in_manifests_run_a_synchronous_job_to_completion(variant, t
     # saw the same (global) loss every epoch.
     assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
     assert results[0]["loss"] == results[1]["loss"] == pytest.approx(losses, rel=1e-6)
+    assert [r["resumed_after"] for r in results] == [None, None]
+    # The chief backed up every epoch on the workers' shared claim (the newest three kept).
+    backups = tmp_path_backups(run.tmp_path)
+    assert backups == [len(losses) - 3, len(losses) - 2, len(losses) - 1], backups
+
+
+def tmp_path_backups(tmp_path: Path) -> list[int]:
+    """The epochs of the chief's backups on the workers' claim (DISTCB_RUN_DIR)."""
+    ranks = tmp_path / "claims" / "distcb-backups" / "backups"
+    assert sorted(p.name for p in ranks.iterdir()) == ["rank-0"]  # the chief alone writes
+    return sorted(int(p.name.split("-")[1]) for p in (ranks / "rank-0").glob("epoch-*"))
+
+
+def assert_resumed_exactly(
+    outcome: Outcome, workers_job: str, tmp_path: Path, before: Completed, reference: list[float]
+) -> int:
+    """The job that was interrupted ended as the uninterrupted run `before` did: the same
+    History (every metric, float-equal), the same final weights on every rank; the replaced
+    worker pods went on from one barrier, after the first epochs. Returns that barrier."""
+    expected = history_of(before.tmp_path)
+    history = history_of(tmp_path)
+    assert history["history"] == expected["history"]
+    assert history["epoch"] == expected["epoch"]
+    assert history["history"]["loss"] == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    last = max(run.attempt for run in outcome.runs_of(workers_job))
+    resumed = worker_results(outcome, workers_job, attempt=last)
+    final = worker_results(before.outcome, workers_job)
+    assert [r["weights_sha256"] for r in resumed] == [r["weights_sha256"] for r in final]
+    [after] = {r["resumed_after"] for r in resumed}  # one barrier for every rank
+    assert after is not None, "the replaced pods started the job over"
+    # Each resumed worker ran the epochs after that barrier, and only those.
+    for result in resumed:
+        assert result["loss"] == pytest.approx(history["history"]["loss"][after + 1 :], rel=1e-6)
+    return after
 
 
 def test_a_worker_that_raises_fails_the_job_at_once_and_the_coordinator_names_it(tmp_path):
@@ -146,9 +217,11 @@ def test_a_worker_that_raises_fails_the_job_at_once_and_the_coordinator_names_it
     )
     with cluster_for(documents, tmp_path) as cluster:
         outcome = cluster.run(timeout_s=TIMEOUT_S)
-    # Exit 1 matches podFailurePolicy FailJob: no retry. (Rank 0 ends too: its all-reduce
-    # lost its peer and it exits 1 itself, or it is stopped with its failed Job: TF catches
-    # SIGTERM in a multi-worker process, so that stop ends in SIGKILL, 137.)
+    # Exit 1 matches podFailurePolicy FailJob: no retry. distcb.worker_main told the
+    # coordinator (WorkerFailed), which fails the job instead of restarting it. (Rank 0 ends
+    # too: its all-reduce lost its peer and, the coordinator having said the job failed, it
+    # exits 1; or it is stopped with its failed Job while blocked in the collective: SIGKILL
+    # after the grace period, 137.)
     assert outcome.jobs["distcb-workers"] == ("Failed", "PodFailurePolicy")
     exits = {name: (attempt, code) for name, attempt, code, _ in outcome.exits("distcb-workers")}
     assert exits["distcb-workers-1"] == (0, 1)
@@ -175,10 +248,14 @@ def test_a_permanent_failure_fails_the_jobset_without_restarting_it(tmp_path):
     assert [action for *_, action in outcome.exits("distcb-coordinator-0")] == ["Terminated"]
 
 
-def test_a_sigkilled_worker_is_reported_and_the_jobset_restarts_from_scratch(tmp_path, reference):
+def test_a_sigkilled_worker_restarts_the_jobset_which_resumes_exactly(
+    tmp_path, uninterrupted, reference
+):
     # 137 (SIGKILL, as for an OOM kill) matches no podFailurePolicy rule: it counts against
     # backoffLimit 0, the Job fails with BackoffLimitExceeded, and the JobSet's restartOnCrash
-    # rule recreates every Job. Without exact resume the job starts over and completes.
+    # rule recreates every Job, the coordinator's too. The new coordinator pod goes on from
+    # its journal on the state claim, the new worker pods from the chief's backup on the
+    # shared claim.
     fault = Fault("distcb-workers-0-1", signal.SIGKILL, when_log=LATE_EPOCH)
     with cluster_for(load(ROOT / "k8s" / "jobset.yaml"), tmp_path) as cluster:
         outcome = cluster.run(timeout_s=TIMEOUT_S, faults=[fault])
@@ -193,39 +270,57 @@ def test_a_sigkilled_worker_is_reported_and_the_jobset_restarts_from_scratch(tmp
     assert ("distcb-workers-0-1", 137, "Count") in first
     later = [code for _, attempt, code, _ in outcome.exits("distcb-workers-0") if attempt == 1]
     assert later == [0, 0]
-    history = json.loads((tmp_path / "claims" / "distcb-state" / "history.json").read_text())
-    assert history["history"]["loss"] == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    coordinators = outcome.runs_of("distcb-coordinator-0")
+    assert [(r.attempt, r.exit_code, r.action) for r in coordinators] == [
+        (0, 143, "Terminated"),  # the JobSet restart's SIGTERM
+        (1, 0, "Succeeded"),  # the new pod went on from the journal on the state claim
+    ]
+    assert_resumed_exactly(
+        outcome, "distcb-workers-0", tmp_path, uninterrupted("jobset"), reference
+    )
 
 
-def test_a_sigkilled_worker_is_named_by_the_coordinator(tmp_path):
+def test_a_sigkilled_worker_counts_against_backoff_limit_and_the_job_resumes_exactly(
+    tmp_path, uninterrupted, reference
+):
+    # The survivor's collectives fail (TensorFlow's UnavailableError) once its peer is gone;
+    # distcb.worker_main turns that into 143 since the coordinator restarts the job: only the
+    # killed pod's 137 counts against backoffLimit (3).
     fault = Fault("distcb-workers-1", signal.SIGKILL, when_log=LATE_EPOCH)
     with cluster_for(load(ROOT / "k8s" / "indexed-job.yaml"), tmp_path) as cluster:
-        outcome = cluster.run(
-            timeout_s=TIMEOUT_S,
-            faults=[fault],
-            until=lambda c: c.jobs["distcb-coordinator"].state != "Running",
-        )
-    exits = outcome.exits("distcb-workers")
-    assert ("distcb-workers-1", 0, 137, "Count") in exits  # counted against backoffLimit: 3
-    assert any(name == "distcb-workers-1" and attempt == 1 for name, attempt, _, _ in exits)
-    [coordinator] = outcome.runs_of("distcb-coordinator")
-    assert (coordinator.exit_code, coordinator.action) == (1, "FailJob")
-    assert re.search(r"WorkerLostError.*\brank 1\b", coordinator.log(), re.I), coordinator.log()
+        outcome = cluster.run(timeout_s=TIMEOUT_S, faults=[fault])
+        report = cluster.report()
+    assert fault.fired_at is not None, report
+    first = {
+        name: (code, action)
+        for name, attempt, code, action in outcome.exits("distcb-workers")
+        if attempt == 0
+    }
+    assert first == {"distcb-workers-0": (143, "Ignore"), "distcb-workers-1": (137, "Count")}
+    assert outcome.jobs == {
+        "distcb-coordinator": ("Complete", None),
+        "distcb-workers": ("Complete", None),
+    }, report
+    [coordinator] = outcome.runs_of("distcb-coordinator")  # it never stopped
+    assert re.search(r"restart 1 of 10 after \[Rank 1\] disconnected", coordinator.log())
+    assert_resumed_exactly(
+        outcome, "distcb-workers", tmp_path, uninterrupted("indexed-job"), reference
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="needs the preemption flow of issue 10")
-def test_a_preempted_worker_makes_every_worker_exit_143_and_the_job_resumes(tmp_path, reference):
-    # SIGTERM + DisruptionTarget (an eviction, a reclaimed spot node). Issue 10: every worker
-    # backs up at a step all can reach and exits 143; podFailurePolicy Ignore replaces the pods
-    # without counting them; they rejoin the coordinator, which never stopped, and the job ends
-    # as if nothing had happened.
+def test_a_preempted_worker_makes_every_worker_exit_143_and_the_job_resumes(
+    tmp_path, uninterrupted, reference
+):
+    # SIGTERM + DisruptionTarget (an eviction, a reclaimed spot node): the worker's SIGTERM
+    # handler (WorkerCallback's, installed after TensorFlow's) asks the coordinator for a
+    # common stop; every worker exits 143; podFailurePolicy Ignore replaces the pods without
+    # counting them; they rejoin the coordinator, which never stopped, load the chief's
+    # backup of the last committed barrier, and the job ends as if nothing had happened.
     fault = Fault("distcb-workers-1", signal.SIGTERM, when_log=LATE_EPOCH, disruption=True)
     with cluster_for(load(ROOT / "k8s" / "indexed-job.yaml"), tmp_path) as cluster:
-        outcome = cluster.run(
-            timeout_s=TIMEOUT_S,
-            faults=[fault],
-            until=lambda c: c.jobs["distcb-coordinator"].state != "Running",
-        )
+        outcome = cluster.run(timeout_s=TIMEOUT_S, faults=[fault])
+        report = cluster.report()
+    assert fault.fired_at is not None, report
     first = {
         name: (code, action)
         for name, attempt, code, action in outcome.exits("distcb-workers")
@@ -235,6 +330,15 @@ def test_a_preempted_worker_makes_every_worker_exit_143_and_the_job_resumes(tmp_
     assert outcome.jobs == {
         "distcb-coordinator": ("Complete", None),
         "distcb-workers": ("Complete", None),
-    }
-    history = json.loads((tmp_path / "claims" / "distcb-state" / "history.json").read_text())
-    assert history["history"]["loss"] == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    }, report
+    [killed] = [r for r in outcome.runs_of("distcb-workers") if (r.pod.index, r.attempt) == (1, 0)]
+    assert "distcb rank 1: preempted" in killed.log()  # its own SIGTERM; rank 0 stopped with it
+    [coordinator] = outcome.runs_of("distcb-coordinator")  # it never stopped
+    assert re.search(r"restart 1 of 10 after \[Rank 1\] was preempted", coordinator.log())
+    after = assert_resumed_exactly(
+        outcome, "distcb-workers", tmp_path, uninterrupted("indexed-job"), reference
+    )
+    # A barrier the first attempt reached: what it trained after it was rolled back and
+    # trained again, identically.
+    first_epochs = [int(e) for e in re.findall(r"rank 1: epoch (\d+) done", killed.log())]
+    assert max(first_epochs) >= after

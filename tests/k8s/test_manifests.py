@@ -21,6 +21,7 @@ from distcb.launch.k8s.manifests import (
     render,
 )
 from distcb.worker import cluster
+from distcb.worker.context import context_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -35,6 +36,8 @@ OPTION_SETS = [
         "gpus_per_worker": 1,
         "storage_class": "fast-ssd",
         "max_restarts": 0,
+        "max_resumes": 0,
+        "backups_size": "200Gi",
         "worker_command": ("python", "-m", "my_training.train", "--lr", "0.1"),
     },
 ]
@@ -158,6 +161,39 @@ def test_in_the_pod_distcb_reads_the_rank_peers_and_coordinator_the_manifest_dec
     assert bind == f"127.0.0.1:{coordinator.ports[8765]}"
 
 
+@pytest.mark.parametrize("variant", ["indexed-job", "jobset"])
+def test_the_job_resumes_from_the_state_claim_and_the_workers_shared_backups(variant, tmp_path):
+    """Exact resume needs the coordinator's journal (--state-dir, with --max-restarts =
+    max_resumes) and one backup directory every worker pod reads: the chief writes it
+    under MultiWorkerMirroredStrategy and any worker loads it on resume."""
+    rendered = documents(variant, workers=3, max_resumes=7, backups_size="50Gi")
+    [claim] = [
+        d
+        for d in rendered
+        if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "distcb-backups"
+    ]
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "resources": {"requests": {"storage": "50Gi"}},
+    }
+    keys = {"tls.crt": "the certificate", "tls.key": "the key", "ca.crt": "the CA"}
+    secret = {"kind": "Secret", "metadata": {"name": "distcb-tls"}, "stringData": keys}
+    sim = LocalCluster(
+        [*rendered, secret], tmp_path, repo_root=ROOT, dockerfile=ROOT / "Dockerfile"
+    )
+    [workers] = [j for j in sim.jobs.values() if "workers" in j.name]
+    [coordinator] = [p for j in sim.jobs.values() if "coordinator" in j.name for p in j.pods]
+    shared = tmp_path / "claims" / "distcb-backups"
+    for pod in workers.pods:
+        context = context_from_env(sim.environment(pod))
+        assert context.run_dir == str(shared)
+    env = sim.environment(coordinator)
+    argv, _ = sim.command(coordinator, env)
+    assert "--max-restarts=7" in argv
+    assert "--state-dir=" + str(tmp_path / "claims" / "distcb-state") in argv
+    assert "DISTCB_RUN_DIR" not in env  # the coordinator keeps its journal in its own claim
+
+
 def test_the_rayjob_entrypoint_is_accepted_by_the_tune_example():
     import sys
 
@@ -268,6 +304,8 @@ def test_policy_evaluation_follows_kubernetes_rule_semantics():
         ({"workers": True}, "workers must be an int >= 1, received True"),
         ({"port": 70000}, "port must be a TCP port"),
         ({"worker_memory": "lots"}, "worker_memory must be a Kubernetes quantity"),
+        ({"backups_size": "10 GB"}, "backups_size must be a Kubernetes quantity"),
+        ({"max_resumes": -1}, "max_resumes must be an int >= 0, received -1"),
         ({"callbacks": "nocolon"}, "module:function"),
         ({"worker_command": ()}, "worker_command must name a program"),
         ({"image": "has space"}, "image must be an image reference"),
@@ -301,7 +339,7 @@ def test_cli_bad_options_exit_2_and_out_writes_a_file(tmp_path, capsys):
         )
         == 0
     )
-    [_, _, jobset] = load(out)
+    [_, _, _, jobset] = load(out)
     workers = jobset["spec"]["replicatedJobs"][1]["template"]["spec"]
     assert workers["completions"] == 3
     assert workers["template"]["spec"]["containers"][0]["command"] == [

@@ -70,8 +70,22 @@ def add_parser(commands: Any) -> None:
     render.add_argument("--port", type=int, help="the coordinator's port (default 8765)")
     render.add_argument("--collective-port", type=int, help="TF collective port (default 2222)")
     render.add_argument("--state-size", help="the coordinator state volume's size (default 1Gi)")
+    render.add_argument(
+        "--backups-size", help="the workers' backups volume's size, ReadWriteMany (default 10Gi)"
+    )
     render.add_argument("--storage-class", help="storage class of the volumes")
-    render.add_argument("--max-restarts", type=int, help="backoffLimit / maxRestarts (default 3)")
+    render.add_argument(
+        "--max-restarts",
+        type=int,
+        help="Kubernetes' budget for crashes: backoffLimit / maxRestarts (default 3); "
+        "preempted pods do not count",
+    )
+    render.add_argument(
+        "--max-resumes",
+        type=int,
+        help="the coordinator's --max-restarts: how many times a lost or preempted worker "
+        "makes the job go on from its last epoch barrier (default 10)",
+    )
     render.add_argument("--grace-period-s", type=int, help="terminationGracePeriodSeconds")
     render.add_argument("--worker-cpu", help="each worker's CPU request (default 1)")
     render.add_argument("--worker-memory", help="each worker's memory request (default 2Gi)")

@@ -3,8 +3,9 @@
 Three variants:
 
 - ``indexed-job``: a coordinator Job behind a Service, the workers as an
-  Indexed Job behind a headless Service, the token Secret and a
-  PersistentVolumeClaim for the coordinator's state directory;
+  Indexed Job behind a headless Service, the token Secret, a
+  PersistentVolumeClaim for the coordinator's state directory and a
+  ReadWriteMany one for the workers' backups;
 - ``jobset``: one JobSet with two replicatedJobs (coordinator, workers); the
   JobSet controller makes the headless Service and the pod DNS names; the
   workers start once the coordinator is Ready (``dependsOn``);
@@ -21,6 +22,12 @@ does not count against ``backoffLimit``; 1 failed and 2 bad usage: permanent,
 the Job (JobSet) fails at once; anything else (137: OOM-killed or SIGKILL)
 counts against ``backoffLimit`` (JobSet: restarts the whole set, up to
 ``failurePolicy.maxRestarts``).
+
+Exact resume: the coordinator journals every epoch barrier on its state volume
+(``--state-dir``) and lets a lost or preempted worker restart the job up to
+``max_resumes`` times (its ``--max-restarts``); the workers back up model and
+optimizer under ``DISTCB_RUN_DIR``, a claim every worker pod mounts (under
+MultiWorkerMirroredStrategy the chief writes, every worker reads).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: also what Kubernetes reports for a proces
 
 VARIANTS = ("indexed-job", "jobset", "rayjob")
 STATE_DIR = "/state"  # the coordinator's state directory: a PersistentVolumeClaim
+RUN_DIR = "/distcb-run"  # the workers' DISTCB_RUN_DIR (backups): a ReadWriteMany claim
 TLS_DIR = "/tls"  # the coordinator's certificate and key; the workers' CA (a Secret)
 RESULTS_DIR = "/results"  # the RayJob's shared Tune storage
 COORDINATOR = "coordinator"
@@ -68,9 +76,17 @@ class RenderOptions:
         callbacks: the coordinator's ``--callbacks module:function``.
         port: the coordinator's port. collective_port: the workers' TF collective port.
         state_size: the coordinator state PersistentVolumeClaim's size.
-        storage_class: its storage class (None: the cluster's default).
-        max_restarts: ``backoffLimit`` of each Job (indexed-job) / the JobSet's
-            ``failurePolicy.maxRestarts`` / the RayJob's ``backoffLimit``.
+        backups_size: the workers' backups claim's size (ReadWriteMany; the newest three
+            epochs' model and optimizer state).
+        storage_class: the claims' storage class (None: the cluster's default; the
+            backups claim needs one that offers ReadWriteMany).
+        max_restarts: Kubernetes' budget for crashes: ``backoffLimit`` of each Job
+            (indexed-job) / the JobSet's ``failurePolicy.maxRestarts`` / the RayJob's
+            ``backoffLimit``. A preempted pod (143, or DisruptionTarget) does not count.
+        max_resumes: distcb's budget: the coordinator's ``--max-restarts``, how many times
+            a lost or preempted worker makes the job go on from its last epoch barrier.
+            Preemptions count here (and not in ``max_restarts``), so keep it above
+            ``max_restarts``; one more loss fails the job (exit 1).
         grace_period_s: ``terminationGracePeriodSeconds``: time a SIGTERM'd pod has to
             back up and stop before it is killed.
         worker_cpu, worker_memory: each worker's requests. gpus_per_worker: its
@@ -94,8 +110,10 @@ class RenderOptions:
     port: int = 8765
     collective_port: int = 2222
     state_size: str = "1Gi"
+    backups_size: str = "10Gi"
     storage_class: str | None = None
     max_restarts: int = 3
+    max_resumes: int = 10
     grace_period_s: int = 60
     worker_cpu: str = "1"
     worker_memory: str = "2Gi"
@@ -128,6 +146,7 @@ class RenderOptions:
             ("port", self.port, 1),
             ("collective_port", self.collective_port, 1),
             ("max_restarts", self.max_restarts, 0),
+            ("max_resumes", self.max_resumes, 0),
             ("grace_period_s", self.grace_period_s, 0),
             ("gpus_per_worker", self.gpus_per_worker, 0),
             ("ray_workers", self.ray_workers, 0),
@@ -139,6 +158,7 @@ class RenderOptions:
                 raise ValueError(f"{label} must be a TCP port (1-65535), received {port}")
         for label, quantity in (
             ("state_size", self.state_size),
+            ("backups_size", self.backups_size),
             ("worker_cpu", self.worker_cpu),
             ("worker_memory", self.worker_memory),
         ):
@@ -199,6 +219,10 @@ def _state_claim(o: RenderOptions) -> str:
     return f"{o.name}-state"
 
 
+def _backups_claim(o: RenderOptions) -> str:
+    return f"{o.name}-backups"
+
+
 # ------------------------------------------------------------------ shared pieces
 
 
@@ -230,9 +254,11 @@ def _secret(o: RenderOptions) -> tuple[list[str], dict[str, Any]]:
     }
 
 
-def _claim(o: RenderOptions, name: str, component: str, access: str) -> dict[str, Any]:
-    size = {"storage": o.state_size}
-    spec: dict[str, Any] = {"accessModes": [access], "resources": {"requests": size}}
+def _claim(
+    o: RenderOptions, name: str, component: str, access: str, size: str | None = None
+) -> dict[str, Any]:
+    requests = {"storage": size or o.state_size}
+    spec: dict[str, Any] = {"accessModes": [access], "resources": {"requests": requests}}
     if o.storage_class:
         spec["storageClassName"] = o.storage_class
     return {
@@ -249,6 +275,16 @@ def _state(o: RenderOptions) -> tuple[list[str], dict[str, Any]]:
         "History survive a restarted coordinator pod, which continues the job from there.",
     ]
     return comments, _claim(o, _state_claim(o), "state", "ReadWriteOnce")
+
+
+def _backups(o: RenderOptions) -> tuple[list[str], dict[str, Any]]:
+    comments = [
+        f"The workers' backups ({RUN_DIR}, DISTCB_RUN_DIR): model and optimizer state at every",
+        "epoch barrier. Under MultiWorkerMirroredStrategy the chief writes and every worker",
+        "(any node, after a restart) reads: it needs a ReadWriteMany storage class (NFS,",
+        "Filestore, EFS, ...).",
+    ]
+    return comments, _claim(o, _backups_claim(o), "backups", "ReadWriteMany", o.backups_size)
 
 
 def _token_env(o: RenderOptions) -> dict[str, Any]:
@@ -309,6 +345,7 @@ def _coordinator_container(o: RenderOptions) -> dict[str, Any]:
             f"--port={o.port}",
             f"--callbacks={o.callbacks}",
             f"--state-dir={STATE_DIR}",
+            f"--max-restarts={o.max_resumes}",
             f"--history={STATE_DIR}/history.json",
             *(tls if o.tls else ["--insecure"]),
         ],
@@ -360,16 +397,16 @@ def _worker_container(o: RenderOptions, env: list[dict[str, Any]]) -> dict[str, 
             {"name": "DISTCB_WORLD_SIZE", "value": str(o.workers)},
             _token_env(o),
             {"name": "DISTCB_COLLECTIVE_PORT", "value": str(o.collective_port)},
+            {"name": "DISTCB_RUN_DIR", "value": RUN_DIR},
             {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "3"},
             *([{"name": "DISTCB_TLS_CA", "value": f"{TLS_DIR}/ca.crt"}] if o.tls else []),
         ],
         "ports": [{"name": "collective", "containerPort": o.collective_port}],
         "resources": resources,
-        **(
-            {"volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]}
-            if o.tls
-            else {}
-        ),
+        "volumeMounts": [
+            {"name": "backups", "mountPath": RUN_DIR},
+            *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}] if o.tls else []),
+        ],
     }
 
 
@@ -381,8 +418,11 @@ def _worker_pod(
         "terminationGracePeriodSeconds": o.grace_period_s,
         "containers": [_worker_container(o, env)],
     }
-    if o.tls:  # the CA only: workers never see the coordinator's key
-        spec["volumes"] = [_tls_volume(o, ("ca.crt",))]
+    spec["volumes"] = [
+        {"name": "backups", "persistentVolumeClaim": {"claimName": _backups_claim(o)}},
+        # the CA only: workers never see the coordinator's key
+        *([_tls_volume(o, ("ca.crt",))] if o.tls else []),
+    ]
     if subdomain:
         spec = {"subdomain": subdomain, **spec}
     return {"metadata": {"labels": labels}, "spec": spec}
@@ -414,6 +454,7 @@ def _indexed_job(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
     return [
         _secret(o),
         _state(o),
+        _backups(o),
         (
             [f"The coordinator's stable address, {coordinator}:{o.port}."],
             {
@@ -567,7 +608,7 @@ def _jobset(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
         "143 preempted (pod replaced); 1 or 2 fail the JobSet; other failures restart it",
         f"(up to {o.max_restarts} times).",
     ]
-    return [_secret(o), _state(o), (comments, jobset)]
+    return [_secret(o), _state(o), _backups(o), (comments, jobset)]
 
 
 def _rayjob(o: RenderOptions) -> list[tuple[list[str], dict[str, Any]]]:
