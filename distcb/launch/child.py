@@ -42,8 +42,8 @@ def die_with_parent(launcher_pid: int | None) -> bool:
 
 def main(spec_path: str) -> int:
     from distcb.launch import spec
+    from distcb.launch.worker_main import exit_code_of
     from distcb.protocol import exit_codes
-    from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
     from distcb.worker.context import WorkerHost, context_from_env, hosting
 
     train_fn, args, kwargs = spec.read(spec_path)
@@ -51,20 +51,19 @@ def main(spec_path: str) -> int:
     try:
         with hosting(host):
             train_fn(*args, **kwargs)
-    except (JobInterrupted, CoordinatorLostError) as exc:
-        # Not this worker's fault: the job goes on (or can) from its backups. Retry me.
-        print(f"distcb worker: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return exit_codes.PREEMPTED
     except BaseException as exc:
-        host.report_failure(exc)
-        text = "".join(traceback.format_exception(exc))
-        spec.write_failure(
-            os.path.dirname(spec_path), host.context.rank, f"{type(exc).__name__}: {exc}", text
-        )
-        traceback.print_exc()
-        sys.stdout.flush()
-        return exit_codes.FAILED
-    return 0
+        # The same exit codes as a worker run by `distcb.worker_main` (a pod's script).
+        code = exit_code_of(host, exc) if isinstance(exc, Exception | SystemExit) else None
+        if code is None:  # KeyboardInterrupt and the like: training did not finish
+            host.report_failure(exc)
+            code = exit_codes.FAILED
+        if code == exit_codes.FAILED:
+            text = "".join(traceback.format_exception(exc))
+            spec.write_failure(
+                os.path.dirname(spec_path), host.context.rank, f"{type(exc).__name__}: {exc}", text
+            )
+        return code
+    return exit_codes.FINISHED
 
 
 if __name__ == "__main__":

@@ -51,29 +51,35 @@ def worker_main(main: Callable[[], int | None]) -> int:
     try:
         with hosting(host):
             code = main()
-    except (JobInterrupted, CoordinatorLostError) as exc:
-        _say(f"{type(exc).__name__}: {exc}")
-        return exit_codes.PREEMPTED
-    except Exception as exc:
-        verdict = host.verdict()
-        if verdict is None and peer_lost(exc):
-            # The coordinator learns of a lost worker by itself (its connection drops, or its
-            # heartbeats stop): wait for its word rather than race it.
-            verdict = _await_verdict(host, host.context.config.heartbeat_timeout_s)
-            if verdict is None:
-                verdict = "restart"  # a lost peer that the coordinator still sees: retry
-        if verdict == "restart":
-            _say(f"training raised after the job began to restart: {type(exc).__name__}")
-            return exit_codes.PREEMPTED
-        host.report_failure(exc)
-        traceback.print_exc()
-        sys.stdout.flush()
-        return exit_codes.FAILED
+    except (JobInterrupted, CoordinatorLostError, Exception) as exc:
+        return exit_code_of(host, exc)
     if code is None:
         return exit_codes.FINISHED
     if isinstance(code, bool) or not isinstance(code, int):
         raise TypeError(f"main must return an int exit code or None, received {code!r}")
     return code
+
+
+def exit_code_of(host: WorkerHost, error: BaseException) -> int:
+    """The exit code of a worker whose training raised `error` (the module docstring's
+    table); a failure (1) is reported to the coordinator through `host`'s sessions."""
+    if isinstance(error, (JobInterrupted, CoordinatorLostError)):
+        _say(f"{type(error).__name__}: {error}")
+        return exit_codes.PREEMPTED
+    verdict = host.verdict()
+    if verdict is None and peer_lost(error):
+        # The coordinator learns of a lost worker by itself (its connection drops, or its
+        # heartbeats stop): wait for its word rather than race it.
+        verdict = _await_verdict(host, host.context.config.heartbeat_timeout_s)
+        if verdict is None:
+            verdict = "restart"  # a lost peer that the coordinator still sees: retry
+    if verdict == "restart":
+        _say(f"training raised after the job began to restart: {type(error).__name__}")
+        return exit_codes.PREEMPTED
+    host.report_failure(error)
+    traceback.print_exception(error)
+    sys.stdout.flush()
+    return exit_codes.FAILED
 
 
 def peer_lost(error: BaseException) -> bool:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,17 @@ def coordinator_log(coordinator: CoordinatorProcess) -> str:
     return "".join(coordinator.stdout_lines) + coordinator.stderr()
 
 
+def wait_for_log(coordinator: CoordinatorProcess, pattern: str, timeout_s: float = 30.0) -> str:
+    """The coordinator's log once `pattern` is in it (it logs a restart once the attempt has
+    ended, which may be after the worker exited), or its log at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        log = coordinator_log(coordinator)
+        if re.search(pattern, log) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_a_bug_exits_1_and_the_coordinator_fails_the_job_at_once(tmp_path):
     with coordinator_for(tmp_path) as coordinator:
@@ -96,8 +108,9 @@ def test_an_error_after_the_coordinator_said_restart_exits_143(tmp_path):
         code, output = run_worker(coordinator, "after-restart", tmp_path / "run")
         assert code == 143, output
         assert "the collectives failed after the stop" not in output  # no failure reported
-        log = coordinator_log(coordinator)
-    assert re.search(r"restart 1 of 1 after \[Rank 0\] was preempted", log), log
+        pattern = r"restart 1 of 1 after \[Rank 0\] was preempted"
+        log = wait_for_log(coordinator, pattern)
+    assert re.search(pattern, log), log
 
 
 def test_what_main_returns_or_raises_becomes_the_exit_code():
