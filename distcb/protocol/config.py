@@ -29,7 +29,8 @@ class Config:
         flush_interval_s: the shortest pause between two frames a paced transport
             (Ray) sends.
         flush_max_delay_s: the longest a batch log waits in a worker's buffer. Workers
-            otherwise send a frame every W/4 steps (window rule on) or 32 steps, so
+            otherwise send a frame every quarter of the bound they run under (the
+            window W when a callback decides on batches, else `max_ahead_steps`), so
             that their IO thread wakes rarely and never competes with training.
         max_message_bytes: the largest message a transport accepts.
         max_frame_entries: the largest number of batch entries in one frame.
