@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import secrets
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,7 @@ class WebSocketServer:
         self._port = port
         self._token = token
         self._token_bytes = token.encode()
+        self._routes: list[web.RouteDef] = []
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
@@ -104,6 +106,13 @@ class WebSocketServer:
         """The workers' websocket URL, ``ws://host:port/ws``."""
         return f"ws://{self.address}{WS_PATH}"
 
+    def add_routes(self, routes: Sequence[web.RouteDef]) -> None:
+        """Serve more routes (a launcher's rendezvous); before `start`. They authenticate
+        with `check_token`."""
+        if self._runner is not None:
+            raise RuntimeError("add_routes must come before start()")
+        self._routes.extend(routes)
+
     async def start(self) -> None:
         """Bind and start serving. Raises OSError when the address is taken."""
         if self._runner is not None or self._closed:
@@ -113,6 +122,7 @@ class WebSocketServer:
         app.router.add_get("/status", self._serve_status)
         app.router.add_get("/healthz", self._serve_health)
         app.router.add_get("/readyz", self._serve_ready)
+        app.router.add_routes(self._routes)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=self._config.heartbeat_interval_s * 2
         )
@@ -149,7 +159,9 @@ class WebSocketServer:
     ) -> None:
         await self.aclose()
 
-    def _denied(self, request: web.Request) -> web.Response | None:
+    def check_token(self, request: web.Request) -> web.Response | None:
+        """None when `request` carries the job's token (``Authorization: Bearer``), else the
+        401 answer to send (the attempt is logged, never the token)."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), self._token_bytes
@@ -171,7 +183,7 @@ class WebSocketServer:
         )
 
     async def _serve_worker(self, request: web.Request) -> web.StreamResponse:
-        denied = self._denied(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         if self._closed:
@@ -210,7 +222,7 @@ class WebSocketServer:
         return ws
 
     async def _serve_status(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         body = json.dumps(to_json_value(self._coordinator.status()), allow_nan=False)
