@@ -286,7 +286,7 @@ def sparkline(values: Sequence[float]) -> str:
         elif span == 0:
             out.append(_BARS[len(_BARS) // 2])
         else:
-            out.append(_BARS[min(len(_BARS) - 1, int((v - low) / span * len(_BARS)))])
+            out.append(_BARS[round((v - low) / span * (len(_BARS) - 1))])
     return "".join(out)
 
 

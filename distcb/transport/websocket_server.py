@@ -3,8 +3,10 @@ connection to `Coordinator.serve`.
 
 Routes: ``GET /ws`` the worker channel, ``GET /status`` the coordinator's
 `status()` as JSON (both need ``Authorization: Bearer <token>``, checked
-before the upgrade), ``GET /healthz`` liveness for probes (no token), ``GET /readyz``
-readiness: 200 while the coordinator accepts joins or trains, 503 otherwise (no token).
+before the upgrade; ``/status`` also takes the status page's cookie), ``GET /healthz``
+liveness for probes (no token), ``GET /readyz`` readiness: 200 while the coordinator
+accepts joins or trains, 503 otherwise (no token), and the status page: ``GET /``,
+``GET /events`` (`distcb.transport.status_page`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import secrets
 from collections.abc import Sequence
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING
 from aiohttp import WSCloseCode, web
 
 from distcb.protocol.config import Config
-from distcb.protocol.logs import to_json_value
 from distcb.protocol.messages import decode_from_worker
+from distcb.transport.status_page import StatusPage
 from distcb.transport.websocket_connection import WebSocketConnection
 
 if TYPE_CHECKING:  # workers import this package too; they need no coordinator
@@ -85,6 +86,7 @@ class WebSocketServer:
         self._token = token
         self._token_bytes = token.encode()
         self._routes: list[web.RouteDef] = []
+        self._page = StatusPage(coordinator, token, self.check_token)
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
@@ -122,6 +124,7 @@ class WebSocketServer:
         app.router.add_get("/status", self._serve_status)
         app.router.add_get("/healthz", self._serve_health)
         app.router.add_get("/readyz", self._serve_ready)
+        app.router.add_routes(self._page.routes())
         app.router.add_routes(self._routes)
         runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=self._config.heartbeat_interval_s * 2
@@ -141,6 +144,7 @@ class WebSocketServer:
         if self._closed:
             return
         self._closed = True
+        await self._page.close()  # ends the status page's event streams
         await asyncio.gather(
             *(c.close(_SHUTTING_DOWN, code=WSCloseCode.GOING_AWAY) for c in list(self._connections))
         )
@@ -222,11 +226,10 @@ class WebSocketServer:
         return ws
 
     async def _serve_status(self, request: web.Request) -> web.Response:
-        denied = self.check_token(request)
+        denied = self._page.allowed(request)  # the token, or the status page's cookie
         if denied is not None:
             return denied
-        body = json.dumps(to_json_value(self._coordinator.status()), allow_nan=False)
-        return web.Response(text=body, content_type="application/json")
+        return web.Response(text=self._page.status_json(), content_type="application/json")
 
     async def _serve_health(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
