@@ -17,7 +17,7 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-MODULES = ["bench_worker", "bench_sinks", "bench_ray"]
+MODULES = ["bench_worker", "bench_sinks", "bench_ray", "bench_thread"]
 
 
 def main() -> None:

@@ -19,7 +19,9 @@ def test_the_wheel_includes_every_file_the_status_page_serves(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "distcb", source / "distcb", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "distcb", source / "distcb", ignore=shutil.ignore_patterns("__pycache__")
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "."]
         + ["-w", str(tmp_path / "wheel")],

@@ -85,20 +85,21 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
+def wait_all(children: Sequence[ChildProcess], timeout_s: float) -> list[ChildProcess]:
+    """Wait up to `timeout_s` for every child to exit; the ones still running. Blocking."""
+    deadline = time.monotonic() + timeout_s
+    for child in children:
+        child.wait(max(0.0, deadline - time.monotonic()))
+    return [c for c in children if c.process.poll() is None]
+
+
 def stop_all(children: Sequence[ChildProcess], grace_s: float, kill_after_s: float = 5.0) -> None:
     """End every child and everything it started: wait `grace_s` for them to exit on their
     own, SIGTERM their process groups, wait `kill_after_s`, SIGKILL the groups. Blocking."""
-
-    def wait_all(timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        for child in children:
-            child.wait(max(0.0, deadline - time.monotonic()))
-
-    wait_all(grace_s)
-    if any(c.process.poll() is None for c in children):
+    if wait_all(children, grace_s):
         for child in children:
             child.signal(signal.SIGTERM)
-        wait_all(kill_after_s)
+        wait_all(children, kill_after_s)
     for child in children:  # also the groups whose leader ended: nothing outlives the launcher
         child.signal(signal.SIGKILL)
         child.wait()

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
@@ -40,7 +41,7 @@ from typing import Any, TextIO
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
-from distcb.launch.children import ChildProcess, describe_exit, stop_all
+from distcb.launch.children import ChildProcess, describe_exit, stop_all, wait_all
 from distcb.launch.env import worker_env
 from distcb.launch.rendezvous import (
     Cluster,
@@ -139,6 +140,7 @@ class NodeLauncher:
         self._watchers: list[asyncio.Task[None]] = []
         self._coordinator: Coordinator | None = None
         self._client: RendezvousClient | None = None
+        self._outcome: Outcome | None = None  # node k: the job's, from node 0
 
     # ------------------------------------------------------------------ entry
 
@@ -222,7 +224,7 @@ class NodeLauncher:
             await self._wait_children(
                 grace_s=None if failure is None else plan.config.stop_timeout_s
             )
-            code, reason = self._outcome(failure)
+            code, reason = self._decide_outcome(failure)
             rendezvous.set_outcome(Outcome(code, reason))
             if history is not None and plan.history_path:
                 await asyncio.to_thread(_write_history, plan.history_path, history)
@@ -251,7 +253,7 @@ class NodeLauncher:
         else:
             coordinator.report_lost(rank, describe_exit(code))
 
-    def _outcome(self, failure: BaseException | None) -> tuple[int, str | None]:
+    def _decide_outcome(self, failure: BaseException | None) -> tuple[int, str | None]:
         if self._signalled is not None:
             name = signal.Signals(self._signalled).name
             reason = f"the launcher of node {self.plan.node_rank} received {name}"
@@ -290,8 +292,14 @@ class NodeLauncher:
             self._say(str(exc))
             return exit_codes.FAILED
         self._spawn(cluster, plan.coordinator_address, plan.token)
+        follower = asyncio.get_running_loop().create_task(self._follow(client, cluster.config))
+        self._keep(follower)
         await self._wait_children(grace_s=None)
-        outcome = await client.outcome(plan.node_rank, cluster.config.stop_timeout_s)
+        # Say so, and learn the outcome (unless the follower did: node 0 may be gone now).
+        told = await client.outcome(
+            plan.node_rank, 2.0 if self._outcome else cluster.config.stop_timeout_s, done=True
+        )
+        outcome = self._outcome or told
         if self._signalled is not None:
             return 128 + self._signalled
         if outcome is not None:
@@ -305,6 +313,23 @@ class NodeLauncher:
         if all(c in _STOPPED_FROM_OUTSIDE for c in failed):
             return exit_codes.PREEMPTED
         return exit_codes.FAILED
+
+    async def _follow(self, client: RendezvousClient, config: Config) -> None:
+        """While this node's workers run: when node 0 says the job ended, give them
+        `Config.stop_timeout_s` to end on their own, then stop them."""
+        # Connection errors are retried inside; None: node 0 refused to tell (nothing to do).
+        outcome = await client.outcome(self.plan.node_rank, math.inf, done=False)
+        if outcome is None:
+            return
+        self._outcome = outcome
+        alive = await asyncio.to_thread(wait_all, self.children, config.stop_timeout_s)
+        if alive:
+            self._say(
+                f"the job ended ({outcome.reason or 'finished'}) but ranks "
+                f"{[c.rank for c in alive]} did not exit within Config.stop_timeout_s="
+                f"{config.stop_timeout_s:g} s; stopping them"
+            )
+            await asyncio.to_thread(stop_all, alive, 0.0)
 
     # ------------------------------------------------------------------ workers
 

@@ -6,7 +6,7 @@ are only known on each node. So every node launcher picks one free port per
 local worker and registers ``{node_rank, host, ports}`` with the coordinator's
 HTTP server; once every node has registered, each receives the whole list and
 builds its workers' environment from it (`distcb.launch.env.worker_env`).
-Node 0 registers in-process. Three routes, all behind the job's token
+Node 0 registers in-process. Four routes, all behind the job's token
 (``Authorization: Bearer``), all JSON:
 
 ``POST /rendezvous``
@@ -16,10 +16,16 @@ Node 0 registers in-process. Three routes, all behind the job's token
 ``POST /rendezvous/exit``
     ``{"rank", "code"}``: a worker process of a remote node ended (so node 0
     need not wait for a heartbeat timeout to learn it).
+``POST /rendezvous/outcome``
+    ``{"node_rank"}``: answers the job's outcome ``{"known", "exit_code",
+    "reason"}`` once it is known (202 ``{"known": false}`` after `POLL_S`):
+    a node follows it while its workers run, and stops them when the job
+    ended without them (they would otherwise wait for a coordinator that is
+    gone), then exits with the job's exit code.
 ``POST /rendezvous/done``
-    ``{"node_rank"}``: every worker of that node ended; answers the job's
-    outcome ``{"exit_code", "reason"}`` once it is known, so that every node
-    exits with the job's exit code.
+    ``{"node_rank"}``: every worker of that node ended (node 0 keeps its
+    server up until every node said so, within `Config.stop_timeout_s`);
+    answers like ``/rendezvous/outcome``.
 
 Every node must be launched with the same ``--nnodes`` and
 ``--nproc-per-node``; a node that disagrees, registers a rank out of range, or
@@ -252,6 +258,7 @@ class Rendezvous:
         return [
             web.post("/rendezvous", guarded(self._serve_register)),
             web.post("/rendezvous/exit", guarded(self._serve_exit)),
+            web.post("/rendezvous/outcome", guarded(self._serve_outcome)),
             web.post("/rendezvous/done", guarded(self._serve_done)),
         ]
 
@@ -292,7 +299,7 @@ class Rendezvous:
         task.add_done_callback(self._tasks.discard)
         return web.json_response({"ok": True})
 
-    async def _serve_done(self, body: dict[str, Any]) -> web.Response:
+    def _node_rank(self, body: dict[str, Any]) -> int:
         node_rank = body.get("node_rank")
         if (
             isinstance(node_rank, bool)
@@ -302,9 +309,10 @@ class Rendezvous:
             raise ValueError(
                 f"node_rank must be an int 1-{self.nnodes - 1}, received {node_rank!r}"
             )
-        self._done_nodes.add(node_rank)
-        if len(self._done_nodes) == self.nnodes:
-            self._all_done.set()
+        return node_rank
+
+    async def _serve_outcome(self, body: dict[str, Any]) -> web.Response:
+        self._node_rank(body)
         try:
             async with asyncio.timeout(POLL_S):
                 await self._outcome_known.wait()
@@ -314,6 +322,12 @@ class Rendezvous:
         return web.json_response(
             {"known": True, "exit_code": self._outcome.exit_code, "reason": self._outcome.reason}
         )
+
+    async def _serve_done(self, body: dict[str, Any]) -> web.Response:
+        self._done_nodes.add(self._node_rank(body))
+        if len(self._done_nodes) == self.nnodes:
+            self._all_done.set()
+        return await self._serve_outcome(body)
 
 
 class RendezvousClient:
@@ -348,12 +362,14 @@ class RendezvousClient:
         with contextlib.suppress(RendezvousError, aiohttp.ClientError, OSError, TimeoutError):
             await self._post("/rendezvous/exit", {"rank": rank, "code": code}, timeout_s=5.0)
 
-    async def outcome(self, node_rank: int, timeout_s: float) -> Outcome | None:
-        """The job's outcome from node 0, or None when node 0 cannot tell it in time."""
+    async def outcome(self, node_rank: int, timeout_s: float, *, done: bool) -> Outcome | None:
+        """The job's outcome from node 0 (`done`: and say this node's workers all ended), or
+        None when node 0 cannot tell it within `timeout_s`."""
+        path = "/rendezvous/done" if done else "/rendezvous/outcome"
         deadline = time.monotonic() + timeout_s
         try:
             answer = await self._until_complete(
-                "/rendezvous/done", {"node_rank": node_rank}, deadline, "the job's end", "known"
+                path, {"node_rank": node_rank}, deadline, "the job's end", "known"
             )
         except RendezvousError:
             return None

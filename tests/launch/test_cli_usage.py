@@ -49,8 +49,6 @@ def test_every_option_of_every_command_has_help_and_shows_its_default():
     commands = subcommands()
     assert {"launch", "coordinator", "status", "k8s", "k8s render"} <= set(commands)
     for name, command in commands.items():
-        if name == "k8s render":
-            continue  # issue 12's command: its own help style, checked by its tests
         formatter = command._get_formatter()
         for action in command._actions:
             if not action.option_strings or action.dest == "help":

@@ -141,6 +141,24 @@ def test_a_worker_that_fails_fails_the_job_and_its_peers_are_ended():
     assert not alive(pids[0]), "rank 0 outlived its launcher"
 
 
+def test_a_job_that_fails_on_node_0_ends_node_1_and_its_workers_with_its_exit_code():
+    port = free_port()
+    common = ["--nnodes", "2", "--nproc-per-node", "2", "--coordinator", f"127.0.0.1:{port}"]
+    common += ["--config", QUICK]
+    node0 = launcher(*common, "--node-rank", "0", SLEEPER, "0")  # rank 0 exits 3 at once
+    node1 = launcher(*common, "--node-rank", "1", SLEEPER, "0")
+    pids1, lines1 = started(node1, 2)
+    out0 = finish(node0, timeout=60)
+    out1 = "".join(lines1) + finish(node1, timeout=60)
+    assert node0.returncode == 1, out0
+    assert "the job failed: [Rank 0] exited with code 3" in out0
+    # Node 1's workers never heard of the failure (they never joined): node 1 learnt the
+    # outcome from node 0, stopped them, and exits with the job's code.
+    assert node1.returncode == 1, out1
+    assert "the job ended ([Rank 0] exited with code 3) but ranks [2, 3] did not exit" in out1
+    assert not [pid for pid in pids1.values() if alive(pid)]
+
+
 def test_sigterm_is_forwarded_and_every_node_exits_143():
     port = free_port()
     common = ["--nnodes", "2", "--nproc-per-node", "2", "--coordinator", f"127.0.0.1:{port}"]
