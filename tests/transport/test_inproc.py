@@ -25,6 +25,8 @@ from tests.helpers.scripted import Recorder
 from tests.transport.test_websocket import scripts
 
 FAST = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5.0, stop_timeout_s=5.0)
+# No heartbeat wakes a loop during the job: every message must wake its receiver itself.
+QUIET = Config(heartbeat_interval_s=30.0, heartbeat_timeout_s=60.0, stop_timeout_s=5.0)
 WAIT_S = 10.0
 
 
@@ -50,10 +52,10 @@ async def test_workers_on_their_own_loops_run_the_job_the_memory_transport_runs(
     def callbacks():
         return [Recorder(), LearningRateScheduler(lambda epoch, lr: lr * 0.5)]
 
-    memory = await asimulate(callbacks(), epoch_logs, batch_logs, params, config=FAST)
+    memory = await asimulate(callbacks(), epoch_logs, batch_logs, params, config=QUIET)
 
     ours = callbacks()
-    coordinator = Coordinator(ours, world_size=2, config=FAST)
+    coordinator = Coordinator(ours, world_size=2, config=QUIET)
     workers = [
         ScriptedWorker(
             rank,
@@ -61,13 +63,13 @@ async def test_workers_on_their_own_loops_run_the_job_the_memory_transport_runs(
             [row[rank] for row in epoch_logs],
             [[step[rank] for step in epoch] for epoch in batch_logs],
             params=dict(params),
-            config=FAST,
+            config=QUIET,
         )
         for rank in range(2)
     ]
     async with InProcessListener(coordinator.serve) as listener:
         # The connector a WorkerCallback picks from the address finds this transport.
-        open_connection = connector_for(listener.address, listener.token, FAST)
+        open_connection = connector_for(listener.address, listener.token, QUIET)
         running = []
         for worker in workers:
 

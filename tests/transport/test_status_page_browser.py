@@ -102,7 +102,8 @@ return {
   spread: all("#spread .plot").map((plot) => ({
     name: plot.dataset.metric, points: plot.dataset.points,
     min: data(plot, ".min", "value"), max: data(plot, ".max", "value"),
-    min_rank: text("#spread .min-rank"), max_rank: text("#spread .max-rank"),
+    min_rank: plot.querySelector(".min-rank").textContent,
+    max_rank: plot.querySelector(".max-rank").textContent,
     band: plot.querySelector("polygon") !== null})),
   decisions: all("#decisions tbody tr").map((row) => ({
     time: data(row, ".time", "value"), what: row.querySelector(".what").textContent,
