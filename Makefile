@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install run run-replicas run-loss-history test fuzz lint bench k8s clean
+.PHONY: install browser run run-replicas run-loss-history test fuzz lint bench k8s clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The status page's browser test (tests/transport/test_status_page_browser.py) drives Debian's
+# chromium through chromedriver. Installed here, once, quietly (apt-get, as root: CI); nothing
+# happens when both are there. Where they cannot be installed the test fails and says why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make browser: installing chromium and chromium-driver (apt-get)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq >/dev/null && \
+	  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else \
+	  echo "make browser: cannot install chromium and chromium-driver here (needs root and" \
+	    "apt-get); the status page's browser test will fail until they are installed" >&2; \
+	fi
 
 # The seed's moons example on 2 synchronous workers (tf_keras + MultiWorkerMirroredStrategy).
 run: $(STAMP)
@@ -25,7 +40,7 @@ run-replicas: $(STAMP)
 run-loss-history: $(STAMP)
 	$(PY) examples/loss_history.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 # A longer run of the message-handler fuzz test than `make test` does (FUZZ_EXAMPLES=30 there).

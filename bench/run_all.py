@@ -21,6 +21,7 @@ MODULES = [
     "bench_worker",
     "bench_sinks",
     "bench_ray",
+    "bench_thread",
     "bench_validation",
     "bench_coordinator_load",
     "bench_resume",

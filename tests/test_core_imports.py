@@ -1,5 +1,6 @@
-"""At run time too: importing the core and the scripted-worker harness loads no optional
-dependency (the import-linter contract checks static imports; this checks what loads)."""
+"""At run time too: importing the core, the scripted-worker harness and the thread backend
+loads no optional dependency (the import-linter contract checks static imports; this checks
+what loads)."""
 
 import subprocess
 import sys
@@ -15,6 +16,7 @@ def test_core_imports_no_optional_dependency():
         "    for m in pkgutil.iter_modules(package.__path__):\n"
         "        importlib.import_module(f'distcb.{name}.{m.name}')\n"
         "import distcb, distcb.testing, distcb.transport, distcb.transport.memory\n"
+        "import distcb.transport.inproc, distcb.launch.thread_backend  # the thread backend\n"
         "from distcb.testing import simulate\n"
         "simulate([], [[{'loss': 1.0}]])\n"
         f"bad = [m for m in {OPTIONAL!r} if m in sys.modules]\n"

@@ -70,6 +70,7 @@ class CSVLogger(Callback):
         self._failed = False
         self._lines = 0  # lines in the file (header included; an appended file's too)
         self._resume_lines: int | None = None
+        self._rows_written = 0
 
         class _Dialect(csv.excel):
             delimiter = separator
@@ -79,6 +80,15 @@ class CSVLogger(Callback):
     def set_runtime(self, runtime: Any) -> None:
         """Receive the coordinator's runtime: writes then happen on a writer thread."""
         self._runtime = runtime
+
+    def statistics(self) -> dict[str, Any]:
+        """The file, the epoch rows written to it (and flushed) so far, and whether a write
+        failed (later rows are then dropped)."""
+        return {
+            "file": self.filename,
+            "rows_written": self._rows_written,
+            "write_failed": self._failed,
+        }
 
     # ------------------------------------------------------------------ hooks
 
@@ -106,6 +116,7 @@ class CSVLogger(Callback):
         self._file = open(self.filename, "a" if self.append else "w")  # noqa: SIM115
         self.keys = None
         self._failed = False
+        self._rows_written = 0
         self._closed = None
         if self._runtime is not None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -175,12 +186,14 @@ class CSVLogger(Callback):
         if self._executor is None:
             self._file.write(text)
             self._file.flush()
+            self._rows_written += 1
             return
         if self._failed:
             return
         try:
             self._file.write(text)
             self._file.flush()
+            self._rows_written += 1
         except OSError as exc:  # a full disk must not end the training it records
             self._failed = True
             logger.warning(

@@ -108,6 +108,10 @@ class ModelCheckpoint(MonitorCallback):
         """Batch hooks matter only when they can act (see CallbackList)."""
         return bool(self.decides_on_batch)
 
+    def statistics(self) -> dict[str, Any]:
+        """Saves made (in a job: asked of the chief, which writes them), and the last path."""
+        return {"saves": len(self.saved), "last": self.saved[-1] if self.saved else None}
+
     def on_train_begin(self, logs: Logs | None = None) -> None:
         if self.save_best_only:
             self.resolve_direction()

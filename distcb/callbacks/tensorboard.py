@@ -201,6 +201,7 @@ class TensorBoard(Callback):
         self._closed: concurrent.futures.Future[None] | None = None
         self._writers: dict[str, Any] = {}  # run -> SummaryWriter, touched by the writer only
         self._write_failed = False
+        self._scalars_written = 0  # counted by the writer
         self._global_step = 0
         self._in_batch = False
         self._graph_written = False
@@ -262,6 +263,16 @@ class TensorBoard(Callback):
     def _flush_writers(self) -> None:
         for writer in self._writers.values():
             writer.flush()
+
+    def statistics(self) -> dict[str, Any]:
+        """The log directory, the scalars written so far, the runs (event files) open, and
+        whether a write failed."""
+        return {
+            "log_dir": self.log_dir,
+            "scalars_written": self._scalars_written,
+            "runs": sorted(self._writers.copy()),  # the writer thread adds runs
+            "write_failed": self._write_failed,
+        }
 
     @property
     def embeddings_dir(self) -> str | None:
@@ -590,6 +601,7 @@ class TensorBoard(Callback):
                 writer = self._writer(run)
                 for tag, value in tags.items():
                     writer.add_scalar(tag, value, global_step=step)
+                    self._scalars_written += 1
 
     def _write_histograms(self, epoch: int, payload: Any) -> None:
         writer = self._writer(TRAIN_RUN)

@@ -40,7 +40,7 @@ from distcb.callbacks.history import History
 from distcb.coordinator import resume as resuming
 from distcb.coordinator.aggregate import BatchMerger, MergedStep, merge_logs
 from distcb.coordinator.journal import JournalEntry
-from distcb.coordinator.listener import JobListener
+from distcb.coordinator.listener import Listener
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder, ModelProxy
 from distcb.coordinator.roster import Roster, WorkerLost
 from distcb.coordinator.runtime import JobState, Runtime
@@ -166,7 +166,7 @@ class Coordinator:
         self.recent_saved: list[Saved] = []
         self.last_epoch_logs: Logs = {}
         self.last_batch_logs: Logs = {}
-        self._listeners: list[JobListener] = []
+        self._listeners: list[Listener] = []
         self._callback_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="distcb-callbacks"
         )
@@ -251,7 +251,7 @@ class Coordinator:
         if roster is self.roster:  # not a report about an attempt that has ended
             roster.report_lost(rank, reason, traceback_text, retryable=retryable)
 
-    def add_listener(self, listener: JobListener) -> None:
+    def add_listener(self, listener: Listener) -> None:
         """Be told of released epochs, saves, restarts and the job's end (`JobListener`)."""
         self._listeners.append(listener)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from distcb.coordinator.model_proxy import DecisionRecord
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import Saved
 
-__all__ = ["JobListener"]
+__all__ = ["JobListener", "Listener"]
 
 
 class JobListener:
@@ -31,3 +32,16 @@ class JobListener:
     def ended(self, failure: BaseException | None) -> None:
         """The job ended (`on_train_end` ran and the sinks were closed)."""
         return None
+
+
+class Listener(Protocol):
+    """What `Coordinator.add_listener` takes: `JobListener`'s methods, by shape (a layer
+    below the coordinator, such as the status page, cannot subclass it)."""
+
+    def epoch_released(self, epoch: int, logs: Logs, records: Sequence[DecisionRecord]) -> None: ...
+
+    def saved(self, message: Saved) -> None: ...
+
+    def restarting(self, attempt: int, failure: BaseException) -> None: ...
+
+    def ended(self, failure: BaseException | None) -> None: ...

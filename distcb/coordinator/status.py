@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,12 +21,18 @@ def job_status(coordinator: Coordinator) -> dict[str, Any]:
     for worker in workers:
         worker["lag_steps"] = front[1] - worker["step"] if worker["epoch"] == front[0] else None
         worker["lag_epochs"] = front[0] - worker["epoch"]
-    statistics = {}
+    statistics: dict[str, Any] = {}
     for callback in coordinator.callbacks.callbacks:
         stats = getattr(callback, "statistics", None)
         if callable(stats):
             with contextlib.suppress(Exception):
-                statistics[type(callback).__name__] = stats()
+                value = stats()
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    value = dataclasses.asdict(value)  # JSON for /status
+                name, count = type(callback).__name__, 1
+                while (key := name if count == 1 else f"{name}#{count}") in statistics:
+                    count += 1  # two sinks of one class keep both
+                statistics[key] = value
     history = coordinator.history
     state = coordinator.state
     failure = coordinator.failure

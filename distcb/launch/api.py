@@ -15,6 +15,7 @@ from distcb.protocol.config import Config
 BACKENDS = {
     "process": "distcb.launch.process",
     "ray": "distcb.launch.ray_backend",
+    "thread": "distcb.launch.thread_backend",
 }
 
 
@@ -43,7 +44,9 @@ def run(
             notebook: it is then pickled by value).
         num_workers: how many workers.
         callbacks: coordinator callbacks (``distcb.callbacks.X`` or keras callbacks).
-        backend: "process" (child processes on this machine) or "ray".
+        backend: "process" (child processes on this machine), "ray" (Ray actors), or
+            "thread" (threads of this process, for debugging and one-worker jobs; see
+            `distcb.launch.thread_backend`).
         args, kwargs: passed to `train_fn`.
         config: timeouts and limits (`distcb.Config`).
         stateful_metrics: metrics taken from the chief instead of averaged.
@@ -57,7 +60,7 @@ def run(
             (process: ``tf_config``, ``gpus_per_worker``, ``threads_per_worker``,
             ``run_dir``, ``env``, ``output``; ray: ``tf_config``, ``gpus_per_worker``,
             ``cpus_per_worker``, ``resources_per_worker``, ``runtime_env``, ``run_dir``,
-            ``env``, ``ray_init``).
+            ``env``, ``ray_init``; thread: ``run_dir``).
 
     Raises:
         TypeError: an option the backend does not support.

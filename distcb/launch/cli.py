@@ -1,8 +1,13 @@
-"""The `distcb` console script.
+"""The `distcb` console script (also `python -m distcb`).
 
+    distcb launch --nproc-per-node 2 train.py --epochs 10
     distcb coordinator --world-size 4 --callbacks mypkg.callbacks:make --host 0.0.0.0 --port 8765
-    distcb status --address coordinator:8765
+    distcb status --address coordinator:8765 [--watch]
     distcb k8s render --variant jobset --image registry.example.com/train:1 --workers 4
+    distcb --version
+
+`launch` runs a training script on N workers (and nodes), torchrun-style
+(`distcb.launch.launch_command`).
 
 `coordinator` runs a coordinator on its own (Kubernetes: a pod or a Service in
 front of it; workers find it through ``DISTCB_ADDRESS`` and ``DISTCB_TOKEN``).
@@ -13,22 +18,25 @@ one is generated and printed when stdout is a terminal), TLS from
 it binds goes through ``DISTCB_HOST_ALIASES`` (see `distcb.worker.cluster`).
 `k8s render` prints Kubernetes manifests (docs/kubernetes.md).
 
-Exit codes: 0 done, 1 the job failed, 2 bad usage (argparse's), 143 when a
+Exit codes (`distcb.protocol.exit_codes`): 0 done, 1 the job failed, 2 bad usage
+(argparse's, and every `UsageError`: printed without a traceback), 143 when a
 SIGTERM stops it (what Kubernetes reports for a SIGTERM'd process).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import distcb
+from distcb.launch import launch_command, status_command
 from distcb.launch import serve as serving
 from distcb.launch.k8s import command as k8s_command
+from distcb.launch.usage import HelpFormatter, UsageError, port_number, positive_int
+from distcb.protocol import exit_codes
 
 
 def _check_state_dir(path: str) -> None:
@@ -42,31 +50,52 @@ def _check_state_dir(path: str) -> None:
             f"distcb coordinator: --state-dir {path!r} is not a writable directory: {exc}",
             file=sys.stderr,
         )
-        raise SystemExit(2) from None
+        raise SystemExit(exit_codes.USAGE) from None
 
 
-def _status(options: argparse.Namespace) -> int:
-    request = urllib.request.Request(
-        f"http://{options.address}/status",
-        headers={"Authorization": f"Bearer {os.environ.get('DISTCB_TOKEN', '')}"},
+def _coordinator(options: argparse.Namespace) -> int:
+    if options.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be >= 0, received {options.max_restarts}")
+    if options.max_restarts and not options.state_dir:
+        raise UsageError("--max-restarts needs --state-dir (the journal goes there)")
+    if options.state_dir:
+        _check_state_dir(options.state_dir)
+    return serving.run(options)
+
+
+def _add_coordinator_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "coordinator",
+        help="run a coordinator for N workers started elsewhere (Kubernetes pods, by hand)",
+        description="Run a coordinator on its own; workers find it through DISTCB_ADDRESS and "
+        "DISTCB_TOKEN (the token comes from DISTCB_TOKEN; required beyond loopback).",
+        formatter_class=HelpFormatter,
     )
-    with urllib.request.urlopen(request, timeout=options.timeout_s) as response:
-        print(json.dumps(json.load(response), indent=2))
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="distcb", description="distcb command line")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("coordinator", help="run a coordinator for N workers")
-    serve.add_argument("--world-size", type=int, required=True)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--callbacks", help="module:function returning the callbacks")
-    serve.add_argument("--config", help="Config fields as JSON")
-    serve.add_argument("--history", help="write the History as JSON to this path")
+    serve.add_argument(
+        "--world-size", type=positive_int, required=True, metavar="N", help="workers in the job"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="the interface to listen on")
+    serve.add_argument(
+        "--port", type=port_number, default=8765, help="the TCP port to listen on; 0 for any"
+    )
+    serve.add_argument(
+        "--callbacks",
+        metavar="SPEC",
+        help="the coordinator's callbacks: MODULE:FUNCTION or FILE.py:FUNCTION, a function "
+        "returning the list (default: none but the History)",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="JSON",
+        help="distcb.Config fields as JSON, e.g. '{\"join_timeout_s\": 300}' (seconds) "
+        "(default: Config's defaults)",
+    )
+    serve.add_argument(
+        "--history", metavar="PATH", help="write the History as JSON to this path at the end"
+    )
     serve.add_argument(
         "--state-dir",
+        metavar="DIR",
         help="the coordinator's state directory (a persistent volume on Kubernetes): its "
         "journal goes there, and a coordinator started again with it goes on from it; "
         "created if missing, must be writable",
@@ -75,25 +104,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-restarts",
         type=int,
         default=0,
+        metavar="N",
         help="how many times a lost or preempted worker may restart the job from its last "
-        "epoch barrier (needs --state-dir; workers then need DISTCB_RUN_DIR for backups); "
-        "default 0",
+        "epoch barrier (needs --state-dir; workers then need DISTCB_RUN_DIR for backups)",
     )
     serving.add_arguments(serve)
-    status = commands.add_parser("status", help="print a running coordinator's /status")
-    status.add_argument("--address", required=True, help="host:port")
-    status.add_argument("--timeout-s", type=float, default=10.0)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "coordinator": _coordinator,
+    "launch": launch_command.run,
+    "status": status_command.run,
+    "k8s": k8s_command.run,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line (every command's --help shows each option's default)."""
+    top = argparse.ArgumentParser(
+        prog="distcb",
+        description="distcb: Keras callbacks run once for a distributed training job.",
+        formatter_class=HelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"distcb {distcb.__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    launch_command.add_parser(commands)
+    _add_coordinator_parser(commands)
+    status_command.add_parser(commands)
     k8s_command.add_parser(commands)
-    options = parser.parse_args(argv)
-    if options.command == "coordinator":
-        if options.max_restarts and not options.state_dir:
-            parser.error("--max-restarts needs --state-dir (the journal goes there)")
-        if options.state_dir:
-            _check_state_dir(options.state_dir)
-        return serving.run(options)
-    if options.command == "k8s":
-        return k8s_command.run(options)
-    return _status(options)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. Bad usage raises SystemExit(2) after saying what was
+    received and what is expected, without a traceback (argparse does the same)."""
+    options = parser().parse_args(argv)
+    try:
+        return COMMANDS[options.command](options)
+    except UsageError as exc:
+        print(f"distcb {options.command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(exit_codes.USAGE) from None
 
 
 if __name__ == "__main__":

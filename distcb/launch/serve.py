@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import sys
@@ -25,6 +24,8 @@ from ssl import SSLContext
 from typing import Any
 
 from distcb.coordinator.engine import Coordinator
+from distcb.launch import callback_spec
+from distcb.launch.usage import UsageError, bind_error
 from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
 from distcb.transport import tls
@@ -50,27 +51,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(options: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
-    """Run the coordinator the parsed `options` describe; returns the exit code."""
+    """Run the coordinator the parsed `options` describe; returns the exit code.
+
+    Raises:
+        UsageError: bad options (the CLI prints it and exits 2, without a traceback).
+    """
     source: Mapping[str, str] = os.environ if env is None else env
-    callbacks = _load_callbacks(options.callbacks)
+    callbacks = callback_spec.load(options.callbacks) if options.callbacks else []
+    config = _config(options.config)
     try:
         ssl_context = _server_tls(options, source)
     except ValueError as exc:
-        return _usage(str(exc))
+        raise UsageError(str(exc)) from None
     token = source.get("DISTCB_TOKEN") or None
     host, port = _bind_address(options.host, options.port, source)
     if token is None and _loopback(host) and not sys.stdout.isatty():
-        return _usage(
+        raise UsageError(
             "DISTCB_TOKEN is not set and stdout is not a terminal, so the token this "
             "coordinator would generate could reach no worker (it is never written to a log). "
             "Set DISTCB_TOKEN (e.g. to the output of `openssl rand -hex 32`) for the coordinator "
             "and every worker."
         )
-    return asyncio.run(_serve(options, callbacks, host, port, token, ssl_context))
+    return asyncio.run(_serve(options, config, callbacks, host, port, token, ssl_context))
 
 
 async def _serve(
     options: argparse.Namespace,
+    config: Config,
     callbacks: list[Any],
     host: str,
     port: int,
@@ -79,7 +86,6 @@ async def _serve(
 ) -> int:
     from distcb.transport.websocket import WebSocketServer
 
-    config = Config.from_dict(json.loads(options.config)) if options.config else Config()
     state_dir = getattr(options, "state_dir", None)
     coordinator = Coordinator(
         callbacks,
@@ -102,8 +108,12 @@ async def _serve(
             insecure=options.insecure,
         )
     except ValueError as exc:
-        return _usage(str(exc))
-    async with server:
+        raise UsageError(str(exc)) from None
+    try:
+        await server.start()
+    except OSError as exc:
+        raise bind_error(exc, host, port, "--port (or --host)") from None
+    try:
         print(f"distcb coordinator listening on {server.address}", flush=True)
         if server.token_generated:  # stdout is a terminal (checked above)
             print(
@@ -112,6 +122,8 @@ async def _serve(
                 flush=True,
             )
         history = await coordinator.run()
+    finally:
+        await server.aclose()
     if options.history:
         await asyncio.to_thread(_write_history, options.history, history)
     print(f"distcb coordinator done after {len(history.epoch)} epochs", flush=True)
@@ -146,21 +158,15 @@ def _loopback(host: str) -> bool:
     return _is_loopback(host)
 
 
-def _load_callbacks(spec: str | None) -> list[Any]:
-    if not spec:
-        return []
-    module_name, _, attribute = spec.partition(":")
-    if not attribute:
-        raise SystemExit(f"--callbacks must look like 'module:function', received {spec!r}")
-    factory = getattr(importlib.import_module(module_name), attribute)
-    return list(factory())
+def _config(raw: str | None) -> Config:
+    if not raw:
+        return Config()
+    try:
+        return Config.from_dict(json.loads(raw))
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise UsageError(f"--config must be a JSON object of Config fields: {exc}") from None
 
 
 def _write_history(path: str, history: Any) -> None:
     with open(path, "w") as handle:
         json.dump({"epoch": history.epoch, "history": history.history}, handle)
-
-
-def _usage(message: str) -> int:
-    print(f"distcb coordinator: {message}", file=sys.stderr, flush=True)
-    return exit_codes.USAGE

@@ -1,8 +1,10 @@
-"""Transports: memory (in-process), websocket (aiohttp), ray (actors). Connections only.
+"""Transports: memory (one event loop), inproc (threads of one process), websocket (aiohttp),
+ray (actors). Connections only.
 
 `connector_for(address, ...)` picks a worker's transport from its coordinator
-address: ``ray:<actor>`` is the Ray transport, anything else (``host:port``,
-``ws://``, ``wss://``) the websocket client. Backends are imported on use, so
+address: ``ray:<actor>`` is the Ray transport, ``inproc:<name>`` the in-process
+one (the thread backend), anything else (``host:port``, ``ws://``, ``wss://``)
+the websocket client. Backends are imported on use, so
 that this package imports neither aiohttp nor ray.
 """
 
@@ -15,7 +17,10 @@ from distcb.protocol.config import Config
 from distcb.transport.base import Connection, ConnectionClosed
 
 # Address scheme -> "module:function" opening a connection as (address, token, *, config).
-CONNECTORS = {"ray": "distcb.transport.ray:connect"}
+CONNECTORS = {
+    "ray": "distcb.transport.ray:connect",
+    "inproc": "distcb.transport.inproc:connect",
+}
 DEFAULT_CONNECTOR = "distcb.transport.websocket_client:connect"
 
 __all__ = ["CONNECTORS", "Connection", "ConnectionClosed", "connector_for"]

@@ -3,10 +3,12 @@ connection to `Coordinator.serve`.
 
 Routes: ``GET /ws`` the worker channel, ``GET /status`` the coordinator's
 `status()` as JSON plus the server's counters (both need ``Authorization:
-Bearer <token>``, checked before the upgrade), ``GET /healthz`` liveness: the
-process is alive (no token), ``GET /readyz`` readiness: 200 while the
-coordinator accepts joins, or trains with its barriers advancing (no
-`Config.stall_timeout_s` without progress), 503 otherwise (no token).
+Bearer <token>``, checked before the upgrade; ``/status`` also takes the status
+page's cookie), ``GET /healthz`` liveness: the process is alive (no token),
+``GET /readyz`` readiness: 200 while the coordinator accepts joins, or trains
+with its barriers advancing (no `Config.stall_timeout_s` without progress), 503
+otherwise (no token), and the status page: ``GET /``, ``GET /events``
+(`distcb.transport.status_page`).
 
 What a peer without the token can hold is bounded (`distcb.transport.admission`):
 connections (`Config.max_connections`), the time to a complete request
@@ -28,7 +30,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,7 @@ from distcb.protocol.config import Config
 from distcb.protocol.logs import to_json_value
 from distcb.protocol.messages import decode_from_worker
 from distcb.transport.admission import Admission, connection_room
+from distcb.transport.status_page import StatusPage
 from distcb.transport.websocket_connection import WebSocketConnection
 
 if TYPE_CHECKING:  # workers import this package too; they need no coordinator
@@ -122,6 +125,8 @@ class WebSocketServer:
         self._port = port
         self._token = token
         self._token_bytes = token.encode()
+        self._routes: list[web.RouteDef] = []
+        self._page = StatusPage(coordinator, token, self.check_token)
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
@@ -154,6 +159,13 @@ class WebSocketServer:
             return {}
         return {**self._admission.statistics(), "tls": self._ssl is not None}
 
+    def add_routes(self, routes: Sequence[web.RouteDef]) -> None:
+        """Serve more routes (a launcher's rendezvous); before `start`. They authenticate
+        with `check_token`."""
+        if self._runner is not None:
+            raise RuntimeError("add_routes must come before start()")
+        self._routes.extend(routes)
+
     async def start(self) -> None:
         """Bind and start serving. Raises OSError when the address is taken."""
         if self._runner is not None or self._closed:
@@ -164,6 +176,8 @@ class WebSocketServer:
         app.router.add_get("/status", self._serve_status)
         app.router.add_get("/healthz", self._serve_health)
         app.router.add_get("/readyz", self._serve_ready)
+        app.router.add_routes(self._page.routes())
+        app.router.add_routes(self._routes)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -204,6 +218,7 @@ class WebSocketServer:
         self._closed = True
         for timer in list(self._timers):
             timer.cancel()
+        await self._page.close()  # ends the status page's event streams
         await asyncio.gather(
             *(c.close(_SHUTTING_DOWN, code=WSCloseCode.GOING_AWAY) for c in list(self._connections))
         )
@@ -234,7 +249,9 @@ class WebSocketServer:
             self._admission.request_arrived(request.transport)
         return await handler(request)
 
-    def _denied(self, request: web.Request) -> web.Response | None:
+    def check_token(self, request: web.Request) -> web.Response | None:
+        """None when `request` carries the job's token (``Authorization: Bearer``), else the
+        401 answer to send (counted and rate-limited in the log, never the token)."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), self._token_bytes
@@ -255,7 +272,7 @@ class WebSocketServer:
         )
 
     async def _serve_worker(self, request: web.Request) -> web.StreamResponse:
-        denied = self._denied(request)
+        denied = self.check_token(request)
         if denied is not None:
             return denied
         if self._closed:
@@ -312,10 +329,10 @@ class WebSocketServer:
         task.add_done_callback(self._timers.discard)
 
     async def _serve_status(self, request: web.Request) -> web.Response:
-        denied = self._denied(request)
+        denied = self._page.allowed(request)  # the token, or the status page's cookie
         if denied is not None:
             return denied
-        status = {**self._coordinator.status(), "server": self.statistics()}
+        status = {**self._page.status(), "server": self.statistics()}
         body = json.dumps(to_json_value(status), allow_nan=False)
         return web.Response(text=body, content_type="application/json")
 

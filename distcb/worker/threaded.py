@@ -39,7 +39,10 @@ class ThreadedSession:
         self._thread = threading.Thread(
             target=loop.run_forever, name=f"distcb-worker-{self.session.rank}-io", daemon=True
         )
+        running = threading.Event()
+        loop.call_soon(running.set)  # the loop's first callback: it runs from then on
         self._thread.start()
+        running.wait()  # else `_call` could find the loop not running yet (a loaded machine)
         # Its decisions wait in the protocol for their effect points (the first epoch begin).
         return self._call(self.session.open(params))
 

@@ -111,8 +111,10 @@ async def _intrude(address: str, token: str) -> dict[str, int]:
     return out
 
 
-def test_callbacks_spec_must_name_a_function():
+def test_callbacks_spec_must_name_a_function(capsys):
     from distcb.launch.cli import main
 
-    with pytest.raises(SystemExit, match="module:function"):
+    with pytest.raises(SystemExit) as stopped:
         main(["coordinator", "--world-size", "1", "--callbacks", "nocolon"])
+    assert stopped.value.code == 2
+    assert "--callbacks must be MODULE:FUNCTION" in capsys.readouterr().err

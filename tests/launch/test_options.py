@@ -67,3 +67,8 @@ def test_values_are_checked_when_the_options_are_made():
 def test_restarts_need_a_run_directory():
     with pytest.raises(ValueError, match="max_restarts and resume need run_dir"):
         distcb.run(train, num_workers=2, max_restarts=1)
+
+
+def test_the_thread_backend_refuses_restarts(tmp_path):
+    with pytest.raises(ValueError, match="backend='thread' does not restart or resume workers"):
+        distcb.run(train, num_workers=1, backend="thread", run_dir=str(tmp_path), max_restarts=1)

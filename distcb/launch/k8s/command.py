@@ -61,7 +61,12 @@ def add_parser(commands: Any) -> None:
     render = k8s.add_subparsers(dest="k8s_command", required=True).add_parser(
         "render", help="print the manifests of a distcb job as YAML"
     )
-    render.add_argument("--variant", required=True, choices=VARIANTS)
+    render.add_argument(
+        "--variant",
+        required=True,
+        choices=VARIANTS,
+        help="an Indexed Job + headless Service, a JobSet, or a KubeRay RayJob (Ray Tune)",
+    )
     render.add_argument("--image", required=True, help="the training image")
     render.add_argument("--name", help="prefix of every object's name (default distcb)")
     render.add_argument("--workers", type=int, help="the world size (default 2)")
