@@ -186,7 +186,7 @@ def main() -> str:
         f"`PersistentValidation` costs {ours:.0f} ms per epoch against {keras_cost:.0f} ms for "
         "`fit`'s own validation under the same strategy "
         f"({keras_cost / max(ours, 1e-9):.1f}x less); the values it logs are Keras's "
-        "(tests/workers/test_validation.py).",
+        "(tests/launch/test_validation.py).",
         "",
     ]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ samples and worker 1 the odd ones (15 + 15); each replica's loss is its share
 of the batch mean, the Keras optimizer sums the gradients over the workers, so
 the update is the single-process one. Validation sums losses and hits over
 35 + 35 samples on the updated weights. The logs are what Keras 3's
-`fit(..., validation_data=...)` logs (tests/workers/test_equivalence.py checks
+`fit(..., validation_data=...)` logs (tests/launch/test_equivalence.py checks
 them against the seed run in one Keras 3 process), and distcb's coordinator
 runs the seed's EarlyStopping and ModelCheckpoint on them.
 
