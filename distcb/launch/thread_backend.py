@@ -112,50 +112,125 @@ async def launch(
             f"received max_restarts={max_restarts!r}, resume={resume!r}; use "
             "backend='process' or 'ray' for a resumable job"
         )
-    coordinator = Coordinator(
-        callbacks, world_size=num_workers, config=config, stateful_metrics=stateful_metrics
-    )
-    loop = asyncio.get_running_loop()
-    workers: list[_WorkerThread] = []
-    reports: set[asyncio.Task[None]] = set()
+    async with ThreadJob(
+        train_fn,
+        num_workers=num_workers,
+        callbacks=callbacks,
+        args=args,
+        kwargs=kwargs,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        options=options,
+    ) as job:
+        return await job.wait()
 
-    def ended(rank: int, error: BaseException | None, text: str | None) -> None:
-        if error is not None:
-            reason = f"training raised {type(error).__name__}: {error}"
-            coordinator.report_lost(rank, reason, text)
-            return
-        # As for a process that exits 0: lost only if it had not said goodbye.
-        task = loop.create_task(
-            coordinator.report_exit(rank, "train_fn returned before training finished")
+
+class ThreadJob:
+    """A running thread-backend job: its coordinator on this event loop, its workers on
+    threads. `observer` (optional) is hooked in as on the Ray backend's coordinator actor:
+    ``observer.callback()`` joins the chain after History, ``observer.attach(coordinator)``
+    is called, and `observe` calls its coroutine methods (what a Tune trial does).
+
+    Use: ``async with ThreadJob(...) as job: history = await job.wait()``; leaving the
+    block stops what still runs (bounded by `Config.stop_timeout_s`).
+    """
+
+    def __init__(
+        self,
+        train_fn: Callable[..., Any],
+        *,
+        num_workers: int,
+        callbacks: Sequence[Any],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        config: Config,
+        stateful_metrics: Sequence[str] = (),
+        options: LaunchOptions = DEFAULT_OPTIONS,
+        observer: Any = None,
+    ):
+        chain = list(callbacks)
+        if observer is not None:
+            if not any(isinstance(cb, History) for cb in chain):
+                chain.append(History())  # the observer sees the logs as History records them
+            chain.append(observer.callback())
+        self.coordinator = Coordinator(
+            chain, world_size=num_workers, config=config, stateful_metrics=stateful_metrics
         )
-        reports.add(task)
-        task.add_done_callback(reports.discard)
+        if observer is not None:
+            observer.attach(self.coordinator)
+        self.observer = observer
+        self.config = config
+        self._call = lambda: train_fn(*args, **kwargs)
+        self._num_workers = num_workers
+        self._run_dir = options.run_dir
+        self._workers: list[_WorkerThread] = []
+        self._reports: set[asyncio.Task[None]] = set()
+        self._listener: InProcessListener | None = None
+        self._run: asyncio.Task[History] | None = None
 
-    async with InProcessListener(coordinator.serve) as listener:
-        for rank in range(num_workers):
+    async def __aenter__(self) -> ThreadJob:
+        loop = asyncio.get_running_loop()
+        listener = InProcessListener(self.coordinator.serve)
+        await listener.__aenter__()
+        self._listener = listener
+        for rank in range(self._num_workers):
             context = WorkerContext(
                 rank=rank,
-                world_size=num_workers,
+                world_size=self._num_workers,
                 address=listener.address,
                 token=listener.token,
-                config=config,
-                run_dir=options.run_dir,
+                config=self.config,
+                run_dir=self._run_dir,
             )
-            workers.append(_WorkerThread(context, lambda: train_fn(*args, **kwargs), loop, ended))
+            self._workers.append(_WorkerThread(context, self._call, loop, self._ended))
+        self._run = loop.create_task(self.coordinator.run(), name="distcb-coordinator")
+        for worker in self._workers:
+            worker.thread.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        run = self._run
+        if run is not None and not run.done():
+            run.cancel()
+        if run is not None:
+            await asyncio.gather(run, return_exceptions=True)
+        if self._listener is not None:  # workers still connected see their coordinator go
+            await self._listener.__aexit__(None, None, None)
+        await _join(self._workers, self.config.stop_timeout_s)
+        for task in list(self._reports):
+            task.cancel()
+        await asyncio.gather(*self._reports, return_exceptions=True)
+
+    async def wait(self) -> History:
+        """The job's History once it ended; raises its error (a worker's own exception is
+        the `WorkerLostError`'s ``__cause__``, for ``pdb.post_mortem``)."""
+        assert self._run is not None, "use ThreadJob in `async with`"
         try:
-            for worker in workers:
-                worker.thread.start()
-            return await coordinator.run()
+            return await asyncio.shield(self._run)
         except WorkerLostError as lost:
-            cause = next((w.error for w in workers if w.context.rank == lost.rank), None)
+            cause = next((w.error for w in self._workers if w.context.rank == lost.rank), None)
             if cause is not None:
-                raise lost from cause  # the worker's own exception, for pdb.post_mortem
+                raise lost from cause
             raise
-        finally:
-            await _join(workers, config.stop_timeout_s)
-            for task in list(reports):
-                task.cancel()
-            await asyncio.gather(*reports, return_exceptions=True)
+
+    async def observe(self, method: str, *args: Any) -> Any:
+        """Call ``observer.<method>(*args)`` (a coroutine), as the Ray coordinator actor's
+        ``observe`` does."""
+        if self.observer is None or method.startswith("_"):
+            raise ValueError(f"this job has no observer method {method!r}")
+        return await getattr(self.observer, method)(*args)
+
+    def _ended(self, rank: int, error: BaseException | None, text: str | None) -> None:
+        if error is not None:
+            reason = f"training raised {type(error).__name__}: {error}"
+            self.coordinator.report_lost(rank, reason, text)
+            return
+        # As for a process that exits 0: lost only if it had not said goodbye.
+        task = asyncio.get_running_loop().create_task(
+            self.coordinator.report_exit(rank, "train_fn returned before training finished")
+        )
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
 
 async def _join(workers: Sequence[_WorkerThread], timeout_s: float) -> None:

@@ -33,9 +33,15 @@ def run(
     stateful_metrics: Sequence[str] = (),
     max_restarts: int = 0,
     resume: bool = False,
+    backend: str = "ray",
     **options: Any,
 ) -> History:
-    """Inside a Tune function trainable: run a distcb job on Ray and report it to Tune.
+    """Inside a Tune function trainable: run a distcb job and report it to Tune.
+
+    ``backend="ray"`` (default): the coordinator and the workers are Ray actors of their
+    own. ``backend="thread"``: the coordinator and the workers run in the trial process
+    (workers as threads, see `distcb.launch.thread_backend`): for one-worker trials, no
+    actor to start; the trial's own resources are the job's (``tune.with_resources``).
 
     With ``run_dir`` and ``max_restarts``, a lost worker actor restarts the job from its
     journal inside the trial; with ``resume=True`` and a ``run_dir`` that outlives the
@@ -54,10 +60,18 @@ def run(
     """
     from ray import tune
 
-    from distcb.launch import ray_backend
+    from distcb.launch import ray_backend, thread_backend
 
+    backends = {"ray": ray_backend.SUPPORTED_OPTIONS, "thread": thread_backend.SUPPORTED_OPTIONS}
+    if backend not in backends:
+        raise ValueError(f"backend must be one of {sorted(backends)}, received {backend!r}")
+    if backend == "thread" and (max_restarts or resume):
+        raise ValueError(
+            "backend='thread' does not restart or resume workers (threads of the trial "
+            f"process): received max_restarts={max_restarts!r}, resume={resume!r}"
+        )
     config = config or Config()
-    launch_options = LaunchOptions.for_backend("ray", ray_backend.SUPPORTED_OPTIONS, options)
+    launch_options = LaunchOptions.for_backend(backend, backends[backend], options)
     env = dict(launch_options.env or {})
     restore_dir: str | None = None
     epoch_offset = 0
@@ -80,6 +94,7 @@ def run(
                 epoch_offset=epoch_offset,
                 max_restarts=max_restarts,
                 resume=resume,
+                backend=backend,
             )
         )
     finally:
@@ -104,22 +119,27 @@ async def _run_trial(
     epoch_offset: int,
     max_restarts: int = 0,
     resume: bool = False,
+    backend: str = "ray",
 ) -> tuple[History | None, SystemExit | None]:
     from distcb.launch.ray_backend import RayJob
+    from distcb.launch.thread_backend import ThreadJob
 
-    async with RayJob(
-        train_fn,
-        num_workers=num_workers,
-        callbacks=callbacks,
-        args=args,
-        kwargs=kwargs,
-        config=config,
-        stateful_metrics=stateful_metrics,
-        options=options,
-        observer=TuneObserver(),
-        max_restarts=max_restarts,
-        resume=resume,
-    ) as job:
+    job_kwargs: dict[str, Any] = {
+        "num_workers": num_workers,
+        "callbacks": callbacks,
+        "args": args,
+        "kwargs": kwargs,
+        "config": config,
+        "stateful_metrics": stateful_metrics,
+        "options": options,
+        "observer": TuneObserver(),
+    }
+    job_context: Any = (
+        ThreadJob(train_fn, **job_kwargs)
+        if backend == "thread"
+        else RayJob(train_fn, max_restarts=max_restarts, resume=resume, **job_kwargs)
+    )
+    async with job_context as job:
         waiter = asyncio.ensure_future(job.wait())
         reporter = asyncio.ensure_future(_report_epochs(job, config, epoch_offset))
         try:
@@ -172,6 +192,9 @@ async def _observe(job: Any, config: Config, method: str, *args: Any) -> Any:
     """
     from ray.exceptions import RayError
 
+    observe_here = getattr(job, "observe", None)
+    if observe_here is not None:  # the coordinator runs in this process (the thread backend)
+        return await observe_here(method, *args)
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + max(config.stall_timeout_s, config.heartbeat_timeout_s)
     call = asyncio.ensure_future(job.coordinator.observe.remote(method, *args))

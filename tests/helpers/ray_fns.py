@@ -136,3 +136,31 @@ def tune_trainable(config):
     )
     with open(os.path.join(trial_dir, "history.json"), "w") as handle:
         json.dump({"epoch": history.epoch, "history": history.history}, handle)
+
+
+def tune_thread_trainable(config):
+    """A Tune function trainable whose one-worker distcb job runs in the trial process."""
+    from ray import tune
+
+    import distcb
+    import distcb.tune
+    from distcb.callbacks import ModelCheckpoint
+
+    trial_dir = os.path.join(config["out"], tune.get_context().get_trial_id())
+    os.makedirs(trial_dir, exist_ok=True)
+    checkpoint = ModelCheckpoint(
+        os.path.join(trial_dir, "model.weights.h5"), monitor="loss", save_weights_only=True
+    )
+    history = distcb.tune.run(
+        tune_worker,
+        num_workers=1,
+        backend="thread",
+        kwargs={"lr": config["lr"], "width": config["width"], "epochs": config["epochs"]},
+        callbacks=[checkpoint],
+        run_dir=trial_dir,
+        config=distcb.Config(**FAST_TUNE),
+    )
+    with open(os.path.join(trial_dir, "history.json"), "w") as handle:
+        json.dump(
+            {"epoch": history.epoch, "history": history.history, "pid": os.getpid()}, handle
+        )

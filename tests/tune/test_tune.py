@@ -111,3 +111,50 @@ def test_a_failed_trial_resumes_from_its_tune_checkpoint(ray_cluster, tmp_path):
         history = json.load(handle)
     assert history["epoch"] == [0, 1]  # distcb counts the resumed run's own epochs
     assert wait_for_no_distcb_actors(ray_cluster) == []
+
+
+def test_a_one_worker_trial_runs_its_job_in_the_trial_process(ray_cluster, tmp_path):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tests.helpers.ray_fns import tune_thread_trainable
+
+    results = tune.Tuner(
+        tune.with_resources(tune_thread_trainable, {"cpu": 1}),
+        param_space={
+            "out": str(tmp_path / "trials"),
+            "epochs": EPOCHS,
+            "width": 8,
+            "lr": tune.grid_search([0.5, 0.3, 1e-5, 1e-6]),
+        },
+        tune_config=tune.TuneConfig(
+            metric="loss",
+            mode="min",
+            scheduler=ASHAScheduler(max_t=EPOCHS + 1, grace_period=1, reduction_factor=3),
+            max_concurrent_trials=2,
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    ).fit()
+    assert results.num_errors == 0
+    completed = stopped = 0
+    for result in results:
+        trial_dir = tmp_path / "trials" / result.metrics["trial_id"]
+        history_path = trial_dir / "history.json"
+        if not history_path.exists():  # ASHA stopped it: fewer epochs reported
+            assert len(result.metrics_dataframe) < EPOCHS
+            stopped += 1
+            continue
+        completed += 1
+        history = json.loads(history_path.read_text())
+        # The worker ran in the trial process: no actor of its own.
+        (start,) = trial_dir.glob("start-0-*.json")
+        assert start.name == f"start-0-{history['pid']}.json"
+        frame = result.metrics_dataframe
+        assert list(frame["epoch"]) == history["epoch"] == list(range(EPOCHS))
+        for key, values in history["history"].items():
+            assert list(frame[key]) == pytest.approx(values, rel=1e-12), key
+        with result.checkpoint.as_directory() as directory:
+            assert distcb.tune.RestoredCheckpoint.load(directory).epoch == EPOCHS - 1
+    assert completed, "no trial ran to the end"
+    assert stopped, "ASHA stopped no trial"
+    assert wait_for_no_distcb_actors(ray_cluster) == []
