@@ -203,8 +203,11 @@ class NodeLauncher:
                 f"coordinator listening on {server.address}; {plan.world_size} workers on "
                 f"{plan.nnodes} node(s); status page http://{address}/"
             )
-            if plan.token_generated:
+            if plan.token_generated and _is_terminal(self._err):
+                # Only to a terminal: a log file would keep the token (issue 13's rule).
                 self._say(f"sign in to the status page: http://{address}/?token={server.token}")
+            elif plan.token_generated:
+                self._say("set DISTCB_TOKEN to sign in to the status page")
             job = asyncio.get_running_loop().create_task(coordinator.run(), name="distcb-job")
             self._keep(job)
             ports = _free_ports(plan.nproc_per_node)
@@ -416,6 +419,13 @@ class NodeLauncher:
         with contextlib.suppress(Exception):
             self._err.write(f"distcb launch [node {self.plan.node_rank}]: {text}\n")
             self._err.flush()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _wait_all(children: Sequence[ChildProcess]) -> None:
