@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -20,6 +17,7 @@ from distcb.coordinator.listener import JobListener
 from distcb.keras.model_target import remove_stale_temporaries_under
 from distcb.launch import spec
 from distcb.launch.child import ENV_LAUNCHER_PID
+from distcb.launch.children import ChildProcess, describe_exit, stop_all
 from distcb.launch.env import worker_env
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.protocol import exit_codes
@@ -45,27 +43,10 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-class _Child:
-    """One worker process, its output pump and its exit watcher."""
+class _Child(ChildProcess):
+    """One worker process of the group, and the attempt it belongs to."""
 
-    def __init__(self, rank: int, process: subprocess.Popen[str], out: TextIO):
-        self.rank = rank
-        self.attempt = 0
-        self.process = process
-        self.pump = threading.Thread(
-            target=self._pump, args=(out,), name=f"distcb-out-{rank}", daemon=True
-        )
-        self.pump.start()
-
-    def _pump(self, out: TextIO) -> None:
-        # Keep draining whatever happens: a child blocked on a full pipe would hang the job.
-        assert self.process.stdout is not None
-        prefix = f"[rank {self.rank}] "
-        with self.process.stdout:
-            for line in self.process.stdout:
-                with contextlib.suppress(Exception):
-                    out.write(prefix + line)
-                    out.flush()
+    attempt = 0
 
 
 async def launch(
@@ -207,8 +188,6 @@ class _WorkerGroup(JobListener):
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
-        for child in children:
-            child.pump.join(5.0)
 
     def restarting(self, attempt: int, failure: BaseException) -> None:
         """The coordinator restarts the job: every worker process starts again."""
@@ -238,9 +217,7 @@ class _WorkerGroup(JobListener):
                 retryable=False,
             )
         elif code < 0:
-            coordinator.report_lost(
-                child.rank, f"was killed by signal {signal.Signals(-code).name}"
-            )
+            coordinator.report_lost(child.rank, describe_exit(code))
         elif code == exit_codes.PREEMPTED:
             coordinator.report_lost(child.rank, "exited with code 143 (preempted or interrupted)")
         else:
@@ -248,31 +225,9 @@ class _WorkerGroup(JobListener):
 
 
 def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Child:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "distcb.launch.child", spec_path],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        start_new_session=True,  # its own process group: stopping it stops its children too
-    )
-    return _Child(rank, process, out)
+    # Its own process group (ChildProcess): stopping it stops what it started too.
+    return _Child(rank, [sys.executable, "-m", "distcb.launch.child", spec_path], env, out)
 
 
 async def _stop_children(children: Sequence[_Child], grace_s: float) -> None:
-    def wait_all(timeout: float) -> None:
-        for child in children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(timeout)
-
-    await asyncio.to_thread(wait_all, grace_s / 2)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [c for c in children if c.process.poll() is None]
-        if not alive:
-            return
-        for child in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.process.pid, sig)
-        await asyncio.to_thread(wait_all, 5.0)
+    await asyncio.to_thread(stop_all, children, grace_s / 2)
