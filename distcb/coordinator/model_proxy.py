@@ -116,6 +116,8 @@ class DecisionRecorder:
 
     def take(self) -> list[DecisionRecord]:
         """The decisions made since the last call, releases of dropped snapshots last."""
+        if not self._decisions and not self._released:
+            return []  # the usual answer, once per merged step: keep it cheap
         at = self.effect_point()
         while self._released:
             snapshot_id = self._released.popleft()

@@ -1,0 +1,136 @@
+"""Where the microseconds of a streaming step go: py-spy on a worker and its coordinator.
+
+    python bench/profile_steps.py [window|stream] [--pinned] [--out DIR]
+
+One `StepJob` (bench/steps.py) runs a plain fit, then a distcb fit of the given
+configuration while py-spy samples both processes (``--threads --nonblocking``,
+500 Hz, on-CPU samples only). Each sample is put in one bucket by the first rule
+below that matches its stack; a bucket's samples over the rate and the steps give
+its CPU µs per step. The thread CPU clocks of the fit (bench/step_worker.py) are
+printed beside it, so the sampled split can be read against exact totals.
+
+`main()` returns the Markdown section `make bench` adds to docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import sys
+import tempfile
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from steps import PY_SPY_RATE_HZ, StepJob  # noqa: E402
+
+# (bucket, substrings of a stack that put a sample there), first match wins.
+WORKER_RULES: list[tuple[str, tuple[str, ...]]] = [
+    ("training thread: distcb buffering (batches.py)", ("MainThread", "batches.py")),
+    ("training thread: distcb Keras hooks", ("MainThread", "worker_callback.py")),
+    ("training thread: Keras + TensorFlow (the step itself)", ("MainThread",)),
+    ("IO thread: logs to floats (clean_logs)", ("-io", "clean_")),
+    ("IO thread: frames: take + pack (batches.py)", ("-io", "batches.py")),
+    ("IO thread: encode + websocket send", ("-io", "send")),
+    ("IO thread: read coordinator messages", ("-io", "_read")),
+    ("IO thread: heartbeats", ("-io", "_heartbeat")),
+    ("IO thread: event loop wake-ups (select, callbacks)", ("-io",)),
+    ("other threads", ()),
+]
+COORDINATOR_RULES: list[tuple[str, tuple[str, ...]]] = [
+    ("callback thread: callback hooks (callback_list.py)", ("distcb-callbacks", "callback_list")),
+    ("callback thread: decision recorder", ("distcb-callbacks", "model_proxy")),
+    ("callback thread: other", ("distcb-callbacks",)),
+    ("loop: merge (aggregate.py)", ("aggregate.py",)),
+    ("loop: decode (msgspec)", ("decode_from_worker",)),
+    ("loop: websocket receive (aiohttp)", ("receive",)),
+    ("loop: roster checks", ("roster.py", "_check")),
+    ("loop: progress broadcast + send", ("broadcast",)),
+    ("loop: hop to the callback thread", ("_in_callbacks",)),
+    ("loop: engine", ("engine.py",)),
+    ("loop: event loop (select, callbacks)", ("MainThread",)),
+    ("other threads", ()),
+]
+
+
+def read_stacks(path: str) -> list[tuple[str, int]]:
+    """py-spy's raw output: (stack as text, samples)."""
+    out = []
+    with open(path) as handle:
+        for line in handle:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if stack and count.isdigit():
+                out.append((stack, int(count)))
+    return out
+
+
+def buckets(
+    stacks: list[tuple[str, int]], rules: list[tuple[str, tuple[str, ...]]]
+) -> dict[str, int]:
+    counts: dict[str, int] = collections.Counter()
+    for stack, samples in stacks:
+        for name, needles in rules:
+            if all(n in stack for n in needles):
+                counts[name] += samples
+                break
+    return dict(counts)
+
+
+def us_per_step(samples: int, steps: int) -> float:
+    return samples / PY_SPY_RATE_HZ / steps * 1e6
+
+
+async def profile(kind: str, pinned: bool, out_dir: str) -> dict[str, Any]:
+    async with StepJob(pinned=pinned) as job:
+        plain = await job.plain()
+        prefix = os.path.join(out_dir, kind)
+        fit = await job.distcb(kind, profile=prefix)
+    worker = buckets(read_stacks(prefix + ".worker.txt"), WORKER_RULES)
+    coordinator = buckets(read_stacks(prefix + ".coordinator.txt"), COORDINATOR_RULES)
+    return {"plain": plain, "fit": fit, "worker": worker, "coordinator": coordinator}
+
+
+def section(kind: str, result: dict[str, Any]) -> str:
+    fit, plain = result["fit"], result["plain"]
+    steps = fit["steps"]
+    lines = [
+        f"#### `{kind}`: sampled CPU per step (py-spy, {PY_SPY_RATE_HZ} Hz)",
+        "",
+        "| process | where | µs/step |",
+        "|---|---|---:|",
+    ]
+    for process in ("worker", "coordinator"):
+        for name, samples in sorted(result[process].items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {process} | {name} | {us_per_step(samples, steps):.1f} |")
+    lines += [
+        "",
+        "Thread CPU clocks of the same fits, µs/step (exact; `native` is TensorFlow's own "
+        "threads, the process total less its Python threads):",
+        "",
+        "| fit | wall | worker CPU | training thread | IO thread | native | coordinator CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, row in (("plain", plain), (kind, fit)):
+        lines.append(
+            f"| {label} | {row['wall_us']:.0f} | {row['cpu_us']:.0f} | {row['training_us']:.0f} "
+            f"| {row['io_us']:.1f} | {row['native_us']:.0f} | "
+            f"{row.get('coordinator_us', 0.0):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(kinds: tuple[str, ...] = ("window",), pinned: bool = False) -> str:
+    with tempfile.TemporaryDirectory(prefix="distcb-profile-") as out_dir:
+        parts = [section(k, asyncio.run(profile(k, pinned, out_dir))) for k in kinds]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kinds", nargs="*", default=["window"])
+    parser.add_argument("--pinned", action="store_true")
+    options = parser.parse_args()
+    print(main(tuple(options.kinds), options.pinned))
