@@ -97,13 +97,16 @@ class CoordinatorActor:
 
     # ---------------------------------------------------------------- data path (default group)
 
-    async def push(self, conn_id: str, items: list[Any]) -> str | None:
+    async def push(self, conn_id: str, items: list[Any], seq: int | None = None) -> str | None:
         """Deliver a worker's messages in order; returns why the connection is closed, if it is."""
-        return self._hub.push(conn_id, items)
+        return self._hub.push(conn_id, items, seq)
 
-    async def poll(self, conn_id: str, wait_s: float) -> dict[str, Any]:
-        """Long poll: the coordinator's messages for this connection, after up to `wait_s`."""
-        return await self._hub.poll(conn_id, wait_s)
+    async def poll(
+        self, conn_id: str, wait_s: float, items: list[Any] | None = None, seq: int | None = None
+    ) -> dict[str, Any]:
+        """Long poll: deliver what it carries, then the coordinator's messages for this
+        connection, after up to `wait_s`."""
+        return await self._hub.poll(conn_id, wait_s, items or (), seq)
 
     async def run(self) -> dict[str, Any]:
         """Run the job; returns its outcome as a picklable dict (errors as values)."""
@@ -146,11 +149,11 @@ class CoordinatorActor:
         return await self._on_loop(open_channel())
 
     @ray.method(concurrency_group=CONTROL_GROUP)
-    async def close(self, conn_id: str, reason: str = "") -> None:
-        """The worker closes its channel (after its last push)."""
+    async def close(self, conn_id: str, reason: str = "", sent: int | None = None) -> None:
+        """The worker closes its channel after sending `sent` messages."""
 
         async def close_channel() -> None:
-            self._hub.close(conn_id, reason)
+            self._hub.close(conn_id, reason, sent)
 
         await self._on_loop(close_channel())
 

@@ -23,8 +23,9 @@ from distcb.protocol.decisions import AnyDecision, Decision, NonNegInt
 from distcb.protocol.errors import ProtocolError
 from distcb.protocol.logs import LogValue
 
-PROTOCOL_VERSION = 2
-"""Bumped on every wire change. 2: MessagePack, columnar batch frames, validated join params."""
+PROTOCOL_VERSION = 3
+"""Bumped on every wire change. 2: MessagePack, columnar batch frames, validated join params.
+3: the Ray transport numbers what pushes and polls carry (polls carry batch logs too)."""
 
 MAX_NAME_CHARS = 256
 MAX_PATH_CHARS = 4096

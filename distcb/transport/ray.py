@@ -9,13 +9,18 @@ Wire: every message travels as the MessagePack bytes of
 `distcb.protocol.messages.encode` (Ray passes bytes as they are; our messages
 are never pickled), checked against `Config.max_message_bytes` and decoded by
 the validating decoder before it reaches the coordinator. A worker pushes what it has to send in
-batches, one actor call at a time per connection (what queued while a call was
-in flight goes out together in the next), so a coalesced batch-log frame costs
-one call at most; pushes holding only batch logs and heartbeats are paced to
-one per ``PACE_FLUSHES * Config.flush_interval_s`` (20 ms by default), while an
-epoch end, train end, save report or failure goes out at once. It long-polls
-for the coordinator's messages (`poll` waits on that connection's outbox for
-up to `Config.heartbeat_interval_s`).
+batches, one push at a time per connection (what queued while a call was in
+flight goes out together in the next), so a coalesced batch-log frame costs one
+call at most; pushes holding only batch logs and heartbeats are paced to one per
+``PACE_FLUSHES * Config.flush_interval_s`` (20 ms by default), while an epoch
+end, train end, save report or failure goes out at once. It long-polls for the
+coordinator's messages (`poll` waits on that connection's outbox for up to
+`Config.heartbeat_interval_s`), and every poll carries what is waiting to be
+sent: with the window rule on, the coordinator's progress messages end polls
+every few steps, and the batch logs ride on those polls instead of pushes of
+their own (about one actor call per W/2 steps in all). Pushes and polls number
+what they carry (``seq``), so the coordinator takes it in the order it was sent
+whichever call arrives first.
 
 Errors: Ray's (`RayActorError`, `ActorDiedError`, `GetTimeoutError`, ...) and
 call timeouts become `ConnectionClosed` at this boundary; a worker whose actor
@@ -82,6 +87,8 @@ class RayConnection:
         self._config = config
         self._peer = peer
         self._pending: list[bytes] = []
+        self._next_seq = 0  # the number of the next message handed to an actor call
+        self._last_carried = -math.inf  # when a push or a poll last took pending messages
         self._wake = asyncio.Event()
         self._urgent = False
         self._pace_s = PACE_FLUSHES * config.flush_interval_s
@@ -120,12 +127,16 @@ class RayConnection:
                 raise ConnectionClosed(f"{self._peer} closed the connection ({self._peer_closed})")
             if self._closed is not None:
                 raise ConnectionClosed(self._closed)
+            seq, items = self._take_pending()
             reply = await self._call(
                 "poll",
-                self._handle.poll.remote(self._conn_id, self._config.heartbeat_interval_s),
+                self._handle.poll.remote(
+                    self._conn_id, self._config.heartbeat_interval_s, items, seq
+                ),
                 self._config.heartbeat_timeout_s,
             )
             self.polls += 1
+            self.messages_sent += len(items)
             if not isinstance(reply, dict) or not isinstance(reply.get("messages"), list):
                 raise ProtocolError(f"{self._peer} answered a poll with {type(reply).__name__}")
             for item in reply["messages"]:
@@ -152,32 +163,42 @@ class RayConnection:
             with contextlib.suppress(ConnectionClosed):
                 await self._call(
                     "close",
-                    self._handle.close.remote(self._conn_id, self._closed),
+                    # The coordinator closes once it took in all `sent` messages (a poll
+                    # may still carry the last batch logs).
+                    self._handle.close.remote(self._conn_id, self._closed, self._next_seq),
                     self._config.reply_timeout_s,
                 )
 
+    def _take_pending(self) -> tuple[int, list[bytes]]:
+        """What waits to be sent, with the number of its first message."""
+        seq, batch = self._next_seq, self._pending
+        self._pending, self._urgent = [], False
+        self._next_seq += len(batch)
+        if batch:
+            self._last_carried = asyncio.get_running_loop().time()
+        return seq, batch
+
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        last_push = -math.inf
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
                 # Batch logs and heartbeats wait for the pacing interval (more of them
-                # then share the call); anything else goes out at once.
-                delay = last_push + self._pace_s - loop.time()
+                # then share the call, or the next poll takes them); anything else goes
+                # out at once.
+                delay = self._last_carried + self._pace_s - loop.time()
                 if not self._urgent and delay > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._wake.wait()
                     self._wake.clear()
                     continue
-                batch, self._pending, self._urgent = self._pending, [], False
-                last_push = loop.time()
+                seq, batch = self._take_pending()
                 try:
                     closed = await self._call(
                         "push",
-                        self._handle.push.remote(self._conn_id, batch),
+                        self._handle.push.remote(self._conn_id, batch, seq),
                         self._config.reply_timeout_s,
                     )
                 except ConnectionClosed as exc:
@@ -189,7 +210,8 @@ class RayConnection:
                     self._peer_closed = str(closed)
                     self._fail(f"{self._peer} closed the connection ({closed})")
                     return
-            self._idle.set()
+            if not self._pending:
+                self._idle.set()
 
     def _fail(self, reason: str) -> None:
         if self._closed is None:
