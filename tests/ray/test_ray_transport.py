@@ -114,7 +114,9 @@ async def test_scripted_run_over_ray_matches_memory_transport(
         ray_cluster, make_callbacks(), epoch_logs, batch_logs, config, weights
     )
     assert outcome["error"] is None
-    made = [{k: v for k, v in d.items() if k not in ("made_by", "time")} for d in outcome["decisions"]]
+    made = [
+        {k: v for k, v in d.items() if k not in ("made_by", "time")} for d in outcome["decisions"]
+    ]
     assert made == [d.to_json() for d in expected.decisions]
     assert outcome["epoch"] == expected.history.epoch
     assert outcome["history"] == expected.history.history
