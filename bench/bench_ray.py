@@ -32,7 +32,10 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-STEP_JOBS = 2  # jobs per coordinator setup (batch hooks on / epoch hooks only)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SummaryRow, load_line, spread, summary, verdict  # noqa: E402
+
+STEP_JOBS = 5  # jobs per coordinator setup (batch hooks on / epoch hooks only)
 STEPS_PER_FIT = 1200  # 3 epochs of 400 steps, batch 64 (the anchor's run)
 BARRIER_EPOCHS = 200
 BARRIER_WORKERS = 2
@@ -102,6 +105,7 @@ def step_worker() -> None:
         model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=callbacks)
         return (time.perf_counter() - started) / STEPS_PER_FIT * 1e6
 
+    # Plain fits around each of the others: a fit's ratio is over the two around it.
     results: dict[str, Any] = {"plain": [timed([])], "naive_sync": [timed([NaiveSync()])]}
     results["plain"].append(timed([]))
     results["naive_async"] = [timed([NaiveAsync()])]
@@ -110,6 +114,10 @@ def step_worker() -> None:
     worker = distcb.keras.WorkerCallback(samples=len(x), batch_size=64, connect=connect_and_keep)
     results["distcb"] = [timed([worker])]
     results["plain"].append(timed([]))
+    plain = results["plain"]
+    results["ratio_naive_sync"] = [results["naive_sync"][0] * 2 / (plain[0] + plain[1])]
+    results["ratio_naive_async"] = [results["naive_async"][0] * 2 / (plain[1] + plain[2])]
+    results["ratio_distcb"] = [results["distcb"][0] * 2 / (plain[2] + plain[3])]
     results["calls"] = kept["connection"].statistics()
     ray.kill(sink)
     with open(os.path.join(context.run_dir or ".", "steps.json"), "w") as handle:
@@ -152,6 +160,7 @@ def bench_steps() -> tuple[dict[str, list[float]], list[dict[str, int]]]:
             else:
                 data.pop("calls")
             data[f"distcb_{mode}"] = data.pop("distcb")
+            data[f"ratio_distcb_{mode}"] = data.pop("ratio_distcb")
             for key, values in data.items():
                 merged.setdefault(key, []).extend(values)
     return merged, calls
@@ -277,37 +286,56 @@ def main() -> str:
         if started_ray:
             ray.shutdown()
 
-    plain = _median_us(steps["plain"])
     rows = [
-        ("plain `fit`, no callback", "plain"),
-        ("distcb `WorkerCallback`, Ray transport, epoch-level callbacks", "distcb_epoch"),
-        ("distcb `WorkerCallback`, Ray transport, a callback with batch hooks", "distcb_batch"),
-        ("naive: `ray.get(actor.push.remote(logs))` every batch", "naive_sync"),
-        ("naive: `actor.push.remote(logs)` every batch, not awaited", "naive_async"),
+        ("plain `fit`, no callback", "plain", None),
+        (
+            "distcb `WorkerCallback`, Ray transport, epoch-level callbacks",
+            "distcb_epoch",
+            "ratio_distcb_epoch",
+        ),
+        (
+            "distcb `WorkerCallback`, Ray transport, a callback with batch hooks",
+            "distcb_batch",
+            "ratio_distcb_batch",
+        ),
+        ("naive: `ray.get(actor.push.remote(logs))` every batch", "naive_sync", "ratio_naive_sync"),
+        (
+            "naive: `actor.push.remote(logs)` every batch, not awaited",
+            "naive_async",
+            "ratio_naive_async",
+        ),
     ]
     pushes = sum(c["pushes"] for c in calls)
     polls = sum(c["polls"] for c in calls)
     total_steps = STEPS_PER_FIT * len(calls)
+    calls_per_step = (pushes + polls) / total_steps
+    batch_ratios = steps["ratio_distcb_batch"]
     lines = [
         "## Ray backend (bench/bench_ray.py)",
         "",
-        "`python bench/bench_ray.py`. Per-step time of the anchor's MLP (batch 64, "
-        f"{STEPS_PER_FIT} steps per fit) inside a Ray worker actor, {2 * STEP_JOBS} jobs, "
-        "fits interleaved in one process; medians. With a batch-hook callback on the "
-        "coordinator every batch streams to it and the window rule is on (the worst case); "
-        "epoch-level callbacks (EarlyStopping, ModelCheckpoint...) need no batch logs.",
+        f"`python bench/bench_ray.py` (also run by `make bench`). {load_line()}",
         "",
-        "| configuration | µs/step (median) | × plain |",
-        "|---|---:|---:|",
+        "Per-step time of the anchor's MLP (batch 64, "
+        f"{STEPS_PER_FIT} steps per fit) inside a Ray worker actor, {STEP_JOBS} jobs per "
+        "coordinator setup; in each job the fits are interleaved with plain fits, and a "
+        "fit's ratio is over the mean of the two plain fits around it. With a batch-hook "
+        "callback on the coordinator every batch streams to it and the window rule is on "
+        "(the worst case); epoch-level callbacks (EarlyStopping, ModelCheckpoint...) need "
+        "no batch logs.",
+        "",
+        "| configuration | µs/step (median) | × plain, min–**median**–max over jobs |",
+        "|---|---:|---|",
     ]
-    for label, key in rows:
+    for label, key, ratio_key in rows:
         value = _median_us(steps[key])
-        lines.append(f"| {label} | {value:.0f} | {value / plain:.2f} |")
+        ratio = "1.00" if ratio_key is None else spread(steps[ratio_key])
+        lines.append(f"| {label} | {value:.0f} | {ratio} |")
     lines += [
         "",
         f"Actor calls made by the distcb worker with batch hooks on: {pushes / total_steps:.3f} "
-        f"pushes and {polls / total_steps:.3f} polls per training step (the naive callback: "
-        "1 per step).",
+        f"pushes and {polls / total_steps:.3f} polls per training step, "
+        f"{calls_per_step:.3f} in all (the naive callback: 1 per step). Batch logs ride on "
+        "the polls that the coordinator's progress messages end (`distcb/transport/ray.py`).",
         "",
         f"Epoch barrier, {BARRIER_WORKERS} scripted workers, {BARRIER_EPOCHS} epochs, time from "
         "the last worker's epoch end to its reply (median, ms):",
@@ -321,6 +349,16 @@ def main() -> str:
         f"{statistics.median(rtt) / statistics.median(barrier_ws):.1f} |",
         "",
     ]
+    summary(
+        SummaryRow(
+            "Ray backend, batch hooks on",
+            "1.53× (0.132 actor calls per step)",
+            f"{spread(batch_ratios)} ({calls_per_step:.3f} actor calls per step)",
+            "≤ 1.15×",
+            verdict(batch_ratios, 1.15),
+            "`python bench/bench_ray.py`",
+        )
+    )
     return "\n".join(lines)
 
 

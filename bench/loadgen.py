@@ -107,9 +107,7 @@ async def coordinator_main(options: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- workers
 
 
-async def run_rank(
-    rank: int, options: argparse.Namespace, out: dict[int, dict[str, Any]]
-) -> None:
+async def run_rank(rank: int, options: argparse.Namespace, out: dict[int, dict[str, Any]]) -> None:
     from distcb.protocol.config import Config
     from distcb.protocol.messages import EpochEnd, JoinParams
     from distcb.testing import ScriptedModel

@@ -25,6 +25,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+from common import load_line  # noqa: E402
 from steps import PY_SPY_RATE_HZ, StepJob  # noqa: E402
 
 # (bucket, substrings of a stack that put a sample there), first match wins.
@@ -79,10 +80,6 @@ def buckets(
     return dict(counts)
 
 
-def us_per_step(samples: int, steps: int) -> float:
-    return samples / PY_SPY_RATE_HZ / steps * 1e6
-
-
 async def profile(kind: str, pinned: bool, out_dir: str) -> dict[str, Any]:
     async with StepJob(pinned=pinned) as job:
         plain = await job.plain()
@@ -93,22 +90,48 @@ async def profile(kind: str, pinned: bool, out_dir: str) -> dict[str, Any]:
     return {"plain": plain, "fit": fit, "worker": worker, "coordinator": coordinator}
 
 
+def _thread_of(rule: tuple[str, tuple[str, ...]], process: str) -> str:
+    needles = rule[1]
+    if process == "coordinator":
+        return "coordinator"
+    if needles and needles[0] == "MainThread":
+        return "training"
+    if needles and needles[0] == "-io":
+        return "io"
+    return "other"
+
+
 def section(kind: str, result: dict[str, Any]) -> str:
+    """Each thread's exact CPU per step, split in the proportions py-spy sampled."""
     fit, plain = result["fit"], result["plain"]
-    steps = fit["steps"]
+    exact = {
+        "training": fit["training_us"],
+        "io": fit["io_us"],
+        "coordinator": fit["coordinator_us"],
+    }
     lines = [
-        f"#### `{kind}`: sampled CPU per step (py-spy, {PY_SPY_RATE_HZ} Hz)",
+        f"#### `{kind}`",
         "",
-        "| process | where | µs/step |",
-        "|---|---|---:|",
+        "| process | where | CPU µs/step | share of that thread |",
+        "|---|---|---:|---:|",
     ]
-    for process in ("worker", "coordinator"):
-        for name, samples in sorted(result[process].items(), key=lambda kv: -kv[1]):
-            lines.append(f"| {process} | {name} | {us_per_step(samples, steps):.1f} |")
+    for process, rules in (("worker", WORKER_RULES), ("coordinator", COORDINATOR_RULES)):
+        counts = result[process]
+        for thread in ("training", "io", "coordinator"):
+            mine = [(r[0], counts.get(r[0], 0)) for r in rules if _thread_of(r, process) == thread]
+            total = sum(c for _, c in mine)
+            if not mine or not total:
+                continue
+            for name, samples in sorted(mine, key=lambda kv: -kv[1]):
+                if samples:
+                    share = samples / total
+                    lines.append(
+                        f"| {process} | {name} | {exact[thread] * share:.1f} | {share:.0%} |"
+                    )
     lines += [
         "",
-        "Thread CPU clocks of the same fits, µs/step (exact; `native` is TensorFlow's own "
-        "threads, the process total less its Python threads):",
+        "Thread CPU clocks of the same fits, µs/step (`native`: TensorFlow's own threads, "
+        "the process total less its Python threads):",
         "",
         "| fit | wall | worker CPU | training thread | IO thread | native | coordinator CPU |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -122,15 +145,31 @@ def section(kind: str, result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(kinds: tuple[str, ...] = ("window",), pinned: bool = False) -> str:
+def main(kinds: tuple[str, ...] = ("stream", "window"), pinned: bool = False) -> str:
+    header = load_line()
     with tempfile.TemporaryDirectory(prefix="distcb-profile-") as out_dir:
         parts = [section(k, asyncio.run(profile(k, pinned, out_dir))) for k in kinds]
-    return "\n".join(parts)
+    intro = [
+        "## Where a streaming step's microseconds go (py-spy)",
+        "",
+        f"Command: `python bench/profile_steps.py` (also run by `make bench`). {header}",
+        "",
+        "A plain fit, then a distcb fit of each configuration (1200 steps), with py-spy "
+        f"sampling the worker and the coordinator ({PY_SPY_RATE_HZ} Hz, `--threads "
+        "--nonblocking`). Each thread's exact CPU time per step (its CPU clock) is split "
+        "in the proportions of that thread's samples, bucketed by the first rule of "
+        "`bench/profile_steps.py` its stack matches. py-spy counts a thread that is "
+        "runnable but waiting for a CPU as busy, so on a loaded machine its raw sample "
+        "counts overstate; the proportions within one thread are what it is used for "
+        "here. docs/performance.md reads these tables.",
+        "",
+    ]
+    return "\n".join(intro) + "\n".join(parts)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kinds", nargs="*", default=["window"])
+    parser.add_argument("kinds", nargs="*", default=["stream", "window"])
     parser.add_argument("--pinned", action="store_true")
     options = parser.parse_args()
     print(main(tuple(options.kinds), options.pinned))

@@ -2,7 +2,11 @@
 
 Each benchmark module exposes `main() -> str` (a Markdown section). They run
 one after another in this process, so that the ratios inside each section are
-measured in one run on the same machine state.
+measured in one run on the same machine state. Modules may add rows to
+`common.SUMMARY` (the performance issue's table: figure, before, after, goal,
+verdict, command); they are printed first.
+
+    python bench/run_all.py [module ...]    # default: all of MODULES
 """
 
 from __future__ import annotations
@@ -17,11 +21,23 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-MODULES = ["bench_worker", "bench_sinks", "bench_ray", "bench_validation"]
+MODULES = [
+    "bench_worker",
+    "bench_scale",
+    "bench_sync",
+    "bench_codec",
+    "bench_ray",
+    "profile_steps",
+    "bench_sinks",
+    "bench_validation",
+]
 
 
 def main() -> None:
+    import common
+
     only = sys.argv[1:] or MODULES
+    started = common.load_average()
     sections = []
     for name in only:
         print(f"running {name} ...", flush=True)
@@ -37,8 +53,28 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
         "This machine is shared and noisy: read medians and the ratios measured within one run,",
         "not lone absolute times. Each section names the command that reproduces it.",
+        f"Load average when `make bench` started: {started}; each section prints its own.",
         "",
     ]
+    if common.SUMMARY:
+        header += [
+            "## Performance and scale (issue 14): every figure, before → after",
+            "",
+            "Before: the issue's own measurements (`bench/bench_worker.py` and `make bench` "
+            "before the work; one run each). After: this run, min–**median**–max over its jobs "
+            "where it has several. A goal is *met* only when the whole spread is on its side; "
+            "a spread that covers it is *not resolved*. Why the rows that miss their goal "
+            "miss it: docs/performance.md, with the profile that shows it.",
+            "",
+            "| figure | before | after | goal | verdict | command |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in common.SUMMARY:
+            header.append(
+                f"| {row.figure} | {row.before} | {row.after} | {row.goal} | {row.verdict} "
+                f"| {row.command} |"
+            )
+        header.append("")
     text = "\n".join(header + sections)
     path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
     with open(path, "w") as handle:

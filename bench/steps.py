@@ -14,6 +14,7 @@ shared core is then out of the worker's times.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -32,10 +33,8 @@ KINDS = ("epoch", "stream", "window")
 def pin_this_process(cpus: set[int]) -> None:
     """Every thread of this process (and those it starts later) on `cpus`."""
     for task in os.listdir("/proc/self/task"):
-        try:
+        with contextlib.suppress(OSError):
             os.sched_setaffinity(int(task), cpus)
-        except OSError:
-            pass
 
 
 def unpin_this_process() -> None:
@@ -99,25 +98,26 @@ class StepJob:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.process is not None:
-            if self.process.returncode is None:
-                await self._ask({"kind": "quit"}, answer=False)
-                try:
-                    await asyncio.wait_for(self.process.wait(), 30)
-                except TimeoutError:
-                    self.process.kill()
-                    await self.process.wait()
+        if self.process is not None and self.process.returncode is None:
+            await self._ask({"kind": "quit"}, answer=False)
+            try:
+                await asyncio.wait_for(self.process.wait(), 30)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
         if self.pinned:
             unpin_this_process()
 
     async def _ask(self, command: dict[str, Any], answer: bool = True) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
+        assert self.process is not None
+        assert self.process.stdin is not None
         self.process.stdin.write((json.dumps(command) + "\n").encode())
         await self.process.stdin.drain()
         return await self._answer() if answer else {}
 
     async def _answer(self) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         while True:
             line = await self.process.stdout.readline()
             if not line:
@@ -192,9 +192,7 @@ class StepJob:
         return result
 
 
-def interleaved(
-    rounds: int, kinds: Sequence[str], *, job: int = 0
-) -> list[tuple[int, list[str]]]:
+def interleaved(rounds: int, kinds: Sequence[str], *, job: int = 0) -> list[tuple[int, list[str]]]:
     """Per round, the kinds in a rotated order (the first of the job differs per job), each
     fit between two plain fits: ``[(round, [plain, k1, plain, k2, ..., plain])]``."""
     out = []

@@ -24,7 +24,7 @@ import bisect
 import collections
 import math
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,10 +370,11 @@ class BatchMerger:
         if len(ranks) == 1:  # one worker: its values as it sent them
             if not keys:
                 return [MergedStep(step, {}, {}, rank_tuple) for step in steps]
-            rows = zip(*(chief_logs[k] for k in keys), strict=True)
             return [
                 MergedStep(step, dict(zip(keys, row, strict=True)), {}, rank_tuple)
-                for step, row in zip(steps, rows, strict=True)
+                for step, row in zip(
+                    steps, zip(*(chief_logs[k] for k in keys), strict=True), strict=True
+                )
             ]
         n = len(steps)
         weights = _step_weights([column[2] for _, column in columns], n)
@@ -390,7 +391,7 @@ class BatchMerger:
             means, spread = _merge_numeric(values, weights)
             merged.append(means)
             table.columns[key] = spread
-        rows = zip(*merged, strict=True) if merged else ((),) * n
+        rows: Iterable[tuple[Any, ...]] = zip(*merged, strict=True) if merged else [()] * n
         return [
             MergedStep(
                 step, dict(zip(keys, row, strict=True)), None, rank_tuple, table=table, index=i
