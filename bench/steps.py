@@ -76,6 +76,14 @@ class StepJob:
         self.process: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> StepJob:
+        # The coordinator's modules (aiohttp builds an SSL context as it loads) load now,
+        # not during the first fit: that CPU would count as the coordinator's and, on a
+        # shared core, slow that fit down.
+        import numpy  # noqa: F401
+
+        import distcb.coordinator.engine  # noqa: F401
+        import distcb.transport.websocket  # noqa: F401
+
         if self.pinned:
             pin_this_process({1})
         env = dict(os.environ)

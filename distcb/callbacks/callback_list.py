@@ -80,10 +80,11 @@ class CallbackList:
         self.model: Any = None
         self.current: Any = None  # the callback whose hook runs now (decisions are its)
         self._batch_callbacks: list[Any] | None = None  # those with batch hooks (cached)
+        self._has_batch_hooks: bool | None = None
 
     def append(self, callback: Any) -> None:
         self.callbacks.append(callback)
-        self._batch_callbacks = None
+        self._batch_callbacks = self._has_batch_hooks = None
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -97,7 +98,7 @@ class CallbackList:
 
     def attach(self, params: dict[str, Any], model: Any, runtime: Any) -> None:
         """Give every callback the params, the model proxy, and (if it wants it) the runtime."""
-        self._batch_callbacks = None
+        self._batch_callbacks = self._has_batch_hooks = None
         self.set_params(params)
         self.set_model(model)
         for callback in self.callbacks:
@@ -139,7 +140,11 @@ class CallbackList:
 
     @property
     def has_batch_hooks(self) -> bool:
-        return any(overrides_batch_hooks(cb) for cb in self.callbacks)
+        """Whether a callback wants batch logs (read once per merged run of steps)."""
+        answer = self._has_batch_hooks
+        if answer is None:
+            answer = self._has_batch_hooks = any(overrides_batch_hooks(cb) for cb in self.callbacks)
+        return answer
 
     @property
     def decides_on_batch(self) -> bool:

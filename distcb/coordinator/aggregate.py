@@ -28,6 +28,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from distcb.protocol.errors import AggregationError
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import BatchFrame
@@ -465,8 +467,6 @@ def _all_numbers(columns: list[list[Any]]) -> bool:
 def _step_weights(samples: list[list[float | None] | None], n: int) -> Any:
     """(ranks, steps) weights, as `_weights` gives them step by step: the samples, or 1.0
     for every rank at a step where one is unknown or none is positive."""
-    import numpy as np
-
     if any(column is None for column in samples):
         return np.ones((len(samples), n))
     table = np.array(
@@ -483,8 +483,6 @@ def _merge_numeric(
     """Weighted means of (ranks, steps) numbers, each equal to what `_weighted_mean` gives
     for that step, and their spreads; columns numpy cannot vouch for go through
     `_weighted_mean` itself."""
-    import numpy as np
-
     values = np.array(columns, dtype=np.float64)
     with np.errstate(all="ignore"):
         finite = np.isfinite(values).all(axis=0)
