@@ -31,9 +31,9 @@ SKIP = 10
 def main() -> None:
     rank, ports, epochs = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
     sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from distcb.launch.process import tf_config_for
+    from distcb.worker.cluster import tf_config_json
 
-    os.environ["TF_CONFIG"] = tf_config_for(rank, ports)
+    os.environ["TF_CONFIG"] = tf_config_json(rank, [f"127.0.0.1:{port}" for port in ports])
     import tensorflow as tf
     import tf_keras as keras
     from moons_data import split
