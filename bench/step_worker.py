@@ -47,6 +47,17 @@ def _thread_cpu_s() -> dict[int, tuple[str, float]]:
     return out
 
 
+def _timed(hook: Any, total_s: list[float]) -> Any:
+    """`hook`, adding its wall time to ``total_s[0]``."""
+
+    def timed(*args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        hook(*args, **kwargs)
+        total_s[0] += time.perf_counter() - started
+
+    return timed
+
+
 def _group(name: str, training: str) -> str:
     if name == training:
         return "training"
@@ -169,6 +180,7 @@ def main() -> None:
         clock = Clock()
         callbacks: list[Any] = [clock]
         worker = None
+        hooks_s = [0.0]
         if kind == "distcb":
             worker = distcb.keras.WorkerCallback(
                 command["address"],
@@ -180,12 +192,16 @@ def main() -> None:
                 flavour="keras3",
             )
             callbacks.append(worker)
+            # The hooks' wall time on the training thread, waits for the GIL included.
+            for name in ("on_train_batch_begin", "on_train_batch_end"):
+                setattr(worker, name, _timed(getattr(worker, name), hooks_s))
         elif kind == "naive_http":
             callbacks.append(NaivePost(command["url"]))
         model.fit(x, y, batch_size=BATCH, epochs=options.epochs, verbose=0, callbacks=callbacks)
         result = dict(clock.result)
         if worker is not None:
             result["link"] = worker.link_statistics
+            result["hooks_wall_us"] = hooks_s[0] * 1e6 / steps
         print(json.dumps(result), flush=True)
 
 

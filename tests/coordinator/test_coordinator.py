@@ -14,7 +14,7 @@ from distcb.protocol.errors import (
     ProtocolError,
     WorkerLostError,
 )
-from distcb.protocol.messages import Heartbeat, encode
+from distcb.protocol.messages import PROTOCOL_VERSION, Heartbeat, encode
 from distcb.testing import ScriptedWorker, simulate
 from distcb.transport.memory import connection_pair
 from tests.helpers.scripted import FAST, Recorder, StopAtBatch, batches, run_job, start_job
@@ -170,7 +170,9 @@ async def test_garbage_and_bad_joins_close_only_their_connection():
     tasks = start_job(coordinator, [ScriptedWorker(r, 2, [{"loss": 1.0}] * 2) for r in range(2)])
     frames = [
         b"\xc1 not msgpack",
-        msgspec.msgpack.encode({"type": "join", "protocol": 2, "rank": 0, "world_size": 5}),
+        msgspec.msgpack.encode(
+            {"type": "join", "protocol": PROTOCOL_VERSION, "rank": 0, "world_size": 5}
+        ),
         encode(Heartbeat()),  # anything but a join first
     ]
     intruders, closed = [], []
