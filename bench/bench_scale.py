@@ -34,13 +34,14 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from common import SummaryRow, load_line, summary  # noqa: E402
+from common import SummaryRow, load_line, spread, summary, verdict  # noqa: E402
 
 SIZES = (2, 8, 32, 128, 256)
 BARRIER_EPOCHS = 105
 SKIP = 5
 STREAM_EPOCHS = 6
 STREAM_RECORDS_PER_EPOCH = 200_000
+BARRIER_JOBS = 5  # barrier jobs at N = 8, the size the issue's goal names
 LONG_N = 8
 LONG_EPOCHS = 24
 LONG_STEPS = 4000
@@ -224,14 +225,20 @@ def measure(sizes: tuple[int, ...], barrier_epochs: int, long_epochs: int) -> di
         }
         print(f"N={n}: {rows[n]}", flush=True)
     long = asyncio.run(run_job(LONG_N, "stream", long_epochs, LONG_STEPS))
-    return {"rows": rows, "long": long}
+    eights = []
+    if 8 in rows:
+        eights.append(rows[8]["last_p50"])
+        for _ in range(BARRIER_JOBS - 1):
+            barrier = asyncio.run(run_job(8, "barrier", barrier_epochs, 0))
+            eights.append(pct(barrier_latencies(barrier["ranks"])[0], 0.5) * 1e3)
+    return {"rows": rows, "long": long, "eights": eights}
 
 
 def main(quick: bool = False) -> str:
     header = load_line()
     sizes = SIZES[:3] if quick else SIZES
     result = measure(sizes, 25 if quick else BARRIER_EPOCHS, 6 if quick else LONG_EPOCHS)
-    rows, long = result["rows"], result["long"]
+    rows, long, eights = result["rows"], result["long"], result["eights"]
     plot(rows, PLOT)
     lines = [
         "## Scale: one coordinator, up to 256 simulated workers over real sockets (issue 14)",
@@ -285,15 +292,21 @@ def main(quick: bool = False) -> str:
         "(`Config.max_ahead_steps`), not by the steps run.",
         "",
     ]
-    if 8 in rows:
+    if eights:
+        lines += [
+            f"Barrier p50 at 8 workers (last arrival) over {len(eights)} jobs: "
+            f"{spread(eights, '{:.2f}')} ms.",
+            "",
+        ]
         summary(
             SummaryRow(
                 "epoch barrier p50, 8 workers",
                 "1.40 ms (all 8 in one event loop)",
-                f"{rows[8]['last_p50']:.2f} ms last arrival, {rows[8]['all_p50']:.2f} ms all "
-                "released (8 worker processes)",
+                f"{spread(eights, '{:.2f}')} ms over {len(eights)} jobs, last arrival "
+                "(8 worker processes); the coordinator's own CPU per barrier "
+                f"{rows[8]['barrier_cpu_ms']:.2f} ms",
                 "≤ 1 ms, workers in their own processes",
-                "met" if rows[8]["last_p50"] <= 1.0 else "missed (one run)",
+                verdict(eights, 1.0),
                 "`python bench/bench_scale.py`",
             )
         )
@@ -306,7 +319,7 @@ def main(quick: bool = False) -> str:
             f"{', '.join(str(n) for n in rows)}; memory {rss[1]:.0f} → {rss[-1]:.0f} MB over "
             f"{steps[-1]:,} records",
             "≥ 200k, memory O(workers)",
-            "met" if min(per_core) >= 200_000 else "missed (one run)",
+            verdict(per_core, 200_000, lower_is_better=False) + " (every N)",
             "`python bench/bench_scale.py`",
         )
     )
