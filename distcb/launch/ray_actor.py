@@ -3,14 +3,16 @@
     actor = RayCoordinator.options(name=name).remote(callbacks, world_size=2, token=token)
     outcome = await actor.run.remote()
 
-Workers reach it through `distcb.transport.ray.connect` (actor calls `open`,
-`push`, `poll`, `close`), answered by a `ChannelHub`.
+Workers reach it through `distcb.transport.ray.connect`: over a websocket
+straight to the coordinator (the actor serves one on its node's address while
+the job runs: `direct_address`), or, where that cannot be reached, through
+actor calls (`open`, `push`, `poll`, `close`) answered by a `ChannelHub`.
 
 Actor layout: `push`, `poll` and `run` share the default concurrency group,
-whose event loop owns the `Coordinator`; `open`, `close`, `report_lost`,
-`status`, `observe` and `ping` sit in the ``control`` group (own slots, own
-thread) and hop onto the coordinator's loop, so they never queue behind log
-ingestion.
+whose event loop owns the `Coordinator` (and the websocket server); `open`,
+`close`, `direct_address`, `report_lost`, `status`, `observe` and `ping` sit in
+the ``control`` group (own slots, own thread) and hop onto the coordinator's
+loop, so they never queue behind log ingestion.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import socket
 import traceback
@@ -35,6 +38,7 @@ from distcb.transport.ray_channel import ChannelHub
 
 __all__ = ["CONTROL_GROUP", "CoordinatorActor", "RayCoordinator", "callback_state"]
 
+logger = logging.getLogger("distcb.launch.ray")
 CONTROL_GROUP = "control"
 _T = TypeVar("_T")
 
@@ -92,26 +96,29 @@ class CoordinatorActor:
         if observer is not None:
             observer.attach(self.coordinator)
         self._hub = ChannelHub(self.coordinator.serve, token, self._config)
+        self._token = token
+        self._direct: Any = None  # the websocket server workers reach directly
+        self._direct_address: str | None = None
+        self._direct_ready = asyncio.Event()
+        self._direct_task = self._loop.create_task(self._start_direct(), name="distcb-direct")
         self._attempts = _Attempts()
         self.coordinator.add_listener(self._attempts)
 
     # ---------------------------------------------------------------- data path (default group)
 
-    async def push(self, conn_id: str, items: list[Any], seq: int | None = None) -> str | None:
+    async def push(self, conn_id: str, items: list[Any]) -> str | None:
         """Deliver a worker's messages in order; returns why the connection is closed, if it is."""
-        return self._hub.push(conn_id, items, seq)
+        return self._hub.push(conn_id, items)
 
-    async def poll(
-        self, conn_id: str, wait_s: float, items: list[Any] | None = None, seq: int | None = None
-    ) -> dict[str, Any]:
-        """Long poll: deliver what it carries, then the coordinator's messages for this
-        connection, after up to `wait_s`."""
-        return await self._hub.poll(conn_id, wait_s, items or (), seq)
+    async def poll(self, conn_id: str, wait_s: float) -> dict[str, Any]:
+        """Long poll: the coordinator's messages for this connection, after up to `wait_s`."""
+        return await self._hub.poll(conn_id, wait_s)
 
     async def run(self) -> dict[str, Any]:
         """Run the job; returns its outcome as a picklable dict (errors as values)."""
         error: BaseException | None = None
         history = None
+        await self._direct_task
         try:
             history = await self.coordinator.run()
         except DistcbError as exc:
@@ -123,6 +130,8 @@ class CoordinatorActor:
             )
         finally:
             await self._hub.aclose()
+            if self._direct is not None:
+                await self._direct.aclose()
         coordinator = self.coordinator
         history = history or coordinator.history
         return {
@@ -136,7 +145,40 @@ class CoordinatorActor:
             ],
         }
 
+    async def _start_direct(self) -> None:
+        """Serve the coordinator over a websocket on this node's address (token required):
+        a worker's batch logs then cost it a websocket frame, not an actor call."""
+        try:
+            if self._token:
+                from distcb.transport.websocket_server import WebSocketServer
+
+                host = ray.util.get_node_ip_address()
+                server = WebSocketServer(
+                    self.coordinator, host=host, token=self._token, config=self._config
+                )
+                await server.start()
+                self._direct = server
+                self._direct_address = server.address
+        except Exception as exc:  # the actor-call channel still works
+            logger.warning("no direct websocket channel to the coordinator: %s", exc)
+        finally:
+            self._direct_ready.set()
+
     # ---------------------------------------------------------------- control group
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def direct_address(self, token: str, wait_s: float) -> str | None:
+        """The ``host:port`` of the coordinator's websocket (None: use actor calls), once
+        the job runs (waits up to `wait_s`)."""
+        self._hub.check_token(token, "a worker")
+
+        async def address() -> str | None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, float(wait_s))):
+                    await self._direct_ready.wait()
+            return self._direct_address
+
+        return await self._on_loop(address())
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def open(self, token: str, peer: str) -> str:
@@ -149,11 +191,11 @@ class CoordinatorActor:
         return await self._on_loop(open_channel())
 
     @ray.method(concurrency_group=CONTROL_GROUP)
-    async def close(self, conn_id: str, reason: str = "", sent: int | None = None) -> None:
-        """The worker closes its channel after sending `sent` messages."""
+    async def close(self, conn_id: str, reason: str = "") -> None:
+        """The worker closes its channel (after its last push)."""
 
         async def close_channel() -> None:
-            self._hub.close(conn_id, reason, sent)
+            self._hub.close(conn_id, reason)
 
         await self._on_loop(close_channel())
 

@@ -23,9 +23,8 @@ from distcb.protocol.decisions import AnyDecision, Decision, NonNegInt
 from distcb.protocol.errors import ProtocolError
 from distcb.protocol.logs import LogValue
 
-PROTOCOL_VERSION = 3
-"""Bumped on every wire change. 2: MessagePack, columnar batch frames, validated join params.
-3: the Ray transport numbers what pushes and polls carry (polls carry batch logs too)."""
+PROTOCOL_VERSION = 2
+"""Bumped on every wire change. 2: MessagePack, columnar batch frames, validated join params."""
 
 MAX_NAME_CHARS = 256
 MAX_PATH_CHARS = 4096

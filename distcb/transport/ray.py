@@ -9,18 +9,19 @@ Wire: every message travels as the MessagePack bytes of
 `distcb.protocol.messages.encode` (Ray passes bytes as they are; our messages
 are never pickled), checked against `Config.max_message_bytes` and decoded by
 the validating decoder before it reaches the coordinator. A worker pushes what it has to send in
-batches, one push at a time per connection (what queued while a call was in
-flight goes out together in the next), so a coalesced batch-log frame costs one
-call at most; pushes holding only batch logs and heartbeats are paced to one per
-``PACE_FLUSHES * Config.flush_interval_s`` (20 ms by default), while an epoch
-end, train end, save report or failure goes out at once. It long-polls for the
-coordinator's messages (`poll` waits on that connection's outbox for up to
-`Config.heartbeat_interval_s`), and every poll carries what is waiting to be
-sent: with the window rule on, the coordinator's progress messages end polls
-every few steps, and the batch logs ride on those polls instead of pushes of
-their own (about one actor call per W/2 steps in all). Pushes and polls number
-what they carry (``seq``), so the coordinator takes it in the order it was sent
-whichever call arrives first.
+batches, one actor call at a time per connection (what queued while a call was
+in flight goes out together in the next), so a coalesced batch-log frame costs
+one call at most; pushes holding only batch logs and heartbeats are paced to
+one per ``PACE_FLUSHES * Config.flush_interval_s`` (20 ms by default), while an
+epoch end, train end, save report or failure goes out at once. It long-polls
+for the coordinator's messages (`poll` waits on that connection's outbox for
+up to `Config.heartbeat_interval_s`).
+
+A direct channel comes first: the coordinator actor serves the same coordinator
+over a websocket on its node's address (token required), and `connect` uses it
+when the worker reaches it, so that batch streaming on Ray costs what it costs
+over websockets; the actor calls above are the fallback (a network that lets Ray
+through but not the actor's port).
 
 Errors: Ray's (`RayActorError`, `ActorDiedError`, `GetTimeoutError`, ...) and
 call timeouts become `ConnectionClosed` at this boundary; a worker whose actor
@@ -50,6 +51,7 @@ from distcb.protocol.messages import (
     decode_from_coordinator,
     encode,
 )
+from distcb.transport.base import Connection
 
 __all__ = ["SCHEME", "RayConnection", "connect", "parse_address"]
 
@@ -87,8 +89,6 @@ class RayConnection:
         self._config = config
         self._peer = peer
         self._pending: list[bytes] = []
-        self._next_seq = 0  # the number of the next message handed to an actor call
-        self._last_carried = -math.inf  # when a push or a poll last took pending messages
         self._wake = asyncio.Event()
         self._urgent = False
         self._pace_s = PACE_FLUSHES * config.flush_interval_s
@@ -127,16 +127,12 @@ class RayConnection:
                 raise ConnectionClosed(f"{self._peer} closed the connection ({self._peer_closed})")
             if self._closed is not None:
                 raise ConnectionClosed(self._closed)
-            seq, items = self._take_pending()
             reply = await self._call(
                 "poll",
-                self._handle.poll.remote(
-                    self._conn_id, self._config.heartbeat_interval_s, items, seq
-                ),
+                self._handle.poll.remote(self._conn_id, self._config.heartbeat_interval_s),
                 self._config.heartbeat_timeout_s,
             )
             self.polls += 1
-            self.messages_sent += len(items)
             if not isinstance(reply, dict) or not isinstance(reply.get("messages"), list):
                 raise ProtocolError(f"{self._peer} answered a poll with {type(reply).__name__}")
             for item in reply["messages"]:
@@ -163,42 +159,32 @@ class RayConnection:
             with contextlib.suppress(ConnectionClosed):
                 await self._call(
                     "close",
-                    # The coordinator closes once it took in all `sent` messages (a poll
-                    # may still carry the last batch logs).
-                    self._handle.close.remote(self._conn_id, self._closed, self._next_seq),
+                    self._handle.close.remote(self._conn_id, self._closed),
                     self._config.reply_timeout_s,
                 )
 
-    def _take_pending(self) -> tuple[int, list[bytes]]:
-        """What waits to be sent, with the number of its first message."""
-        seq, batch = self._next_seq, self._pending
-        self._pending, self._urgent = [], False
-        self._next_seq += len(batch)
-        if batch:
-            self._last_carried = asyncio.get_running_loop().time()
-        return seq, batch
-
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        last_push = -math.inf
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
                 # Batch logs and heartbeats wait for the pacing interval (more of them
-                # then share the call, or the next poll takes them); anything else goes
-                # out at once.
-                delay = self._last_carried + self._pace_s - loop.time()
+                # then share the call); anything else goes out at once.
+                delay = last_push + self._pace_s - loop.time()
                 if not self._urgent and delay > 0:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._wake.wait()
                     self._wake.clear()
                     continue
-                seq, batch = self._take_pending()
+                batch, self._pending, self._urgent = self._pending, [], False
+                last_push = loop.time()
                 try:
                     closed = await self._call(
                         "push",
-                        self._handle.push.remote(self._conn_id, batch, seq),
+                        self._handle.push.remote(self._conn_id, batch),
                         self._config.reply_timeout_s,
                     )
                 except ConnectionClosed as exc:
@@ -210,8 +196,7 @@ class RayConnection:
                     self._peer_closed = str(closed)
                     self._fail(f"{self._peer} closed the connection ({closed})")
                     return
-            if not self._pending:
-                self._idle.set()
+            self._idle.set()
 
     def _fail(self, reason: str) -> None:
         if self._closed is None:
@@ -236,10 +221,18 @@ def _describe_ray_error(what: str, exc: BaseException) -> str:
     return f"{what} failed: {type(exc).__name__}: {first_line}"
 
 
-async def connect(address: str, token: str, *, config: Config | None = None) -> RayConnection:
+DIRECT_TIMEOUT_S = 10.0  # the most a worker tries the direct channel before actor calls
+
+
+async def connect(
+    address: str, token: str, *, config: Config | None = None, direct: bool = True
+) -> Connection:
     """Open a worker's connection to the coordinator actor named in `address` (``ray:<name>``).
 
-    Retries while the actor is not registered yet, until `Config.connect_timeout_s`.
+    With `direct` (the default) the worker first asks the actor for its websocket
+    and connects there; where that fails it falls back to actor calls
+    (`RayConnection`). Retries while the actor is not registered yet, until
+    `Config.connect_timeout_s`.
 
     Raises:
         ConnectionClosed: the actor could not be found or reached in time.
@@ -266,6 +259,10 @@ async def connect(address: str, token: str, *, config: Config | None = None) -> 
                 ) from None
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
+    if direct:
+        connection = await _connect_direct(handle, token, config, name)
+        if connection is not None:
+            return connection
     peer = f"{socket.gethostname()}:{os.getpid()}"
     remaining = max(0.001, deadline - loop.time())
     try:
@@ -281,3 +278,34 @@ async def connect(address: str, token: str, *, config: Config | None = None) -> 
             raise ProtocolError(str(cause.args[0] if cause.args else cause)) from None
         raise ConnectionClosed(_describe_ray_error(f"opening {address}", exc)) from None
     return RayConnection(handle, str(conn_id), config, peer=f"coordinator {name}")
+
+
+async def _connect_direct(handle: Any, token: str, config: Config, name: str) -> Connection | None:
+    """A websocket straight to the coordinator actor's server, or None (use actor calls).
+
+    Raises:
+        ProtocolError: the coordinator rejected the token.
+    """
+    ask = getattr(handle, "direct_address", None)  # None: a coordinator from before it
+    if ask is None:
+        return None
+    try:
+        where = await asyncio.wait_for(ask.remote(token, DIRECT_TIMEOUT_S), DIRECT_TIMEOUT_S * 2)
+    except TimeoutError:
+        return None
+    except RayError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ProtocolError):
+            raise ProtocolError(str(cause.args[0] if cause.args else cause)) from None
+        return None
+    if not isinstance(where, str) or not where:
+        return None
+    from distcb.transport.websocket_client import connect as connect_websocket
+
+    quick = config.replace(connect_timeout_s=min(config.connect_timeout_s, DIRECT_TIMEOUT_S))
+    try:
+        return await connect_websocket(
+            where, token, config=quick, peer=f"coordinator {name} (direct)"
+        )
+    except ConnectionClosed:
+        return None

@@ -3,10 +3,8 @@
 The coordinator actor (`distcb.launch.ray_actor`) answers its workers' actor
 calls with a `ChannelHub`: `open` checks the token and starts serving a new
 `ServerConnection`, `push` delivers a worker's messages (MessagePack bytes,
-size-checked and decoded here), and the long `poll` delivers what it carries
-and takes what the coordinator queued for that worker. Pushes and polls number
-the messages they carry (``seq``, the number of the first): a connection takes
-them in that order whichever call arrives first.
+size-checked and decoded here), and the long `poll` takes what the coordinator
+queued for that worker.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from distcb.protocol.messages import Message, decode_from_worker, encode
 from distcb.transport.base import Connection
 
 _CLOSED = object()
-MAX_EARLY_BATCHES = 64  # batches that arrived ahead of a missing one, per connection
 
 
 def check_frame(item: Any, limit: int, peer: str) -> Message:
@@ -54,9 +51,6 @@ class ServerConnection:
         self._out_ready = asyncio.Event()
         self._closed: str | None = None
         self._peer_closed = False
-        self._expected = 0  # the number of the next message to take in
-        self._early: dict[int, list[Any]] = {}  # batches ahead of a missing one, by seq
-        self._close_after: tuple[int, str] | None = None  # (messages, reason) of a close
 
     @property
     def peer(self) -> str:
@@ -74,8 +68,6 @@ class ServerConnection:
 
     async def receive(self) -> Message:
         item = await self._inbox.get()
-        if isinstance(item, ProtocolError):
-            raise item
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # every later receive fails too
             raise ConnectionClosed(self._closed or f"{self._peer} closed the connection")
@@ -89,47 +81,9 @@ class ServerConnection:
 
     # The actor's side.
 
-    def deliver(self, items: Sequence[Any], seq: Any = None) -> None:
-        """Take in a batch of the worker's messages numbered from `seq`, in order."""
-        items = list(items)
-        if not items:
-            return
-        if seq is None:
-            seq = self._expected
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < self._expected:
-            self._break(f"sent messages numbered {seq!r}, expected {self._expected} or later")
-            return
-        if seq > self._expected:
-            if len(self._early) >= MAX_EARLY_BATCHES or seq in self._early:
-                self._break(f"sent messages numbered {seq} while {self._expected} is missing")
-                return
-            self._early[seq] = items
-            return
-        while True:
-            for item in items:
-                self._inbox.put_nowait(item)
-            self._expected += len(items)
-            next_items = self._early.pop(self._expected, None)
-            if next_items is None:
-                break
-            items = next_items
-        if self._close_after is not None and self._expected >= self._close_after[0]:
-            self.close_from_peer(self._close_after[1])
-
-    def close_after(self, sent: int, reason: str) -> None:
-        """The worker closed after sending `sent` messages: close once all are taken in."""
-        if self._expected >= sent:
-            self.close_from_peer(reason)
-        else:
-            self._close_after = (sent, reason)
-
-    def _break(self, problem: str) -> None:
-        reason = f"{self._peer} {problem}"
-        if self._closed is None:
-            self._closed = reason
-            self._inbox.put_nowait(ProtocolError(reason))
-            self._inbox.put_nowait(_CLOSED)
-            self._out_ready.set()
+    def deliver(self, items: Sequence[Any]) -> None:
+        for item in items:
+            self._inbox.put_nowait(item)
 
     def close_from_peer(self, reason: str) -> None:
         if self._closed is None:
@@ -185,40 +139,27 @@ class ChannelHub:
         task.add_done_callback(self._serving.discard)
         return conn_id
 
-    def push(self, conn_id: str, items: Any, seq: Any = None) -> str | None:
-        """Deliver a worker's messages (numbered from `seq`) in order; returns why the
-        connection is closed, if it is."""
+    def push(self, conn_id: str, items: Any) -> str | None:
+        """Deliver a worker's messages in order; returns why the connection is closed, if it is."""
         connection = self._connections.get(conn_id)
         if connection is None:
             return "unknown connection (the coordinator does not know this session)"
         if connection.closed is not None:
             return connection.closed
-        connection.deliver(items if isinstance(items, list) else [items], seq)
+        connection.deliver(items if isinstance(items, list) else [items])
         return None
 
-    async def poll(
-        self, conn_id: str, wait_s: float, items: Any = (), seq: Any = None
-    ) -> dict[str, Any]:
-        """Long poll: deliver what it carries (numbered from `seq`), then the coordinator's
-        messages for this connection, after up to `wait_s`."""
+    async def poll(self, conn_id: str, wait_s: float) -> dict[str, Any]:
+        """Long poll: the coordinator's messages for this connection, after up to `wait_s`."""
         connection = self._connections.get(conn_id)
         if connection is None:
             return {"messages": [], "closed": "unknown connection"}
-        if items and connection.closed is None:
-            connection.deliver(items if isinstance(items, list) else [items], seq)
         wait_s = max(0.0, min(float(wait_s), self._config.heartbeat_interval_s))
         return await connection.take(wait_s)
 
-    def close(self, conn_id: str, reason: str, sent: Any = None) -> None:
-        """The worker closed its end after sending `sent` messages (None: close now)."""
+    def close(self, conn_id: str, reason: str) -> None:
         connection = self._connections.get(conn_id)
-        if connection is None:
-            return
-        if isinstance(sent, int) and not isinstance(sent, bool):
-            connection.close_after(sent, reason)
-            loop = asyncio.get_running_loop()
-            loop.call_later(self._config.reply_timeout_s, connection.close_from_peer, reason)
-        else:
+        if connection is not None:
             connection.close_from_peer(reason)
 
     async def aclose(self) -> None:
