@@ -75,8 +75,9 @@ def measure(rounds: int = ROUNDS) -> dict[str, list[dict[str, float]]]:
     return results
 
 
-def main(rounds: int = ROUNDS) -> str:
+def main(quick: bool = False) -> str:
     header = load_line()
+    rounds = 1 if quick else ROUNDS
     results = measure(rounds)
     first = next(iter(results.values()))[0]
     lines = [

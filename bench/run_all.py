@@ -6,13 +6,19 @@ measured in one run on the same machine state. Modules may add rows to
 `common.SUMMARY` (the performance issue's table: figure, before, after, goal,
 verdict, command); they are printed first.
 
-    python bench/run_all.py [module ...]    # default: all of MODULES
+    python bench/run_all.py [--quick] [--out PATH] [module ...]    # default: all of MODULES
+
+``--quick`` runs the modules that have one in their short mode (to check the
+scripts, not for figures) and ``--out`` writes somewhere else than
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
+import inspect
 import os
 import platform
 import sys
@@ -36,13 +42,19 @@ MODULES = [
 def main() -> None:
     import common
 
-    only = sys.argv[1:] or MODULES
+    parser = argparse.ArgumentParser(description="make bench")
+    parser.add_argument("modules", nargs="*", default=MODULES)
+    parser.add_argument("--quick", action="store_true", help="short runs: to check the scripts")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    options = parser.parse_args()
     started = common.load_average()
     sections = []
-    for name in only:
+    for name in options.modules:
         print(f"running {name} ...", flush=True)
         try:
-            sections.append(importlib.import_module(name).main())
+            run = importlib.import_module(name).main
+            quick = options.quick and "quick" in inspect.signature(run).parameters
+            sections.append(run(quick=True) if quick else run())
         except Exception:
             failure = traceback.format_exc()
             sections.append(f"## {name}\n\nFailed in this run:\n\n```\n{failure}```\n")
@@ -56,6 +68,8 @@ def main() -> None:
         f"Load average when `make bench` started: {started}; each section prints its own.",
         "",
     ]
+    if options.quick:
+        header += ["**Quick mode (`--quick`): short runs to check the scripts, not figures.**", ""]
     if common.SUMMARY:
         header += [
             "## Performance and scale (issue 14): every figure, before → after",
@@ -76,7 +90,7 @@ def main() -> None:
             )
         header.append("")
     text = "\n".join(header + sections)
-    path = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+    path = options.out
     with open(path, "w") as handle:
         handle.write(text)
     print(text)
