@@ -38,7 +38,7 @@ WORKER_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("IO thread: encode + websocket send", ("-io", "send")),
     ("IO thread: read coordinator messages", ("-io", "_read")),
     ("IO thread: heartbeats", ("-io", "_heartbeat")),
-    ("IO thread: event loop wake-ups (select, callbacks)", ("-io",)),
+    ("IO thread: event loop (callbacks, wake-ups, timers)", ("-io",)),
     ("other threads", ()),
 ]
 COORDINATOR_RULES: list[tuple[str, tuple[str, ...]]] = [
@@ -52,19 +52,33 @@ COORDINATOR_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("loop: progress broadcast + send", ("broadcast",)),
     ("loop: hop to the callback thread", ("_in_callbacks",)),
     ("loop: engine", ("engine.py",)),
-    ("loop: event loop (select, callbacks)", ("MainThread",)),
+    ("loop: event loop (callbacks, wake-ups, timers)", ("MainThread",)),
     ("other threads", ()),
 ]
 
 
+# Leaf frames of a thread that waits (epoll, an executor's queue, a lock): py-spy's
+# non-blocking mode can count them as busy; they are left out.
+IDLE_LEAVES = (
+    "select (selectors.py",
+    "_worker (concurrent/futures/thread.py:81)",
+    "Condition.wait (threading.py",
+    "_wait_for_tstate_lock",
+)
+
+
 def read_stacks(path: str) -> list[tuple[str, int]]:
-    """py-spy's raw output: (stack as text, samples)."""
+    """py-spy's raw output: (stack as text, samples), waiting threads left out."""
     out = []
     with open(path) as handle:
         for line in handle:
             stack, _, count = line.rstrip("\n").rpartition(" ")
-            if stack and count.isdigit():
-                out.append((stack, int(count)))
+            if not stack or not count.isdigit():
+                continue
+            leaf = stack.rsplit(";", 1)[-1]
+            if any(idle in leaf for idle in IDLE_LEAVES):
+                continue
+            out.append((stack, int(count)))
     return out
 
 
@@ -158,10 +172,12 @@ def main(kinds: tuple[str, ...] = ("stream", "window"), pinned: bool = False) ->
         f"sampling the worker and the coordinator ({PY_SPY_RATE_HZ} Hz, `--threads "
         "--nonblocking`). Each thread's exact CPU time per step (its CPU clock) is split "
         "in the proportions of that thread's samples, bucketed by the first rule of "
-        "`bench/profile_steps.py` its stack matches. py-spy counts a thread that is "
-        "runnable but waiting for a CPU as busy, so on a loaded machine its raw sample "
-        "counts overstate; the proportions within one thread are what it is used for "
-        "here. docs/performance.md reads these tables.",
+        "`bench/profile_steps.py` its stack matches; samples of a thread waiting in "
+        "epoll, an executor's queue or a lock are left out. py-spy counts a thread that is "
+        "runnable but waiting for a CPU, or for the GIL, as busy: on a loaded machine its "
+        "raw counts overstate, and time the training thread spends waiting for the GIL "
+        "inside distcb's hooks shows up as theirs (compare the hooks' CPU in "
+        '"distcb alone"). docs/performance.md reads these tables.',
         "",
     ]
     return "\n".join(intro) + "\n".join(parts)
