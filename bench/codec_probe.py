@@ -1,4 +1,4 @@
-"""Codec and ingest figures of whichever distcb is on the path (run by bench/bench_codec.py).
+"""Codec and ingest figures of whichever distcb is on the path (run by bench/bench_ingest.py).
 
     PYTHONPATH=<a distcb checkout> python bench/codec_probe.py
 

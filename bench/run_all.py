@@ -31,7 +31,7 @@ MODULES = [
     "bench_worker",
     "bench_scale",
     "bench_sync",
-    "bench_codec",
+    "bench_ingest",
     "bench_ray",
     "profile_steps",
     "bench_sinks",

@@ -1,6 +1,6 @@
-"""Benchmark: the wire codec and the coordinator's ingest, before and after (issues 11, 14).
+"""Benchmark: the coordinator's ingest before and after issue 14 (and the JSON wire before).
 
-    python bench/bench_codec.py
+    python bench/bench_ingest.py
 
 Runs `bench/codec_probe.py` against three checkouts, each in its own process
 (rounds interleaved): the JSON wire of the first layout (commit 5f93c4e: a dict
@@ -81,9 +81,9 @@ def main(quick: bool = False) -> str:
     results = measure(rounds)
     first = next(iter(results.values()))[0]
     lines = [
-        "## Codec and coordinator ingest, before and after (issues 11 and 14)",
+        "## Coordinator ingest: per-step merge against column merge (issue 14)",
         "",
-        f"Command: `python bench/bench_codec.py` (also run by `make bench`). {header}",
+        f"Command: `python bench/bench_ingest.py` (also run by `make bench`). {header}",
         "",
         f"`bench/codec_probe.py` in each checkout, {rounds} interleaved rounds, "
         "min–**median**–max per CPU-second. A batch frame holds "
