@@ -32,7 +32,10 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-STEP_JOBS = 2  # jobs per coordinator setup (batch hooks on / epoch hooks only)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SummaryRow, load_line, spread, summary, verdict  # noqa: E402
+
+STEP_JOBS = 5  # jobs per coordinator setup (batch hooks on / epoch hooks only)
 STEPS_PER_FIT = 1200  # 3 epochs of 400 steps, batch 64 (the anchor's run)
 BARRIER_EPOCHS = 200
 BARRIER_WORKERS = 2
@@ -55,8 +58,9 @@ class _Sink:
         return self.calls
 
 
-def step_worker() -> None:
-    """Runs in the distcb worker actor: times plain, naive and distcb fits."""
+def step_worker(direct: bool = True) -> None:
+    """Runs in the distcb worker actor: times plain, naive and distcb fits (`direct`: the
+    websocket straight to the coordinator actor, else actor calls)."""
     import keras
     import numpy as np
     import ray
@@ -93,7 +97,7 @@ def step_worker() -> None:
 
     async def connect_and_keep() -> Any:
         kept["connection"] = await connect(
-            context.address or "", context.token or "", config=context.config
+            context.address or "", context.token or "", config=context.config, direct=direct
         )
         return kept["connection"]
 
@@ -102,6 +106,7 @@ def step_worker() -> None:
         model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=callbacks)
         return (time.perf_counter() - started) / STEPS_PER_FIT * 1e6
 
+    # Plain fits around each of the others: a fit's ratio is over the two around it.
     results: dict[str, Any] = {"plain": [timed([])], "naive_sync": [timed([NaiveSync()])]}
     results["plain"].append(timed([]))
     results["naive_async"] = [timed([NaiveAsync()])]
@@ -110,13 +115,23 @@ def step_worker() -> None:
     worker = distcb.keras.WorkerCallback(samples=len(x), batch_size=64, connect=connect_and_keep)
     results["distcb"] = [timed([worker])]
     results["plain"].append(timed([]))
-    results["calls"] = kept["connection"].statistics()
+    plain = results["plain"]
+    results["ratio_naive_sync"] = [results["naive_sync"][0] * 2 / (plain[0] + plain[1])]
+    results["ratio_naive_async"] = [results["naive_async"][0] * 2 / (plain[1] + plain[2])]
+    results["ratio_distcb"] = [results["distcb"][0] * 2 / (plain[2] + plain[3])]
+    statistics = getattr(kept["connection"], "statistics", None)
+    # The direct channel makes one actor call per fit (the websocket's address).
+    results["calls"] = (
+        statistics() if statistics is not None else {"pushes": 0, "polls": 0, "direct": 1}
+    )
     ray.kill(sink)
     with open(os.path.join(context.run_dir or ".", "steps.json"), "w") as handle:
         json.dump(results, handle)
 
 
-def bench_steps() -> tuple[dict[str, list[float]], list[dict[str, int]]]:
+def bench_steps(
+    jobs: int = STEP_JOBS,
+) -> tuple[dict[str, list[float]], dict[str, list[dict[str, int]]]]:
     import distcb
     from distcb.callbacks import Callback
 
@@ -133,25 +148,30 @@ def bench_steps() -> tuple[dict[str, list[float]], list[dict[str, int]]]:
             self.last = (logs or {}).get("loss")
 
     merged: dict[str, list[float]] = {}
-    calls: list[dict[str, int]] = []
-    for _ in range(STEP_JOBS):
-        for mode, callback in (("batch", BatchLosses()), ("epoch", EpochLosses())):
+    calls: dict[str, list[dict[str, int]]] = {"batch": [], "batch_calls": []}
+    for _ in range(jobs):
+        for mode, callback, direct in (
+            ("batch", BatchLosses(), True),
+            ("batch_calls", BatchLosses(), False),
+            ("epoch", EpochLosses(), True),
+        ):
             with tempfile.TemporaryDirectory() as run_dir:
                 distcb.run(
                     step_worker,
                     num_workers=1,
                     backend="ray",
+                    args=(direct,),
                     callbacks=[callback],
                     run_dir=run_dir,
                     cpus_per_worker=1,
                 )
                 with open(os.path.join(run_dir, "steps.json")) as handle:
                     data = json.load(handle)
-            if mode == "batch":
-                calls.append(data.pop("calls"))
-            else:
-                data.pop("calls")
+            made = data.pop("calls")
+            if mode in calls:
+                calls[mode].append(made)
             data[f"distcb_{mode}"] = data.pop("distcb")
+            data[f"ratio_distcb_{mode}"] = data.pop("ratio_distcb")
             for key, values in data.items():
                 merged.setdefault(key, []).extend(values)
     return merged, calls
@@ -161,15 +181,26 @@ def bench_steps() -> tuple[dict[str, list[float]], list[dict[str, int]]]:
 
 
 def _timed_worker_class(waits: dict[int, list[float]]) -> Any:
+    """ScriptedWorker whose sessions record each epoch end's wait for the reply."""
     from distcb.testing import ScriptedWorker
+    from distcb.worker.session import WorkerSession
+
+    class TimedSession(WorkerSession):
+        async def end_epoch(self, message: Any) -> Any:
+            started = time.perf_counter()
+            decisions = await super().end_epoch(message)
+            waits.setdefault(message.epoch, []).append(time.perf_counter() - started)
+            return decisions
 
     class TimedWorker(ScriptedWorker):
-        async def _wait_reply(self, key: str) -> Any:
-            started = time.perf_counter()
-            reply = await super()._wait_reply(key)
-            if key.startswith("epoch_reply"):
-                waits.setdefault(int(key.split(":")[1]), []).append(time.perf_counter() - started)
-            return reply
+        async def run(self, connection: Any) -> None:
+            import distcb.testing
+
+            distcb.testing.WorkerSession = TimedSession  # type: ignore[misc]
+            try:
+                await super().run(connection)
+            finally:
+                distcb.testing.WorkerSession = WorkerSession  # type: ignore[misc]
 
     return TimedWorker
 
@@ -179,7 +210,7 @@ def _last_arrivals(waits: dict[int, list[float]]) -> list[float]:
     return [min(per_worker) for _, per_worker in sorted(waits.items())][10:]
 
 
-async def _barrier_ray(num_workers: int) -> list[float]:
+async def _barrier_ray(num_workers: int, direct: bool) -> list[float]:
     import ray
 
     from distcb.launch.ray_actor import RayCoordinator
@@ -196,7 +227,8 @@ async def _barrier_ray(num_workers: int) -> list[float]:
         run = asyncio.ensure_future(actor.run.remote())
         logs = [{"loss": 1.0, "val_loss": 1.0}] * BARRIER_EPOCHS
         connections = [
-            await connect(f"ray:{name}", "bench", config=config) for _ in range(num_workers)
+            await connect(f"ray:{name}", "bench", config=config, direct=direct)
+            for _ in range(num_workers)
         ]
         worker_class = _timed_worker_class(waits)
         workers = [worker_class(r, num_workers, logs) for r in range(num_workers)]
@@ -258,7 +290,8 @@ def _median_us(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def main() -> str:
+def main(quick: bool = False) -> str:
+    jobs = 1 if quick else STEP_JOBS
     import ray
     from ray import cloudpickle
 
@@ -268,8 +301,9 @@ def main() -> str:
     # This module is not importable in Ray's worker processes: ship its functions by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
-        steps, calls = bench_steps()
-        barrier_ray = asyncio.run(_barrier_ray(BARRIER_WORKERS))
+        steps, calls = bench_steps(jobs)
+        barrier_ray = asyncio.run(_barrier_ray(BARRIER_WORKERS, True))
+        barrier_calls = asyncio.run(_barrier_ray(BARRIER_WORKERS, False))
         barrier_ws = asyncio.run(_barrier_websocket(BARRIER_WORKERS))
         rtt = asyncio.run(_actor_round_trips())
     finally:
@@ -277,52 +311,101 @@ def main() -> str:
         if started_ray:
             ray.shutdown()
 
-    plain = _median_us(steps["plain"])
     rows = [
-        ("plain `fit`, no callback", "plain"),
-        ("distcb `WorkerCallback`, Ray transport, epoch-level callbacks", "distcb_epoch"),
-        ("distcb `WorkerCallback`, Ray transport, a callback with batch hooks", "distcb_batch"),
-        ("naive: `ray.get(actor.push.remote(logs))` every batch", "naive_sync"),
-        ("naive: `actor.push.remote(logs)` every batch, not awaited", "naive_async"),
+        ("plain `fit`, no callback", "plain", None),
+        (
+            "distcb `WorkerCallback`, Ray transport, epoch-level callbacks",
+            "distcb_epoch",
+            "ratio_distcb_epoch",
+        ),
+        (
+            "distcb `WorkerCallback`, Ray transport, a callback with batch hooks (direct "
+            "websocket to the coordinator actor, the default)",
+            "distcb_batch",
+            "ratio_distcb_batch",
+        ),
+        (
+            "the same through actor calls only (`connect(..., direct=False)`, the fallback)",
+            "distcb_batch_calls",
+            "ratio_distcb_batch_calls",
+        ),
+        ("naive: `ray.get(actor.push.remote(logs))` every batch", "naive_sync", "ratio_naive_sync"),
+        (
+            "naive: `actor.push.remote(logs)` every batch, not awaited",
+            "naive_async",
+            "ratio_naive_async",
+        ),
     ]
-    pushes = sum(c["pushes"] for c in calls)
-    polls = sum(c["polls"] for c in calls)
-    total_steps = STEPS_PER_FIT * len(calls)
+
+    def per_step(mode: str) -> tuple[float, float, float]:
+        made = calls[mode]
+        total = STEPS_PER_FIT * len(made)
+        pushes = sum(c["pushes"] for c in made) / total
+        polls = sum(c["polls"] for c in made) / total
+        others = sum(c.get("direct", 0) for c in made) / total
+        return pushes, polls, pushes + polls + others
+
+    pushes, polls, fallback_per_step = per_step("batch_calls")
+    calls_per_step = per_step("batch")[2]
+    batch_ratios = steps["ratio_distcb_batch"]
     lines = [
         "## Ray backend (bench/bench_ray.py)",
         "",
-        "`python bench/bench_ray.py`. Per-step time of the anchor's MLP (batch 64, "
-        f"{STEPS_PER_FIT} steps per fit) inside a Ray worker actor, {2 * STEP_JOBS} jobs, "
-        "fits interleaved in one process; medians. With a batch-hook callback on the "
-        "coordinator every batch streams to it and the window rule is on (the worst case); "
-        "epoch-level callbacks (EarlyStopping, ModelCheckpoint...) need no batch logs.",
+        f"`python bench/bench_ray.py` (also run by `make bench`). {load_line()}",
         "",
-        "| configuration | µs/step (median) | × plain |",
-        "|---|---:|---:|",
+        "Per-step time of the anchor's MLP (batch 64, "
+        f"{STEPS_PER_FIT} steps per fit) inside a Ray worker actor, {jobs} jobs per "
+        "coordinator setup; in each job the fits are interleaved with plain fits, and a "
+        "fit's ratio is over the mean of the two plain fits around it. With a batch-hook "
+        "callback on the coordinator every batch streams to it and the window rule is on "
+        "(the worst case); epoch-level callbacks (EarlyStopping, ModelCheckpoint...) need "
+        "no batch logs.",
+        "",
+        "| configuration | µs/step (median) | × plain, min–**median**–max over jobs |",
+        "|---|---:|---|",
     ]
-    for label, key in rows:
+    for label, key, ratio_key in rows:
         value = _median_us(steps[key])
-        lines.append(f"| {label} | {value:.0f} | {value / plain:.2f} |")
+        ratio = "1.00" if ratio_key is None else spread(steps[ratio_key])
+        lines.append(f"| {label} | {value:.0f} | {ratio} |")
     lines += [
         "",
-        f"Actor calls made by the distcb worker with batch hooks on: {pushes / total_steps:.3f} "
-        f"pushes and {polls / total_steps:.3f} polls per training step (the naive callback: "
-        "1 per step).",
+        "Actor calls per training step made by the distcb worker with batch hooks on: "
+        f"{calls_per_step:.4f} over the direct websocket (one call per fit, for the "
+        f"websocket's address); {fallback_per_step:.3f} through actor calls ({pushes:.3f} "
+        f"pushes, {polls:.3f} polls; batch logs ride on the polls that the coordinator's "
+        "progress messages end); the naive callbacks: 1.",
         "",
         f"Epoch barrier, {BARRIER_WORKERS} scripted workers, {BARRIER_EPOCHS} epochs, time from "
         "the last worker's epoch end to its reply (median, ms):",
         "",
         "| transport | ms | × websocket |",
         "|---|---:|---:|",
-        f"| Ray actor (push + long poll) | {statistics.median(barrier_ray) * 1e3:.2f} | "
+        f"| Ray backend, direct websocket to the coordinator actor "
+        f"| {statistics.median(barrier_ray) * 1e3:.2f} | "
         f"{statistics.median(barrier_ray) / statistics.median(barrier_ws):.1f} |",
+        f"| Ray backend, actor calls (push + long poll) "
+        f"| {statistics.median(barrier_calls) * 1e3:.2f} | "
+        f"{statistics.median(barrier_calls) / statistics.median(barrier_ws):.1f} |",
         f"| websocket on loopback | {statistics.median(barrier_ws) * 1e3:.2f} | 1.0 |",
         f"| bare Ray actor round trip (floor) | {statistics.median(rtt) * 1e3:.2f} | "
         f"{statistics.median(rtt) / statistics.median(barrier_ws):.1f} |",
         "",
     ]
+    summary(
+        SummaryRow(
+            "Ray backend, batch hooks on",
+            "1.53× (0.132 actor calls per step)",
+            f"{spread(batch_ratios)} over the direct websocket ({calls_per_step:.4f} actor "
+            f"calls per step); {spread(steps['ratio_distcb_batch_calls'])} through actor calls "
+            f"({fallback_per_step:.3f} per step)",
+            "≤ 1.15×",
+            verdict(batch_ratios, 1.15),
+            "`python bench/bench_ray.py`",
+        )
+    )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(main())
+    print(main("--quick" in sys.argv[1:]))

@@ -40,9 +40,9 @@ CONFIGS = ["keras_numpy", "keras_val", "persistent", "none"]
 def worker(rank: int, ports: list[int], out_path: str) -> None:
     """One worker process: every configuration, ROUNDS times, in the same order as its peer."""
     sys.path.insert(0, os.path.join(ROOT, "examples"))
-    from distcb.launch.process import tf_config_for
+    from distcb.worker.cluster import tf_config_json
 
-    os.environ["TF_CONFIG"] = tf_config_for(rank, ports)
+    os.environ["TF_CONFIG"] = tf_config_json(rank, [f"127.0.0.1:{port}" for port in ports])
     import time
 
     import tensorflow as tf

@@ -1,32 +1,40 @@
-"""Benchmark: what a worker pays for distcb, and how fast the epoch barrier is.
+"""Benchmark: what a worker pays for distcb per step, and the seed's moons against Keras.
 
-1. Per-step overhead (issue 5): a small MLP (~1 ms steps, the anchor
-   naive_callback_overhead.py's model and data) in one worker process of a
-   ``distcb.run`` job. The worker times, in the same process and run:
-   plain ``fit`` with no callback; ``fit`` with ``WorkerCallback`` streaming every
-   batch to a coordinator whose LossHistory-style callback has batch hooks (so
-   the window rule is on); and the naive approach, an HTTP POST to a loopback
-   aiohttp server from every ``on_train_batch_end``. Jobs are repeated, the
-   medians of per-step times compared.
-2. Epoch barrier round trip over real websockets on loopback, with 2 and 8
-   scripted workers: the time from the last worker's epoch end to its reply.
+    python bench/bench_worker.py [--quick]
+
+1. Per step (issues 5 and 14): the anchor's small MLP (naive_callback_overhead.py:
+   ~1 ms steps, batch 64, 1200 steps per fit) in one long-lived worker process
+   (`bench/step_worker.py`), the coordinator in this process (`bench/steps.py`).
+   Each job starts a fresh worker and runs `ROUNDS` rounds; a round runs every
+   configuration once, in an order rotated per round and job, each fit between two
+   plain fits, and its ratio is its µs/step over the mean of those two. A job's
+   ratio is the median over its rounds; the table gives min–median–max over `JOBS`
+   jobs. Configurations: epoch-level coordinator callbacks only (no batch logs),
+   streaming every batch to an observing batch hook, the same with a deciding
+   batch hook (the window rule on), and the naive HTTP POST from every batch end.
+   Beside wall time: the worker's own CPU per step against plain fit (thread CPU
+   clocks: training thread, distcb's IO thread, TensorFlow's native threads), the
+   coordinator's CPU per step, and the same jobs with the coordinator pinned to
+   CPU 1 and the worker to CPU 0.
+2. distcb alone: the worker's Keras hooks driven in a loop with no training
+   between them, so that the training thread's, the IO thread's and the
+   coordinator's CPU per step are distcb's and nothing else's.
 3. The seed's moons example with 1 worker against the same script in plain
-   single-process Keras (the anchor seed_moons_keras.py), whole-process wall
-   time, a fixed number of epochs.
+   single-process Keras 3 (the anchor seed_moons_keras.py), whole-process wall time.
 
-Standalone: ``python bench/bench_worker.py`` prints the Markdown section.
+Run against another checkout with ``PYTHONPATH=<checkout> python bench/bench_worker.py``
+(the worker process inherits it).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -35,72 +43,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-STEP_JOBS = 4
-STEPS_PER_FIT = 1200  # 3 epochs of 400 steps, batch 64 (the anchor's run)
-BARRIER_EPOCHS = 300
+from common import SummaryRow, load_line, spread, summary, verdict  # noqa: E402
+from steps import KINDS, StepJob, interleaved, ratios_of  # noqa: E402
+
+JOBS = 5
+ROUNDS = 2
+HOOK_STEPS = 20000
 MOONS_EPOCHS = 300
-MOONS_ROUNDS = 3
+MOONS_ROUNDS = 5
+GOALS = {"epoch": 1.03, "stream": 1.03, "window": 1.05}
+BEFORE = {"epoch": "1.025×", "stream": "1.154×", "window": "1.191×"}  # the issue's run
+LABELS = {
+    "epoch": "`WorkerCallback`, epoch-level coordinator callbacks (EarlyStopping)",
+    "stream": "`WorkerCallback` streaming every batch to an observing batch hook",
+    "window": "`WorkerCallback` streaming every batch, a deciding batch hook (window on)",
+    "naive_http": "naive: HTTP POST from every `on_train_batch_end`",
+}
+CPU_KEYS = ("cpu_us", "training_us", "io_us", "native_us", "hooks_wall_us")
 
 
 # --------------------------------------------------------------------------- 1. per step
 
 
-def step_worker(post_url: str) -> None:
-    """Runs in the distcb worker process: times plain, naive and distcb fits."""
-    import keras
-    import numpy as np
-    import requests
-
-    import distcb
-    import distcb.keras
-
-    context = distcb.worker_context()
-    rng = np.random.default_rng(0)
-    x = rng.random((64 * 400, 20), dtype="float32")
-    y = (x.sum(1) > 10).astype("float32")
-    model = keras.Sequential(
-        [
-            keras.Input((20,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-    )
-    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-    model.fit(x[: 64 * 20], y[: 64 * 20], batch_size=64, epochs=1, verbose=0)
-    session = requests.Session()
-
-    class NaivePost(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            session.post(post_url, json={k: float(v) for k, v in (logs or {}).items()}, timeout=5)
-
-    class StepClock(keras.callbacks.Callback):
-        """From the first step's begin to the last step's end: the steps, epoch barriers
-        included, without the one-time join (connect, handshake) of on_train_begin."""
-
-        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            if not hasattr(self, "started"):
-                self.started = time.perf_counter()
-
-        def on_train_end(self, logs: Any = None) -> None:
-            self.ended = time.perf_counter()
-
-    def timed(callbacks: list[Any]) -> float:
-        clock = StepClock()
-        model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[clock, *callbacks])
-        return (clock.ended - clock.started) / STEPS_PER_FIT * 1e6
-
-    # Plain fits around the others, so that drifts of this shared machine cancel.
-    results = {"plain": [timed([])], "naive_http": [timed([NaivePost()])]}
-    results["plain"].append(timed([]))
-    worker = distcb.keras.WorkerCallback(samples=len(x), batch_size=64)
-    results["distcb"] = [timed([worker])]
-    results["link"] = worker.link_statistics  # type: ignore[assignment]
-    results["plain"].append(timed([]))
-    with open(os.path.join(context.run_dir or ".", "steps.json"), "w") as handle:
-        json.dump(results, handle)
-
-
 def _start_sink_server() -> tuple[str, Any]:
+    """A loopback HTTP server for the naive callback's posts (its own thread and loop)."""
+    import threading
+
     from aiohttp import web
 
     loop = asyncio.new_event_loop()
@@ -135,99 +103,54 @@ def _start_sink_server() -> tuple[str, Any]:
     return f"http://127.0.0.1:{holder['port']}/", stop
 
 
-def _coordinator_callbacks(kind: str) -> list[Any]:
-    from distcb.callbacks import Callback, EarlyStopping
-
-    class BatchLosses(Callback):
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.last = (logs or {}).get("loss")
-
-    class BatchObserver(BatchLosses):
-        decides_on_batch = False
-
-    early = EarlyStopping(monitor="loss", patience=100)
+async def run_job(
+    job: int, *, pinned: bool, rounds: int, url: str, kinds: tuple[str, ...]
+) -> dict[str, Any]:
+    """One worker process: interleaved rounds of every configuration, then distcb alone."""
+    ratios: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, dict[str, list[float]]] = {
+        k: {c: [] for c in (*CPU_KEYS, "coordinator_us")} for k in ("plain", *kinds)
+    }
+    plain_us: list[float] = []
+    waits = 0
+    async with StepJob(pinned=pinned) as worker:
+        for _, sequence in interleaved(rounds, kinds, job=job):
+            results = []
+            for kind in sequence:
+                if kind == "plain":
+                    result = await worker.plain()
+                    plain_us.append(result["wall_us"])
+                elif kind == "naive_http":
+                    result = await worker.naive_http(url)
+                else:
+                    result = await worker.distcb(kind)
+                    waits += int(result.get("link", {}).get("window_waits", 0))
+                results.append(result)
+                for key in cpu[kind]:
+                    if key in result:
+                        cpu[kind][key].append(result[key])
+            for kind, ratio in ratios_of(sequence, results, "wall_us").items():
+                ratios[kind].append(ratio)
+        alone = {k: await worker.hooks(k, HOOK_STEPS) for k in KINDS}
     return {
-        "epoch": [early],  # epoch-level callbacks only: no batch logs travel
-        "stream": [early, BatchObserver()],  # every batch streamed, no window
-        "window": [early, BatchLosses()],  # every batch streamed, window rule on
-    }[kind]
+        "ratios": {k: statistics.median(v) for k, v in ratios.items()},
+        "cpu": {k: {c: statistics.median(v) for c, v in d.items() if v} for k, d in cpu.items()},
+        "plain_us": statistics.median(plain_us),
+        "window_waits": waits,
+        "alone": alone,
+    }
 
 
-STEP_KINDS = ("epoch", "stream", "window")
-
-
-def bench_steps() -> dict[str, list[float]]:
-    """Per job: the distcb fit's µs/step over the mean of the plain fits around it."""
-    import distcb
-
+def bench_steps(jobs: int, rounds: int, *, pinned: bool) -> list[dict[str, Any]]:
+    kinds = (*KINDS, "naive_http") if not pinned else KINDS
     url, stop = _start_sink_server()
-    ratios: dict[str, list[float]] = {kind: [] for kind in (*STEP_KINDS, "naive_http")}
-    plain: list[float] = []
-    waits: dict[str, list[float]] = {}
     try:
-        for _ in range(STEP_JOBS):
-            for kind in STEP_KINDS:
-                with tempfile.TemporaryDirectory() as run_dir:
-                    distcb.run(
-                        step_worker,
-                        num_workers=1,
-                        args=(url,),
-                        callbacks=_coordinator_callbacks(kind),
-                        run_dir=run_dir,
-                        threads_per_worker=1,
-                    )
-                    with open(os.path.join(run_dir, "steps.json")) as handle:
-                        times = json.load(handle)
-                baseline = statistics.mean(times["plain"])
-                waits.setdefault(kind, []).append(times["link"]["window_waits"])
-                plain.extend(times["plain"])
-                ratios[kind].append(times["distcb"][0] / baseline)
-                ratios["naive_http"].append(times["naive_http"][0] / baseline)
+        return [
+            asyncio.run(run_job(j, pinned=pinned, rounds=rounds, url=url, kinds=kinds))
+            for j in range(jobs)
+        ]
     finally:
         stop()
-    ratios["plain_us"] = plain
-    ratios["window_waits"] = waits.get("window", [])
-    return ratios
-
-
-# --------------------------------------------------------------------------- 2. barrier
-
-
-async def _barrier(num_workers: int) -> list[float]:
-    from distcb.coordinator.engine import Coordinator
-    from distcb.protocol.config import Config
-    from distcb.testing import ScriptedWorker
-    from distcb.transport.websocket import WebSocketServer, connect
-
-    waits: dict[int, list[float]] = {}
-
-    class TimedWorker(ScriptedWorker):
-        async def _wait_reply(self, key: str) -> Any:
-            started = time.perf_counter()
-            reply = await super()._wait_reply(key)
-            if key.startswith("epoch_reply"):
-                waits.setdefault(int(key.split(":")[1]), []).append(time.perf_counter() - started)
-            return reply
-
-    config = Config(heartbeat_interval_s=0.5)
-    coordinator = Coordinator([], world_size=num_workers, config=config)
-    logs = [{"loss": 1.0, "val_loss": 1.0}] * BARRIER_EPOCHS
-    async with WebSocketServer(coordinator, config=config) as server:
-        connections = [
-            await connect(server.address, server.token, config=config) for _ in range(num_workers)
-        ]
-        workers = [TimedWorker(r, num_workers, logs) for r in range(num_workers)]
-        tasks = [asyncio.create_task(w.run(c)) for w, c in zip(workers, connections, strict=True)]
-        await coordinator.run()
-        await asyncio.gather(*tasks)
-        for connection in connections:
-            await connection.close()
-    # The last worker to arrive waits only for the coordinator: its wait is the round trip.
-    return [min(per_worker) for _, per_worker in sorted(waits.items())][10:]
-
-
-def bench_barrier(num_workers: int) -> list[float]:
-    return asyncio.run(_barrier(num_workers))
 
 
 # --------------------------------------------------------------------------- 3. moons
@@ -239,13 +162,13 @@ def _wall(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def bench_moons() -> dict[str, list[float]]:
+def bench_moons(rounds: int, epochs: int) -> dict[str, list[float]]:
     anchor = os.path.join(ROOT, "..", "shared", "anchors", "seed_moons_keras.py")
     ours = os.path.join(ROOT, "examples", "moons_replicas.py")
     out: dict[str, list[float]] = {"keras": [], "distcb": []}
     with tempfile.TemporaryDirectory() as run_dir:
-        for _ in range(MOONS_ROUNDS):
-            out["keras"].append(_wall([sys.executable, anchor, str(MOONS_EPOCHS)]))
+        for _ in range(rounds):
+            out["keras"].append(_wall([sys.executable, anchor, str(epochs)]))
             out["distcb"].append(
                 _wall(
                     [
@@ -254,9 +177,9 @@ def bench_moons() -> dict[str, list[float]]:
                         "--workers",
                         "1",
                         "--epochs",
-                        str(MOONS_EPOCHS),
+                        str(epochs),
                         "--patience",
-                        str(MOONS_EPOCHS + 1),
+                        str(epochs + 1),
                         "--run-dir",
                         run_dir,
                     ]
@@ -268,77 +191,167 @@ def bench_moons() -> dict[str, list[float]]:
 # --------------------------------------------------------------------------- report
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def main() -> str:
-    steps = bench_steps()
-    plain = statistics.median(steps["plain_us"])
-    barrier = {n: bench_barrier(n) for n in (2, 8)}
-    moons = bench_moons()
-    keras_s, distcb_s = statistics.median(moons["keras"]), statistics.median(moons["distcb"])
-    labels = {
-        "epoch": "`WorkerCallback`, epoch-level coordinator callbacks (EarlyStopping)",
-        "stream": "`WorkerCallback` streaming every batch to an observing batch hook",
-        "window": "`WorkerCallback` streaming every batch, a deciding batch hook (window on)",
-        "naive_http": "naive: HTTP POST from every `on_train_batch_end`",
-    }
+def _cpu_table(jobs: list[dict[str, Any]], kinds: tuple[str, ...]) -> list[str]:
     lines = [
-        "## Worker overhead, epoch barrier, moons (issue 5)",
-        "",
-        "Command: `python bench/bench_worker.py` (also run by `make bench`).",
-        "",
-        f"### Per-step cost, small MLP, batch 64, {STEPS_PER_FIT} steps per fit",
-        "",
-        "The anchor's model and data in one worker process of a `distcb.run` job, the "
-        "coordinator in the launching process. Each job times plain fits before and after "
-        "the others; the ratio is each fit's µs/step over the mean of those plain fits, "
-        f"median over {STEP_JOBS} jobs per configuration. Steps are timed from the first "
-        "step's begin to `on_train_end` (epoch barriers included, the one-time join not). "
-        f"Plain `fit`: median {plain:.0f} µs/step.",
-        "",
-        "| fit | ratio to plain (median) | min–max over jobs |",
-        "|---|---|---|",
+        "| fit | worker CPU µs/step (× plain) | training thread | distcb IO thread "
+        "| TensorFlow native threads | coordinator CPU µs/step "
+        "| distcb hooks, wall µs/step (GIL waits included) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for kind, label in labels.items():
-        values = steps[kind]
+    for kind in ("plain", *kinds):
+
+        def med(key: str, kind: str = kind) -> float:
+            values = [j["cpu"][kind][key] for j in jobs if key in j["cpu"][kind]]
+            return statistics.median(values) if values else float("nan")
+
+        plain_cpu = statistics.median([j["cpu"]["plain"]["cpu_us"] for j in jobs])
+        coordinator = "" if kind == "plain" else f"{med('coordinator_us'):.1f}"
+        hooks = "" if kind == "plain" else f"{med('hooks_wall_us'):.1f}"
+        label = "plain `fit`" if kind == "plain" else f"`{kind}`"
         lines.append(
-            f"| {label} | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} |"
+            f"| {label} | {med('cpu_us'):.0f} ({med('cpu_us') / plain_cpu:.3f}) "
+            f"| {med('training_us'):.0f} | {med('io_us'):.1f} | {med('native_us'):.0f} "
+            f"| {coordinator} | {hooks} |"
         )
-    lines += [
+    return lines
+
+
+def main(quick: bool = False) -> str:
+    header = load_line()
+    jobs_n, rounds = (2, 1) if quick else (JOBS, ROUNDS)
+    shared = bench_steps(jobs_n, rounds, pinned=False)
+    pinned = bench_steps(jobs_n, rounds, pinned=True) if (os.cpu_count() or 1) >= 2 else []
+    moons = bench_moons(2 if quick else MOONS_ROUNDS, 60 if quick else MOONS_EPOCHS)
+    plain = statistics.median([j["plain_us"] for j in shared])
+    lines = [
+        "## Worker overhead per step, and the seed's moons (issues 5 and 14)",
         "",
-        "With the window rule on, the worker waited on it "
-        f"{int(sum(steps['window_waits']))} times in {STEP_JOBS} runs of {STEPS_PER_FIT} "
-        "steps (its link's statistics): the coordinator keeps ahead; what is left is the "
-        "IO thread's and the coordinator's CPU on this 2-core machine.",
+        f"Command: `python bench/bench_worker.py` (also run by `make bench`). {header}",
+        "",
+        "### Per-step cost, small MLP, batch 64, 1200 steps per fit",
+        "",
+        "The anchor's model and data in one long-lived worker process, the coordinator "
+        "(a real `Coordinator` behind a real `WebSocketServer`) in the benchmark's process. "
+        f"{jobs_n} jobs (a fresh worker each), {rounds} rounds per job; every round runs "
+        "each configuration once, in an order rotated per round and job, each fit between "
+        "two plain fits; a fit's ratio is its µs/step over the mean of those two, a job's "
+        "the median over its rounds. Steps are timed from the first step's begin to "
+        "`on_train_end` (epoch barriers included, the one-time join not). Plain `fit`: "
+        f"median {plain:.0f} µs/step. A ratio whose min–max covers its goal is *not "
+        "resolved*, never *met*.",
+        "",
+        "| fit | ratio to plain, min–**median**–max over jobs | goal | verdict |",
+        "|---|---|---|---|",
     ]
+    for kind in (*KINDS, "naive_http"):
+        values = [j["ratios"][kind] for j in shared]
+        goal = GOALS.get(kind)
+        lines.append(
+            f"| {LABELS[kind]} | {spread(values)} | "
+            + (f"≤ {goal:.2f} | {verdict(values, goal)} |" if goal else "| |")
+        )
+    waits = sum(j["window_waits"] for j in shared)
     lines += [
         "",
-        "### Epoch barrier round trip over websockets on loopback (last worker's wait)",
+        f"The worker waited on the window rule {waits} times in all those fits (its link's "
+        "statistics).",
         "",
-        "Scripted workers and the coordinator in one process and one event loop (so with 8 "
-        "workers the coordinator shares its loop with 8 clients).",
+        "Where the CPU goes (thread CPU clocks, exact; medians over the jobs' fits; "
+        "TensorFlow's native threads are the process total less its Python threads; the "
+        "coordinator's CPU includes its join and train end, a few ms per fit):",
         "",
-        "| workers | p50 µs | p99 µs |",
-        "|---|---|---|",
+        *_cpu_table(shared, KINDS),
     ]
-    for n, waits in barrier.items():
-        lines.append(f"| {n} | {_pct(waits, 0.5) * 1e6:.0f} | {_pct(waits, 0.99) * 1e6:.0f} |")
+    if pinned:
+        lines += [
+            "",
+            "#### The same, coordinator pinned to CPU 1 and the worker to CPU 0",
+            "",
+            "Every thread of the benchmark's process (the coordinator) on CPU 1, every "
+            "thread of the worker (training, IO, TensorFlow's) on CPU 0 (`os.sched_setaffinity`): "
+            "the coordinator can no longer take CPU from training, so the ratios below are "
+            "the worker's own cost, and the difference from the table above is the share of "
+            "sharing two cores.",
+            "",
+            "| fit | ratio to plain (pinned), min–**median**–max | goal | verdict |",
+            "|---|---|---|---|",
+        ]
+        for kind in KINDS:
+            values = [j["ratios"][kind] for j in pinned]
+            lines.append(
+                f"| {LABELS[kind]} | {spread(values)} | ≤ {GOALS[kind]:.2f} "
+                f"| {verdict(values, GOALS[kind])} |"
+            )
+        lines += ["", *_cpu_table(pinned, KINDS)]
     lines += [
         "",
-        f"### Moons, {MOONS_EPOCHS} epochs, whole process wall time, median of {MOONS_ROUNDS}",
+        "### distcb alone: the hooks in a loop, no training",
         "",
-        "| run | wall s | ratio |",
-        "|---|---|---|",
+        f"`WorkerCallback`'s Keras hooks called {HOOK_STEPS} times in a row (the logs Keras 3 "
+        "hands them: a dict of two floats) with a real coordinator: CPU µs per step, median "
+        "over the jobs. With nothing between the steps the worker runs into the window "
+        "(and the flow bound) and waits; the CPU figures do not count the waits.",
+        "",
+        "| coordinator callbacks | training thread (the hooks) | distcb IO thread | coordinator |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind in KINDS:
+
+        def med(key: str, kind: str = kind) -> float:
+            return statistics.median([j["alone"][kind][key] for j in shared])
+
+        lines.append(
+            f"| `{kind}` | {med('hooks_us'):.2f} | {med('io_us'):.2f} "
+            f"| {med('coordinator_us'):.2f} |"
+        )
+    keras_s, distcb_s = statistics.median(moons["keras"]), statistics.median(moons["distcb"])
+    moon_ratios = [d / k for d, k in zip(moons["distcb"], moons["keras"], strict=True)]
+    epochs = 60 if quick else MOONS_EPOCHS
+    lines += [
+        "",
+        f"### Moons, {epochs} epochs, whole process wall time, {len(moon_ratios)} rounds",
+        "",
+        "| run | wall s (median) | ratio per round, min–**median**–max |",
+        "|---|---:|---|",
         f"| plain Keras 3, single process, keras.callbacks (anchor) | {keras_s:.1f} | 1.00 |",
         f"| distcb, 1 worker (`examples/moons_replicas.py --workers 1`) | {distcb_s:.1f} | "
-        f"{distcb_s / keras_s:.3f} |",
+        f"{spread(moon_ratios)} |",
         "",
     ]
+    for kind in KINDS:
+        values = [j["ratios"][kind] for j in shared]
+        pinned_values = [j["ratios"][kind] for j in pinned]
+        after = f"{spread(values)} (shared cores)"
+        if pinned_values:
+            after += f"; {spread(pinned_values)} (coordinator pinned to another core)"
+        summary(
+            SummaryRow(
+                {
+                    "epoch": "per step, epoch-level callbacks only",
+                    "stream": "per step, streaming every batch to an observing batch hook",
+                    "window": "per step, streaming with a deciding batch hook (window on)",
+                }[kind],
+                BEFORE[kind],
+                after,
+                f"≤ {GOALS[kind]:.2f}×",
+                verdict(values, GOALS[kind]),
+                "`python bench/bench_worker.py`",
+            )
+        )
+    summary(
+        SummaryRow(
+            "seed moons, 1 worker vs plain Keras 3, whole wall time",
+            "1.056×",
+            spread(moon_ratios),
+            "≤ 1.10×",
+            verdict(moon_ratios, 1.10),
+            "`python bench/bench_worker.py`",
+        )
+    )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 jobs of 1 round, 60 epochs")
+    print(main(parser.parse_args().quick))

@@ -28,6 +28,12 @@ def overrides_batch_hooks(callback: Any) -> bool:
     answer = getattr(callback, "implements_batch_hooks", None)
     if callable(answer):
         return bool(answer())
+    return defines_batch_hooks(callback)
+
+
+def defines_batch_hooks(callback: Any) -> bool:
+    """Whether `callback` has a training batch hook of its own (or a parent's), not only
+    the base classes' no-ops: the ones the chain may skip."""
     if any(
         callable(vars(callback).get(hook)) for hook in _BATCH_HOOKS if hasattr(callback, "__dict__")
     ):
@@ -73,9 +79,12 @@ class CallbackList:
         self.params: dict[str, Any] = {}
         self.model: Any = None
         self.current: Any = None  # the callback whose hook runs now (decisions are its)
+        self._batch_callbacks: list[Any] | None = None  # those with batch hooks (cached)
+        self._has_batch_hooks: bool | None = None
 
     def append(self, callback: Any) -> None:
         self.callbacks.append(callback)
+        self._batch_callbacks = self._has_batch_hooks = None
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -89,6 +98,7 @@ class CallbackList:
 
     def attach(self, params: dict[str, Any], model: Any, runtime: Any) -> None:
         """Give every callback the params, the model proxy, and (if it wants it) the runtime."""
+        self._batch_callbacks = self._has_batch_hooks = None
         self.set_params(params)
         self.set_model(model)
         for callback in self.callbacks:
@@ -130,7 +140,11 @@ class CallbackList:
 
     @property
     def has_batch_hooks(self) -> bool:
-        return any(overrides_batch_hooks(cb) for cb in self.callbacks)
+        """Whether a callback wants batch logs (read once per merged run of steps)."""
+        answer = self._has_batch_hooks
+        if answer is None:
+            answer = self._has_batch_hooks = any(overrides_batch_hooks(cb) for cb in self.callbacks)
+        return answer
 
     @property
     def decides_on_batch(self) -> bool:
@@ -189,7 +203,22 @@ class CallbackList:
         return self._call("on_epoch_end", epoch, logs=logs)
 
     def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> Logs:
-        return self._call("on_train_batch_begin", batch, logs=logs)
+        return self._call_batch("on_train_batch_begin", batch, logs)
 
     def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> Logs:
-        return self._call("on_train_batch_end", batch, logs=logs)
+        return self._call_batch("on_train_batch_end", batch, logs)
+
+    def _call_batch(self, hook: str, batch: int, logs: Logs | None) -> Logs:
+        """A batch hook of the callbacks that implement one (the others' do nothing): it
+        runs once per merged step, so the chain skips the no-ops."""
+        callbacks = self._batch_callbacks
+        if callbacks is None:
+            callbacks = self._batch_callbacks = [
+                cb for cb in self.callbacks if defines_batch_hooks(cb)
+            ]
+        logs = {} if logs is None else logs
+        for callback in callbacks:
+            self.current = callback
+            getattr(callback, hook)(batch, logs)
+        self.current = None
+        return logs

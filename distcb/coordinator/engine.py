@@ -195,6 +195,7 @@ class Coordinator:
         self._merger = BatchMerger(0, stateful_metrics=self.stateful_metrics)
         self._epoch_ends: dict[int, EpochEnd] = {}
         self._progress_sent = -1  # the last processed step told to the workers this epoch
+        self._merge_pending = False  # frames added, their merge deferred (`_on_batches`)
         self._finished = asyncio.Event()
         self._callbacks_broken = False  # a callback raised: no hook runs but on_train_end
         self._restarting: BaseException | None = None  # this attempt ends in a restart
@@ -367,6 +368,12 @@ class Coordinator:
         await self._fail(error)
 
     async def _handle(self, event: Any) -> None:
+        await self._dispatch(event)
+        if self._merge_pending and not self._events.qsize():
+            self._merge_pending = False
+            await self._process_steps(self._merger.pop_ready(self.roster.training()))
+
+    async def _dispatch(self, event: Any) -> None:
         if isinstance(event, WorkerLost):
             await self._on_lost(event.rank, event.error)
             return
@@ -507,6 +514,11 @@ class Coordinator:
 
     async def _on_batches(self, rank: int, frame: BatchFrame) -> None:
         self._merger.add(rank, frame)
+        if self._events.qsize():
+            # More arrived meanwhile (many workers): merge them together, one trip to the
+            # callback thread; `_handle` merges once the queue is drained.
+            self._merge_pending = True
+            return
         await self._process_steps(self._merger.pop_ready(self.roster.training()))
 
     async def _process_steps(self, steps: Sequence[MergedStep]) -> None:
@@ -524,7 +536,7 @@ class Coordinator:
                 made: list[DecisionRecord] = []
                 for merged in steps:
                     self.state.global_step += 1
-                    self.state.batch_spread = merged.spread
+                    self.state.set_batch_step(merged)
                     self.recorder.set_context("batch", epoch, merged.step)
                     self.callbacks.on_train_batch_begin(merged.step)
                     self.callbacks.on_train_batch_end(merged.step, dict(merged.logs))
@@ -537,7 +549,7 @@ class Coordinator:
                 await self._fail(exc)  # survivors still hear the progress below
         else:
             self.state.global_step += len(steps)
-            self.state.batch_spread = steps[-1].spread
+            self.state.set_batch_step(steps[-1])
         last = steps[-1].step
         window = self.roster.flow_window
         # Workers need the processed step only to stay within the window; they send a

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from distcb.protocol.decisions import (
     Decision,
@@ -30,9 +30,11 @@ from distcb.protocol.decisions import (
 )
 
 
-@dataclass(frozen=True)
-class HookContext:
-    """Which hook the coordinator is running, so that decisions get the right effect point."""
+class HookContext(NamedTuple):
+    """Which hook the coordinator is running, so that decisions get the right effect point.
+
+    A named tuple: one is made per merged step, and a tuple is made in half the time of
+    a frozen dataclass."""
 
     phase: str  # "train_begin" | "epoch_begin" | "batch" | "epoch_end" | "train_end"
     epoch: int = 0
@@ -116,6 +118,8 @@ class DecisionRecorder:
 
     def take(self) -> list[DecisionRecord]:
         """The decisions made since the last call, releases of dropped snapshots last."""
+        if not self._decisions and not self._released:
+            return []  # the usual answer, once per merged step: keep it cheap
         at = self.effect_point()
         while self._released:
             snapshot_id = self._released.popleft()

@@ -141,6 +141,7 @@ class Roster:
         self._accepting = accepting
         self.workers: dict[int, WorkerEntry] = {}
         self.live: set[int] = set()
+        self._ended: set[int] = set()  # ranks whose fit ended (train_ended): see `training`
         self.all_joined = asyncio.Event()
         self.never_joined: dict[int, WorkerLostError] = {}
         self.flow_window: int | None = None
@@ -247,8 +248,10 @@ class Roster:
             entry.state = RankState.AT_BARRIER
         elif isinstance(message, TrainEnd):
             entry.state = RankState.TRAIN_ENDED
+            self._ended.add(entry.rank)
         elif isinstance(message, Done):
             entry.state = RankState.DONE
+            self._ended.add(entry.rank)
 
     def _check_frame(self, entry: WorkerEntry, frame: BatchFrame) -> None:
         limit = self.config.max_frame_entries
@@ -330,8 +333,11 @@ class Roster:
         self._post(WorkerLost(rank, error))
 
     def training(self) -> set[int]:
-        """Live ranks still in `fit`: those the epoch barrier and the batch merge wait for."""
-        return {r for r in self.live if not self.workers[r].train_ended}
+        """Live ranks still in `fit`: those the epoch barrier and the batch merge wait for.
+
+        A set difference, not a scan of the entries: the engine asks at every epoch end
+        and every merge, and with hundreds of workers a scan per message adds up."""
+        return self.live - self._ended
 
     def missing(self) -> set[int]:
         return set(range(self.world_size)) - set(self.workers)
@@ -362,9 +368,9 @@ class Roster:
                 )
 
     async def _send(self, rank: int, message: Message) -> None:
-        await asyncio.wait_for(
-            self.workers[rank].connection.send(message), self.config.reply_timeout_s
-        )
+        # asyncio.timeout, not wait_for: no second task per worker and message.
+        async with asyncio.timeout(self.config.reply_timeout_s):
+            await self.workers[rank].connection.send(message)
 
     async def watch_heartbeats(self) -> None:
         """Say we are alive every interval; report workers silent past the timeout."""

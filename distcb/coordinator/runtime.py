@@ -28,7 +28,8 @@ class JobState:
     Attributes:
         epoch: the current epoch (0-based).
         global_step: merged training steps processed so far in the job (1-based count).
-        batch_spread: per-metric spread over workers of the last merged step.
+        batch_spread: per-metric spread over workers of the last merged step (computed
+            when read: most batch hooks never look).
         epoch_spread: per-metric spread over workers of the last epoch.
         epoch_extras: rank -> the extras that worker sent with its last epoch end
             (weight histograms from the chief).
@@ -37,10 +38,26 @@ class JobState:
 
     epoch: int = 0
     global_step: int = 0
-    batch_spread: dict[str, Spread] = field(default_factory=dict)
     epoch_spread: dict[str, Spread] = field(default_factory=dict)
     epoch_extras: dict[int, dict[str, Any]] = field(default_factory=dict)
     num_workers: int = 0
+    _batch: Any = field(default=None, repr=False)  # a spread, or a step that has one
+
+    @property
+    def batch_spread(self) -> dict[str, Spread]:
+        batch = self._batch
+        if batch is None:
+            return {}
+        spread: dict[str, Spread] = batch if isinstance(batch, dict) else batch.spread
+        return spread
+
+    @batch_spread.setter
+    def batch_spread(self, spread: dict[str, Spread]) -> None:
+        self._batch = spread
+
+    def set_batch_step(self, step: Any) -> None:
+        """The last merged step (anything with a `spread`): its spread, when read."""
+        self._batch = step
 
 
 class Runtime:

@@ -82,6 +82,9 @@ class WorkerCallback:
         seed: int | None = None,
     ):
         super().__init__()
+        # tf_keras's Callback.__init__ sets this on the instance (False), hiding the class
+        # attribute: without it tf_keras reads every step's logs on the training thread.
+        self._supports_tf_logs = True
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be an int >= 0 or None, received {seed!r}")
         for name, value in (

@@ -3,14 +3,16 @@
     actor = RayCoordinator.options(name=name).remote(callbacks, world_size=2, token=token)
     outcome = await actor.run.remote()
 
-Workers reach it through `distcb.transport.ray.connect` (actor calls `open`,
-`push`, `poll`, `close`), answered by a `ChannelHub`.
+Workers reach it through `distcb.transport.ray.connect`: over a websocket
+straight to the coordinator (the actor serves one on its node's address while
+the job runs: `direct_address`), or, where that cannot be reached, through
+actor calls (`open`, `push`, `poll`, `close`) answered by a `ChannelHub`.
 
 Actor layout: `push`, `poll` and `run` share the default concurrency group,
-whose event loop owns the `Coordinator`; `open`, `close`, `report_lost`,
-`status`, `observe` and `ping` sit in the ``control`` group (own slots, own
-thread) and hop onto the coordinator's loop, so they never queue behind log
-ingestion.
+whose event loop owns the `Coordinator` (and the websocket server); `open`,
+`close`, `direct_address`, `report_lost`, `status`, `observe` and `ping` sit in
+the ``control`` group (own slots, own thread) and hop onto the coordinator's
+loop, so they never queue behind log ingestion.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import socket
 import traceback
@@ -36,6 +39,7 @@ from distcb.transport.ray_channel import ChannelHub
 
 __all__ = ["CONTROL_GROUP", "CoordinatorActor", "RayCoordinator", "callback_state"]
 
+logger = logging.getLogger("distcb.launch.ray")
 CONTROL_GROUP = "control"
 _T = TypeVar("_T")
 
@@ -93,6 +97,11 @@ class CoordinatorActor:
         if observer is not None:
             observer.attach(self.coordinator)
         self._hub = ChannelHub(self.coordinator.serve, token, self._config)
+        self._token = token
+        self._direct: Any = None  # the websocket server workers reach directly
+        self._direct_address: str | None = None
+        self._direct_ready = asyncio.Event()
+        self._direct_task = self._loop.create_task(self._start_direct(), name="distcb-direct")
         self._attempts = _Attempts()
         self.coordinator.add_listener(self._attempts)
 
@@ -110,6 +119,7 @@ class CoordinatorActor:
         """Run the job; returns its outcome as a picklable dict (errors as values)."""
         error: BaseException | None = None
         history = None
+        await self._direct_task
         try:
             history = await self.coordinator.run()
         except DistcbError as exc:
@@ -121,6 +131,8 @@ class CoordinatorActor:
             )
         finally:
             await self._hub.aclose()
+            if self._direct is not None:
+                await self._direct.aclose()
         coordinator = self.coordinator
         history = history or coordinator.history
         return {
@@ -134,7 +146,40 @@ class CoordinatorActor:
             ],
         }
 
+    async def _start_direct(self) -> None:
+        """Serve the coordinator over a websocket on this node's address (token required):
+        a worker's batch logs then cost it a websocket frame, not an actor call."""
+        try:
+            if self._token:
+                from distcb.transport.websocket_server import WebSocketServer
+
+                host = ray.util.get_node_ip_address()
+                server = WebSocketServer(
+                    self.coordinator, host=host, token=self._token, config=self._config
+                )
+                await server.start()
+                self._direct = server
+                self._direct_address = server.address
+        except Exception as exc:  # the actor-call channel still works
+            logger.warning("no direct websocket channel to the coordinator: %s", exc)
+        finally:
+            self._direct_ready.set()
+
     # ---------------------------------------------------------------- control group
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def direct_address(self, token: str, wait_s: float) -> str | None:
+        """The ``host:port`` of the coordinator's websocket (None: use actor calls), once
+        the job runs (waits up to `wait_s`)."""
+        self._hub.check_token(token, "a worker")
+
+        async def address() -> str | None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, float(wait_s))):
+                    await self._direct_ready.wait()
+            return self._direct_address
+
+        return await self._on_loop(address())
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def open(self, token: str, peer: str) -> str:

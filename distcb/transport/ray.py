@@ -17,6 +17,12 @@ epoch end, train end, save report or failure goes out at once. It long-polls
 for the coordinator's messages (`poll` waits on that connection's outbox for
 up to `Config.heartbeat_interval_s`).
 
+A direct channel comes first: the coordinator actor serves the same coordinator
+over a websocket on its node's address (token required), and `connect` uses it
+when the worker reaches it, so that batch streaming on Ray costs what it costs
+over websockets; the actor calls above are the fallback (a network that lets Ray
+through but not the actor's port).
+
 Errors: Ray's (`RayActorError`, `ActorDiedError`, `GetTimeoutError`, ...) and
 call timeouts become `ConnectionClosed` at this boundary; a worker whose actor
 dies is reported by the launcher (`report_lost`), which the coordinator turns
@@ -46,6 +52,7 @@ from distcb.protocol.messages import (
     decode_from_coordinator,
     encode,
 )
+from distcb.transport.base import Connection
 
 __all__ = ["SCHEME", "RayConnection", "connect", "parse_address"]
 
@@ -215,10 +222,18 @@ def _describe_ray_error(what: str, exc: BaseException) -> str:
     return f"{what} failed: {type(exc).__name__}: {first_line}"
 
 
-async def connect(address: str, token: str, *, config: Config | None = None) -> RayConnection:
+DIRECT_TIMEOUT_S = 10.0  # the most a worker tries the direct channel before actor calls
+
+
+async def connect(
+    address: str, token: str, *, config: Config | None = None, direct: bool = True
+) -> Connection:
     """Open a worker's connection to the coordinator actor named in `address` (``ray:<name>``).
 
-    Retries while the actor is not registered yet, until `Config.connect_timeout_s`.
+    With `direct` (the default) the worker first asks the actor for its websocket
+    and connects there; where that fails it falls back to actor calls
+    (`RayConnection`). Retries while the actor is not registered yet, until
+    `Config.connect_timeout_s`.
 
     Raises:
         ConnectionClosed: the actor could not be found or reached in time.
@@ -245,6 +260,10 @@ async def connect(address: str, token: str, *, config: Config | None = None) -> 
                 ) from None
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 0.5)
+    if direct:
+        connection = await _connect_direct(handle, token, config, name)
+        if connection is not None:
+            return connection
     peer = f"{socket.gethostname()}:{os.getpid()}"
     remaining = max(0.001, deadline - loop.time())
     try:
@@ -260,3 +279,34 @@ async def connect(address: str, token: str, *, config: Config | None = None) -> 
             raise ProtocolError(str(cause.args[0] if cause.args else cause)) from None
         raise ConnectionClosed(_describe_ray_error(f"opening {address}", exc)) from None
     return RayConnection(handle, str(conn_id), config, peer=f"coordinator {name}")
+
+
+async def _connect_direct(handle: Any, token: str, config: Config, name: str) -> Connection | None:
+    """A websocket straight to the coordinator actor's server, or None (use actor calls).
+
+    Raises:
+        ProtocolError: the coordinator rejected the token.
+    """
+    ask = getattr(handle, "direct_address", None)  # None: a coordinator from before it
+    if ask is None:
+        return None
+    try:
+        where = await asyncio.wait_for(ask.remote(token, DIRECT_TIMEOUT_S), DIRECT_TIMEOUT_S * 2)
+    except TimeoutError:
+        return None
+    except RayError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ProtocolError):
+            raise ProtocolError(str(cause.args[0] if cause.args else cause)) from None
+        return None
+    if not isinstance(where, str) or not where:
+        return None
+    from distcb.transport.websocket_client import connect as connect_websocket
+
+    quick = config.replace(connect_timeout_s=min(config.connect_timeout_s, DIRECT_TIMEOUT_S))
+    try:
+        return await connect_websocket(
+            where, token, config=quick, peer=f"coordinator {name} (direct)"
+        )
+    except ConnectionClosed:
+        return None

@@ -16,7 +16,7 @@ import collections
 from collections.abc import Mapping
 from typing import Any
 
-from distcb.protocol.logs import clean_logs
+from distcb.protocol.logs import clean_value
 from distcb.protocol.messages import BatchFrame
 
 _Entry = tuple[Mapping[str, Any], float | None]
@@ -67,13 +67,18 @@ class BatchBuffer:
         epoch, begun, ended = self._epoch
         while begun:
             first = begun[0]
-            upper = begun[1] if len(begun) > 1 else None
-            candidates = [s for s in list(ended) if s >= first and (upper is None or s < upper)]
-            if not candidates:
-                break
-            step = min(candidates)
-            logs, samples = ended.pop(step)
-            entries.append((step, logs, samples))
+            entry = ended.pop(first, None)  # the usual case: the step begun at `first` ended
+            if entry is not None:
+                step = first
+            else:  # steps_per_execution > 1: its end is the ended step in [first, next begun)
+                upper = begun[1] if len(begun) > 1 else None
+                # list(): the training thread may add entries while this thread reads.
+                candidates = [s for s in list(ended) if s >= first and (upper is None or s < upper)]
+                if not candidates:
+                    break
+                step = min(candidates)
+                entry = ended.pop(step)
+            entries.append((step, entry[0], entry[1]))
             begun.popleft()
         if final:
             for step in sorted(ended):
@@ -104,16 +109,20 @@ class BatchBuffer:
                 steps.clear()
                 samples.clear()
 
+        limit = self.max_frame_entries
         for step, raw_logs, count in entries:
-            logs = clean_logs(raw_logs)
-            if steps and (logs.keys() != columns.keys() or len(steps) >= self.max_frame_entries):
+            if not all(type(key) is str for key in raw_logs):
+                raw_logs = {str(key): value for key, value in raw_logs.items()}
+            if steps and (raw_logs.keys() != columns.keys() or len(steps) >= limit):
                 flush()
             if not steps:
-                columns = {key: [] for key in logs}
+                columns = {key: [] for key in raw_logs}
             steps.append(step)
             samples.append(count)
-            for key, value in logs.items():
-                columns[key].append(value)
+            for key, value in raw_logs.items():
+                # Keras 3 hands floats: they go as they are; tensors and numpy values are
+                # read here, on this (the IO) thread.
+                columns[key].append(value if type(value) is float else clean_value(value))
         flush()
         self.frames_made += len(frames)
         self.entries_made += len(entries)

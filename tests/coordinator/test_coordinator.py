@@ -14,7 +14,7 @@ from distcb.protocol.errors import (
     ProtocolError,
     WorkerLostError,
 )
-from distcb.protocol.messages import Heartbeat, encode
+from distcb.protocol.messages import PROTOCOL_VERSION, Heartbeat, encode
 from distcb.testing import ScriptedWorker, simulate
 from distcb.transport.memory import connection_pair
 from tests.helpers.scripted import FAST, Recorder, StopAtBatch, batches, run_job, start_job
@@ -170,7 +170,9 @@ async def test_garbage_and_bad_joins_close_only_their_connection():
     tasks = start_job(coordinator, [ScriptedWorker(r, 2, [{"loss": 1.0}] * 2) for r in range(2)])
     frames = [
         b"\xc1 not msgpack",
-        msgspec.msgpack.encode({"type": "join", "protocol": 2, "rank": 0, "world_size": 5}),
+        msgspec.msgpack.encode(
+            {"type": "join", "protocol": PROTOCOL_VERSION, "rank": 0, "world_size": 5}
+        ),
         encode(Heartbeat()),  # anything but a join first
     ]
     intruders, closed = [], []
@@ -267,3 +269,55 @@ async def test_epochs_mismatch_fails_at_the_join_and_tells_every_worker():
     for worker in workers:
         assert "epochs=3" in (worker.abort_reason or "")
         assert worker.epochs_run == 0
+
+
+async def test_frames_queued_behind_another_message_are_merged_once_the_queue_drains():
+    # A frame and a save report arrive together: the engine defers the frame's merge
+    # while more events wait (to merge frames together), and must merge it once the
+    # queue is empty even though the last event was not a frame.
+    from distcb.protocol.messages import (
+        BatchFrame,
+        EpochEnd,
+        Join,
+        JoinParams,
+        Progress,
+        Saved,
+        TrainEnd,
+    )
+
+    merged = asyncio.Event()
+    seen: list[int] = []
+
+    class Hook(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+            if len(seen) == 4:
+                merged.set()
+
+    coordinator = Coordinator([Hook()], world_size=1, config=FAST)
+    coordinator_end, worker_end = connection_pair("rank 0")
+    serving = asyncio.create_task(coordinator.serve(coordinator_end))
+    running = asyncio.create_task(coordinator.run())
+
+    async def next_reply():
+        while True:
+            message = await worker_end.receive()
+            if not isinstance(message, Heartbeat | Progress):
+                return message
+
+    await worker_end.send(Join(rank=0, world_size=1, params=JoinParams(epochs=1, steps=4)))
+    assert (await next_reply()).type == "start"
+    await worker_end.send(
+        BatchFrame(rank=0, epoch=0, steps=[0, 1, 2, 3], logs={"loss": [1.0, 0.9, 0.8, 0.7]})
+    )
+    await worker_end.send(Saved(rank=0, filepath="model.keras"))
+    await asyncio.wait_for(merged.wait(), 10)  # without the drain: only at the epoch end
+    assert coordinator.processed_step == 3
+    await worker_end.send(EpochEnd(rank=0, epoch=0, logs={"loss": 0.7}))
+    assert (await next_reply()).type == "epoch_reply"
+    await worker_end.send(TrainEnd(rank=0))
+    assert (await next_reply()).type == "train_end_reply"
+    await worker_end.close("done")
+    await asyncio.wait_for(running, 30)
+    await serving
+    assert seen == [0, 1, 2, 3]

@@ -357,6 +357,12 @@ async def test_saved_reports_neither_grow_memory_nor_take_oversized_paths(tmp_pa
         path = "/ckpt/" + "x" * 4000
         for _ in range(2000):  # 8 MB of paths in total, at the size limit each
             await chief.send(Saved(rank=0, filepath=path))
+        # Sent is not yet handled: the coordinator reads the frames in order, so wait for the
+        # count to reach 2000 (and fail if it never does).
+        deadline = time.monotonic() + WAIT_S
+        while coordinator.status()["saved_count"] < 2000:
+            assert time.monotonic() < deadline, coordinator.status()["saved_count"]
+            await asyncio.sleep(0.05)
         assert coordinator.status()["saved_count"] == 2000
         peak_mb = coordinator.peak_rss_mb()
         # One path over the limit (4 MB, as in the issue) is refused, naming the field.

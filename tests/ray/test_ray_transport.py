@@ -11,6 +11,8 @@ from distcb.callbacks import Callback, EarlyStopping, LearningRateScheduler, Red
 from distcb.protocol.config import Config
 from distcb.testing import ScriptedWorker, simulate
 from distcb.transport.base import ConnectionClosed
+from distcb.transport.ray import RayConnection
+from distcb.transport.websocket_connection import WebSocketConnection
 
 pytestmark = pytest.mark.slow
 FAST = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5.0, stop_timeout_s=5.0)
@@ -58,7 +60,7 @@ def make_callbacks():
 PARAMS = {"learning_rate": 0.1, "directions": {"loss": "min", "val_loss": "min"}}
 
 
-async def run_over_ray(ray, callbacks, epoch_logs, batch_logs, config, weights):
+async def run_over_ray(ray, callbacks, epoch_logs, batch_logs, config, weights, direct=True):
     from distcb.launch.ray_actor import RayCoordinator
     from distcb.transport.ray import connect
 
@@ -81,7 +83,9 @@ async def run_over_ray(ray, callbacks, epoch_logs, batch_logs, config, weights):
             )
             for rank in range(world_size)
         ]
-        connections = [await connect(f"ray:{name}", token, config=config) for _ in workers]
+        connections = [
+            await connect(f"ray:{name}", token, config=config, direct=direct) for _ in workers
+        ]
         runs = [asyncio.ensure_future(w.run(c)) for w, c in zip(workers, connections, strict=True)]
         outcome = await asyncio.wait_for(run, 60)
         await asyncio.wait_for(asyncio.gather(*runs), 30)
@@ -92,9 +96,9 @@ async def run_over_ray(ray, callbacks, epoch_logs, batch_logs, config, weights):
         ray.kill(actor)
 
 
-@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize(("window", "direct"), [(None, True), (3, True), (3, False)])
 async def test_scripted_run_over_ray_matches_memory_transport(
-    ray_cluster, no_leaked_actors, window
+    ray_cluster, no_leaked_actors, window, direct
 ):
     config = FAST if window is None else FAST.replace(window_steps=window)
     epoch_logs, batch_logs = scripts()
@@ -111,7 +115,7 @@ async def test_scripted_run_over_ray_matches_memory_transport(
     kinds = {d.kind for d in expected.decisions}
     assert {"set_lr", "snapshot", "restore", "stop"} <= kinds, kinds
     outcome, workers, connections = await run_over_ray(
-        ray_cluster, make_callbacks(), epoch_logs, batch_logs, config, weights
+        ray_cluster, make_callbacks(), epoch_logs, batch_logs, config, weights, direct
     )
     assert outcome["error"] is None
     # The actor returns the decision log: each decision with who made it and when.
@@ -128,10 +132,14 @@ async def test_scripted_run_over_ray_matches_memory_transport(
         assert got.steps_sent == want.steps_sent
         assert got.learning_rates == want.learning_rates
     assert workers[0].current_weights == expected.weights
-    # Batch logs travel coalesced: far fewer actor calls than messages.
+    if direct:  # a websocket straight to the coordinator actor: no actor call per message
+        assert all(isinstance(c, WebSocketConnection) for c in connections)
+        return
+    # Through actor calls: batch logs travel coalesced, far fewer calls than messages.
+    assert all(isinstance(c, RayConnection) for c in connections)
     sent = sum(c.statistics()["messages_sent"] for c in connections)
-    pushes = sum(c.statistics()["pushes"] for c in connections)
-    assert pushes < sent
+    calls = sum(c.statistics()["pushes"] + c.statistics()["polls"] for c in connections)
+    assert calls < sent
 
 
 async def test_wrong_token_is_refused(ray_cluster, no_leaked_actors):
@@ -159,7 +167,7 @@ async def test_dead_coordinator_becomes_connection_closed(ray_cluster, no_leaked
     actor = RayCoordinator.options(name=name, num_cpus=0).remote(
         [], world_size=1, config=FAST.to_dict(), token="t"
     )
-    connection = await connect(f"ray:{name}", "t", config=FAST)
+    connection = await connect(f"ray:{name}", "t", config=FAST, direct=False)  # actor calls
     ray_cluster.kill(actor)
 
     async def receive_until_closed():
