@@ -150,12 +150,20 @@ class CoordinatorActor:
         """Serve the coordinator over a websocket on this node's address (token required):
         a worker's batch logs then cost it a websocket frame, not an actor call."""
         try:
-            if self._token:
+            # Never less protected than Ray's own calls: with Ray's TLS on, those are
+            # encrypted and this channel would not be, so workers use actor calls. With it off,
+            # Ray's calls carry the same token in plaintext on the same network, so a plain
+            # websocket (insecure=True) exposes nothing more.
+            if self._token and not _ray_tls_on():
                 from distcb.transport.websocket_server import WebSocketServer
 
                 host = ray.util.get_node_ip_address()
                 server = WebSocketServer(
-                    self.coordinator, host=host, token=self._token, config=self._config
+                    self.coordinator,
+                    host=host,
+                    token=self._token,
+                    config=self._config,
+                    insecure=True,
                 )
                 await server.start()
                 self._direct = server
@@ -297,3 +305,8 @@ def callback_state(callback: Any) -> dict[str, Any]:
             continue
         state[name] = value
     return state
+
+
+def _ray_tls_on() -> bool:
+    """Whether Ray's own gRPC runs over TLS (``RAY_USE_TLS``, as Ray reads it)."""
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true")

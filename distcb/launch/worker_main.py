@@ -8,8 +8,8 @@ say what happened:
 - 0: `main` returned (the job finished, also after a coordinated early stop);
 - 143, "retry me": the job goes on from its backups (`JobInterrupted`: this
   worker was preempted, or the coordinator restarts the job), or the
-  coordinator was lost; also when training raised after the coordinator had
-  said the job restarts, or raised MultiWorkerMirroredStrategy's sign of a lost
+  coordinator was lost without having said the job failed; also when training
+  raised after the coordinator had said the job restarts, or raised MultiWorkerMirroredStrategy's sign of a lost
   peer (TensorFlow's ``UnavailableError``: collectives are aborted and "it's
   required to restart in order to recover"), unless the coordinator says the
   job failed: a SIGKILLed worker takes its peers' collectives down with it;
@@ -63,10 +63,12 @@ def worker_main(main: Callable[[], int | None]) -> int:
 def exit_code_of(host: WorkerHost, error: BaseException) -> int:
     """The exit code of a worker whose training raised `error` (the module docstring's
     table); a failure (1) is reported to the coordinator through `host`'s sessions."""
+    verdict = host.verdict()
     if isinstance(error, (JobInterrupted, CoordinatorLostError)):
         _say(f"{type(error).__name__}: {error}")
-        return exit_codes.PREEMPTED
-    verdict = host.verdict()
+        # The coordinator failed the job before this worker lost it (its Abort came first):
+        # a retry cannot help, whatever ended the connection afterwards.
+        return exit_codes.FAILED if verdict == "failed" else exit_codes.PREEMPTED
     if verdict is None and peer_lost(error):
         # The coordinator learns of a lost worker by itself (its connection drops, or its
         # heartbeats stop): wait for its word rather than race it.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distcb.launch.worker_main import peer_lost, worker_main
+from distcb.launch.worker_main import exit_code_of, peer_lost, worker_main
 from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
 from tests.helpers.coordinator_process import CoordinatorProcess
 
@@ -163,3 +163,22 @@ def test_peer_lost_recognises_tensorflows_unavailable_error_and_its_causes():
         pass
 
     assert not peer_lost(UnavailableError())
+
+
+class _Told:
+    """A host that heard the coordinator's verdict (`WorkerHost.verdict`), and nothing more."""
+
+    def __init__(self, verdict: str | None) -> None:
+        self._verdict = verdict
+
+    def verdict(self) -> str | None:
+        return self._verdict
+
+
+@pytest.mark.parametrize("error", [CoordinatorLostError("gone"), JobInterrupted("stopped")])
+def test_a_worker_told_the_job_failed_exits_1_however_its_connection_ended(error):
+    # Seen on the local pods: rank 1 raised, the coordinator sent Abort (failed) and exited;
+    # rank 0's next hook raised CoordinatorLostError. "Retry me" (143) would be a lie there.
+    assert exit_code_of(_Told("failed"), error) == 1  # type: ignore[arg-type]
+    assert exit_code_of(_Told("restart"), error) == 143  # type: ignore[arg-type]
+    assert exit_code_of(_Told(None), error) == 143  # type: ignore[arg-type]
