@@ -9,8 +9,8 @@ say what happened:
 - 143, "retry me": the job goes on from its backups (`JobInterrupted`: this
   worker was preempted, or the coordinator restarts the job), or the
   coordinator was lost without having said the job failed; also when training
-  raised after the coordinator had said the job restarts, or raised MultiWorkerMirroredStrategy's sign of a lost
-  peer (TensorFlow's ``UnavailableError``: collectives are aborted and "it's
+  raised after the coordinator had said the job restarts, or raised
+  MultiWorkerMirroredStrategy's sign of a lost peer (TensorFlow's ``UnavailableError``: collectives are aborted and "it's
   required to restart in order to recover"), unless the coordinator says the
   job failed: a SIGKILLed worker takes its peers' collectives down with it;
 - 1: training raised for another reason, a bug a restart would repeat: the
