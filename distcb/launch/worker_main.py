@@ -10,9 +10,10 @@ say what happened:
   worker was preempted, or the coordinator restarts the job), or the
   coordinator was lost without having said the job failed; also when training
   raised after the coordinator had said the job restarts, or raised
-  MultiWorkerMirroredStrategy's sign of a lost peer (TensorFlow's ``UnavailableError``: collectives are aborted and "it's
-  required to restart in order to recover"), unless the coordinator says the
-  job failed: a SIGKILLed worker takes its peers' collectives down with it;
+  MultiWorkerMirroredStrategy's sign of a lost peer (TensorFlow's
+  ``UnavailableError``: collectives are aborted and "it's required to restart
+  in order to recover"), unless the coordinator says the job failed: a
+  SIGKILLed worker takes its peers' collectives down with it;
 - 1: training raised for another reason, a bug a restart would repeat: the
   coordinator is told (`WorkerFailed`), so it fails the job at once and names
   this rank instead of waiting for a restart that cannot help;
