@@ -373,8 +373,8 @@ def main(quick: bool = False) -> str:
         "Actor calls per training step made by the distcb worker with batch hooks on: "
         f"{calls_per_step:.4f} over the direct websocket (one call per fit, for the "
         f"websocket's address); {fallback_per_step:.3f} through actor calls ({pushes:.3f} "
-        f"pushes, {polls:.3f} polls; batch logs ride on the polls that the coordinator's "
-        "progress messages end); the naive callbacks: 1.",
+        f"pushes of paced batch logs, {polls:.3f} long polls, each ended by a message "
+        "from the coordinator); the naive callbacks: 1.",
         "",
         f"Epoch barrier, {BARRIER_WORKERS} scripted workers, {BARRIER_EPOCHS} epochs, time from "
         "the last worker's epoch end to its reply (median, ms):",

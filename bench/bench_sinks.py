@@ -78,19 +78,24 @@ def _logs() -> list[list[dict[str, float]]]:
 
 
 class _TimedWorker(ScriptedWorker):
-    """Records how long it waits for each epoch's reply."""
+    """Records how long it waits for each epoch's reply (the epoch barrier it sees)."""
 
     waits: dict[int, list[float]]
 
-    async def _wait_reply(self, key: str) -> Any:
-        started = time.perf_counter()
-        reply = await super()._wait_reply(key)
-        if key.startswith("epoch_reply:"):
-            self.waits.setdefault(int(key.split(":")[1]), []).append(time.perf_counter() - started)
+    async def _train(self, session: Any, initial: int, first: int) -> None:
+        end_epoch = session.end_epoch
+
+        async def timed_end_epoch(message: Any) -> Any:
+            started = time.perf_counter()
+            decisions = await end_epoch(message)
+            self.waits.setdefault(message.epoch, []).append(time.perf_counter() - started)
             # An epoch of training: real epochs last far longer than the sinks' work,
             # which runs after the reply and overlaps with it.
             await asyncio.sleep(EPOCH_TRAINING_S)
-        return reply
+            return decisions
+
+        session.end_epoch = timed_end_epoch
+        await super()._train(session, initial, first)
 
 
 async def _barriers(callbacks: list[Any]) -> list[float]:
