@@ -66,10 +66,18 @@ def exit_code_of(host: WorkerHost, error: BaseException) -> int:
     table); a failure (1) is reported to the coordinator through `host`'s sessions."""
     verdict = host.verdict()
     if isinstance(error, (JobInterrupted, CoordinatorLostError)):
+        if verdict == "failed":
+            # The coordinator failed the job before this worker lost it (its Abort came
+            # first): a retry cannot help, whatever ended the connection afterwards.
+            print(
+                f"distcb worker: {type(error).__name__} after the coordinator had failed the "
+                "job; exiting with code 1 (failed), not 143",
+                file=sys.stderr,
+                flush=True,
+            )
+            return exit_codes.FAILED
         _say(f"{type(error).__name__}: {error}")
-        # The coordinator failed the job before this worker lost it (its Abort came first):
-        # a retry cannot help, whatever ended the connection afterwards.
-        return exit_codes.FAILED if verdict == "failed" else exit_codes.PREEMPTED
+        return exit_codes.PREEMPTED
     if verdict is None and peer_lost(error):
         # The coordinator learns of a lost worker by itself (its connection drops, or its
         # heartbeats stop): wait for its word rather than race it.
