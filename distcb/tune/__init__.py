@@ -50,7 +50,11 @@ last epoch it covers, so `train_fn` can load the weights and train the epochs
 left. Epoch numbers in distcb restart at 0 (Keras ``initial_epoch`` is not
 supported by the coordinator yet); the ``epoch`` reported to Tune continues
 from the checkpoint. The directory must be readable by the workers (same
-node, or shared storage).
+node, or shared storage). To resume exactly instead, callbacks' state included,
+pass `run` a ``run_dir`` that outlives the trial process (shared storage) and
+``resume=True``: a restored trial then goes on from the distcb journal there
+(tests/tune/test_tune.py, a worker SIGKILLed mid-epoch: History, CSV, stopped
+epoch and weights equal the uninterrupted trial's).
 
 Layout: `trial` (the trial process: `run`, reporting), `observer` (inside the
 coordinator actor: pairs epochs with their saves), `checkpoint` (staging and

@@ -164,3 +164,39 @@ def tune_thread_trainable(config):
         json.dump(
             {"epoch": history.epoch, "history": history.history, "pid": os.getpid()}, handle
         )
+
+
+def tune_journal_trainable(config):
+    """A Tune trainable whose trial, when Tune restores it, goes on from the distcb journal:
+    `run_dir` outlives the trial process and `resume=True` (no journal yet: a fresh start).
+    The job is tests/helpers/resume_job's deterministic one; its faults fire once."""
+    import distcb
+    import distcb.tune
+    from tests.helpers import resume_job
+
+    run_dir = config["run_dir"]
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "attempts"), "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    chain = resume_job.callbacks(run_dir)
+    history = distcb.tune.run(
+        resume_job.train,
+        num_workers=2,
+        cpus_per_worker=0.5,
+        args=(run_dir, config["faults"]),
+        callbacks=chain,
+        run_dir=run_dir,
+        resume=True,
+        config=distcb.Config(**resume_job.FAST),
+    )
+    stop = chain[1]
+    with open(os.path.join(run_dir, "result.json"), "w") as handle:
+        json.dump(
+            {
+                "epoch": history.epoch,
+                "history": history.history,
+                "stopped_epoch": stop.stopped_epoch,
+                "best_epoch": stop.best_epoch,
+            },
+            handle,
+        )

@@ -158,3 +158,55 @@ def test_a_one_worker_trial_runs_its_job_in_the_trial_process(ray_cluster, tmp_p
     assert completed, "no trial ran to the end"
     assert stopped, "ASHA stopped no trial"
     assert wait_for_no_distcb_actors(ray_cluster) == []
+
+
+def test_a_restored_trial_goes_on_from_the_distcb_journal(ray_cluster, tmp_path):
+    """A worker actor SIGKILLed mid-epoch fails the trial (no restarts inside it); Tune
+    restores the trial, whose `run(resume=True)` goes on from the journal in its `run_dir`:
+    the trial ends as the uninterrupted one does, callbacks' state included."""
+    from ray import tune
+
+    from tests.helpers.ray_fns import tune_journal_trainable
+
+    def trial(name: str, faults: list[dict]) -> tuple[dict, int, bytes]:
+        run_dir = tmp_path / name
+        results = tune.Tuner(
+            tune.with_resources(
+                tune_journal_trainable, distcb.tune.placement(2, cpus_per_worker=0.5)
+            ),
+            param_space={"run_dir": str(run_dir), "faults": faults},
+            tune_config=tune.TuneConfig(metric="val_loss", mode="min"),
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path / f"tune-{name}"),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        ).fit()
+        assert results.num_errors == 0
+        attempts = len((run_dir / "attempts").read_text().split())
+        result = json.loads((run_dir / "result.json").read_text())
+        # What each rank's last attempt reported: its final weights, the barrier it resumed after.
+        result["reports"] = [
+            json.loads((run_dir / f"report-{rank}.json").read_text()) for rank in (0, 1)
+        ]
+        return result, attempts, (run_dir / "log.csv").read_bytes()
+
+    base, base_attempts, base_csv = trial("uninterrupted", [])
+    fault = {"name": "tune", "rank": 1, "epoch": 4, "batch": 2, "signal": "KILL"}
+    after, after_attempts, after_csv = trial("killed", [fault])
+    assert (base_attempts, after_attempts) == (1, 2)
+    # Exercised: a stop by EarlyStopping, learning-rate reductions (their state resumed).
+    assert base["stopped_epoch"] > 4
+    assert len(set(base["history"]["learning_rate"])) >= 2
+    # The restored trial went on from the journal (a fresh start of this deterministic job
+    # would end the same, so this is what tells them apart), after a barrier before epoch 4.
+    assert [r["resumed_after"] for r in base["reports"]] == [None, None]
+    [resumed_after] = {r["resumed_after"] for r in after["reports"]}  # one barrier for both
+    assert resumed_after is not None, after["reports"]
+    assert 0 <= resumed_after < 4, after["reports"]
+    for result in (base, after):
+        for report in result["reports"]:
+            del report["resumed_after"]
+    assert after == base  # History float-equal, stopped and best epochs, final weights
+    assert after_csv == base_csv
+    assert wait_for_no_distcb_actors(ray_cluster) == []
