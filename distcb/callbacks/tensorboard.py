@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -79,6 +80,7 @@ from distcb.protocol.histograms import decode_weight_histograms, weight_histogra
 from distcb.protocol.weight_images import decode_weight_images, weight_images
 
 logger = logging.getLogger(__name__)
+_WRITER_IDS = itertools.count()  # event file names unique within this process
 
 TRAIN_RUN = "train"
 VALIDATION_RUN = "validation"
@@ -589,8 +591,13 @@ class TensorBoard(Callback):
         if writer is None:
             from tensorboardX import SummaryWriter
 
+            # tensorboardX names an event file by the second and the host only, and opens it
+            # with "wb": a writer reopened for the same run within a second (evaluate() right
+            # after fit(), a quick restart) would truncate what the last one wrote.
             writer = SummaryWriter(
-                logdir=os.path.join(self.log_dir, run), purge_step=self._purge_step
+                logdir=os.path.join(self.log_dir, run),
+                purge_step=self._purge_step,
+                filename_suffix=f".{os.getpid()}.{next(_WRITER_IDS)}",
             )
             self._writers[run] = writer
         return writer

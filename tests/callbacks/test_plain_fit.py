@@ -403,3 +403,29 @@ def test_keras_adds_its_own_progress_bar_next_to_distcb_s() -> None:
     assert [type(c).__module__.split(".")[0] for c in callbacks.callbacks] == ["distcb", "keras"]
     callbacks = keras.callbacks.CallbackList([keras.callbacks.ProgbarLogger()], add_progbar=True)
     assert len(callbacks.callbacks) == 1
+
+
+def test_evaluate_right_after_fit_keeps_what_fit_wrote(tmp_path: Path, monkeypatch) -> None:
+    """tensorboardX names an event file by the second and the host and opens it with "wb".
+    evaluate()'s writer for the validation run, opened in the same second as fit's (seen in
+    CI), truncated fit's epoch scalars. The clock of the file names is held still here, so
+    every writer falls in the same second."""
+    import keras
+    from tensorboardX import event_file_writer
+
+    class StillClock:
+        @staticmethod
+        def time() -> float:
+            return 1_700_000_000.0
+
+    monkeypatch.setattr(event_file_writer, "time", StillClock)
+    x, y = data()
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="sgd", loss="binary_crossentropy")
+    board = ours.TensorBoard(str(tmp_path))
+    model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[board])
+    model.evaluate(x, y, verbose=0, callbacks=[board])
+    validation = read_events(tmp_path / "validation")
+    assert [step for step, _ in validation["epoch_loss"]] == [0, 1, 2]
+    assert "evaluation_loss_vs_iterations" in validation
