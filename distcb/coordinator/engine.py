@@ -37,9 +37,10 @@ from typing import Any, TypeVar
 
 from distcb.callbacks.callback_list import CallbackList, DeferredCall
 from distcb.callbacks.history import History
+from distcb.coordinator import identity
 from distcb.coordinator import resume as resuming
 from distcb.coordinator.aggregate import BatchMerger, MergedStep, merge_logs
-from distcb.coordinator.journal import JournalEntry
+from distcb.coordinator.journal import JournalEntry, JournalMismatchError
 from distcb.coordinator.listener import Listener
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder, ModelProxy
 from distcb.coordinator.roster import Roster, WorkerLost
@@ -54,6 +55,7 @@ from distcb.protocol.errors import (
     ProtocolError,
     WorkerLostError,
 )
+from distcb.protocol.integrity import IntegrityError
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import (
     Abort,
@@ -437,9 +439,19 @@ class Coordinator:
             self.config.max_ahead_steps if want_batch_logs else None
         )
         self.roster.flow_window = flow_window
+        recovery = self.recovery
+        if recovery is not None and recovery.attempt == 0:
+            # The workers' part of the job's identity (a restart is the same job).
+            workers = {rank: w.params for rank, w in self.roster.workers.items()}
+            try:
+                await asyncio.to_thread(
+                    identity.check_workers, recovery.journal, identity.describe_workers(workers)
+                )
+            except (JournalMismatchError, IntegrityError) as exc:
+                await self._fail(exc)
+                return
         self.model.optimizer._sync(self.roster.workers[0].params.learning_rate)
         self.callbacks.attach(self.params, self.model, self._runtime)
-        recovery = self.recovery
         if recovery is not None and recovery.initial_states is None:
             # What a restart before the first committed barrier rolls back to.
             recovery.initial_states = await self._in_callbacks(
@@ -742,7 +754,22 @@ class Coordinator:
         if not self.roster.live or self.roster.all_live(_said_goodbye):
             self._finished.set()
         else:
-            asyncio.get_running_loop().call_later(self.config.reply_timeout_s, self._finished.set)
+            asyncio.get_running_loop().call_later(self.config.reply_timeout_s, self._goodbye_late)
+
+    def _goodbye_late(self) -> None:
+        """Ranks still connected that did not say they were done within the reply timeout:
+        the job ends without their reports; say which."""
+        if self._finished.is_set():
+            return
+        silent = sorted(r for r in self.roster.live if not _said_goodbye(self.roster.workers[r]))
+        if silent:
+            logger.warning(
+                "ranks %s did not say they were done within Config.reply_timeout_s=%g s after "
+                "the train end: the result has no report from them",
+                silent,
+                self.config.reply_timeout_s,
+            )
+        self._finished.set()
 
     async def _on_done(self, rank: int, message: Done) -> None:
         self.roster.workers[rank].report = message.report
@@ -787,6 +814,22 @@ class Coordinator:
         await self.roster.drop(rank, error.reason)
         self._merger.drop_rank(rank)
         if self.phase is Phase.DONE:
+            if self.failure is None and self._restarting is None:
+                # Training ended and every decision went out, but this rank never said it
+                # was done: whether it applied the train-end decisions (restored weights)
+                # and ran what follows `fit` (the chief saving the model) is unknown. A
+                # failure of that rank, as anywhere else: restarted per the policy (the
+                # final barrier's entry says only the train end is left), else the job
+                # fails naming it.
+                await self._fail(
+                    WorkerLostError(
+                        rank,
+                        f"{error.reason}, after the train end but before it said it was done "
+                        "(its train-end decisions and its report may be missing)",
+                        error.traceback_text,
+                        retryable=error.retryable,
+                    )
+                )
             if self.roster.all_live(_said_goodbye):
                 self._finished.set()
             return

@@ -10,23 +10,28 @@ marker file). A job rolls back to its newest committed entry.
 Files, in the state directory (one writer: the coordinator)::
 
     job.json                       what the job is (world size, callbacks and their
-                                   arguments): a journal of another job is refused
+                                   arguments, the workers' fit parameters): a journal of
+                                   another job is refused
     epoch-00000012.json            the entry of epoch 12
-    epoch-00000012.committed       its workers' backups are complete
+    epoch-00000012.committed       its workers' backups are complete; holds the entry's
+                                   SHA-256
 
 Every file is written atomically (a temporary file, fsync, rename, fsync of the
-directory), and JSON (never pickle). The newest entries are kept; an entry that
-does not parse (a torn write) is skipped, so the job falls back to the one
-before it.
+directory), and sealed JSON (never pickle): its SHA-256 is checked before use and
+links are never followed (`distcb.protocol.integrity`). The newest entries are
+kept; a committed entry that is torn or damaged (or whose marker is) is skipped
+with a warning naming the file, so the job falls back to the generation before
+it; a damaged job.json, or every committed generation damaged, is an
+`IntegrityError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
+import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +40,16 @@ import msgspec
 
 from distcb.protocol.decisions import AnyDecision, Decision
 from distcb.protocol.errors import DistcbError
+from distcb.protocol.integrity import (
+    IntegrityError,
+    read_regular,
+    read_sealed,
+    unseal,
+    write_sealed,
+)
 from distcb.protocol.logs import from_json_value, to_json_value
+
+logger = logging.getLogger("distcb.coordinator")
 
 FORMAT = 1
 JOB_FILE = "job.json"
@@ -171,6 +185,7 @@ class Journal:
     def __init__(self, directory: str, job: dict[str, Any]):
         self.directory = os.path.abspath(directory)
         self.job = job
+        self._written: dict[int, str] = {}  # epoch -> SHA-256 of the entry this process wrote
 
     # ------------------------------------------------------------------ opening
 
@@ -181,10 +196,10 @@ class Journal:
             JournalMismatchError: it holds another job's journal (nothing is written).
         """
         path = os.path.join(self.directory, JOB_FILE)
-        if not os.path.exists(path):
+        try:
+            recorded = read_sealed(path)  # IntegrityError (loud) when damaged: no fallback
+        except FileNotFoundError:
             return False
-        with open(path, encoding="utf-8") as handle:
-            recorded = json.load(handle)
         difference = job_difference(recorded, self.job)
         if difference is not None:
             raise JournalMismatchError(
@@ -196,24 +211,37 @@ class Journal:
     def start(self) -> None:
         """Record this job (a new journal); `check_job` first."""
         os.makedirs(self.directory, exist_ok=True)
-        _write_atomically(self.directory, JOB_FILE, json.dumps(self.job, indent=1))
+        write_sealed(self.directory, JOB_FILE, self.job)
 
     # ------------------------------------------------------------------ writing
 
     def write(self, entry: JournalEntry) -> None:
         """Write `entry` (not committed yet)."""
         name = f"epoch-{entry.epoch:08d}.json"
-        _write_atomically(self.directory, name, json.dumps(entry.to_json(), allow_nan=False))
+        self._written[entry.epoch] = write_sealed(self.directory, name, entry.to_json())
 
     def commit(self, epoch: int) -> None:
-        """Mark epoch `epoch`'s entry committed (its backups are complete) and prune."""
-        if not os.path.exists(os.path.join(self.directory, f"epoch-{epoch:08d}.json")):
-            return  # a commit may arrive before the entry's write on a slow disk: retried
-        _write_atomically(self.directory, f"epoch-{epoch:08d}.committed", "")
+        """Mark epoch `epoch`'s entry committed (its backups are complete) and prune.
+
+        The marker holds the entry's SHA-256 as written: an entry changed after its commit
+        does not pass for committed.
+        """
+        digest = self._written.get(epoch)
+        if digest is None:
+            path = os.path.join(self.directory, f"epoch-{epoch:08d}.json")
+            try:  # written by an earlier attempt of this process: check it before blessing it
+                data = read_regular(path)
+                unseal(path, data)
+            except FileNotFoundError:
+                return  # a commit may arrive before the entry's write on a slow disk: retried
+            digest = hashlib.sha256(data).hexdigest()
+        write_sealed(
+            self.directory, f"epoch-{epoch:08d}.committed", {"epoch": epoch, "entry_sha256": digest}
+        )
         self._prune()
 
     def committed(self, epoch: int) -> bool:
-        return os.path.exists(os.path.join(self.directory, f"epoch-{epoch:08d}.committed"))
+        return os.path.lexists(os.path.join(self.directory, f"epoch-{epoch:08d}.committed"))
 
     def _prune(self) -> None:
         epochs = self._epochs()
@@ -232,45 +260,58 @@ class Journal:
     def latest(
         self, usable: Callable[[JournalEntry], bool] = lambda entry: True
     ) -> JournalEntry | None:
-        """The newest committed entry that parses (and that `usable` accepts), or None."""
+        """The newest committed entry that passes its checks (and that `usable` accepts),
+        or None.
+
+        Raises:
+            IntegrityError: there are committed entries, but every one is damaged (names
+                the newest damaged file).
+        """
+        damaged: list[IntegrityError] = []
         for epoch in reversed(self._epochs()):
             if not self.committed(epoch):
                 continue
             try:
-                with open(os.path.join(self.directory, f"epoch-{epoch:08d}.json")) as handle:
-                    entry = JournalEntry.from_json(json.load(handle))
-            except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError):
-                continue  # a torn or damaged entry: fall back to the one before
-            if entry.epoch == epoch and usable(entry):
+                entry = self._read_committed(epoch)
+            except IntegrityError as exc:
+                logger.warning("%s: going on from an earlier generation", exc)
+                damaged.append(exc)
+                continue
+            if usable(entry):
                 return entry
+        if damaged:
+            raise IntegrityError(
+                damaged[0].path,
+                f"{damaged[0].problem}, and no earlier committed generation is intact "
+                f"({len(damaged)} damaged); remove {self.directory} to start over",
+            )
         return None
+
+    def _read_committed(self, epoch: int) -> JournalEntry:
+        """Epoch `epoch`'s entry, checked against its seal and its commit marker."""
+        marker_path = os.path.join(self.directory, f"epoch-{epoch:08d}.committed")
+        path = os.path.join(self.directory, f"epoch-{epoch:08d}.json")
+        try:
+            marker = read_sealed(marker_path)
+            data = read_regular(path)
+        except FileNotFoundError as exc:
+            raise IntegrityError(exc.filename or path, "is missing") from None
+        expected = marker.get("entry_sha256") if isinstance(marker, dict) else None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise IntegrityError(path, "is not the entry that was committed (SHA-256 differs)")
+        try:
+            entry = JournalEntry.from_json(unseal(path, data))
+        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+            raise IntegrityError(path, f"holds no journal entry ({exc})") from None
+        if entry.epoch != epoch:
+            raise IntegrityError(path, f"holds the entry of epoch {entry.epoch}")
+        return entry
 
     def _epochs(self) -> list[int]:
         if not os.path.isdir(self.directory):
             return []
         found = (_ENTRY.match(name) for name in os.listdir(self.directory))
         return sorted(int(m.group(1)) for m in found if m)
-
-
-def _write_atomically(directory: str, name: str, text: str) -> None:
-    """Write `text` to directory/name: temporary file, fsync, rename, fsync the directory."""
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def remove_temporaries(directory: str) -> None:

@@ -187,6 +187,7 @@ class WorkerCallback:
                 directions=keras_models.metric_directions(self.model),  # type: ignore[arg-type]
                 learning_rate=keras_models.get_learning_rate(self.model),
                 flavour=flavours.flavour_of(self),  # type: ignore[arg-type]
+                seed=self.seed,
                 host=f"{socket.gethostname()}:{os.getpid()}",
             ),
         )

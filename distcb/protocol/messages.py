@@ -59,6 +59,7 @@ class JoinParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         directions: metric name -> "min"/"max", from the compiled metrics.
         learning_rate: the optimizer's learning rate (None under a schedule).
         flavour: "keras3" or "tf_keras".
+        seed: the seed given to the worker callback (part of the job's identity).
         host: the worker's host name and process id, for status pages.
     """
 
@@ -73,6 +74,7 @@ class JoinParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     directions: Annotated[dict[Name, Direction], msgspec.Meta(max_length=MAX_METRICS)] = {}
     learning_rate: Annotated[float, msgspec.Meta(ge=0)] | None = None
     flavour: Flavour | None = None
+    seed: NonNegInt | None = None
     host: Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)] = ""
 
 

@@ -144,7 +144,7 @@ class DecisionApplier:
         snapshot_id = decision.snapshot_id
         if snapshot_id not in self.snapshots and snapshot_id in self.on_disk:
             assert self.store is not None
-            path = self.store.snapshot_path(snapshot_id, self.target.snapshot_suffix)
+            path = self.store.read_snapshot(snapshot_id, self.target.snapshot_suffix)
             self.snapshots[snapshot_id] = self.target.load_snapshot(path)
         if snapshot_id not in self.snapshots:
             raise DecisionError(f"rank {self.rank}: no weights snapshot {snapshot_id} to restore")
@@ -160,7 +160,9 @@ class DecisionApplier:
             if store is None:
                 raise DecisionError("this worker has no run directory to back up into")
             if store.writes:
-                store.write_epoch(decision.epoch, self.target.save_state)
+                store.write_epoch(
+                    decision.epoch, self.target.save_state, snapshots=decision.keep_snapshots
+                )
                 store.keep_only_snapshots(decision.keep_snapshots)
         except Exception as exc:  # reported: the epoch is then no rollback point
             return BackedUp(rank=self.rank, epoch=decision.epoch, error=_describe(exc))

@@ -4,11 +4,16 @@ Layout, under the run directory::
 
     backups/rank-<r>/epoch-<e>/           what the target's `save_state` wrote at the end of
                                           epoch e (Keras's own formats)
+    backups/rank-<r>/epoch-<e>/manifest.json  the size and SHA-256 of each of those files,
+                                          and of the snapshot files epoch e still holds
     backups/rank-<r>/snapshot-<id>.*      a weight snapshot (restore_best_weights)
 
 Each backup is written into a temporary directory that is then renamed
 (atomic on one file system); a backup that was being written when its
 process died leaves only a temporary directory, removed at the next backup.
+A backup and the snapshots it lists are checked against its manifest before
+they are read, without following links (`distcb.protocol.integrity`): a damaged
+one is an `IntegrityError` naming the file, never a resume from other weights.
 Workers of a synchronous job (MultiWorkerMirroredStrategy) hold one model:
 the chief alone writes, and every worker reads the chief's.
 """
@@ -21,6 +26,17 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from typing import Any
+
+from distcb.protocol.integrity import (
+    IntegrityError,
+    check_directory,
+    file_digest,
+    fsync_directory,
+    verify_file,
+    verify_manifest,
+    write_manifest,
+)
 
 KEEP_EPOCHS = 3  # backups kept: the journal rolls back to one of its newest committed epochs
 _EPOCH = re.compile(r"^epoch-(\d{8})$")
@@ -41,6 +57,9 @@ class BackupStore:
         self.root = os.path.abspath(root)
         self.rank = rank
         self.owner = owner
+        # snapshot id -> {"file", "bytes", "sha256"}: written by this process, or read from
+        # the manifest of the backup a resumed job went on from.
+        self.snapshot_digests: dict[int, dict[str, Any]] = {}
 
     @property
     def writes(self) -> bool:
@@ -54,41 +73,87 @@ class BackupStore:
     def epoch_dir(self, epoch: int) -> str:
         return os.path.join(self.directory, f"epoch-{epoch:08d}")
 
-    def write_epoch(self, epoch: int, save: Callable[[str], None]) -> None:
+    def write_epoch(
+        self, epoch: int, save: Callable[[str], None], snapshots: Iterable[int] = ()
+    ) -> None:
         """Back up epoch `epoch`: `save(directory)` writes into a fresh directory that then
-        takes the backup's name; older backups beyond `KEEP_EPOCHS` go."""
+        takes the backup's name, with a manifest of its files and of the `snapshots` it
+        still holds; older backups beyond `KEEP_EPOCHS` go."""
         os.makedirs(self.directory, exist_ok=True)
+        check_directory(self.directory)
         self._remove_temporaries()
         tmp = tempfile.mkdtemp(prefix=".tmp-epoch-", dir=self.directory)
         try:
             save(tmp)
+            held = {
+                str(i): self.snapshot_digests[i] for i in snapshots if i in self.snapshot_digests
+            }
+            write_manifest(tmp, {"epoch": epoch, "rank": self.owner, "snapshots": held})
             _fsync_tree(tmp)
             target = self.epoch_dir(epoch)
-            if os.path.isdir(target):  # the same epoch backed up again after a rollback
+            if os.path.islink(target):  # never delete through a link
+                os.unlink(target)
+            elif os.path.isdir(target):  # the same epoch backed up again after a rollback
                 shutil.rmtree(target)
             os.rename(tmp, target)
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._prune(epoch)
 
     def read_epoch(self, epoch: int) -> str:
-        """The directory of epoch `epoch`'s backup.
+        """The directory of epoch `epoch`'s backup, checked against its manifest.
 
         Raises:
             FileNotFoundError: there is none (says where it looked).
+            IntegrityError: a file of it is damaged, missing or a link (names the file).
         """
         path = self.epoch_dir(epoch)
-        if not os.path.isdir(path):
+        if not os.path.lexists(path):
             raise FileNotFoundError(
                 f"rank {self.rank}: no backup of epoch {epoch} in {self.directory}; the journal "
                 "and the backups must live on storage every restarted worker can read"
             )
+        try:
+            check_directory(self.root)
+            check_directory(self.directory)
+            manifest = verify_manifest(path)
+            if manifest.get("epoch") != epoch:
+                raise IntegrityError(
+                    os.path.join(path, "manifest.json"),
+                    f"is the manifest of epoch {manifest.get('epoch')!r}",
+                )
+            snapshots = {int(i): dict(d) for i, d in manifest.get("snapshots", {}).items()}
+        except (IntegrityError, ValueError, TypeError, AttributeError) as exc:
+            where, problem = (
+                (exc.path, exc.problem) if isinstance(exc, IntegrityError) else (path, str(exc))
+            )
+            raise IntegrityError(
+                where,
+                f"{problem}. Rank {self.rank} cannot go on from its backup of epoch {epoch}: "
+                f"remove epoch-{epoch:08d}.committed from the journal's directory (the run "
+                "directory's state/) to go on from the generation before",
+            ) from None
+        self.snapshot_digests = snapshots
         return path
 
     def snapshot_path(self, snapshot_id: int, suffix: str) -> str:
         return os.path.join(self.directory, f"snapshot-{snapshot_id}{suffix}")
+
+    def read_snapshot(self, snapshot_id: int, suffix: str) -> str:
+        """The path of a persisted snapshot, checked against its recorded SHA-256.
+
+        Raises:
+            IntegrityError: none is recorded, or the file is damaged, missing or a link.
+        """
+        path = self.snapshot_path(snapshot_id, suffix)
+        expected = self.snapshot_digests.get(snapshot_id)
+        if expected is None or expected.get("file") != os.path.basename(path):
+            raise IntegrityError(path, "has no checksum recorded in the backup resumed from")
+        check_directory(self.directory)
+        verify_file(path, expected)
+        return path
 
     def write_snapshot(self, snapshot_id: int, suffix: str, save: Callable[[str], None]) -> None:
         """Persist a weight snapshot atomically (`save(path)` writes the file)."""
@@ -98,7 +163,14 @@ class BackupStore:
         os.unlink(tmp)  # let the saver create it (Keras refuses some existing files)
         try:
             save(tmp)
-            os.replace(tmp, self.snapshot_path(snapshot_id, suffix))
+            size, digest = file_digest(tmp)
+            path = self.snapshot_path(snapshot_id, suffix)
+            os.replace(tmp, path)
+            self.snapshot_digests[snapshot_id] = {
+                "file": os.path.basename(path),
+                "bytes": size,
+                "sha256": digest,
+            }
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -106,6 +178,7 @@ class BackupStore:
     def keep_only_snapshots(self, keep: Iterable[int]) -> None:
         """Remove snapshot files whose ids are not in `keep`."""
         wanted = set(keep)
+        self.snapshot_digests = {i: d for i, d in self.snapshot_digests.items() if i in wanted}
         if not os.path.isdir(self.directory):
             return
         for name in os.listdir(self.directory):
@@ -142,12 +215,4 @@ def _fsync_tree(directory: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(base)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_directory(base)
