@@ -754,14 +754,16 @@ class Coordinator:
         if not self.roster.live or self.roster.all_live(_said_goodbye):
             self._finished.set()
         else:
-            asyncio.get_running_loop().call_later(self.config.reply_timeout_s, self._goodbye_late)
+            asyncio.get_running_loop().call_later(
+                self.config.reply_timeout_s, self._goodbye_late, self.roster, self._finished
+            )
 
-    def _goodbye_late(self) -> None:
+    def _goodbye_late(self, roster: Roster, finished: asyncio.Event) -> None:
         """Ranks still connected that did not say they were done within the reply timeout:
-        the job ends without their reports; say which."""
-        if self._finished.is_set():
+        the attempt (of `roster`, `finished`) ends without their reports; say which."""
+        if finished.is_set():
             return
-        silent = sorted(r for r in self.roster.live if not _said_goodbye(self.roster.workers[r]))
+        silent = sorted(r for r in roster.live if not _said_goodbye(roster.workers[r]))
         if silent:
             logger.warning(
                 "ranks %s did not say they were done within Config.reply_timeout_s=%g s after "
@@ -769,7 +771,7 @@ class Coordinator:
                 silent,
                 self.config.reply_timeout_s,
             )
-        self._finished.set()
+        finished.set()
 
     async def _on_done(self, rank: int, message: Done) -> None:
         self.roster.workers[rank].report = message.report
@@ -814,7 +816,8 @@ class Coordinator:
         await self.roster.drop(rank, error.reason)
         self._merger.drop_rank(rank)
         if self.phase is Phase.DONE:
-            if self.failure is None and self._restarting is None:
+            said_done = self.roster.workers[rank].done  # (a send after its goodbye failed)
+            if not said_done and self.failure is None and self._restarting is None:
                 # Training ended and every decision went out, but this rank never said it
                 # was done: whether it applied the train-end decisions (restored weights)
                 # and ran what follows `fit` (the chief saving the model) is unknown. A

@@ -277,6 +277,7 @@ async def test_frames_queued_behind_another_message_are_merged_once_the_queue_dr
     # queue is empty even though the last event was not a frame.
     from distcb.protocol.messages import (
         BatchFrame,
+        Done,
         EpochEnd,
         Join,
         JoinParams,
@@ -317,6 +318,7 @@ async def test_frames_queued_behind_another_message_are_merged_once_the_queue_dr
     assert (await next_reply()).type == "epoch_reply"
     await worker_end.send(TrainEnd(rank=0))
     assert (await next_reply()).type == "train_end_reply"
+    await worker_end.send(Done(rank=0, report={}))  # without it: a rank lost at the end
     await worker_end.close("done")
     await asyncio.wait_for(running, 30)
     await serving

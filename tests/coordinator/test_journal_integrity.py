@@ -94,9 +94,7 @@ def test_an_entry_of_another_epoch_under_this_name_is_refused(journal):
 
 def test_every_generation_damaged_is_an_error_not_a_fresh_start(journal):
     for epoch in range(3):
-        damage(
-            os.path.join(journal.directory, f"epoch-{epoch:08d}.json"), "truncate", [], "unused"
-        )
+        damage(os.path.join(journal.directory, f"epoch-{epoch:08d}.json"), "truncate", [], "unused")
     with pytest.raises(IntegrityError, match=r"epoch-00000002\.json.*no earlier committed"):
         journal.latest()
 
@@ -122,3 +120,15 @@ def test_commit_blesses_only_an_intact_entry(tmp_path):
     with pytest.raises(IntegrityError, match=r"epoch-00000000\.json"):
         second.commit(0)
     assert not os.path.exists(os.path.join(state, "epoch-00000000.committed"))
+
+
+def test_a_sealed_file_edited_into_other_valid_json_is_refused(journal):
+    # Still JSON, still a journal of a job: only the seal tells that it changed.
+    path = os.path.join(journal.directory, "job.json")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    assert b'"world_size": 2' in data
+    with open(path, "wb") as handle:
+        handle.write(data.replace(b'"world_size": 2', b'"world_size": 3'))
+    with pytest.raises(IntegrityError, match="do not match its SHA-256"):
+        journal.check_job()

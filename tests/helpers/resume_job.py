@@ -9,6 +9,8 @@ tests compare. Faults (a JSON list) fire once each, in whichever attempt reaches
 first: ``{"name": ..., "rank": r, "epoch": e, "batch": b, "signal": "KILL" | "TERM" |
 "RAISE"}``; the worker of that rank sends itself the signal (or raises) from
 ``on_train_batch_begin(b)`` of epoch e (a marker file in RUN_DIR/faults makes it fire once).
+A fault with ``"at": "before_done"`` (and epoch/batch -1) fires after the train-end reply,
+before the worker says it is done.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ def train(run_dir: str, faults: list[dict[str, Any]], timeline: bool = False) ->
     worker = distcb.keras.WorkerCallback(
         samples=len(x), val_samples=len(vx), batch_size=BATCH, seed=SEED
     )
+    for fault in mine:
+        if fault.get("at") == "before_done":  # after the train-end reply, before `Done`
+            worker.report = _fault_before_done(run_dir, fault, worker.report)  # type: ignore[method-assign]
     model.fit(
         x,
         y,
@@ -130,6 +135,23 @@ def train(run_dir: str, faults: list[dict[str, Any]], timeline: bool = False) ->
     report = {"weights": digest(model.get_weights()), "resumed_after": worker.resumed_after}
     with open(os.path.join(run_dir, f"report-{ctx.rank}.json"), "w") as handle:
         json.dump(report, handle)
+
+
+def _fault_before_done(run_dir: str, fault: dict[str, Any], report: Any) -> Any:
+    """`report` (which the worker callback calls between the train-end reply and its
+    `Done`), sending this process `fault`'s signal first, once per run directory."""
+
+    def fire_then_report() -> Any:
+        marker = os.path.join(run_dir, "faults", fault["name"])
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return report()
+        os.kill(os.getpid(), getattr(signal, f"SIG{fault['signal']}"))
+        return report()
+
+    return fire_then_report
 
 
 def callbacks(run_dir: str) -> list[Any]:
