@@ -9,6 +9,8 @@
     ├── DecisionError          a decision that cannot be carried out
     ├── ConnectionClosed       a channel closed or broke (transports raise it; the
     │                          coordinator and workers turn it into the two above)
+    ├── IntegrityError         a file of a resumable job's state is damaged, missing or
+    │                          a link (names the file)
     └── RestartsExhausted      a job lost a worker once more than `max_restarts` allowed
 
     JobInterrupted (a SystemExit, code 143)  a worker stops so that its job resumes
@@ -123,6 +125,23 @@ class ConnectionClosed(DistcbError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.reason,))
+
+
+class IntegrityError(DistcbError):
+    """A file of a resumable job's state (journal, backup) is damaged, missing or a link.
+
+    Attributes:
+        path: the file.
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, path: str, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem))
 
 
 class RestartsExhausted(DistcbError):

@@ -31,23 +31,29 @@ import stat
 import tempfile
 from typing import Any
 
-from distcb.protocol.errors import DistcbError
+from distcb.protocol.errors import IntegrityError
 
 _CHUNK_BYTES = 1 << 20
 _SEAL = re.compile(rb'^\{"sha256": "([0-9a-f]{64})", "body": ')
 _SEAL_END = b"}\n"
 
-
-class IntegrityError(DistcbError):
-    """A state file is damaged, missing or a link: `path` names it."""
-
-    def __init__(self, path: str, problem: str):
-        self.path = path
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.problem))
+__all__ = [
+    "MANIFEST",
+    "IntegrityError",
+    "check_directory",
+    "file_digest",
+    "fsync_directory",
+    "open_regular",
+    "read_regular",
+    "read_sealed",
+    "seal",
+    "unseal",
+    "verify_file",
+    "verify_manifest",
+    "write_atomically",
+    "write_manifest",
+    "write_sealed",
+]
 
 
 def open_regular(path: str) -> int:

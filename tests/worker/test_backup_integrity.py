@@ -119,3 +119,18 @@ def test_a_backup_written_again_replaces_a_link_without_following_it(store, tmp_
     assert (elsewhere / "keep.txt").read_text() == "not distcb's"
     assert not os.path.islink(target)
     store.read_epoch(2)
+
+
+def test_the_error_survives_pickling_with_the_file_named(store):
+    # A launcher carries a worker's error across processes.
+    import pickle
+
+    os.unlink(os.path.join(store.epoch_dir(2), "weights.npy"))
+    with pytest.raises(IntegrityError) as raised:
+        store.read_epoch(2)
+    back = pickle.loads(pickle.dumps(raised.value))
+    assert (type(back), back.path, str(back)) == (
+        IntegrityError,
+        raised.value.path,
+        str(raised.value),
+    )
