@@ -98,7 +98,11 @@ class BackupStore:
         os.unlink(tmp)  # let the saver create it (Keras refuses some existing files)
         try:
             save(tmp)
+            # Durable before the barrier's backup is reported: a committed barrier may
+            # name this snapshot (restore_best_weights after a rollback).
+            _fsync_file(tmp)
             os.replace(tmp, self.snapshot_path(snapshot_id, suffix))
+            _fsync_dir(self.directory)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -137,12 +141,16 @@ class BackupStore:
 def _fsync_tree(directory: str) -> None:
     for base, _, files in os.walk(directory):
         for name in files:
-            fd = os.open(os.path.join(base, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(os.path.join(base, name))
         _fsync_dir(base)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:
