@@ -147,7 +147,9 @@ class CommitProtocol(RuleBasedStateMachine):
         self.models = {rank: Model(rank) for rank in RANKS}
         self.appliers = {
             rank: DecisionApplier(
-                self.models[rank], rank, BackupStore(os.path.join(self.run_dir, "backups"), rank, rank)
+                self.models[rank],
+                rank,
+                BackupStore(os.path.join(self.run_dir, "backups"), rank, rank),
             )
             for rank in RANKS
         }

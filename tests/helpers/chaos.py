@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -63,7 +64,7 @@ PHASES = (
     "launcher",
 )
 EPOCHS = 8  # the chaos job's epochs (resume_job's chaos profile: a stop, LR cuts, a restore)
-MAX_RESTARTS = 2
+MAX_RESTARTS = 5  # up to three kills in an episode, and spares (a loaded machine)
 HOLD_S = 0.6  # how long a held phase stays open
 RUN_TIMEOUT_S = 240.0
 POLL_S = 0.01
@@ -93,7 +94,10 @@ class Kill:
 
     def describe(self) -> str:
         at = "" if self.epoch is None else f" epoch {self.epoch}"
-        return f"#{self.index} {self.phase}{at} (rank {self.rank}'s) -> kill {self.target} at {self.moment:.2f}"
+        return (
+            f"#{self.index} {self.phase}{at} (rank {self.rank}) -> {self.target} "
+            f"at {self.moment:.2f}"
+        )
 
 
 @dataclasses.dataclass
@@ -108,32 +112,47 @@ class Outcome:
 
 # ---------------------------------------------------------------------- the schedule
 
+EARLY = ("before_join", "during_join", "first_epoch")
+MIDDLE = ("mid_epoch", "backup_write", "journal_write", "commit")
+LATE = ("train_end", "launcher")
 
-def schedule(seed: int, kills: int, last_epoch: int) -> list[Kill]:
-    """`kills` kills, phases in turn (every phase covered), the rest drawn from `seed`."""
+
+def schedule(seed: int, kills: int, last_epoch: int) -> list[list[Kill]]:
+    """`kills` kills in episodes of up to three, one run of the job each: a kill early in
+    the job, one in the middle, one late. Phases go in turn within each group (every
+    phase covered); targets, epochs and moments are drawn from `seed`."""
     rng = random.Random(seed)
-    plan = []
-    for index in range(kills):
-        phase = PHASES[index % len(PHASES)]
-        rank = rng.randrange(2)
-        worker = f"rank{rank}"
-        other = f"rank{1 - rank}"
-        epoch: int | None = None
-        if phase in ("before_join", "during_join", "first_epoch", "train_end"):
-            target = rng.choice([worker, worker, other, "launcher"])
-        elif phase == "mid_epoch":
-            epoch = rng.randrange(1, max(2, last_epoch))
-            target = rng.choice([worker, other, "launcher"])
-        elif phase == "backup_write":
-            epoch = rng.randrange(0, last_epoch + 1)
-            target = rng.choice([worker, worker, other, "launcher"])
-        elif phase in ("journal_write", "commit"):
-            epoch = rng.randrange(0, last_epoch + 1)
-            target = rng.choice(["launcher", "launcher", worker])
-        else:
-            target = "launcher"
-        plan.append(Kill(index, phase, target, epoch, rank, rng.random()))
-    return plan
+    episodes: list[list[Kill]] = []
+    index = 0
+    while index < kills:
+        n = len(episodes)
+        phases = [EARLY[n % 3], MIDDLE[n % 4], LATE[n % 2]][: kills - index]
+        episode = []
+        for phase in phases:
+            episode.append(_draw(rng, index, phase, last_epoch))
+            index += 1
+        episodes.append(episode)
+    return episodes
+
+
+def _draw(rng: random.Random, index: int, phase: str, last_epoch: int) -> Kill:
+    rank = rng.randrange(2)
+    worker, other = f"rank{rank}", f"rank{1 - rank}"
+    epoch: int | None = None
+    if phase in EARLY or phase == "train_end":
+        target = rng.choice([worker, worker, other, "launcher"])
+    elif phase == "mid_epoch":
+        epoch = rng.randrange(1, max(2, last_epoch))
+        target = rng.choice([worker, other, "launcher"])
+    elif phase == "backup_write":
+        epoch = rng.randrange(1, last_epoch + 1)
+        target = rng.choice([worker, worker, other, "launcher"])
+    elif phase in ("journal_write", "commit"):
+        epoch = rng.randrange(1, last_epoch + 1)
+        target = rng.choice(["launcher", "launcher", worker])
+    else:
+        target = "launcher"
+    return Kill(index, phase, target, epoch, rank, rng.random())
 
 
 # ---------------------------------------------------------------------- watching a run
@@ -162,7 +181,9 @@ class Watch:
             self.events.append(json.loads(line))
         now = time.time()
         for pid, rank in children(self.launcher_pid):
-            if pid not in self._seen:
+            # Between fork and exec a child still shows its parent's environment: it is
+            # counted once its own (with its rank) shows.
+            if pid not in self._seen and rank is not None:
                 self._seen.add(pid)
                 self.events.append({"t": now, "pid": pid, "rank": rank, "event": "spawn"})
 
@@ -213,11 +234,11 @@ def alive(pid: int) -> bool:
 # ---------------------------------------------------------------------- running the job
 
 
-def environment(events: str | None, hold: dict[str, Any] | None = None) -> dict[str, str]:
+def environment(events: str | None, holds: list[dict[str, Any]] | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("DISTCB_CHAOS", None)
     if events is not None:
-        env["DISTCB_CHAOS"] = json.dumps({"events": events, "hold": hold})
+        env["DISTCB_CHAOS"] = json.dumps({"events": events, "holds": holds or []})
     return env
 
 
@@ -343,7 +364,8 @@ class Windows:
             return HOLD_S + self._t("commit_end", None, e) - self._t("commit_begin", None, e)
         if kill.phase == "train_end":
             return HOLD_S + self._t("train_end_done", r) - self._t("train_end_begin", r)
-        return self.wall_s
+        # The launcher: anywhere in most of the training after the workers (re)joined.
+        return 0.8 * (self._t("train_end_done", 1 - r) - self._t("joined", r))
 
     def last_epoch(self) -> int:
         return max(int(e["epoch"]) for e in self.events if e["event"] == "epoch_end")
@@ -363,93 +385,157 @@ HOLDS = {"backup_write": "backup", "journal_write": "journal", "commit": "commit
 
 
 def _hold(kill: Kill) -> dict[str, Any] | None:
+    """The hold that keeps `kill`'s phase open (tests/helpers/chaos_hooks.py), if it has one."""
     if kill.phase in HOLDS:
         rank = kill.rank if kill.phase == "backup_write" else None
-        return {"phase": HOLDS[kill.phase], "epoch": kill.epoch, "rank": rank, "hold_s": HOLD_S}
-    if kill.phase == "train_end":
-        return {"phase": "train_end", "epoch": None, "rank": kill.rank, "hold_s": HOLD_S}
+        phase, epoch = HOLDS[kill.phase], kill.epoch
+    elif kill.phase == "train_end":
+        rank, phase, epoch = kill.rank, "train_end", None
+    else:
+        return None
+    return {"id": kill.index, "phase": phase, "epoch": epoch, "rank": rank, "hold_s": HOLD_S}
+
+
+def _window_events(kill: Kill) -> tuple[str, int | None, int | None]:
+    """The event that opens `kill`'s window, and the rank and epoch it must carry."""
+    first, _ = OPENS[kill.phase]
+    rank = None if kill.phase in ("journal_write", "commit") else kill.rank
+    epoch = None if kill.phase in EARLY or kill.phase == "train_end" else kill.epoch
+    return first, rank, epoch
+
+
+class _Run:
+    """One run of the job (relaunched with resume=True after a launcher kill)."""
+
+    def __init__(self, run_dir: str, epochs: int, holds: list[dict[str, Any]]):
+        self.run_dir = run_dir
+        self.epochs = epochs
+        self.events = run_dir + ".events"
+        self.began = time.time()
+        self.deadline = self.began + RUN_TIMEOUT_S
+        self.process = start(run_dir, epochs, environment(self.events, holds))
+        self.watch = Watch(self.events, self.process.pid)
+        self.holds = holds
+        self.worker_pids: set[int] = set()
+
+    def poll(self) -> None:
+        self.watch.poll()
+        self.worker_pids |= {e["pid"] for e in self.watch.events if e.get("rank") is not None}
+
+    def running(self) -> bool:
+        return self.process.poll() is None and time.time() < self.deadline
+
+    def relaunch(self) -> None:
+        """After the launcher's death: its workers end; the job runs again, resumed."""
+        self.process.wait()
+        for pid in self.worker_pids | {pid for pid, _ in children(self.process.pid)}:
+            while alive(pid) and time.time() < self.deadline:
+                time.sleep(POLL_S)
+        self.process = start(
+            self.run_dir, self.epochs, environment(self.events, self.holds), "--resume"
+        )
+        self.watch.launcher_pid = self.process.pid
+
+
+def run_episode(
+    episode: list[Kill], workdir: str, epochs: int, windows: Windows, reference: dict[str, Any]
+) -> list[Outcome]:
+    """Run the job once, with the episode's kills in turn (each after the job recovered
+    from the one before), then compare with the reference."""
+    run_dir = os.path.join(workdir, f"run-{episode[0].index:04d}")
+    os.makedirs(run_dir)
+    holds = [h for h in (_hold(kill) for kill in episode) if h is not None]
+    run = _Run(run_dir, epochs, holds)
+    done: list[tuple[Kill, float, bool | None]] = []  # kill, when, inside its window
+    armed_at = run.began
+    try:
+        for kill in episode:
+            killed = _one_kill(run, kill, windows, armed_at)
+            if killed is None:
+                break
+            done.append((kill, *killed))
+            if kill.target == "launcher":
+                run.relaunch()
+            armed_at = _recovered(run, killed[0]) or time.time()
+        _wait(run.process, run.deadline)
+        wall = time.time() - run.began
+        if run.process.returncode is None:
+            status, detail = "hang", f"no end within {RUN_TIMEOUT_S:g} s"
+        else:
+            status, detail = _judge(run, reference)
+        run.poll()
+        outcomes = []
+        for kill, at, inside in done:
+            back = run.watch.find("joined", after=at)
+            recovery = None if back is None else back["t"] - at
+            outcomes.append(Outcome(kill, status, detail, recovery, wall, inside))
+        for kill in episode[len(done) :]:
+            outcomes.append(Outcome(kill, "missed", "the phase never came", wall_s=wall))
+        return outcomes
+    finally:
+        if run.process.poll() is None:
+            _kill_group(run.process)
+
+
+def _one_kill(
+    run: _Run, kill: Kill, windows: Windows, armed_at: float
+) -> tuple[float, bool | None] | None:
+    """Wait for `kill`'s window, SIGKILL its target at its moment; (when, whether the
+    window was still open), or None when the window never came."""
+    hold = _hold(kill)
+    if hold is not None:
+        with open(f"{run.events}.hold-{hold['id']}.armed", "w"):
+            pass
+    window = max(0.0, windows.length(kill))
+    opened: dict[str, Any] | None = None
+    due: float | None = armed_at + kill.moment * window if kill.phase == "launcher" else None
+    while run.running():
+        run.poll()
+        if due is None:
+            event, rank, epoch = _window_events(kill)
+            opened = run.watch.find(event, rank, epoch, after=armed_at)
+            if opened is not None:
+                due = opened["t"] + kill.moment * window
+        if due is not None and time.time() >= due:
+            pid = _target_pid(kill, run.process.pid, run.watch)
+            if pid is None:
+                return None
+            os.kill(pid, signal.SIGKILL)
+            at = time.time()
+            inside: bool | None = None
+            if opened is not None:
+                run.poll()
+                _, last = OPENS[kill.phase]
+                _, rank, epoch = _window_events(kill)
+                inside = run.watch.find(last, rank, epoch, after=opened["t"]) is None
+            return at, inside
+        time.sleep(POLL_S)
     return None
 
 
-def run_kill(
-    kill: Kill, workdir: str, epochs: int, windows: Windows, reference: dict[str, Any]
-) -> Outcome:
-    """Run the job, kill as `kill` says, let it recover, compare with the reference."""
-    run_dir = os.path.join(workdir, f"kill-{kill.index:04d}")
-    os.makedirs(run_dir)
-    events = run_dir + ".events"
-    began = time.time()
-    process = start(run_dir, epochs, environment(events, _hold(kill)))
-    watch = Watch(events, process.pid)
-    window = max(0.0, windows.length(kill))
-    killed_at: float | None = None
-    in_window: bool | None = None
-    pids: set[int] = set()
-    deadline = began + RUN_TIMEOUT_S
-    try:
-        opened: dict[str, Any] | None = None
-        due: float | None = began + kill.moment * window if kill.phase == "launcher" else None
-        while process.poll() is None and time.time() < deadline:
-            watch.poll()
-            pids |= {e["pid"] for e in watch.events if e.get("rank") is not None}
-            if due is None:
-                first, _ = OPENS[kill.phase]
-                rank = None if kill.phase in ("journal_write", "commit") else kill.rank
-                epoch = kill.epoch if kill.phase != "first_epoch" else None
-                opened = watch.find(first, rank, epoch if first != "joined" else None)
-                if opened is not None:
-                    due = opened["t"] + kill.moment * window
-            if due is not None and time.time() >= due:
-                pid = _target_pid(kill, process.pid, watch)
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
-                    killed_at = time.time()
-                    if opened is not None:
-                        watch.poll()
-                        _, last = OPENS[kill.phase]
-                        closed = watch.find(
-                            last,
-                            None if kill.phase in ("journal_write", "commit") else kill.rank,
-                            kill.epoch if kill.phase not in ("first_epoch",) else None,
-                            after=opened["t"],
-                        )
-                        in_window = closed is None
-                    break
-            time.sleep(POLL_S)
-        if killed_at is None:
-            _wait(process, deadline)
-            if process.returncode is None:
-                return _hung(kill, process, began)
-            return Outcome(kill, "missed", "the phase never came", wall_s=time.time() - began)
-        if kill.target == "launcher":
-            process.wait()
-            for pid in pids | {pid for pid, _ in children(process.pid)}:
-                while alive(pid) and time.time() < deadline:
-                    time.sleep(POLL_S)
-            process = start(run_dir, epochs, environment(events), "--resume")
-            watch.launcher_pid = process.pid
-        _wait(process, deadline)
-        if process.returncode is None:
-            return _hung(kill, process, began)
-        watch.poll()
-        output = _read(run_dir + ".out") or ""
-        back = watch.find("joined", after=killed_at)
-        recovery = None if back is None else back["t"] - killed_at
-        wall = time.time() - began
-        if process.returncode != 0:
-            why = cause(output)
-            status = "loud" if why else "LOUD-UNNAMED"
-            return Outcome(kill, status, why or output[-500:], recovery, wall, in_window)
-        result = result_of(run_dir, output)
-        if result is None:
-            return Outcome(kill, "SILENT", "exit 0 without a result", recovery, wall, in_window)
-        diff = differences(result, reference)
-        if diff:
-            return Outcome(kill, "SILENT", f"differs: {', '.join(diff)}", recovery, wall, in_window)
-        return Outcome(kill, "identical", "", recovery, wall, in_window)
-    finally:
-        if process.poll() is None:
-            _kill_group(process)
+def _recovered(run: _Run, killed_at: float) -> float | None:
+    """When a restarted worker joined after the kill (None: the job ended first)."""
+    while run.running():
+        run.poll()
+        back = run.watch.find("joined", after=killed_at)
+        if back is not None:
+            return float(back["t"])
+        time.sleep(POLL_S)
+    return None
+
+
+def _judge(run: _Run, reference: dict[str, Any]) -> tuple[str, str]:
+    output = _read(run.run_dir + ".out") or ""
+    if run.process.returncode != 0:
+        why = cause(output)
+        return ("loud", why) if why else ("LOUD-UNNAMED", output[-500:])
+    result = result_of(run.run_dir, output)
+    if result is None:
+        return "SILENT", "exit 0 without a result"
+    diff = differences(result, reference)
+    if diff:
+        return "SILENT", f"differs: {', '.join(diff)}"
+    return "identical", ""
 
 
 def _target_pid(kill: Kill, launcher: int, watch: Watch) -> int | None:
@@ -461,22 +547,13 @@ def _target_pid(kill: Kill, launcher: int, watch: Watch) -> int | None:
 
 
 def _wait(process: subprocess.Popen[str], deadline: float) -> None:
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=max(0.1, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _hung(kill: Kill, process: subprocess.Popen[str], began: float) -> Outcome:
-    _kill_group(process)
-    return Outcome(kill, "hang", f"no end within {RUN_TIMEOUT_S:g} s", wall_s=time.time() - began)
 
 
 def _kill_group(process: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
@@ -506,19 +583,25 @@ def campaign(
     log(f"reference: {reference_wall:.1f} s, epochs {reference['epochs']}")
     windows = Windows(events, reference_wall)
     plan = schedule(seed, kills, windows.last_epoch())
+    for episode in plan:
+        log("schedule: " + " | ".join(kill.describe() for kill in episode))
     outcomes: list[Outcome] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {
-            pool.submit(run_kill, kill, workdir, epochs, windows, reference): kill for kill in plan
-        }
+        futures = [
+            pool.submit(run_episode, episode, workdir, epochs, windows, reference)
+            for episode in plan
+        ]
         for future in concurrent.futures.as_completed(futures):
-            outcome = future.result()
-            outcomes.append(outcome)
-            recovery = "" if outcome.recovery_s is None else f", back in {outcome.recovery_s:.1f} s"
-            log(
-                f"{outcome.kill.describe()}: {outcome.status}{recovery}"
-                + (f" ({outcome.detail})" if outcome.detail else "")
-            )
+            for outcome in future.result():
+                outcomes.append(outcome)
+                recovery = (
+                    "" if outcome.recovery_s is None else f", back in {outcome.recovery_s:.1f} s"
+                )
+                where = "" if outcome.killed_in_window in (None, True) else " (after its window)"
+                log(
+                    f"{outcome.kill.describe()}{where}: {outcome.status}{recovery}"
+                    + (f" ({outcome.detail})" if outcome.detail else "")
+                )
     outcomes.sort(key=lambda o: o.kill.index)
     return Campaign(reference, reference_wall, outcomes, time.time() - began)
 

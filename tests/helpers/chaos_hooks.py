@@ -6,12 +6,13 @@ line per event to the events file it names: ``{"t", "pid", "rank", "event", "epo
 phase the job is in, and sends its SIGKILL from outside.
 
 Some phases last a few milliseconds (a backup's files, a journal entry's write and rename,
-the commit marker, the train end). ``hold`` names one occurrence of one of them, and that
-occurrence is held open for ``hold_s`` seconds, in three parts around the moments that
-matter, so that a kill at a random moment of the window lands before, inside or after the
-durable step with fair odds. A hold fires once per job (a marker file), never in an attempt
-that runs the same epoch again. Holds only wait: the job computes what it computes without
-them (the harness compares every run with an uninterrupted one).
+the commit marker, the train end). Each of ``holds`` names one occurrence of one of them,
+held open for ``hold_s`` seconds, in parts around the moments that matter, so that a kill
+at a random moment of the window lands before, inside or after the durable step with fair
+odds. A hold fires once, and only after the harness armed it (a file next to the events),
+so that the occurrence held is the one its kill waits for. Holds only wait: the job
+computes what it computes without them (the harness compares every run with an
+uninterrupted one).
 """
 
 from __future__ import annotations
@@ -48,21 +49,25 @@ def mark(event: str, rank: int | None = None, epoch: int | None = None) -> None:
 
 
 def _hold_for(phase: str, rank: int | None, epoch: int | None) -> float:
-    """Seconds to hold this occurrence open (0: it is not the one named), once per job."""
+    """Seconds to hold this occurrence open (0: no hold names it). A hold fires once, and
+    only once the harness armed it (a file), so that it waits for the kill meant for it."""
     settings = _settings()
-    hold = (settings or {}).get("hold")
-    if not hold or hold["phase"] != phase:
-        return 0.0
-    if hold.get("epoch") is not None and hold["epoch"] != epoch:
-        return 0.0
-    if hold.get("rank") is not None and hold["rank"] != rank:
-        return 0.0
-    fired = settings["events"] + ".hold-fired"  # type: ignore[index]
-    try:
-        os.close(os.open(fired, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return 0.0
-    return float(hold["hold_s"])
+    for hold in (settings or {}).get("holds", []):
+        if hold["phase"] != phase:
+            continue
+        if hold.get("epoch") is not None and hold["epoch"] != epoch:
+            continue
+        if hold.get("rank") is not None and hold["rank"] != rank:
+            continue
+        prefix = f"{settings['events']}.hold-{hold['id']}"  # type: ignore[index]
+        if not os.path.exists(prefix + ".armed"):
+            continue
+        try:
+            os.close(os.open(prefix + ".fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        return float(hold["hold_s"])
+    return 0.0
 
 
 # ---------------------------------------------------------------------- the workers

@@ -182,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     options = parser.parse_args(argv)
     import distcb
-
     from tests.helpers import chaos_hooks
 
     chaos_hooks.install_coordinator()
