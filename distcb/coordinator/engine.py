@@ -796,6 +796,12 @@ class Coordinator:
         await self.roster.drop(rank, error.reason)
         self._merger.drop_rank(rank)
         if self.phase is Phase.DONE:
+            worker = self.roster.workers.get(rank)
+            if worker is not None and worker.report is None and self._may_restart(error):
+                # It died before its goodbye: the train end's decisions (restored best
+                # weights) never reached it. A restart from the last barrier runs the train
+                # end again rather than end without it.
+                await self._fail(error)
             if self.roster.all_live(_said_goodbye):
                 self._finished.set()
             return

@@ -139,11 +139,14 @@ class CommitProtocol(RuleBasedStateMachine):
             os.path.join(self.run_dir, "state"),
             world_size=len(RANKS),
             callbacks=[self.sink],
-            max_restarts=0,
+            max_restarts=100,
             resume=resume,
             backup_every_epochs=1,
         )
-        entry = asyncio.run(self.recovery.open())
+        self._go_on(asyncio.run(self.recovery.open()))
+
+    def _go_on(self, entry: JournalEntry | None) -> None:
+        """Set the sink and the workers back to `entry` (None: to how the job began)."""
         self.models = {rank: Model(rank) for rank in RANKS}
         self.appliers = {
             rank: DecisionApplier(
@@ -161,7 +164,14 @@ class CommitProtocol(RuleBasedStateMachine):
                 self.appliers[rank].resume(Resume(epoch=entry.epoch))
                 # Every rank's backup of the committed barrier is there, and is that barrier's.
                 assert self.models[rank].trained == entry.epoch
+        elif self.recovery.initial_states is not None:
+            # A restart in the same launcher before any commit (the engine's initial states).
+            state = self.recovery.initial_states[0]
+            assert state is not None
+            self.sink.set_state(state)
         self.sink.on_train_begin()
+        if self.recovery.initial_states is None and entry is None:
+            self.recovery.initial_states = callback_states([self.sink])
         self.sink.sync()
         with open(self.csv_path, "rb") as handle:
             # The sink agrees with the barrier the job goes on from, byte for byte.
@@ -180,6 +190,16 @@ class CommitProtocol(RuleBasedStateMachine):
         assert self.complete <= self.resumed <= self.released
         self.released = self.resumed
         self.complete = self.resumed
+
+    @rule()
+    def restart_in_the_same_launcher(self) -> None:
+        """A worker is lost: the attempt ends (the sink closes its file) and the same
+        coordinator goes on from its newest committed barrier (`Recovery.next_attempt`)."""
+        self.sink.on_train_end()
+        entry = asyncio.run(self.recovery.next_attempt(RuntimeError("a worker was lost")))
+        self._go_on(entry)
+        assert self.complete <= self.resumed <= self.released
+        self.released = self.complete = self.resumed
 
     # ------------------------------------------------------------------ one barrier's steps
 
@@ -275,7 +295,7 @@ class CommitProtocol(RuleBasedStateMachine):
 
 
 CommitProtocol.TestCase.settings = settings(
-    max_examples=int(os.environ.get("COMMIT_MODEL_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("COMMIT_MODEL_EXAMPLES", "30")),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

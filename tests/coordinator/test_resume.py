@@ -18,6 +18,7 @@ from distcb.protocol.config import Config
 from distcb.protocol.errors import RestartsExhausted, WorkerLostError
 from distcb.testing import ScriptedModel, ScriptedWorker, simulate
 from distcb.transport.memory import connection_pair
+from distcb.worker.session import WorkerSession
 
 CONFIG = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5, stop_timeout_s=5)
 VAL = [1.0, 0.9, 0.85, 0.84, 0.86, 0.83, 0.9, 0.95, 0.99, 1.1, 1.2, 1.3]
@@ -222,3 +223,27 @@ async def test_a_worker_lost_before_it_joined_restarts_the_job(tmp_path, uninter
     csv = (tmp_path / "log.csv").read_bytes()  # noqa: ASYNC240 (the job has ended)
     assert csv.startswith(b"epoch,")
     assert csv.count(b"\n") == len(VAL) + 1  # the header and every epoch
+
+
+def test_a_worker_lost_before_its_goodbye_runs_the_train_end_again(
+    tmp_path, uninterrupted, monkeypatch
+):
+    # Rank 0 dies after its train end, before it said goodbye (its report, and the restored
+    # best weights, die with it): the job goes on from the last barrier, which had decided
+    # to stop, and only the train end runs again.
+    original = WorkerSession.finish
+    dropped = []
+
+    async def finish(self, report):
+        if self.rank == 0 and not dropped:
+            dropped.append(self.rank)
+            await self.close()  # gone without a goodbye
+            return
+        await original(self, report)
+
+    monkeypatch.setattr(WorkerSession, "finish", finish)
+    outcome = job(tmp_path, max_restarts=1)
+    assert dropped == [0]
+    assert_same(outcome, uninterrupted)
+    assert outcome["attempts"] == 2
+    assert outcome["resumed_after"] == [8, 8]
