@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install browser run run-replicas run-loss-history test fuzz lint bench k8s clean
+.PHONY: install browser run run-replicas run-loss-history test fuzz chaos lint bench k8s clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ test: $(STAMP) browser
 FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/coordinator/test_fuzz_handlers.py -p no:logging -q
+
+# SIGKILLs from outside into every phase of a resumable job (tests/helpers/chaos.py): N kills,
+# then a table per phase (identical, loud failures and their causes, recovery time).
+N ?= 200
+CHAOS_JOBS ?= 3
+chaos: $(STAMP)
+	$(PY) -m tests.helpers.chaos --kills $(N) --jobs $(CHAOS_JOBS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check distcb tests examples bench

@@ -70,6 +70,7 @@ class CSVLogger(Callback):
         self._failed = False
         self._lines = 0  # lines in the file (header included; an appended file's too)
         self._resume_lines: int | None = None
+        self._resume_needs_header = False
         self._rows_written = 0
 
         class _Dialect(csv.excel):
@@ -95,10 +96,9 @@ class CSVLogger(Callback):
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self._close_file()
         if self._resume_lines is not None:  # a resumed job: the file as it was then
-            _truncate_lines(self.filename, self._resume_lines)
+            self._file = _reopen_at_line(self.filename, self._resume_lines)
             self._lines, self._resume_lines = self._resume_lines, None
-            self._needs_header = False
-            self._file = open(self.filename, "a")  # noqa: SIM115
+            self._needs_header = self._resume_needs_header
             self._failed = False
             self._closed = None
             if self._runtime is not None:
@@ -147,8 +147,9 @@ class CSVLogger(Callback):
         executor.shutdown(wait=False)
 
     def get_state(self) -> dict[str, Any]:
-        """The columns and how many lines the file holds (rows past them go on resume)."""
-        return {"keys": self.keys, "lines": self._lines}
+        """The columns, how many lines the file holds (rows past them go on resume), and
+        whether the header is still to be written (no row yet)."""
+        return {"keys": self.keys, "lines": self._lines, "needs_header": self._needs_header}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Go on from `get_state()`: the next `on_train_begin` cuts the file back to the
@@ -156,13 +157,23 @@ class CSVLogger(Callback):
         keys = state.get("keys")
         self.keys = None if keys is None else [str(k) for k in keys]
         self._resume_lines = int(state["lines"])
+        self._resume_needs_header = bool(state.get("needs_header", False))
 
     def sync(self) -> None:
-        """Block until every row queued so far is on disk (the journal calls this)."""
+        """Block until every row queued so far is on disk, fsynced (the journal calls this
+        before it records how many lines the file holds)."""
         executor = self._executor
         if executor is not None:
             with contextlib.suppress(RuntimeError):  # shut down: nothing is queued
-                executor.submit(lambda: None).result()
+                executor.submit(self._fsync).result()
+        else:
+            self._fsync()
+
+    def _fsync(self) -> None:
+        handle = self._file
+        if handle is not None and not handle.closed:
+            handle.flush()
+            os.fsync(handle.fileno())
 
     async def aclose(self) -> None:
         """Wait until every row is on disk and the file is closed."""
@@ -207,15 +218,43 @@ class CSVLogger(Callback):
             self._file.close()
 
 
-def _truncate_lines(path: str, lines: int) -> None:
-    """Keep the first `lines` lines of the file at `path` (a missing file stays missing)."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as handle:
+def _reopen_at_line(path: str, lines: int) -> TextIO:
+    """Open the CSV file at `path` for appending after its first `lines` lines, cutting off
+    what follows (rows of epochs past the barrier the job resumes from).
+
+    The file is opened without following a symbolic link (``O_NOFOLLOW``): the resumed job
+    truncates and rewrites it, and a link could point that at any file.
+
+    Raises:
+        OSError: `path` is a symbolic link, or holds fewer lines than the journal recorded
+            (the rows it had at the barrier are gone: the CSV could not end as it should).
+    """
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise OSError(
+                exc.errno,
+                f"CSVLogger: {path} is a symbolic link; a resumed job truncates and rewrites its "
+                "log file and does not follow links. Point filename at the file itself",
+            ) from exc
+        raise
+    handle = os.fdopen(fd, "r+b")
+    try:
         kept = 0
         for _ in range(lines):
             line = handle.readline()
-            if not line:
-                break
+            if not line.endswith(b"\n"):
+                raise OSError(
+                    f"CSVLogger: {path} holds fewer complete lines than the {lines} the journal "
+                    "recorded at the barrier the job resumes from; it was changed outside the "
+                    "job, and cannot be resumed exactly"
+                )
             kept += len(line)
         handle.truncate(kept)
+        handle.seek(kept)
+    except BaseException:
+        handle.close()
+        raise
+    return io.TextIOWrapper(handle, encoding=None, newline=None, write_through=False)

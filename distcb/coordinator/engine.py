@@ -315,7 +315,7 @@ class Coordinator:
         watchdog = loop.create_task(self.roster.watch_heartbeats(), name="distcb-heartbeats")
         try:
             await self._join()
-            if self.failure is None:
+            if self.failure is None and self._restarting is None:  # every rank joined
                 await self._start(entry)
             while not self._finished.is_set():
                 event = await self._events.get()
@@ -452,11 +452,6 @@ class Coordinator:
                 return
         self.model.optimizer._sync(self.roster.workers[0].params.learning_rate)
         self.callbacks.attach(self.params, self.model, self._runtime)
-        if recovery is not None and recovery.initial_states is None:
-            # What a restart before the first committed barrier rolls back to.
-            recovery.initial_states = await self._in_callbacks(
-                lambda: resuming.callback_states(self.callbacks.callbacks)
-            )
         first = int(self.params.get("initial_epoch") or 0)  # a resumed fit counts from there
         resume: Resume | None = None
         pending: list[Decision] = []
@@ -467,8 +462,12 @@ class Coordinator:
             )
             pending = list(entry.pending)
             await self._apply_entry(entry)
-        elif recovery is not None and recovery.attempt > 0:
+        elif recovery is not None and recovery.initial_states is not None:
+            # A restart before the first committed barrier: back to how the job began.
             await self._apply_initial_states(recovery.initial_states)
+        # What such a restart rolls back to: the states right after the first
+        # on_train_begin (a sink has then counted what its file held before the job).
+        capture_initial = entry is None and recovery is not None and recovery.initial_states is None
         self.phase = Phase.TRAINING
         self.last_progress = time.monotonic()  # the stall watchdog counts from the start
         self.roster.begin_training()
@@ -479,6 +478,9 @@ class Coordinator:
         def begin() -> list[DecisionRecord]:
             self.recorder.set_context("train_begin", first)
             self.callbacks.on_train_begin()
+            if capture_initial:
+                assert recovery is not None
+                recovery.initial_states = resuming.callback_states(self.callbacks.callbacks)
             # A resumed job made the next epoch's on_epoch_begin decisions before it was
             # interrupted: they come from the journal (`pending`), not from a second call.
             if entry is None and not self.model.stop_training:
@@ -663,12 +665,19 @@ class Coordinator:
             stopping=stopping,
         )
         if await recovery.write(entry):
-            await recovery.maybe_commit(epoch, set(self.roster.live))
+            await recovery.maybe_commit(epoch, self._every_rank)
+
+    @property
+    def _every_rank(self) -> set[int]:
+        # A barrier commits once every rank of the job has its backup on disk, lost ranks
+        # included: a restart restores every rank, so a backup a rank never finished
+        # leaves nothing to restore it from (it must not count as done by omission).
+        return set(range(self.world_size))
 
     async def _on_backed_up(self, rank: int, message: BackedUp) -> None:
         if self.recovery is not None:
             self.recovery.backed_up(message.epoch, rank, message.error)
-            await self.recovery.maybe_commit(message.epoch, set(self.roster.live))
+            await self.recovery.maybe_commit(message.epoch, self._every_rank)
 
     def _merge_epoch(self, ends: dict[int, EpochEnd]) -> Logs:
         merged = merge_logs(

@@ -163,9 +163,13 @@ class BackupStore:
         os.unlink(tmp)  # let the saver create it (Keras refuses some existing files)
         try:
             save(tmp)
+            # Durable before the barrier's backup is reported: a committed barrier may
+            # name this snapshot (restore_best_weights after a rollback).
+            _fsync_file(tmp)
             size, digest = file_digest(tmp)
             path = self.snapshot_path(snapshot_id, suffix)
             os.replace(tmp, path)
+            fsync_directory(self.directory)
             self.snapshot_digests[snapshot_id] = {
                 "file": os.path.basename(path),
                 "bytes": size,
@@ -210,9 +214,13 @@ class BackupStore:
 def _fsync_tree(directory: str) -> None:
     for base, _, files in os.walk(directory):
         for name in files:
-            fd = os.open(os.path.join(base, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(os.path.join(base, name))
         fsync_directory(base)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

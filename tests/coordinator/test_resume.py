@@ -5,15 +5,20 @@ tests/launch/test_exact_resume.py; these drive the same coordinator and worker c
 scripted models, fast enough to cover every path.
 """
 
+import asyncio
 import os
 
 import pytest
 
 from distcb.callbacks import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.listener import JobListener
 from distcb.coordinator.resume import restartable
 from distcb.protocol.config import Config
 from distcb.protocol.errors import RestartsExhausted, WorkerLostError
-from distcb.testing import ScriptedModel, simulate
+from distcb.testing import ScriptedModel, ScriptedWorker, simulate
+from distcb.transport.memory import connection_pair
+from distcb.worker.session import WorkerSession
 
 CONFIG = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5, stop_timeout_s=5)
 VAL = [1.0, 0.9, 0.85, 0.84, 0.86, 0.83, 0.9, 0.95, 0.99, 1.1, 1.2, 1.3]
@@ -166,3 +171,79 @@ def test_a_journal_is_not_overwritten_without_resume(tmp_path, uninterrupted):
 def test_restarts_need_a_run_directory():
     with pytest.raises(ValueError, match="need a state directory"):
         simulate([], [[{"loss": 1.0}]], max_restarts=1)
+
+
+def test_a_crash_before_the_first_commit_starts_over_and_keeps_the_csv_header(
+    tmp_path, uninterrupted
+):
+    # Nothing committed yet: the restart goes back to how the job began (the CSV's header
+    # to be written again, not lost with the rows it cuts).
+    outcome = job(tmp_path, max_restarts=1, disconnect_at={1: (0, 2)})
+    assert_same(outcome, uninterrupted)
+    assert outcome["attempts"] == 2
+    assert outcome["resumed_after"] == [None, None]
+    assert outcome["csv"].startswith(b"epoch,")
+
+
+async def test_a_worker_lost_before_it_joined_restarts_the_job(tmp_path, uninterrupted):
+    """Rank 0's process dies before it joins (its launcher reports it): the attempt ends
+    in a restart, not in a crash of the next one (KeyError: 0, issue 25)."""
+    chain = [CSVLogger(os.path.join(tmp_path, "log.csv"))]
+    coordinator = Coordinator(
+        chain, world_size=2, config=CONFIG, state_dir=str(tmp_path / "state"), max_restarts=1
+    )
+    tasks = []
+
+    def start(ranks):
+        for rank in ranks:
+            worker = ScriptedWorker(
+                rank=rank,
+                world_size=2,
+                epoch_logs=[{"loss": 1.0 - 0.1 * e, "val_loss": v} for e, v in enumerate(VAL)],
+                config=CONFIG,
+                run_dir=str(tmp_path),
+            )
+            coordinator_end, worker_end = connection_pair(f"worker {rank}")
+            tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
+            tasks.append(asyncio.create_task(worker.run(worker_end)))
+
+    class Restarter(JobListener):
+        def restarting(self, attempt, failure):
+            start([0, 1])
+
+    coordinator.add_listener(Restarter())
+    start([1])
+    coordinator.report_lost(0, "was killed by SIGKILL before it joined")
+    try:
+        history = await coordinator.run()
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert history.epoch == list(range(len(VAL)))
+    assert [f.rank for f in coordinator.failures] == [0]
+    csv = (tmp_path / "log.csv").read_bytes()  # noqa: ASYNC240 (the job has ended)
+    assert csv.startswith(b"epoch,")
+    assert csv.count(b"\n") == len(VAL) + 1  # the header and every epoch
+
+
+def test_a_worker_lost_before_its_goodbye_runs_the_train_end_again(
+    tmp_path, uninterrupted, monkeypatch
+):
+    # Rank 0 dies after its train end, before it said goodbye (its report, and the restored
+    # best weights, die with it): the job goes on from the last barrier, which had decided
+    # to stop, and only the train end runs again.
+    original = WorkerSession.finish
+    dropped = []
+
+    async def finish(self, report):
+        if self.rank == 0 and not dropped:
+            dropped.append(self.rank)
+            await self.close()  # gone without a goodbye
+            return
+        await original(self, report)
+
+    monkeypatch.setattr(WorkerSession, "finish", finish)
+    outcome = job(tmp_path, max_restarts=1)
+    assert dropped == [0]
+    assert_same(outcome, uninterrupted)
+    assert outcome["attempts"] == 2
+    assert outcome["resumed_after"] == [8, 8]

@@ -3,6 +3,7 @@ determinism, EarlyStopping(restore_best_weights), ReduceLROnPlateau, ModelCheckp
 (save_best_only) and CSVLogger on the coordinator.
 
     python -m tests.helpers.resume_job RUN_DIR [--faults JSON] [--max-restarts N] [--resume]
+        [--epochs N]
 
 runs the job with `distcb.run` and prints one JSON line (``RESULT {...}``) with what the
 tests compare. Faults (a JSON list) fire once each, in whichever attempt reaches them
@@ -11,6 +12,10 @@ first: ``{"name": ..., "rank": r, "epoch": e, "batch": b, "signal": "KILL" | "TE
 ``on_train_batch_begin(b)`` of epoch e (a marker file in RUN_DIR/faults makes it fire once).
 A fault with ``"at": "before_done"`` (and epoch/batch -1) fires after the train-end reply,
 before the worker says it is done.
+
+With ``DISTCB_CHAOS`` set (tests/helpers/chaos.py), every process of the job appends what it
+is doing to an events file, and may hold one phase open for a while, so that a SIGKILL from
+outside can land inside it (see `tests.helpers.chaos_hooks`).
 """
 
 from __future__ import annotations
@@ -63,7 +68,9 @@ def read_timeline(run_dir: str) -> dict[str, list[float]]:
     return events
 
 
-def train(run_dir: str, faults: list[dict[str, Any]], timeline: bool = False) -> None:
+def train(
+    run_dir: str, faults: list[dict[str, Any]], timeline: bool = False, epochs: int = EPOCHS
+) -> None:
     """The worker: a Keras 3 replica of the job (module level: picklable)."""
     if timeline:
         note(run_dir, "process")
@@ -90,6 +97,9 @@ def train(run_dir: str, faults: list[dict[str, Any]], timeline: bool = False) ->
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     mine = [f for f in faults if f["rank"] == ctx.rank]
+    from tests.helpers import chaos_hooks
+
+    chaos = chaos_hooks.install_worker(ctx.rank)
 
     class Faults(keras.callbacks.Callback):
         first_step = True
@@ -126,11 +136,11 @@ def train(run_dir: str, faults: list[dict[str, Any]], timeline: bool = False) ->
         x,
         y,
         validation_data=(vx, vy),
-        epochs=EPOCHS,
+        epochs=epochs,
         batch_size=BATCH,
         shuffle=False,
         verbose=0,
-        callbacks=[Faults(), worker],
+        callbacks=[Faults(), *chaos.before(), worker, *chaos.after()],
     )
     report = {"weights": digest(model.get_weights()), "resumed_after": worker.resumed_after}
     with open(os.path.join(run_dir, f"report-{ctx.rank}.json"), "w") as handle:
@@ -154,8 +164,23 @@ def _fault_before_done(run_dir: str, fault: dict[str, Any], report: Any) -> Any:
     return fire_then_report
 
 
-def callbacks(run_dir: str) -> list[Any]:
+def callbacks(run_dir: str, epochs: int = EPOCHS) -> list[Any]:
     from distcb.callbacks import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+
+    if epochs < EPOCHS:  # the chaos job: fewer epochs, so a stop and LR cuts come sooner
+        return [
+            ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_delta=0.04),
+            EarlyStopping(
+                monitor="val_loss", patience=2, min_delta=0.04, restore_best_weights=True
+            ),
+            ModelCheckpoint(
+                os.path.join(run_dir, "best.weights.h5"),
+                monitor="val_loss",
+                save_best_only=True,
+                save_weights_only=True,
+            ),
+            CSVLogger(os.path.join(run_dir, "log.csv")),
+        ]
 
     return [
         ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_delta=0.01),
@@ -176,16 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default="[]")
     parser.add_argument("--max-restarts", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     options = parser.parse_args(argv)
     import distcb
+    from tests.helpers import chaos_hooks
+
+    chaos_hooks.install_coordinator()
 
     run_dir = os.path.abspath(options.run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    chain = callbacks(run_dir)
+    chain = callbacks(run_dir, options.epochs)
     history = distcb.run(
         train,
         num_workers=2,
-        args=(run_dir, json.loads(options.faults)),
+        args=(run_dir, json.loads(options.faults), False, options.epochs),
         callbacks=chain,
         run_dir=run_dir,
         max_restarts=options.max_restarts,

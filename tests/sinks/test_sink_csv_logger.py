@@ -115,3 +115,41 @@ def test_unopenable_path_fails_at_train_begin(tmp_path):
     ours = CSVLogger(tmp_path / "missing_dir" / "log.csv")
     with pytest.raises(FileNotFoundError):
         ours.on_train_begin()
+
+
+def _resumed(path, lines, keys=("loss",)):
+    sink = CSVLogger(str(path))
+    sink.set_state({"keys": list(keys), "lines": lines, "needs_header": False})
+    return sink
+
+
+def test_a_resumed_csv_logger_does_not_follow_a_symlink(tmp_path):
+    # The resumed job truncates and rewrites its file: through a link that could be any file.
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"precious\r\n" * 3)
+    link = tmp_path / "log.csv"
+    link.symlink_to(target)
+    sink = _resumed(link, lines=1)
+    with pytest.raises(OSError, match="is a symbolic link"):
+        sink.on_train_begin()
+    assert target.read_bytes() == b"precious\r\n" * 3
+
+
+def test_a_resumed_csv_logger_cuts_back_to_the_barrier_and_appends(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"epoch,loss\r\n0,0.5\r\n1,0.4\r\n2,0.3")  # epoch 2's row half written
+    sink = _resumed(path, lines=2)
+    sink.on_train_begin()
+    sink.on_epoch_end(1, {"loss": 0.25})
+    sink.on_train_end()
+    assert path.read_bytes() == b"epoch,loss\r\n0,0.5\r\n1,0.25\r\n"
+
+
+def test_a_resumed_csv_shorter_than_its_barrier_is_refused(tmp_path):
+    # Rows the journal counted are gone: resuming would end with a CSV missing them.
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"epoch,loss\r\n0,0.5\r\n")
+    sink = _resumed(path, lines=3)
+    with pytest.raises(OSError, match="fewer complete lines than the 3"):
+        sink.on_train_begin()
+    assert path.read_bytes() == b"epoch,loss\r\n0,0.5\r\n"
