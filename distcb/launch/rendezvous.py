@@ -29,8 +29,10 @@ Node 0 registers in-process. Four routes, all behind the job's token
 
 Every node must be launched with the same ``--nnodes`` and
 ``--nproc-per-node``; a node that disagrees, registers a rank out of range, or
-registers after the job started gets 409 with the reason. Bodies are bounded
-(`MAX_BODY_BYTES`) and validated field by field.
+registers after the job started, or claims a node rank another node holds gets 409 with
+the reason. A body is read whole, by its ``Content-Length`` (it may arrive in many TCP
+segments), within `Config.max_request_body_bytes` and `Config.request_body_timeout_s`
+(else 413, 411 or 408), and validated field by field.
 """
 
 from __future__ import annotations
@@ -50,12 +52,58 @@ from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError
 
 POLL_S = 10.0
-MAX_BODY_BYTES = 64 * 1024
 _MAX_HOST = 253
 
 
 class RendezvousError(DistcbError):
     """The rendezvous failed: a refused node, a wrong token, or no coordinator in time."""
+
+
+class BodyError(Exception):
+    """A request body that cannot be read: the HTTP status to answer, and why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_json_body(request: web.Request, config: Config) -> dict[str, Any]:
+    """The request's whole body (however many TCP segments it came in), as a JSON object.
+
+    Raises:
+        BodyError: no ``Content-Length`` (411), one over `Config.max_request_body_bytes`
+            (413), a body that did not arrive within `Config.request_body_timeout_s` (408)
+            or ended early (400).
+        ValueError: the body is not a JSON object.
+    """
+    length = request.content_length
+    limit = config.max_request_body_bytes
+    if length is None:
+        raise BodyError(411, "the request needs a Content-Length header (no chunked bodies)")
+    if length > limit:
+        raise BodyError(
+            413, f"the body has {length} bytes, over Config.max_request_body_bytes={limit}"
+        )
+    try:
+        async with asyncio.timeout(config.request_body_timeout_s):
+            raw = await request.content.readexactly(length)
+    except TimeoutError:
+        raise BodyError(
+            408,
+            f"the body's {length} bytes did not arrive within "
+            f"Config.request_body_timeout_s={config.request_body_timeout_s:g} s",
+        ) from None
+    except asyncio.IncompleteReadError as exc:
+        raise BodyError(
+            400, f"the body ended after {len(exc.partial)} of its {length} bytes"
+        ) from None
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"the body must be a JSON object, received {type(body).__name__}")
+    return body
 
 
 @dataclass(frozen=True)
@@ -182,11 +230,18 @@ class Rendezvous:
                 f"node {node.node_rank} has {len(node.ports)} workers, node 0 has "
                 f"--nproc-per-node {self.nproc_per_node}: launch every node with the same value"
             )
-        if self._complete.is_set():
-            if self._nodes.get(node.node_rank) == node:
-                return  # a retried request
+        existing = self._nodes.get(node.node_rank)
+        if existing == node:
+            return  # a retried request (the same node asks again until the cluster is complete)
+        if existing is not None:
+            # Two launchers claim one node rank: the second would replace the first in
+            # TF_CONFIG while the first's workers run, so it is refused.
+            started = " (the job has started)" if self._complete.is_set() else ""
             raise RendezvousError(
-                f"node {node.node_rank} registered after the job started; restart the whole job"
+                f"node_rank {node.node_rank} is already registered by {existing.host} with ports "
+                f"{list(existing.ports)}{started}; this registration from {node.host} with ports "
+                f"{list(node.ports)} is refused. Give every node its own --node-rank "
+                f"(0-{self.nnodes - 1}); a node launcher started again must restart the whole job"
             )
         self._nodes[node.node_rank] = node
         if len(self._nodes) == self.nnodes:
@@ -241,13 +296,10 @@ class Rendezvous:
                 if denied is not None:
                     return denied
                 try:
-                    raw = await request.content.read(MAX_BODY_BYTES + 1)
-                    if len(raw) > MAX_BODY_BYTES:
-                        raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes")
-                    body = json.loads(raw)
-                    if not isinstance(body, dict):
-                        raise ValueError("the body must be a JSON object")
+                    body = await read_json_body(request, self.config)
                     return await handler(body)
+                except BodyError as exc:
+                    return web.json_response({"error": str(exc)}, status=exc.status)
                 except ValueError as exc:
                     return web.json_response({"error": str(exc)}, status=400)
                 except RendezvousError as exc:

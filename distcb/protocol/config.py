@@ -60,6 +60,10 @@ class Config:
             hangs (a stuck collective, a dead data pipeline). Raise it above your longest
             epoch plus validation when no coordinator callback has batch hooks (workers
             then report once per epoch).
+        max_request_body_bytes: the largest body an HTTP request to the coordinator's server
+            may carry (the rendezvous of `distcb launch`); a larger one is answered ``413``.
+        request_body_timeout_s: how long the server waits for a request's whole body (it
+            may come in many TCP segments) once its headers arrived; then ``408``.
         rejection_log_interval_s: rejected connections (wrong token, over
             `max_connections`, handshake timeouts, the open-file limit) are counted in
             ``/status`` and logged at most once per interval for each kind.
@@ -84,6 +88,8 @@ class Config:
     first_message_timeout_s: float = 10.0
     stall_timeout_s: float = 3600.0
     rejection_log_interval_s: float = 10.0
+    max_request_body_bytes: int = 64 * 1024
+    request_body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -101,6 +107,7 @@ class Config:
             "max_ahead_steps",
             "backup_every_epochs",
             "max_connections",
+            "max_request_body_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int):
