@@ -114,16 +114,17 @@ async def test_a_second_node_claiming_a_registered_node_rank_is_refused():
     async with node0(3, Config()) as (server, rendezvous):
         # Node 1 registers and waits for node 2 (its request is held open meanwhile).
         first = asyncio.ensure_future(post_in_pieces(server, [registration(1, 3, 40001)]))
-        async with asyncio.timeout(WAIT_S):
-            while rendezvous.waiting_for() != [2]:
-                await asyncio.sleep(0.01)
+        for _ in range(int(WAIT_S / 0.01)):
+            if rendezvous.waiting_for() == [2]:
+                break
+            await asyncio.sleep(0.01)
+        assert rendezvous.waiting_for() == [2]
         # Another launcher started with --node-rank 1 by mistake.
         status, answer = await post_in_pieces(server, [registration(1, 3, 40009)])
         assert status == 409, answer
-        assert "node_rank 1 is already registered by 127.0.0.1 with ports [40001]" in (
-            answer["error"]
-        )
-        assert "Give every node its own --node-rank (0-2)" in answer["error"]
+        error = answer["error"]
+        assert "node_rank 1 is already registered by 127.0.0.1 with ports [40001]" in error
+        assert "Give every node its own --node-rank (0-2)" in error
         # The same node asking again (its request timed out) is still welcome.
         retried = asyncio.ensure_future(post_in_pieces(server, [registration(1, 3, 40001)]))
         status2, answer2 = await post_in_pieces(server, [registration(2, 3, 40002)])
