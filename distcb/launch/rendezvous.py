@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -47,9 +48,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError
+from distcb.transport.tls import PLAINTEXT_TO_TLS, client_context, speaks_tls
 
 POLL_S = 10.0
 _MAX_HOST = 253
@@ -390,12 +393,15 @@ class RendezvousClient:
         token: the job's token.
         deadline_s: how long to keep trying to reach the coordinator and to wait for the
             other nodes (`Config.join_timeout_s`).
+        ca_file: the PEM CA node 0's certificate is verified against; given, the client
+            speaks https.
     """
 
-    def __init__(self, address: str, token: str, *, deadline_s: float, scheme: str = "http"):
-        self.base = f"{scheme}://{address}"
+    def __init__(self, address: str, token: str, *, deadline_s: float, ca_file: str | None = None):
+        self.base = f"{'http' if ca_file is None else 'https'}://{address}"
         self._headers = {"Authorization": f"Bearer {token}"}
         self.deadline_s = deadline_s
+        self._ssl: ssl.SSLContext | bool = True if ca_file is None else client_context(ca_file)
 
     async def join(self, node: NodeInfo, nnodes: int, nproc_per_node: int) -> Cluster:
         """Register `node` and wait for every other node.
@@ -449,6 +455,7 @@ class RendezvousClient:
             try:
                 answer = await self._post(path, body, timeout_s=min(POLL_S + 5.0, remaining + 1))
             except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+                await self._check_plaintext_to_tls(exc)
                 last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(min(delay_s, max(0.0, deadline - time.monotonic())))
                 delay_s = min(delay_s * 2, 1.0)
@@ -458,11 +465,27 @@ class RendezvousClient:
             waiting = answer.get("waiting_for")
             last_error = f"waiting for nodes {waiting}" if waiting else "not known yet"
 
+    async def _check_plaintext_to_tls(self, error: BaseException) -> None:
+        """A plaintext request dropped by a server that speaks TLS: say so, and stop."""
+        if not self.base.startswith("http:") or not isinstance(
+            error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+        ):
+            return
+        url = URL(self.base)
+        if (
+            url.host is not None
+            and url.port is not None
+            and await speaks_tls(url.host, url.port, timeout_s=5.0)
+        ):
+            raise RendezvousError(f"{self.base} dropped a plaintext request: {PLAINTEXT_TO_TLS}")
+
     async def _post(self, path: str, body: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(self.base + path, json=body, headers=self._headers) as response,
+            session.post(
+                self.base + path, json=body, headers=self._headers, ssl=self._ssl
+            ) as response,
         ):
             if response.status == 401:
                 raise RendezvousError(

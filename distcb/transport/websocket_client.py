@@ -87,6 +87,11 @@ async def connect(
             except TimeoutError:
                 pass
             except (aiohttp.ClientError, OSError) as exc:
+                if await _plaintext_to_tls(url, exc):
+                    raise ConnectionClosed(
+                        f"the coordinator at {url} dropped the plaintext upgrade: "
+                        f"{tls.PLAINTEXT_TO_TLS}"
+                    ) from exc
                 raise ConnectionClosed(
                     f"could not connect to the coordinator at {url}: {exc}"
                 ) from exc
@@ -111,6 +116,16 @@ async def connect(
         decode=decode_from_coordinator,
         drop=session.close,
     )
+
+
+async def _plaintext_to_tls(url: str, error: BaseException) -> bool:
+    """A ws:// upgrade dropped by a coordinator that answers TLS handshakes."""
+    parsed = URL(url)
+    if parsed.scheme != "ws" or parsed.host is None or parsed.port is None:
+        return False
+    if not isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return False
+    return await tls.speaks_tls(parsed.host, parsed.port, timeout_s=5.0)
 
 
 def _worker_url(address_or_url: str, *, secure: bool = False) -> str:
