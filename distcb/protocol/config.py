@@ -34,6 +34,10 @@ class Config:
             that their IO thread wakes rarely and never competes with training.
         max_message_bytes: the largest message a transport accepts.
         max_frame_entries: the largest number of batch entries in one frame.
+        max_decoded_elements: the most values one message may hold (every map key and value,
+            list item and container, counted before it is decoded): a byte on the wire can
+            become 64 bytes of memory (an empty map), so bytes alone do not bound it.
+        max_decoded_depth: the deepest containers may nest in one message.
         backup_every_epochs: with a journal (resumable jobs), workers back up model and
             optimizer at every this many epoch barriers (and at the last); a restart goes
             on from the newest barrier every worker backed up.
@@ -81,6 +85,8 @@ class Config:
     flush_max_delay_s: float = 0.1
     max_message_bytes: int = 8 * 1024 * 1024
     max_frame_entries: int = 4096
+    max_decoded_elements: int = 1 << 20
+    max_decoded_depth: int = 32
     max_ahead_steps: int = 1024
     backup_every_epochs: int = 1
     max_connections: int = 1024
@@ -108,6 +114,8 @@ class Config:
             "backup_every_epochs",
             "max_connections",
             "max_request_body_bytes",
+            "max_decoded_elements",
+            "max_decoded_depth",
         ):
             value = getattr(self, name)
             if not isinstance(value, int):

@@ -24,6 +24,7 @@ plain ``ws://`` there, with a warning.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -296,7 +297,7 @@ class WebSocketServer:
             f"worker at {where}",
             self._config,
             receive_timeout_s=None,
-            decode=decode_from_worker,
+            decode=functools.partial(decode_from_worker, config=self._config),
             drop=drop,
         )
         self._connections.add(connection)
