@@ -41,6 +41,7 @@ from typing import Any
 from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
+from distcb.protocol.log_limit import LogLimiter
 from distcb.protocol.messages import (
     BackedUp,
     BatchFrame,
@@ -140,6 +141,8 @@ class Roster:
         self._post = post
         self._accepting = accepting
         self.workers: dict[int, WorkerEntry] = {}
+        self._queued: dict[int, int] = {}  # rank -> messages posted, not yet taken
+        self._log_limiter = LogLimiter(logger, config.rejection_log_interval_s)
         self.live: set[int] = set()
         self._ended: set[int] = set()  # ranks whose fit ended (train_ended): see `training`
         self.all_joined = asyncio.Event()
@@ -166,7 +169,7 @@ class Roster:
                 raise ProtocolError(f"the first message must be a join, received {first.type!r}")
             self._admit(first, connection)
         except ProtocolError as exc:
-            logger.warning("rejected %s: %s", connection.peer, exc)
+            self._log_limiter.log(logging.WARNING, "join", "rejected %s: %s", connection.peer, exc)
             with contextlib.suppress(ConnectionClosed):
                 await connection.close(str(exc))
             return
@@ -180,6 +183,7 @@ class Roster:
                     continue
                 entry.last_active = entry.last_seen
                 self._check(entry, message)
+                self._count_queued(rank, message)
                 self._post((rank, message))
         except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
             if not isinstance(exc, ConnectionClosed | ProtocolError):
@@ -190,6 +194,30 @@ class Roster:
             code = exc.close_code if isinstance(exc, ProtocolError) else close_codes.NORMAL
             with contextlib.suppress(ConnectionClosed):
                 await connection.close(str(exc), code=code)
+
+    def _count_queued(self, rank: int, message: Message) -> None:
+        """Bound what one rank has waiting for the engine (a callback may hold it for long).
+
+        Raises:
+            ProtocolError: over `Config.max_queued_messages` (batch frames aside: the
+                window bounds them).
+        """
+        if isinstance(message, BatchFrame):
+            return
+        queued = self._queued.get(rank, 0) + 1
+        limit = self.config.max_queued_messages
+        if queued > limit:
+            raise ProtocolError(
+                f"rank {rank} has {limit} messages waiting for the coordinator "
+                f"(Config.max_queued_messages={limit}) and sent another ({message.type!r})"
+            )
+        self._queued[rank] = queued
+
+    def taken(self, event: Any) -> None:
+        """The engine took `event` off its queue (see `_count_queued`)."""
+        if isinstance(event, tuple) and not isinstance(event[1], BatchFrame):
+            rank = event[0]
+            self._queued[rank] = max(0, self._queued.get(rank, 0) - 1)
 
     def _on_connection_end(self, entry: WorkerEntry, exc: BaseException) -> None:
         if entry.done:

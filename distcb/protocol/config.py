@@ -70,7 +70,11 @@ class Config:
             may come in many TCP segments) once its headers arrived; then ``408``.
         rejection_log_interval_s: rejected connections (wrong token, over
             `max_connections`, handshake timeouts, the open-file limit) are counted in
-            ``/status`` and logged at most once per interval for each kind.
+            ``/status`` and logged at most once per interval for each kind; so is every
+            other line a peer can repeat (a failed save, a rejected join, a wrong sign-in).
+        max_queued_messages: per rank, the most messages other than batch frames (those are
+            bounded by the window) that may wait for the coordinator's engine while a
+            callback holds it; one more closes that rank's connection (it counts as lost).
     """
 
     join_timeout_s: float = 120.0
@@ -95,6 +99,7 @@ class Config:
     stall_timeout_s: float = 3600.0
     rejection_log_interval_s: float = 10.0
     max_request_body_bytes: int = 64 * 1024
+    max_queued_messages: int = 256
     request_body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -116,6 +121,7 @@ class Config:
             "max_request_body_bytes",
             "max_decoded_elements",
             "max_decoded_depth",
+            "max_queued_messages",
         ):
             value = getattr(self, name)
             if not isinstance(value, int):
