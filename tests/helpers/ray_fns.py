@@ -161,7 +161,9 @@ def tune_thread_trainable(config):
         config=distcb.Config(**FAST_TUNE),
     )
     with open(os.path.join(trial_dir, "history.json"), "w") as handle:
-        json.dump({"epoch": history.epoch, "history": history.history, "pid": os.getpid()}, handle)
+        json.dump(
+            {"epoch": history.epoch, "history": history.history, "pid": os.getpid()}, handle
+        )
 
 
 def tune_journal_trainable(config):
