@@ -67,6 +67,11 @@ async def connect(
                     )
                 break
             except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 400 and await _plaintext_to_tls(url, exc):
+                    raise ConnectionClosed(
+                        f"the coordinator at {url} refused the plaintext upgrade: "
+                        f"{tls.PLAINTEXT_TO_TLS}"
+                    ) from exc
                 if exc.status == 401:
                     raise ProtocolError(
                         f"token rejected by the coordinator at {url}; pass the token the "
@@ -123,7 +128,10 @@ async def _plaintext_to_tls(url: str, error: BaseException) -> bool:
     parsed = URL(url)
     if parsed.scheme != "ws" or parsed.host is None or parsed.port is None:
         return False
-    if not isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if not isinstance(
+        error,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.WSServerHandshakeError,
+    ):
         return False
     return await tls.speaks_tls(parsed.host, parsed.port, timeout_s=5.0)
 

@@ -193,7 +193,9 @@ class WebSocketServer:
             level = logging.WARNING if room < self._coordinator.world_size + 16 else logging.INFO
             logger.log(level, "%s", lowered)
         loop = asyncio.get_running_loop()
-        admission = Admission(runner.server, config, room)  # type: ignore[arg-type]
+        # TLS is set up per connection by the admission (plain HTTP on the TLS port gets a
+        # clear answer; a handshake's slot is freed when its connection ends).
+        admission = Admission(runner.server, config, room, ssl_context=self._ssl)  # type: ignore[arg-type]
         self._admission = admission
         admission.watch_accept_errors(loop)
         try:
@@ -201,8 +203,6 @@ class WebSocketServer:
                 admission,
                 self._host,
                 self._port,
-                ssl=self._ssl,
-                ssl_handshake_timeout=config.handshake_timeout_s if self._ssl else None,
                 backlog=128,
                 reuse_address=True,
             )
