@@ -45,10 +45,14 @@ class Config:
             decisions, so no window rule), how many steps a worker may still run ahead
             of the last step the coordinator merged: the bound on what the coordinator
             buffers per worker. Must be at least `window_steps`.
-        max_connections: the most TCP connections the coordinator's server holds at once
-            (workers, probes, status requests, and anything else that connects). One more
-            is answered ``503`` and closed. The server lowers it to what the process's
-            open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``) leaves room for.
+        max_connections: the most TCP connections without the token the coordinator's server
+            holds at once (probes, connections still in their handshake, and anything else
+            that connects). One more is answered ``503`` and closed. A connection whose
+            request carried the token (a worker, a signed-in status page) leaves this pool
+            for one of the same size of its own. The server lowers it to what the
+            process's open-file limit (``RLIMIT_NOFILE``, ``ulimit -n``) leaves room for.
+        max_anonymous_per_address: the most of those connections without the token one
+            peer address may hold; one more from it is answered ``503`` (TLS: closed).
         handshake_timeout_s: how long a connection may take from its TCP accept (its TLS
             handshake included) to a complete HTTP request, and how long a kept-alive
             connection may idle between requests; past it the server answers ``408`` and
@@ -94,6 +98,7 @@ class Config:
     max_ahead_steps: int = 1024
     backup_every_epochs: int = 1
     max_connections: int = 1024
+    max_anonymous_per_address: int = 64
     handshake_timeout_s: float = 10.0
     first_message_timeout_s: float = 10.0
     stall_timeout_s: float = 3600.0
@@ -118,6 +123,7 @@ class Config:
             "max_ahead_steps",
             "backup_every_epochs",
             "max_connections",
+            "max_anonymous_per_address",
             "max_request_body_bytes",
             "max_decoded_elements",
             "max_decoded_depth",

@@ -2,9 +2,14 @@
 
 `Admission` wraps the HTTP server's protocol factory (aiohttp's `web.Server`):
 
-- at most `Config.max_connections` connections at once (lowered to what the
-  process's open-file limit leaves room for); one more is answered ``503``
-  and closed;
+- at most `Config.max_connections` connections without the token at once
+  (lowered to what the process's open-file limit leaves room for); one more is
+  answered ``503`` and closed. A connection whose request carried the token (a
+  worker, a signed-in status page) leaves that pool: joined workers never count
+  against it (token holders have a pool of the same size of their own);
+- at most `Config.max_anonymous_per_address` of those from one address, so that
+  one peer reopening idle connections cannot fill the pool (a worker from another
+  address still gets in);
 - each connection must deliver a complete HTTP request within
   `Config.handshake_timeout_s` of its accept, its TLS handshake included; else
   ``408`` and closed (slowloris), or, mid-handshake, closed;
@@ -50,6 +55,7 @@ KINDS = (
     "join_timeout",
     "accept_error",
     "plaintext",
+    "over_address_limit",
 )
 """Why connections are rejected, as counted in ``/status``."""
 
@@ -133,18 +139,59 @@ def _reserve(soft_limit: int) -> int:
 
 
 class _Slot:
-    """One counted connection; released once, by connection_lost or garbage collection."""
+    """One counted connection; released once, by connection_lost or garbage collection.
 
-    __slots__ = ("admission", "open")
+    Anonymous until a request on it carries the token (`Admission.authenticate`): only
+    then does it leave the pool that `Config.max_connections` caps, and its address's
+    count (`Config.max_anonymous_per_address`).
+    """
+
+    __slots__ = ("address", "admission", "authenticated", "open")
 
     def __init__(self, admission: Admission):
         self.admission = admission
         self.open = True
+        self.authenticated = False
+        self.address: str | None = None  # counted against its address while anonymous
+
+    def count_address(self, transport: asyncio.BaseTransport) -> bool:
+        """Count this connection against its peer's address; False when that address holds
+        `Config.max_anonymous_per_address` anonymous connections already."""
+        admission = self.admission
+        address = _host(transport)
+        held = admission.anonymous_by_address.get(address, 0)
+        if held >= admission.config.max_anonymous_per_address:
+            return False
+        admission.anonymous_by_address[address] = held + 1
+        self.address = address
+        return True
+
+    def authenticate(self) -> None:
+        admission = self.admission
+        if not self.open or self.authenticated:
+            return
+        if admission.authenticated_connections >= admission.max_connections:
+            return  # token holders get a pool as large as everyone else's, no larger
+        self.authenticated = True
+        admission.authenticated_connections += 1
+        self._uncount_address()
 
     def release(self) -> None:
         if self.open:
             self.open = False
             self.admission.open_connections -= 1
+            if self.authenticated:
+                self.admission.authenticated_connections -= 1
+            self._uncount_address()
+
+    def _uncount_address(self) -> None:
+        address, self.address = self.address, None
+        if address is None:
+            return
+        by_address = self.admission.anonymous_by_address
+        by_address[address] -= 1
+        if not by_address[address]:
+            del by_address[address]
 
 
 class _Guarded(asyncio.Protocol):
@@ -163,13 +210,19 @@ class _Guarded(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._admission.pending[transport] = self
+        admission = self._admission
+        admission.slots[transport] = self._slot
+        admission.pending[transport] = self
         loop = asyncio.get_running_loop()
         deadline = self.deadline
         if deadline is None:
-            deadline = loop.time() + self._admission.config.handshake_timeout_s
+            deadline = loop.time() + admission.config.handshake_timeout_s
         self._timer = loop.call_at(deadline, self._expire)
         self._inner.connection_made(transport)
+        if self.deadline is None and not self._slot.count_address(transport):  # plain TCP
+            self.request_arrived()
+            self._expired = True  # aiohttp hears nothing more of this connection
+            self._linger = _answer_and_close(transport, _over_address_limit(admission, transport))
 
     def data_received(self, data: bytes) -> None:
         if not self._expired:
@@ -187,6 +240,8 @@ class _Guarded(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self._slot.release()
+        if self._transport is not None:
+            self._admission.slots.pop(self._transport, None)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -199,6 +254,12 @@ class _Guarded(asyncio.Protocol):
         """The TCP connection ended (the TLS gate says so even mid-handshake)."""
         self.request_arrived()
         self._slot.release()
+        if self._transport is not None:
+            self._admission.slots.pop(self._transport, None)
+
+    def count_address(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the TCP connection against its address (TLS: before the handshake)."""
+        return self._slot.count_address(transport)
 
     def request_arrived(self) -> None:
         """The HTTP request is complete: the handshake deadline no longer applies."""
@@ -256,6 +317,9 @@ class _TlsGate(asyncio.BufferedProtocol):
         self._deadline = loop.time() + timeout_s
         self._guarded.deadline = self._deadline  # the HTTP request: the same deadline
         self._timer = loop.call_at(self._deadline, self._expire)
+        if not self._guarded.count_address(transport):
+            _over_address_limit(self._admission, transport)
+            transport.abort()  # no handshake yet: nothing can be said to it
 
     def get_buffer(self, sizehint: int) -> Any:
         if self._tls is not None:
@@ -426,13 +490,16 @@ class Admission:
         self.max_refusing = max(4, _reserve(max_connections) // 2)
         self.rejections = RejectionLog(config.rejection_log_interval_s)
         self.open_connections = 0
+        self.authenticated_connections = 0
+        self.anonymous_by_address: dict[str, int] = {}
+        self.slots: dict[asyncio.BaseTransport, _Slot] = {}  # by the HTTP layer's transport
         self.peak_connections = 0
         self.refusing = 0
         self.pending: dict[asyncio.Transport, _Guarded] = {}
         self._restore_handler: Callable[[], None] | None = None
 
     def __call__(self) -> asyncio.BaseProtocol:
-        if self.open_connections >= self.max_connections:
+        if self.open_connections - self.authenticated_connections >= self.max_connections:
             return _Refusal(self)
         self.open_connections += 1
         self.peak_connections = max(self.peak_connections, self.open_connections)
@@ -443,6 +510,13 @@ class Admission:
             return _TlsGate(self, guarded, self._ssl)
         return guarded
 
+    def authenticate(self, transport: Any) -> None:
+        """A request on `transport` carried the token (a worker, a signed-in page): its
+        connection leaves the anonymous pool."""
+        slot = self.slots.get(transport)
+        if slot is not None:
+            slot.authenticate()
+
     def request_arrived(self, transport: Any) -> None:
         """Called for every request that reached a handler (a middleware does it)."""
         guarded = self.pending.get(transport)
@@ -452,6 +526,7 @@ class Admission:
     def statistics(self) -> dict[str, Any]:
         return {
             "connections_open": self.open_connections,
+            "connections_authenticated": self.authenticated_connections,
             "connections_peak": self.peak_connections,
             "max_connections": self.max_connections,
             "rejected": dict(self.rejections.counts),
@@ -501,6 +576,28 @@ class Admission:
             self._restore_handler = None
         for guarded in list(self.pending.values()):
             guarded.request_arrived()
+
+
+def _over_address_limit(admission: Admission, transport: asyncio.BaseTransport) -> bytes:
+    """Count and log a connection over its address's limit; the 503 answer to it."""
+    limit = admission.config.max_anonymous_per_address
+    admission.rejections.reject(
+        "over_address_limit",
+        f"{_peer(transport)} connected while its address held {limit} connections without "
+        "the token (Config.max_anonymous_per_address)",
+    )
+    body = (
+        f"this address holds {limit} connections that sent no token "
+        "(Config.max_anonymous_per_address); retry later\n"
+    ).encode()
+    return _response(503, "Service Unavailable", body, retry_after=True)
+
+
+def _host(transport: asyncio.BaseTransport) -> str:
+    peername = transport.get_extra_info("peername")
+    with contextlib.suppress(TypeError, IndexError):
+        return str(peername[0])
+    return "?"
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:

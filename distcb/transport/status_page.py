@@ -84,6 +84,8 @@ class StatusPage:
             bearer token as well as the cookie).
         interval_s: seconds between two events of a stream.
         max_streams: event streams open at once (more are refused with 503).
+        authenticate: called with a request that carried the page's cookie (the server
+            takes its connection out of the anonymous pool).
     """
 
     def __init__(
@@ -94,11 +96,13 @@ class StatusPage:
         *,
         interval_s: float = 1.0,
         max_streams: int = 16,
+        authenticate: Callable[[web.Request], None] = lambda request: None,
     ):
         self._coordinator = coordinator
         self._token = token.encode()
         self._cookie = hmac.new(self._token, b"distcb status page", hashlib.sha256).hexdigest()
         self._check_token = check_token
+        self._authenticate = authenticate
         self.interval_s = interval_s
         self.max_streams = max_streams
         self._streams = 0
@@ -147,6 +151,7 @@ class StatusPage:
     def allowed(self, request: web.Request) -> web.Response | None:
         """None for the cookie or the bearer token, else the 401 answer."""
         if self.signed_in(request):
+            self._authenticate(request)
             return None
         return self._check_token(request)
 

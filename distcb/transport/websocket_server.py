@@ -127,7 +127,9 @@ class WebSocketServer:
         self._token = token
         self._token_bytes = token.encode()
         self._routes: list[web.RouteDef] = []
-        self._page = StatusPage(coordinator, token, self.check_token)
+        self._page = StatusPage(
+            coordinator, token, self.check_token, authenticate=self._authenticate
+        )
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
@@ -250,6 +252,10 @@ class WebSocketServer:
             self._admission.request_arrived(request.transport)
         return await handler(request)
 
+    def _authenticate(self, request: web.Request) -> None:
+        if self._admission is not None:
+            self._admission.authenticate(request.transport)
+
     def check_token(self, request: web.Request) -> web.Response | None:
         """None when `request` carries the job's token (``Authorization: Bearer``), else the
         401 answer to send (counted and rate-limited in the log, never the token)."""
@@ -257,6 +263,7 @@ class WebSocketServer:
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), self._token_bytes
         ):
+            self._authenticate(request)  # a token holder: out of the anonymous pool
             return None
         if self._admission is not None:
             self._admission.rejections.reject(
