@@ -105,6 +105,7 @@ class WorkerEntry:
     ended_reply_sent: bool = False
     lost_reason: str | None = None
     dropped: bool = False  # its connection closed before training started
+    away: bool = False  # dropped without misbehaving: the join waits for it to come back
     silence_reported: bool = False
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -223,8 +224,11 @@ class Roster:
         if entry.done:
             return
         if entry.state is RankState.JOINED and self._accepting():
-            # Still joining: the rank may connect again (a worker that retried).
+            # Still joining: the rank may connect again (a worker that retried). Until it
+            # does, it is away (nothing is sent to it, the join waits for it) unless it
+            # misbehaved: then the next send to it fails it, as once training.
             entry.dropped = True
+            entry.away = not isinstance(exc, ProtocolError)
             return
         self._post(WorkerLost(entry.rank, WorkerLostError(entry.rank, _lost_reason(exc))))
 
@@ -244,7 +248,7 @@ class Roster:
         now = time.monotonic()
         self.workers[join.rank] = WorkerEntry(join.rank, connection, join.params, now, now)
         self.live.add(join.rank)
-        if len(self.workers) == self.world_size:
+        if len(self.missing()) == 0:
             self.all_joined.set()
 
     def _check(self, entry: WorkerEntry, message: Message) -> None:
@@ -368,7 +372,15 @@ class Roster:
         return self.live - self._ended
 
     def missing(self) -> set[int]:
-        return set(range(self.world_size)) - set(self.workers)
+        """Ranks not joined, or whose connection dropped while joining (they may come back)."""
+        joined = {r for r, w in self.workers.items() if not w.away}
+        return set(range(self.world_size)) - joined
+
+    def _away(self, rank: int) -> bool:
+        """Its connection dropped while the job is still joining: nothing is sent to it, and
+        its silence is no loss (the join timeout bounds its absence)."""
+        worker = self.workers.get(rank)
+        return worker is not None and worker.away and self._accepting()
 
     def all_live(self, predicate: Callable[[WorkerEntry], bool]) -> bool:
         return all(predicate(self.workers[r]) for r in self.live)
@@ -385,7 +397,7 @@ class Roster:
 
     async def broadcast(self, message: Message) -> None:
         """Send to every live worker; one that cannot be reached becomes a WorkerLost event."""
-        ranks = sorted(self.live)
+        ranks = [r for r in sorted(self.live) if not self._away(r)]
         results = await asyncio.gather(
             *(self._send(r, message) for r in ranks), return_exceptions=True
         )
@@ -414,6 +426,7 @@ class Roster:
                     silent > self.config.heartbeat_timeout_s
                     and not worker.done
                     and not worker.silence_reported
+                    and not self._away(rank)
                 ):
                     reason = (
                         f"sent nothing for {silent:.1f} s (Config.heartbeat_timeout_s="
