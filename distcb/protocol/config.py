@@ -76,6 +76,13 @@ class Config:
             `max_connections`, handshake timeouts, the open-file limit) are counted in
             ``/status`` and logged at most once per interval for each kind; so is every
             other line a peer can repeat (a failed save, a rejected join, a wrong sign-in).
+        status_session_s: how long a sign-in to the status page lasts (its cookie holds a
+            random session value, forgotten at ``/logout`` or after this).
+        max_status_sessions: status page sign-ins kept at once; one more forgets the oldest.
+        max_status_streams: ``/events`` streams open at once; one more is answered ``503``.
+        status_write_timeout_s: how long one ``/events`` write may wait for a viewer that
+            reads too slowly (its bytes in flight are bounded by the socket's buffer);
+            past it the stream is closed and its slot freed.
         max_queued_messages: per rank, the most messages other than batch frames (those are
             bounded by the window) that may wait for the coordinator's engine while a
             callback holds it; one more closes that rank's connection (it counts as lost).
@@ -105,6 +112,10 @@ class Config:
     rejection_log_interval_s: float = 10.0
     max_request_body_bytes: int = 64 * 1024
     max_queued_messages: int = 256
+    status_session_s: float = 12 * 3600.0
+    max_status_sessions: int = 256
+    max_status_streams: int = 16
+    status_write_timeout_s: float = 10.0
     request_body_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -128,6 +139,8 @@ class Config:
             "max_decoded_elements",
             "max_decoded_depth",
             "max_queued_messages",
+            "max_status_sessions",
+            "max_status_streams",
         ):
             value = getattr(self, name)
             if not isinstance(value, int):

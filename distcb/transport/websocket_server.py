@@ -128,7 +128,11 @@ class WebSocketServer:
         self._token_bytes = token.encode()
         self._routes: list[web.RouteDef] = []
         self._page = StatusPage(
-            coordinator, token, self.check_token, authenticate=self._authenticate
+            coordinator,
+            token,
+            self.check_token,
+            config=self._config,
+            authenticate=self._authenticate,
         )
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
