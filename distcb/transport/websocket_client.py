@@ -72,15 +72,18 @@ async def connect(
                         f"the coordinator at {url} refused the plaintext upgrade: "
                         f"{tls.PLAINTEXT_TO_TLS}"
                     ) from exc
-                if exc.status == 401:
+                if exc.status == 503:  # over a connection bound: busy for now, retried
+                    last_error = exc
+                elif exc.status == 401:
                     raise ProtocolError(
                         f"token rejected by the coordinator at {url}; pass the token the "
                         "coordinator was started with (WebSocketServer.token)"
                     ) from None
-                raise ConnectionClosed(
-                    f"the coordinator at {url} refused the websocket upgrade: HTTP {exc.status} "
-                    f"{exc.message}"
-                ) from exc
+                else:
+                    raise ConnectionClosed(
+                        f"the coordinator at {url} refused the websocket upgrade: HTTP "
+                        f"{exc.status} {exc.message}"
+                    ) from exc
             except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
                 trust = f"the CA in {ca_file!r} ({tls.ENV_CA})" if ca_file else "the system's CAs"
                 raise ConnectionClosed(

@@ -12,6 +12,7 @@ import aiohttp
 from distcb.protocol.config import Config
 from distcb.protocol.messages import Join, JoinParams, decode_from_coordinator
 from distcb.testing import ScriptedWorker
+from distcb.transport.websocket import connect
 from distcb.transport.websocket_connection import WebSocketConnection
 from tests.helpers.coordinator_process import CoordinatorProcess
 
@@ -136,3 +137,29 @@ async def test_joined_workers_do_not_count_against_the_anonymous_pool(tmp_path):
     assert answers[:2] == [b"", b""], answers  # held, not refused
     assert answers[2].startswith(b"HTTP/1.1 503"), answers
     assert b"Config.max_connections" in answers[2]
+
+
+async def test_many_workers_from_one_address_get_in_past_its_limit():
+    """A burst of workers from one machine (the process backend, a node of `distcb launch`):
+    those answered 503 over the address's limit retry until they are in."""
+    from distcb.coordinator.engine import Coordinator
+    from distcb.transport.websocket import WebSocketServer
+
+    world_size = 48
+    config = Config(max_anonymous_per_address=4, heartbeat_interval_s=0.2, heartbeat_timeout_s=30.0)
+    coordinator = Coordinator([], world_size=world_size, config=config)
+    async with WebSocketServer(coordinator, config=config) as server:
+        job = asyncio.create_task(coordinator.run())
+        connections = await asyncio.gather(
+            *(connect(server.address, server.token, config=config) for _ in range(world_size))
+        )
+        workers = [
+            ScriptedWorker(r, world_size, [{"loss": 1.0}], config=config) for r in range(world_size)
+        ]
+        await asyncio.gather(*(w.run(c) for w, c in zip(workers, connections, strict=True)))
+        history = await asyncio.wait_for(job, WAIT_S)
+        refused = server.statistics()["rejected"]["over_address_limit"]
+        for connection in connections:
+            await connection.close()
+    assert history.history["loss"] == [1.0]
+    assert refused > 0  # the limit was hit, and retried past
