@@ -62,6 +62,10 @@ class RendezvousError(DistcbError):
     """The rendezvous failed: a refused node, a wrong token, or no coordinator in time."""
 
 
+class _Busy(Exception):
+    """Node 0 answered 503 (over a connection bound): asked again, until the deadline."""
+
+
 class BodyError(Exception):
     """A request body that cannot be read: the HTTP status to answer, and why."""
 
@@ -454,7 +458,7 @@ class RendezvousClient:
                 )
             try:
                 answer = await self._post(path, body, timeout_s=min(POLL_S + 5.0, remaining + 1))
-            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectionError, OSError, TimeoutError, _Busy) as exc:
                 await self._check_plaintext_to_tls(exc)
                 last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(min(delay_s, max(0.0, deadline - time.monotonic())))
@@ -492,6 +496,8 @@ class RendezvousClient:
                     f"the coordinator at {self.base} rejected the token: give every node the "
                     "token node 0 has (DISTCB_TOKEN or --token-file)"
                 )
+            if response.status == 503:  # over a connection bound: busy for now
+                raise _Busy(f"HTTP 503: {(await response.text())[:200].strip()}")
             if response.status == 404:
                 raise RendezvousError(
                     f"{self.base} has no rendezvous: is it a coordinator started by "

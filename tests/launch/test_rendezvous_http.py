@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from distcb.coordinator.engine import Coordinator
-from distcb.launch.rendezvous import NodeInfo, Rendezvous
+from distcb.launch.rendezvous import NodeInfo, Rendezvous, RendezvousClient
 from distcb.protocol.config import Config
 from distcb.transport.websocket import WebSocketServer
 
@@ -141,3 +141,18 @@ async def test_a_body_that_is_not_a_json_object_is_answered_400(body):
         status, answer = await post_in_pieces(server, [body])
     assert status == 400, answer
     assert "JSON" in answer["error"]
+
+
+async def test_a_node_refused_503_over_a_connection_bound_asks_again():
+    config = Config(max_anonymous_per_address=1)
+    async with node0(2, config) as (server, _):
+        host, _, port = server.address.rpartition(":")
+        _, idle = await asyncio.open_connection(host, int(port))  # the address's one slot
+        client = RendezvousClient(server.address, TOKEN, deadline_s=WAIT_S)
+        joining = asyncio.ensure_future(client.join(NodeInfo(1, "127.0.0.1", (40001,)), 2, 1))
+        await asyncio.sleep(0.5)  # it is refused meanwhile (503), and asks again
+        refused = server.statistics()["rejected"]["over_address_limit"]
+        idle.close()
+        cluster = await asyncio.wait_for(joining, WAIT_S)
+    assert refused >= 1
+    assert [n.node_rank for n in cluster.nodes] == [0, 1]
