@@ -41,6 +41,7 @@ MODULES = [
     "bench_coordinator_load",
     "bench_resume",
     "bench_chaos",
+    "bench_viewers",
 ]
 
 

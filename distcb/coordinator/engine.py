@@ -56,6 +56,7 @@ from distcb.protocol.errors import (
     WorkerLostError,
 )
 from distcb.protocol.integrity import IntegrityError
+from distcb.protocol.log_limit import LogLimiter
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import (
     Abort,
@@ -169,6 +170,7 @@ class Coordinator:
         self.last_epoch_logs: Logs = {}
         self.last_batch_logs: Logs = {}
         self._listeners: list[Listener] = []
+        self._log_limiter = LogLimiter(logger, self.config.rejection_log_interval_s)
         self._callback_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="distcb-callbacks"
         )
@@ -319,6 +321,7 @@ class Coordinator:
                 await self._start(entry)
             while not self._finished.is_set():
                 event = await self._events.get()
+                self.roster.taken(event)
                 try:
                     await self._handle(event)
                 except AggregationError as exc:
@@ -791,7 +794,14 @@ class Coordinator:
         self.saved_count += 1
         self.recent_saved = [*self.recent_saved[-(RECENT - 1) :], message]
         if message.error:
-            logger.warning("rank %d could not save %s: %s", rank, message.filepath, message.error)
+            self._log_limiter.log(
+                logging.WARNING,
+                "save_failed",
+                "rank %d could not save %s: %s",
+                rank,
+                message.filepath,
+                message.error,
+            )
         for listener in self._listeners:
             listener.saved(message)
 

@@ -41,6 +41,7 @@ from typing import Any
 from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
+from distcb.protocol.log_limit import LogLimiter
 from distcb.protocol.messages import (
     BackedUp,
     BatchFrame,
@@ -104,6 +105,7 @@ class WorkerEntry:
     ended_reply_sent: bool = False
     lost_reason: str | None = None
     dropped: bool = False  # its connection closed before training started
+    away: bool = False  # dropped without misbehaving: the join waits for it to come back
     silence_reported: bool = False
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -140,6 +142,8 @@ class Roster:
         self._post = post
         self._accepting = accepting
         self.workers: dict[int, WorkerEntry] = {}
+        self._queued: dict[int, int] = {}  # rank -> messages posted, not yet taken
+        self._log_limiter = LogLimiter(logger, config.rejection_log_interval_s)
         self.live: set[int] = set()
         self._ended: set[int] = set()  # ranks whose fit ended (train_ended): see `training`
         self.all_joined = asyncio.Event()
@@ -166,7 +170,7 @@ class Roster:
                 raise ProtocolError(f"the first message must be a join, received {first.type!r}")
             self._admit(first, connection)
         except ProtocolError as exc:
-            logger.warning("rejected %s: %s", connection.peer, exc)
+            self._log_limiter.log(logging.WARNING, "join", "rejected %s: %s", connection.peer, exc)
             with contextlib.suppress(ConnectionClosed):
                 await connection.close(str(exc))
             return
@@ -180,6 +184,7 @@ class Roster:
                     continue
                 entry.last_active = entry.last_seen
                 self._check(entry, message)
+                self._count_queued(rank, message)
                 self._post((rank, message))
         except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
             if not isinstance(exc, ConnectionClosed | ProtocolError):
@@ -191,12 +196,39 @@ class Roster:
             with contextlib.suppress(ConnectionClosed):
                 await connection.close(str(exc), code=code)
 
+    def _count_queued(self, rank: int, message: Message) -> None:
+        """Bound what one rank has waiting for the engine (a callback may hold it for long).
+
+        Raises:
+            ProtocolError: over `Config.max_queued_messages` (batch frames aside: the
+                window bounds them).
+        """
+        if isinstance(message, BatchFrame):
+            return
+        queued = self._queued.get(rank, 0) + 1
+        limit = self.config.max_queued_messages
+        if queued > limit:
+            raise ProtocolError(
+                f"rank {rank} has {limit} messages waiting for the coordinator "
+                f"(Config.max_queued_messages={limit}) and sent another ({message.type!r})"
+            )
+        self._queued[rank] = queued
+
+    def taken(self, event: Any) -> None:
+        """The engine took `event` off its queue (see `_count_queued`)."""
+        if isinstance(event, tuple) and not isinstance(event[1], BatchFrame):
+            rank = event[0]
+            self._queued[rank] = max(0, self._queued.get(rank, 0) - 1)
+
     def _on_connection_end(self, entry: WorkerEntry, exc: BaseException) -> None:
         if entry.done:
             return
         if entry.state is RankState.JOINED and self._accepting():
-            # Still joining: the rank may connect again (a worker that retried).
+            # Still joining: the rank may connect again (a worker that retried). Until it
+            # does, it is away (nothing is sent to it, the join waits for it) unless it
+            # misbehaved: then the next send to it fails it, as once training.
             entry.dropped = True
+            entry.away = not isinstance(exc, ProtocolError)
             return
         self._post(WorkerLost(entry.rank, WorkerLostError(entry.rank, _lost_reason(exc))))
 
@@ -216,7 +248,7 @@ class Roster:
         now = time.monotonic()
         self.workers[join.rank] = WorkerEntry(join.rank, connection, join.params, now, now)
         self.live.add(join.rank)
-        if len(self.workers) == self.world_size:
+        if len(self.missing()) == 0:
             self.all_joined.set()
 
     def _check(self, entry: WorkerEntry, message: Message) -> None:
@@ -340,7 +372,15 @@ class Roster:
         return self.live - self._ended
 
     def missing(self) -> set[int]:
-        return set(range(self.world_size)) - set(self.workers)
+        """Ranks not joined, or whose connection dropped while joining (they may come back)."""
+        joined = {r for r, w in self.workers.items() if not w.away}
+        return set(range(self.world_size)) - joined
+
+    def _away(self, rank: int) -> bool:
+        """Its connection dropped while the job is still joining: nothing is sent to it, and
+        its silence is no loss (the join timeout bounds its absence)."""
+        worker = self.workers.get(rank)
+        return worker is not None and worker.away and self._accepting()
 
     def all_live(self, predicate: Callable[[WorkerEntry], bool]) -> bool:
         return all(predicate(self.workers[r]) for r in self.live)
@@ -357,7 +397,7 @@ class Roster:
 
     async def broadcast(self, message: Message) -> None:
         """Send to every live worker; one that cannot be reached becomes a WorkerLost event."""
-        ranks = sorted(self.live)
+        ranks = [r for r in sorted(self.live) if not self._away(r)]
         results = await asyncio.gather(
             *(self._send(r, message) for r in ranks), return_exceptions=True
         )
@@ -386,6 +426,7 @@ class Roster:
                     silent > self.config.heartbeat_timeout_s
                     and not worker.done
                     and not worker.silence_reported
+                    and not self._away(rank)
                 ):
                     reason = (
                         f"sent nothing for {silent:.1f} s (Config.heartbeat_timeout_s="

@@ -2,11 +2,13 @@
 
     distcb launch --nproc-per-node 2 train.py --epochs 10
 
-    # two machines, 4 workers each, synchronous (TF_CONFIG for MultiWorkerMirroredStrategy):
-    node0$ DISTCB_TOKEN=... distcb launch --nnodes 2 --node-rank 0 --nproc-per-node 4 \\
-               --coordinator 10.0.0.1:29400 --bind 0.0.0.0 --tf-config train.py
-    node1$ DISTCB_TOKEN=... distcb launch --nnodes 2 --node-rank 1 --nproc-per-node 4 \\
-               --coordinator 10.0.0.1:29400 --tf-config train.py
+    # two machines, 4 workers each, synchronous (TF_CONFIG for MultiWorkerMirroredStrategy),
+    # TLS with a certificate for 10.0.0.1 signed by ca.pem (DISTCB_TLS_CA on every node):
+    node0$ DISTCB_TOKEN=... DISTCB_TLS_CA=ca.pem distcb launch --nnodes 2 --node-rank 0 \\
+               --nproc-per-node 4 --coordinator 10.0.0.1:29400 --bind 0.0.0.0 \\
+               --tls-cert cert.pem --tls-key key.pem --tf-config train.py
+    node1$ DISTCB_TOKEN=... DISTCB_TLS_CA=ca.pem distcb launch --nnodes 2 --node-rank 1 \\
+               --nproc-per-node 4 --coordinator 10.0.0.1:29400 --tf-config train.py
 
 The script trains with ``model.fit(..., callbacks=[distcb.keras.WorkerCallback()])``;
 each worker finds its rank, the coordinator and the token in its environment.
@@ -24,6 +26,7 @@ import os
 import sys
 
 from distcb.launch import callback_spec
+from distcb.launch import serve as serving
 from distcb.launch.node import NodeLauncher, NodePlan
 from distcb.launch.usage import (
     HelpFormatter,
@@ -33,6 +36,7 @@ from distcb.launch.usage import (
     positive_int,
 )
 from distcb.protocol.config import Config
+from distcb.transport import tls
 from distcb.worker import cluster
 from distcb.worker.context import ENV_TOKEN
 
@@ -51,6 +55,10 @@ Multi-node: start one launcher per node with the same --nnodes, --nproc-per-node
 --coordinator HOST:PORT (an address of node 0 that every node reaches), and --node-rank
 0, 1, ...; the token comes from DISTCB_TOKEN or --token-file on every node. Workers
 are ranked node by node (node k has ranks k*N .. k*N+N-1).
+
+TLS (as `distcb coordinator`): node 0 serves https/wss with --tls-cert/--tls-key (or
+DISTCB_TLS_CERT/DISTCB_TLS_KEY); every node and worker verifies that certificate against
+--tls-ca (or DISTCB_TLS_CA). Beyond loopback, plaintext is refused unless --insecure.
 
 Output lines are prefixed with "[rank N]". Signals (SIGINT, SIGTERM, SIGHUP) are
 forwarded to every worker; no worker outlives its launcher.
@@ -149,6 +157,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     launch.add_argument(
         "--history", metavar="PATH", help="node 0 writes the job's History there as JSON"
     )
+    serving.add_arguments(launch)  # --tls-cert, --tls-key, --insecure: as the coordinator's
+    launch.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help=f"PEM CA that signed node 0's certificate: the nodes and the workers verify it "
+        f"(default: ${tls.ENV_CA})",
+    )
     launch.add_argument(
         "-m",
         "--module",
@@ -200,6 +215,7 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
             "--token-file PATH (the same secret everywhere, e.g. `openssl rand -hex 32`)"
         )
     config = _config(options.config)
+    tls_cert, tls_key, tls_ca = _tls_files(options, node_rank, host)
     script_path = _script_path(options.script, options.module)
     command = (
         (sys.executable, "-m", options.script, *options.script_args)
@@ -232,7 +248,49 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         token=token,
         token_generated=token is None,
         history_path=options.history,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        insecure=options.insecure,
     )
+
+
+def _tls_files(
+    options: argparse.Namespace, node_rank: int, host: str
+) -> tuple[str | None, str | None, str | None]:
+    """(certificate, key, CA), absolute, from the options or the environment; checked.
+
+    Raises:
+        UsageError: half a certificate, TLS without a CA for the workers, or a node that
+            would send the token across the network in plaintext.
+    """
+    try:
+        server = serving.server_tls_files(options, os.environ) if node_rank == 0 else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    ca = options.tls_ca or os.environ.get(tls.ENV_CA) or None
+    cert, key = server if server is not None else (None, None)
+    if cert is not None and ca is None:
+        raise UsageError(
+            f"--tls-cert needs the CA that signed it for the workers to verify it: pass "
+            f"--tls-ca PATH or set {tls.ENV_CA} (for a self-signed certificate, the "
+            "certificate itself)"
+        )
+    if ca is not None and not os.path.isfile(ca):
+        raise UsageError(f"the CA file {ca!r} (--tls-ca or {tls.ENV_CA}) does not exist")
+    if node_rank > 0 and ca is None and not options.insecure and not _loopback(host):
+        raise UsageError(
+            f"node {node_rank} would send the job's token to {host} in plaintext: set "
+            f"{tls.ENV_CA} (or --tls-ca) to the CA of node 0's certificate (node 0 then runs "
+            "with --tls-cert/--tls-key), or pass --insecure on every node of a network you trust"
+        )
+    return tuple(os.path.abspath(p) if p else None for p in (cert, key, ca))  # type: ignore[return-value]
+
+
+def _loopback(host: str) -> bool:
+    from distcb.transport.websocket_server import _is_loopback
+
+    return _is_loopback(host)
 
 
 def _read_token(path: str | None) -> str | None:

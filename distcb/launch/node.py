@@ -56,6 +56,7 @@ from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError, WorkerLostError
 from distcb.protocol.logs import to_json_value
+from distcb.transport.tls import server_context
 from distcb.worker.context import WorkerContext
 
 ENV_LOCAL_RANK = "DISTCB_LOCAL_RANK"
@@ -89,6 +90,10 @@ class NodePlan:
         token: the job's token (None: a random one, one node on loopback only).
         token_generated: the token was made here (node 0 then prints its login link).
         history_path: node 0 writes the History there as JSON.
+        tls_cert, tls_key: node 0 serves TLS with this PEM certificate and key.
+        tls_ca: the PEM CA every node and worker verifies node 0's certificate against
+            (set: they dial https/wss).
+        insecure: node 0 may serve plaintext beyond loopback.
     """
 
     command: tuple[str, ...]
@@ -107,6 +112,10 @@ class NodePlan:
     token: str | None = field(default=None, repr=False)
     token_generated: bool = False
     history_path: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    insecure: bool = False
 
     @property
     def world_size(self) -> int:
@@ -186,10 +195,19 @@ class NodeLauncher:
         host, port = plan.coordinator
         bind_host = plan.bind_host or host
         try:
+            ssl = None
+            if plan.tls_cert is not None:
+                ssl = server_context(plan.tls_cert, plan.tls_key or "")
             server = WebSocketServer(
-                coordinator, host=bind_host, port=port, token=plan.token, config=plan.config
+                coordinator,
+                host=bind_host,
+                port=port,
+                token=plan.token,
+                config=plan.config,
+                ssl=ssl,
+                insecure=plan.insecure,
             )
-        except ValueError as exc:  # beyond loopback without a token
+        except ValueError as exc:  # beyond loopback without a token or TLS, a bad certificate
             raise UsageError(str(exc)) from None
         server.add_routes(rendezvous.routes(server.check_token))
         try:
@@ -199,13 +217,14 @@ class NodeLauncher:
         try:
             bound_port = int(server.address.rpartition(":")[2])
             address = _join(host, bound_port)  # what workers dial (never 0.0.0.0)
+            scheme = "http" if plan.tls_cert is None else "https"
             self._say(
                 f"coordinator listening on {server.address}; {plan.world_size} workers on "
-                f"{plan.nnodes} node(s); status page http://{address}/"
+                f"{plan.nnodes} node(s); status page {scheme}://{address}/"
             )
             if plan.token_generated and _is_terminal(self._err):
                 # Only to a terminal: a log file would keep the token (issue 13's rule).
-                self._say(f"sign in to the status page: http://{address}/?token={server.token}")
+                self._say(f"sign in to the status page: {scheme}://{address}/?token={server.token}")
             elif plan.token_generated:
                 self._say("set DISTCB_TOKEN to sign in to the status page")
             job = asyncio.get_running_loop().create_task(coordinator.run(), name="distcb-job")
@@ -283,7 +302,10 @@ class NodeLauncher:
             )
         host, port = plan.coordinator
         client = RendezvousClient(
-            plan.coordinator_address, plan.token, deadline_s=plan.config.join_timeout_s
+            plan.coordinator_address,
+            plan.token,
+            deadline_s=plan.config.join_timeout_s,
+            ca_file=plan.tls_ca,
         )
         self._client = client
         ports = _free_ports(plan.nproc_per_node)
@@ -354,6 +376,7 @@ class NodeLauncher:
                 token=token,
                 config=cluster.config,
                 run_dir=plan.run_dir,
+                tls_ca=plan.tls_ca,
             )
             variables, defaults = worker_env(
                 context,

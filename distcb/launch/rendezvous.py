@@ -29,8 +29,10 @@ Node 0 registers in-process. Four routes, all behind the job's token
 
 Every node must be launched with the same ``--nnodes`` and
 ``--nproc-per-node``; a node that disagrees, registers a rank out of range, or
-registers after the job started gets 409 with the reason. Bodies are bounded
-(`MAX_BODY_BYTES`) and validated field by field.
+registers after the job started, or claims a node rank another node holds gets 409 with
+the reason. A body is read whole, by its ``Content-Length`` (it may arrive in many TCP
+segments), within `Config.max_request_body_bytes` and `Config.request_body_timeout_s`
+(else 413, 411 or 408), and validated field by field.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -45,17 +48,69 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError
+from distcb.transport.tls import PLAINTEXT_TO_TLS, client_context, speaks_tls
 
 POLL_S = 10.0
-MAX_BODY_BYTES = 64 * 1024
 _MAX_HOST = 253
 
 
 class RendezvousError(DistcbError):
     """The rendezvous failed: a refused node, a wrong token, or no coordinator in time."""
+
+
+class _Busy(Exception):
+    """Node 0 answered 503 (over a connection bound): asked again, until the deadline."""
+
+
+class BodyError(Exception):
+    """A request body that cannot be read: the HTTP status to answer, and why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_json_body(request: web.Request, config: Config) -> dict[str, Any]:
+    """The request's whole body (however many TCP segments it came in), as a JSON object.
+
+    Raises:
+        BodyError: no ``Content-Length`` (411), one over `Config.max_request_body_bytes`
+            (413), a body that did not arrive within `Config.request_body_timeout_s` (408)
+            or ended early (400).
+        ValueError: the body is not a JSON object.
+    """
+    length = request.content_length
+    limit = config.max_request_body_bytes
+    if length is None:
+        raise BodyError(411, "the request needs a Content-Length header (no chunked bodies)")
+    if length > limit:
+        raise BodyError(
+            413, f"the body has {length} bytes, over Config.max_request_body_bytes={limit}"
+        )
+    try:
+        async with asyncio.timeout(config.request_body_timeout_s):
+            raw = await request.content.readexactly(length)
+    except TimeoutError:
+        raise BodyError(
+            408,
+            f"the body's {length} bytes did not arrive within "
+            f"Config.request_body_timeout_s={config.request_body_timeout_s:g} s",
+        ) from None
+    except asyncio.IncompleteReadError as exc:
+        raise BodyError(
+            400, f"the body ended after {len(exc.partial)} of its {length} bytes"
+        ) from None
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"the body must be a JSON object, received {type(body).__name__}")
+    return body
 
 
 @dataclass(frozen=True)
@@ -182,11 +237,18 @@ class Rendezvous:
                 f"node {node.node_rank} has {len(node.ports)} workers, node 0 has "
                 f"--nproc-per-node {self.nproc_per_node}: launch every node with the same value"
             )
-        if self._complete.is_set():
-            if self._nodes.get(node.node_rank) == node:
-                return  # a retried request
+        existing = self._nodes.get(node.node_rank)
+        if existing == node:
+            return  # a retried request (the same node asks again until the cluster is complete)
+        if existing is not None:
+            # Two launchers claim one node rank: the second would replace the first in
+            # TF_CONFIG while the first's workers run, so it is refused.
+            started = " (the job has started)" if self._complete.is_set() else ""
             raise RendezvousError(
-                f"node {node.node_rank} registered after the job started; restart the whole job"
+                f"node_rank {node.node_rank} is already registered by {existing.host} with ports "
+                f"{list(existing.ports)}{started}; this registration from {node.host} with ports "
+                f"{list(node.ports)} is refused. Give every node its own --node-rank "
+                f"(0-{self.nnodes - 1}); a node launcher started again must restart the whole job"
             )
         self._nodes[node.node_rank] = node
         if len(self._nodes) == self.nnodes:
@@ -241,13 +303,10 @@ class Rendezvous:
                 if denied is not None:
                     return denied
                 try:
-                    raw = await request.content.read(MAX_BODY_BYTES + 1)
-                    if len(raw) > MAX_BODY_BYTES:
-                        raise ValueError(f"the body is over {MAX_BODY_BYTES} bytes")
-                    body = json.loads(raw)
-                    if not isinstance(body, dict):
-                        raise ValueError("the body must be a JSON object")
+                    body = await read_json_body(request, self.config)
                     return await handler(body)
+                except BodyError as exc:
+                    return web.json_response({"error": str(exc)}, status=exc.status)
                 except ValueError as exc:
                     return web.json_response({"error": str(exc)}, status=400)
                 except RendezvousError as exc:
@@ -338,12 +397,15 @@ class RendezvousClient:
         token: the job's token.
         deadline_s: how long to keep trying to reach the coordinator and to wait for the
             other nodes (`Config.join_timeout_s`).
+        ca_file: the PEM CA node 0's certificate is verified against; given, the client
+            speaks https.
     """
 
-    def __init__(self, address: str, token: str, *, deadline_s: float, scheme: str = "http"):
-        self.base = f"{scheme}://{address}"
+    def __init__(self, address: str, token: str, *, deadline_s: float, ca_file: str | None = None):
+        self.base = f"{'http' if ca_file is None else 'https'}://{address}"
         self._headers = {"Authorization": f"Bearer {token}"}
         self.deadline_s = deadline_s
+        self._ssl: ssl.SSLContext | bool = True if ca_file is None else client_context(ca_file)
 
     async def join(self, node: NodeInfo, nnodes: int, nproc_per_node: int) -> Cluster:
         """Register `node` and wait for every other node.
@@ -396,7 +458,8 @@ class RendezvousClient:
                 )
             try:
                 answer = await self._post(path, body, timeout_s=min(POLL_S + 5.0, remaining + 1))
-            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectionError, OSError, TimeoutError, _Busy) as exc:
+                await self._check_plaintext_to_tls(exc)
                 last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(min(delay_s, max(0.0, deadline - time.monotonic())))
                 delay_s = min(delay_s * 2, 1.0)
@@ -406,17 +469,35 @@ class RendezvousClient:
             waiting = answer.get("waiting_for")
             last_error = f"waiting for nodes {waiting}" if waiting else "not known yet"
 
+    async def _check_plaintext_to_tls(self, error: BaseException) -> None:
+        """A plaintext request dropped by a server that speaks TLS: say so, and stop."""
+        if not self.base.startswith("http:") or not isinstance(
+            error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError
+        ):
+            return
+        url = URL(self.base)
+        if (
+            url.host is not None
+            and url.port is not None
+            and await speaks_tls(url.host, url.port, timeout_s=5.0)
+        ):
+            raise RendezvousError(f"{self.base} dropped a plaintext request: {PLAINTEXT_TO_TLS}")
+
     async def _post(self, path: str, body: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(self.base + path, json=body, headers=self._headers) as response,
+            session.post(
+                self.base + path, json=body, headers=self._headers, ssl=self._ssl
+            ) as response,
         ):
             if response.status == 401:
                 raise RendezvousError(
                     f"the coordinator at {self.base} rejected the token: give every node the "
                     "token node 0 has (DISTCB_TOKEN or --token-file)"
                 )
+            if response.status == 503:  # over a connection bound: busy for now
+                raise _Busy(f"HTTP 503: {(await response.text())[:200].strip()}")
             if response.status == 404:
                 raise RendezvousError(
                     f"{self.base} has no rendezvous: is it a coordinator started by "

@@ -31,7 +31,7 @@ from distcb.protocol.config import Config
 from distcb.transport import tls
 from distcb.worker import cluster
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "server_tls_files"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +130,12 @@ async def _serve(
     return exit_codes.FINISHED
 
 
-def _server_tls(options: argparse.Namespace, env: Mapping[str, str]) -> SSLContext | None:
+def server_tls_files(options: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """(certificate, key) from ``--tls-cert``/``--tls-key`` or the environment; None: no TLS.
+
+    Raises:
+        ValueError: only one of the two, or files that do not load.
+    """
     cert = options.tls_cert or env.get(tls.ENV_CERT) or None
     key = options.tls_key or env.get(tls.ENV_KEY) or None
     if cert is None and key is None:
@@ -140,7 +145,13 @@ def _server_tls(options: argparse.Namespace, env: Mapping[str, str]) -> SSLConte
             f"TLS needs both a certificate and its key: received certificate {cert!r} and key "
             f"{key!r} (--tls-cert/--tls-key or {tls.ENV_CERT}/{tls.ENV_KEY})"
         )
-    return tls.server_context(cert, key)
+    tls.server_context(cert, key)  # loads now: a bad file is a usage error, before any work
+    return cert, key
+
+
+def _server_tls(options: argparse.Namespace, env: Mapping[str, str]) -> SSLContext | None:
+    files = server_tls_files(options, env)
+    return None if files is None else tls.server_context(*files)
 
 
 def _bind_address(host: str, port: int, env: Mapping[str, str]) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """Log values: what a Keras logs dict may carry over the wire, and their JSON view.
 
 On the wire (MessagePack) logs travel as they are: floats (NaN and infinities
-included), strings, booleans, None, and lists of those (a per-class metric).
+included), strings, booleans, None, and lists of those (a per-class metric), nested at
+most three deep.
 Workers unwrap numpy scalars, arrays and framework tensors with `clean_logs`
 before a message is encoded.
 
@@ -16,11 +17,15 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from distcb.protocol.errors import ProtocolError
 
-LogValue = float | bool | str | None | list[Any]
+_Scalar = int | float | bool | str | None
+LogValue = float | bool | str | None | list[_Scalar | list[_Scalar | list[_Scalar]]]
+"""A value of a logs dict on the wire: a scalar, or lists of scalars nested at most three
+deep (a per-class metric, a matrix); never a map. The decoder rejects anything else at the
+first value that does not fit, before it allocates the rest."""
 Logs = dict[str, Any]
 
 _NON_FINITE_OUT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
@@ -38,7 +43,8 @@ def clean_value(value: Any) -> LogValue:
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         return clean_value(value.tolist())
     if isinstance(value, list | tuple):
-        return [clean_value(v) for v in value]
+        # Nested deeper than LogValue allows, it is refused by the coordinator's decoder.
+        return cast(LogValue, [clean_value(v) for v in value])
     if hasattr(value, "__float__"):
         return float(value)
     raise ProtocolError(

@@ -19,6 +19,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from distcb.protocol import wire_bounds
+from distcb.protocol.config import Config
 from distcb.protocol.decisions import AnyDecision, Decision, NonNegInt
 from distcb.protocol.errors import ProtocolError
 from distcb.protocol.logs import LogValue
@@ -333,24 +335,45 @@ def encode(message: Message) -> bytes:
         raise ProtocolError(f"a {message.type!r} message cannot be encoded: {exc}") from None
 
 
-def decode_from_worker(data: bytes) -> Message:
-    """Decode and validate a message a worker sent; ProtocolError says what was wrong."""
-    return _decode(_from_worker, data, "worker")
+_DEFAULT_CONFIG = Config()
 
 
-def decode_from_coordinator(data: bytes) -> Message:
+def decode_from_worker(data: bytes, config: Config | None = None) -> Message:
+    """Decode and validate a message a worker sent; ProtocolError says what was wrong
+    (values and nesting are bounded by `Config.max_decoded_elements` and
+    `Config.max_decoded_depth`, before anything is decoded)."""
+    return _decode(_from_worker, data, "worker", config or _DEFAULT_CONFIG)
+
+
+def decode_from_coordinator(data: bytes, config: Config | None = None) -> Message:
     """Decode and validate a message the coordinator sent; ProtocolError says what was wrong."""
-    return _decode(_from_coordinator, data, "coordinator")
+    return _decode(_from_coordinator, data, "coordinator", config or _DEFAULT_CONFIG)
 
 
-def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes, sender: str) -> Message:
+def _decode(
+    decoder: msgspec.msgpack.Decoder[Any], data: bytes, sender: str, config: Config
+) -> Message:
+    what = f"a {sender} message"
+    max_depth = config.max_decoded_depth
+    wire_bounds.check(
+        data, max_elements=config.max_decoded_elements, max_depth=max_depth, what=what
+    )
     try:
         message: Message = decoder.decode(data)
-        return message
     except msgspec.ValidationError as exc:
         raise ProtocolError(_explain(data, str(exc), sender)) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"a {sender} frame is not MessagePack: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            f"{what} nests containers more than Config.max_decoded_depth={max_depth} deep"
+        ) from None
+    # The untyped fields (sinks' extras, a worker's report) nest as they like: bounded here.
+    if isinstance(message, EpochEnd) and message.extras:
+        wire_bounds.check_depth(message.extras, max_depth=max_depth, what="epoch_end: extras")
+    elif isinstance(message, Done) and message.report:
+        wire_bounds.check_depth(message.report, max_depth=max_depth, what="done: report")
+    return message
 
 
 def _explain(data: bytes, problem: str, sender: str) -> str:

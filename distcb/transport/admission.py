@@ -2,12 +2,22 @@
 
 `Admission` wraps the HTTP server's protocol factory (aiohttp's `web.Server`):
 
-- at most `Config.max_connections` connections at once (lowered to what the
-  process's open-file limit leaves room for); one more is answered ``503``
-  and closed;
+- at most `Config.max_connections` connections without the token at once
+  (lowered to what the process's open-file limit leaves room for); one more is
+  answered ``503`` and closed. A connection whose request carried the token (a
+  worker, a signed-in status page) leaves that pool: joined workers never count
+  against it (token holders have a pool of the same size of their own);
+- at most `Config.max_anonymous_per_address` of those from one address, so that
+  one peer reopening idle connections cannot fill the pool (a worker from another
+  address still gets in);
 - each connection must deliver a complete HTTP request within
-  `Config.handshake_timeout_s` of its accept (after TLS: the TLS handshake has
-  the same bound); else ``408`` and closed (slowloris);
+  `Config.handshake_timeout_s` of its accept, its TLS handshake included; else
+  ``408`` and closed (slowloris), or, mid-handshake, closed;
+- with TLS, the server reads a connection's first byte itself (`_TlsGate`): a
+  TLS handshake goes on to the TLS layer, anything else (plain HTTP on the TLS
+  port) is answered ``400`` saying that the coordinator speaks TLS. A
+  connection's slot is freed when its TCP connection ends, whether or not its
+  handshake finished;
 - the event loop's "socket.accept() out of system resource" errors (the
   open-file limit reached anyway) are counted, not logged once per attempt.
 
@@ -21,20 +31,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
+import ssl
 import time
 import weakref
+from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
 from distcb.protocol.config import Config
+from distcb.transport.tls import PLAINTEXT_TO_TLS
 
 __all__ = ["KINDS", "Admission", "RejectionLog", "connection_room"]
 
 logger = logging.getLogger("distcb.transport.websocket")
 
-KINDS = ("token", "over_capacity", "handshake_timeout", "join_timeout", "accept_error")
+KINDS = (
+    "token",
+    "over_capacity",
+    "handshake_timeout",
+    "join_timeout",
+    "accept_error",
+    "plaintext",
+    "over_address_limit",
+)
 """Why connections are rejected, as counted in ``/status``."""
 
 _FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -117,18 +139,59 @@ def _reserve(soft_limit: int) -> int:
 
 
 class _Slot:
-    """One counted connection; released once, by connection_lost or garbage collection."""
+    """One counted connection; released once, by connection_lost or garbage collection.
 
-    __slots__ = ("admission", "open")
+    Anonymous until a request on it carries the token (`Admission.authenticate`): only
+    then does it leave the pool that `Config.max_connections` caps, and its address's
+    count (`Config.max_anonymous_per_address`).
+    """
+
+    __slots__ = ("address", "admission", "authenticated", "open")
 
     def __init__(self, admission: Admission):
         self.admission = admission
         self.open = True
+        self.authenticated = False
+        self.address: str | None = None  # counted against its address while anonymous
+
+    def count_address(self, transport: asyncio.BaseTransport) -> bool:
+        """Count this connection against its peer's address; False when that address holds
+        `Config.max_anonymous_per_address` anonymous connections already."""
+        admission = self.admission
+        address = _host(transport)
+        held = admission.anonymous_by_address.get(address, 0)
+        if held >= admission.config.max_anonymous_per_address:
+            return False
+        admission.anonymous_by_address[address] = held + 1
+        self.address = address
+        return True
+
+    def authenticate(self) -> None:
+        admission = self.admission
+        if not self.open or self.authenticated:
+            return
+        if admission.authenticated_connections >= admission.max_connections:
+            return  # token holders get a pool as large as everyone else's, no larger
+        self.authenticated = True
+        admission.authenticated_connections += 1
+        self._uncount_address()
 
     def release(self) -> None:
         if self.open:
             self.open = False
             self.admission.open_connections -= 1
+            if self.authenticated:
+                self.admission.authenticated_connections -= 1
+            self._uncount_address()
+
+    def _uncount_address(self) -> None:
+        address, self.address = self.address, None
+        if address is None:
+            return
+        by_address = self.admission.anonymous_by_address
+        by_address[address] -= 1
+        if not by_address[address]:
+            del by_address[address]
 
 
 class _Guarded(asyncio.Protocol):
@@ -142,14 +205,24 @@ class _Guarded(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._expired = False
+        self.deadline: float | None = None  # loop time; None: handshake_timeout_s from now
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._admission.pending[transport] = self
+        admission = self._admission
+        admission.slots[transport] = self._slot
+        admission.pending[transport] = self
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._admission.config.handshake_timeout_s, self._expire)
+        deadline = self.deadline
+        if deadline is None:
+            deadline = loop.time() + admission.config.handshake_timeout_s
+        self._timer = loop.call_at(deadline, self._expire)
         self._inner.connection_made(transport)
+        if self.deadline is None and not self._slot.count_address(transport):  # plain TCP
+            self.request_arrived()
+            self._expired = True  # aiohttp hears nothing more of this connection
+            self._linger = _answer_and_close(transport, _over_address_limit(admission, transport))
 
     def data_received(self, data: bytes) -> None:
         if not self._expired:
@@ -167,6 +240,8 @@ class _Guarded(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self._slot.release()
+        if self._transport is not None:
+            self._admission.slots.pop(self._transport, None)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -174,6 +249,17 @@ class _Guarded(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+    def release(self) -> None:
+        """The TCP connection ended (the TLS gate says so even mid-handshake)."""
+        self.request_arrived()
+        self._slot.release()
+        if self._transport is not None:
+            self._admission.slots.pop(self._transport, None)
+
+    def count_address(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the TCP connection against its address (TLS: before the handshake)."""
+        return self._slot.count_address(transport)
 
     def request_arrived(self) -> None:
         """The HTTP request is complete: the handshake deadline no longer applies."""
@@ -200,6 +286,134 @@ class _Guarded(asyncio.Protocol):
         ).encode()
         self._expired = True  # aiohttp hears nothing more of this connection
         self._linger = _answer_and_close(transport, _response(408, "Request Timeout", body))
+
+
+class _TlsGate(asyncio.BufferedProtocol):
+    """A TLS connection's own protocol: reads the first byte, then hands the connection to
+    the TLS layer (a handshake record) or answers plain HTTP with ``400`` (anything else).
+
+    It stays the TCP transport's protocol and forwards to asyncio's TLS protocol, so that
+    it hears the connection end even when the handshake never finished (asyncio tells the
+    application nothing then): the slot is freed, and a handshake that outlives the
+    deadline is cut off and counted.
+    """
+
+    def __init__(self, admission: Admission, guarded: _Guarded, context: ssl.SSLContext):
+        self._admission = admission
+        self._guarded = guarded
+        self._context = context
+        self._transport: asyncio.Transport | None = None
+        self._first = bytearray(1)
+        self._tls: sslproto.SSLProtocol | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        timeout_s = self._admission.config.handshake_timeout_s
+        self._deadline = loop.time() + timeout_s
+        self._guarded.deadline = self._deadline  # the HTTP request: the same deadline
+        self._timer = loop.call_at(self._deadline, self._expire)
+        if not self._guarded.count_address(transport):
+            _over_address_limit(self._admission, transport)
+            transport.abort()  # no handshake yet: nothing can be said to it
+
+    def get_buffer(self, sizehint: int) -> Any:
+        if self._tls is not None:
+            return self._tls.get_buffer(sizehint)
+        return memoryview(self._first)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._tls is not None:
+            self._tls.buffer_updated(nbytes)
+        elif self._linger is not None:
+            pass  # the rest of a plain request, answered already: read and dropped
+        elif self._transport is not None and not self._transport.is_closing() and nbytes:
+            if self._first[0] == 0x16:  # a TLS handshake record
+                self._start_tls(self._transport)
+            else:
+                self._answer_plaintext(self._transport)
+
+    def _start_tls(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiter.add_done_callback(self._handshake_done)
+        tls = sslproto.SSLProtocol(
+            loop,
+            self._guarded,
+            self._context,
+            waiter,
+            server_side=True,
+            # Ours cuts it off at the deadline (and counts it); asyncio's is a backstop.
+            ssl_handshake_timeout=max(0.001, self._deadline - loop.time()) + 1.0,  # type: ignore[arg-type]
+        )
+        self._tls = tls
+        tls.connection_made(transport)
+        buffer = tls.get_buffer(1)
+        buffer[0] = self._first[0]
+        tls.buffer_updated(1)
+
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled():
+            return
+        if waiter.exception() is None and self._timer is not None:
+            self._timer.cancel()  # the HTTP request's deadline is _Guarded's now
+            self._timer = None
+
+    def _answer_plaintext(self, transport: asyncio.Transport) -> None:
+        self._cancel_timer()
+        self._admission.rejections.reject(
+            "plaintext", f"{_peer(transport)} spoke plain HTTP to the TLS port"
+        )
+        body = json.dumps({"error": f"{PLAINTEXT_TO_TLS}; dial https:// or wss://"}) + "\n"
+        response = _response(400, "Bad Request", body.encode(), content_type="application/json")
+        self._linger = _answer_and_close(transport, response)
+
+    def _expire(self) -> None:
+        """No first byte, or no finished handshake, by the deadline: cut it off."""
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        timeout_s = self._admission.config.handshake_timeout_s
+        self._admission.rejections.reject(
+            "handshake_timeout",
+            f"{_peer(transport)} finished no TLS handshake within "
+            f"Config.handshake_timeout_s={timeout_s:g} s",
+        )
+        transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def eof_received(self) -> bool | None:
+        if self._tls is not None:
+            self._tls.eof_received()
+            return None
+        if self._transport is not None:
+            self._transport.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._linger is not None:
+            self._linger.cancel()
+        self._guarded.release()
+        if self._tls is not None:
+            self._tls.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._tls is not None:
+            self._tls.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._tls is not None:
+            self._tls.resume_writing()
 
 
 class _Refusal(asyncio.Protocol):
@@ -257,30 +471,51 @@ class Admission:
         config: the bounds (`max_connections`, `handshake_timeout_s`,
             `rejection_log_interval_s`).
         max_connections: the cap actually applied (see `connection_room`).
+        ssl_context: the server's TLS context: the server itself then listens on plain TCP
+            and each connection's TLS is set up here (`_TlsGate`).
     """
 
-    def __init__(self, server_factory: Callable[[], Any], config: Config, max_connections: int):
+    def __init__(
+        self,
+        server_factory: Callable[[], Any],
+        config: Config,
+        max_connections: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self._factory = server_factory
+        self._ssl = ssl_context
         self.config = config
         self.max_connections = max_connections
         self.max_refusing = max(4, _reserve(max_connections) // 2)
         self.rejections = RejectionLog(config.rejection_log_interval_s)
         self.open_connections = 0
+        self.authenticated_connections = 0
+        self.anonymous_by_address: dict[str, int] = {}
+        self.slots: dict[asyncio.BaseTransport, _Slot] = {}  # by the HTTP layer's transport
         self.peak_connections = 0
         self.refusing = 0
         self.pending: dict[asyncio.Transport, _Guarded] = {}
         self._restore_handler: Callable[[], None] | None = None
 
-    def __call__(self) -> asyncio.Protocol:
-        if self.open_connections >= self.max_connections:
+    def __call__(self) -> asyncio.BaseProtocol:
+        if self.open_connections - self.authenticated_connections >= self.max_connections:
             return _Refusal(self)
         self.open_connections += 1
         self.peak_connections = max(self.peak_connections, self.open_connections)
         slot = _Slot(self)
         guarded = _Guarded(self, self._factory(), slot)
-        # A TLS handshake that never completes never calls connection_lost: release then.
-        weakref.finalize(guarded, slot.release)
+        weakref.finalize(guarded, slot.release)  # a last resort; connection_lost frees it
+        if self._ssl is not None:
+            return _TlsGate(self, guarded, self._ssl)
         return guarded
+
+    def authenticate(self, transport: Any) -> None:
+        """A request on `transport` carried the token (a worker, a signed-in page): its
+        connection leaves the anonymous pool."""
+        slot = self.slots.get(transport)
+        if slot is not None:
+            slot.authenticate()
 
     def request_arrived(self, transport: Any) -> None:
         """Called for every request that reached a handler (a middleware does it)."""
@@ -291,6 +526,7 @@ class Admission:
     def statistics(self) -> dict[str, Any]:
         return {
             "connections_open": self.open_connections,
+            "connections_authenticated": self.authenticated_connections,
             "connections_peak": self.peak_connections,
             "max_connections": self.max_connections,
             "rejected": dict(self.rejections.counts),
@@ -342,6 +578,28 @@ class Admission:
             guarded.request_arrived()
 
 
+def _over_address_limit(admission: Admission, transport: asyncio.BaseTransport) -> bytes:
+    """Count and log a connection over its address's limit; the 503 answer to it."""
+    limit = admission.config.max_anonymous_per_address
+    admission.rejections.reject(
+        "over_address_limit",
+        f"{_peer(transport)} connected while its address held {limit} connections without "
+        "the token (Config.max_anonymous_per_address)",
+    )
+    body = (
+        f"this address holds {limit} connections that sent no token "
+        "(Config.max_anonymous_per_address); retry later\n"
+    ).encode()
+    return _response(503, "Service Unavailable", body, retry_after=True)
+
+
+def _host(transport: asyncio.BaseTransport) -> str:
+    peername = transport.get_extra_info("peername")
+    with contextlib.suppress(TypeError, IndexError):
+        return str(peername[0])
+    return "?"
+
+
 def _peer(transport: asyncio.BaseTransport) -> str:
     peername = transport.get_extra_info("peername")
     with contextlib.suppress(TypeError, IndexError):
@@ -349,9 +607,16 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return "a peer"
 
 
-def _response(status: int, phrase: str, body: bytes, *, retry_after: bool = False) -> bytes:
+def _response(
+    status: int,
+    phrase: str,
+    body: bytes,
+    *,
+    retry_after: bool = False,
+    content_type: str = "text/plain; charset=utf-8",
+) -> bytes:
     head = (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n"
         + ("Retry-After: 1\r\n" if retry_after else "")
         + "\r\n"

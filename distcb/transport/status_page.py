@@ -14,11 +14,18 @@ Routes (everything is in the package: no CDN, no build step):
 ``GET /static/<file>``
     the page's script and style sheet (no job data: no sign-in needed).
 
-Signing in sets an HttpOnly, SameSite=Strict cookie whose value is an HMAC of
-the token (not the token: it opens the read-only views, ``/``, ``/events`` and
-``/status``, never the workers' channel). Compared in constant time. Nothing
-logs a token: rejected attempts are logged with their path only (never the
-query string), and the server keeps no access log. Every page carries a
+Signing in sets an HttpOnly, SameSite=Strict cookie whose value is a random
+session value made for that sign-in (not the token: it opens the read-only
+views, ``/``, ``/events`` and ``/status``, never the workers' channel). The
+server keeps only a hash of it, for `Config.status_session_s` (the cookie's
+Max-Age too), at most `Config.max_status_sessions` of them (the oldest goes
+first); ``/logout`` forgets it. Nothing logs a token: rejected attempts are
+logged with their path only (never the query string), at most once per
+`Config.rejection_log_interval_s`, and the server keeps no access log.
+
+``/events`` streams are bounded (`Config.max_status_streams`); the status is
+rendered once per interval for all of them, and a viewer that does not read
+its stream within `Config.status_write_timeout_s` is dropped. Every page carries a
 Content-Security-Policy that allows only this server's own script, style and
 connections; the script builds the DOM with ``textContent`` (metric names and
 hosts come from workers).
@@ -39,6 +46,7 @@ import hmac
 import html
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -46,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from distcb.protocol.config import Config
+from distcb.protocol.log_limit import LogLimiter
 from distcb.protocol.logs import to_json_value
 
 if TYPE_CHECKING:
@@ -83,7 +93,10 @@ class StatusPage:
         check_token: the server's bearer check (``/status`` and ``/events`` accept a
             bearer token as well as the cookie).
         interval_s: seconds between two events of a stream.
-        max_streams: event streams open at once (more are refused with 503).
+        config: the bounds on sign-ins and streams (`status_session_s`,
+            `max_status_sessions`, `max_status_streams`, `status_write_timeout_s`).
+        authenticate: called with a request that carried the page's cookie (the server
+            takes its connection out of the anonymous pool).
     """
 
     def __init__(
@@ -93,15 +106,20 @@ class StatusPage:
         check_token: Callable[[web.Request], web.Response | None],
         *,
         interval_s: float = 1.0,
-        max_streams: int = 16,
+        config: Config | None = None,
+        authenticate: Callable[[web.Request], None] = lambda request: None,
     ):
         self._coordinator = coordinator
         self._token = token.encode()
-        self._cookie = hmac.new(self._token, b"distcb status page", hashlib.sha256).hexdigest()
+        self.config = config or coordinator.config
+        self._sessions: collections.OrderedDict[bytes, float] = collections.OrderedDict()
         self._check_token = check_token
+        self._authenticate = authenticate
+        self._log = LogLimiter(logger, self.config.rejection_log_interval_s)
         self.interval_s = interval_s
-        self.max_streams = max_streams
+        self.max_streams = self.config.max_status_streams
         self._streams = 0
+        self._rendered: tuple[float, bytes] | None = None  # (loop time, the status event)
         self._closing = asyncio.Event()
         self._spread: dict[str, collections.deque[dict[str, Any]]] = {}
         self._epoch_times: collections.deque[tuple[int, float]] = collections.deque(
@@ -141,12 +159,29 @@ class StatusPage:
         return json.dumps(to_json_value(self.status()), allow_nan=False)
 
     def signed_in(self, request: web.Request) -> bool:
-        given = request.cookies.get(COOKIE, "")
-        return hmac.compare_digest(given.encode("utf-8", "replace"), self._cookie.encode())
+        """The request's cookie is a live session (made by a sign-in, not expired, not
+        logged out)."""
+        key = _session_key(request.cookies.get(COOKIE, ""))
+        expires = self._sessions.get(key)
+        if expires is None:
+            return False
+        if time.monotonic() >= expires:
+            del self._sessions[key]
+            return False
+        return True
+
+    def _new_session(self) -> str:
+        """A random session value for one sign-in; the server keeps its hash."""
+        value = secrets.token_urlsafe(32)
+        self._sessions[_session_key(value)] = time.monotonic() + self.config.status_session_s
+        while len(self._sessions) > self.config.max_status_sessions:
+            self._sessions.popitem(last=False)  # the oldest sign-in goes first
+        return value
 
     def allowed(self, request: web.Request) -> web.Response | None:
         """None for the cookie or the bearer token, else the 401 answer."""
         if self.signed_in(request):
+            self._authenticate(request)
             return None
         return self._check_token(request)
 
@@ -176,8 +211,9 @@ class StatusPage:
         response = web.HTTPSeeOther("/", headers=_SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,
-            self._cookie,
+            self._new_session(),
             path="/",
+            max_age=int(self.config.status_session_s),
             httponly=True,
             samesite="Strict",
             secure=request.secure,
@@ -192,7 +228,7 @@ class StatusPage:
         if given is not None:
             if self._token_matches(given):
                 raise self._signed_in_redirect(request)
-            _log_rejected(request)
+            self._log_rejected(request)
             return self._login_page("Wrong token: sign in with the job's token.", 401)
         if not self.signed_in(request):
             return self._login_page("", 401)
@@ -205,10 +241,21 @@ class StatusPage:
         given = form.get("token")
         if isinstance(given, str) and self._token_matches(given):
             raise self._signed_in_redirect(request)
-        _log_rejected(request)
+        self._log_rejected(request)
         return self._login_page("Wrong token: sign in with the job's token.", 401)
 
+    def _log_rejected(self, request: web.Request) -> None:
+        self._log.log(
+            logging.WARNING,
+            "sign_in",
+            "rejected a sign-in to the status page (%s %s) from %s: wrong token",
+            request.method,
+            request.path,  # never the query string: it holds the token
+            request.remote,
+        )
+
     async def _serve_logout(self, request: web.Request) -> web.Response:
+        self._sessions.pop(_session_key(request.cookies.get(COOKIE, "")), None)
         response = web.HTTPSeeOther("/", headers=_SECURITY_HEADERS)
         response.del_cookie(COOKIE, path="/")
         raise response
@@ -228,7 +275,10 @@ class StatusPage:
             return denied
         if self._streams >= self.max_streams:
             return web.json_response(
-                {"error": f"{self.max_streams} status streams are open already; close one"},
+                {
+                    "error": f"{self.max_streams} status streams are open already "
+                    "(Config.max_status_streams); close one"
+                },
                 status=503,
             )
         response = web.StreamResponse(
@@ -241,26 +291,47 @@ class StatusPage:
         self._streams += 1
         try:
             await response.prepare(request)
-            await response.write(b"retry: 2000\n\n")
+            await self._write(response, b"retry: 2000\n\n")
             while True:
-                await response.write(f"event: status\ndata: {self.status_json()}\n\n".encode())
+                await self._write(response, self._status_event())
                 if self._closing.is_set():
                     break  # that was the last picture of the job
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.interval_s):
                         await self._closing.wait()
-            await response.write(b"event: bye\ndata: {}\n\n")
+            await self._write(response, b"event: bye\ndata: {}\n\n")
         except (ConnectionResetError, ConnectionError):
             pass  # the page went away
+        except _SlowViewer:
+            if request.transport is not None:
+                request.transport.abort()  # what it did not read is dropped with it
         finally:
             self._streams -= 1
         return response
 
+    def _status_event(self) -> bytes:
+        """The status event, rendered at most once per half interval for every stream."""
+        now = asyncio.get_running_loop().time()
+        if self._rendered is None or now - self._rendered[0] >= self.interval_s / 2:
+            event = f"event: status\ndata: {self.status_json()}\n\n".encode()
+            self._rendered = (now, event)
+        return self._rendered[1]
 
-def _log_rejected(request: web.Request) -> None:
-    logger.warning(
-        "rejected a sign-in to the status page (%s %s) from %s: wrong token",
-        request.method,
-        request.path,  # never the query string: it holds the token
-        request.remote,
-    )
+    async def _write(self, response: web.StreamResponse, data: bytes) -> None:
+        """One write, within `Config.status_write_timeout_s` (a viewer that reads too slowly
+        holds no more than the socket's buffer, and not for longer)."""
+        try:
+            async with asyncio.timeout(self.config.status_write_timeout_s):
+                await response.write(data)
+        except TimeoutError:
+            raise _SlowViewer() from None
+
+
+class _SlowViewer(Exception):
+    """An ``/events`` viewer did not read its stream within the write timeout."""
+
+
+def _session_key(value: str) -> bytes:
+    """What the server keeps of a session value: its hash (a lookup by it leaks nothing
+    about the values it holds)."""
+    return hashlib.sha256(value.encode("utf-8", "replace")).digest()

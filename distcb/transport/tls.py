@@ -14,14 +14,30 @@ the PEM CA bundle.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 
-__all__ = ["ENV_CA", "ENV_CERT", "ENV_KEY", "client_context", "server_context"]
+__all__ = [
+    "ENV_CA",
+    "ENV_CERT",
+    "ENV_KEY",
+    "PLAINTEXT_TO_TLS",
+    "client_context",
+    "server_context",
+    "speaks_tls",
+]
 
 ENV_CERT = "DISTCB_TLS_CERT"
 ENV_KEY = "DISTCB_TLS_KEY"
 ENV_CA = "DISTCB_TLS_CA"
+
+PLAINTEXT_TO_TLS = (
+    f"this coordinator speaks TLS; set {ENV_CA} to the PEM CA that signed its certificate "
+    "(the client then dials https/wss)"
+)
+"""What a client that spoke plaintext to a TLS server is told (server and clients alike)."""
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -63,3 +79,20 @@ def client_context(ca_file: str | None) -> ssl.SSLContext:
         raise ValueError(f"could not load the CA file {ca_file!r} ({ENV_CA}): {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+async def speaks_tls(host: str, port: int, timeout_s: float) -> bool:
+    """Whether `host:port` completes a TLS handshake (its certificate is not checked): asked
+    after a plaintext request was dropped, to tell the user why."""
+    probe = ssl.create_default_context()
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE  # a diagnosis only: nothing is sent over it
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port, ssl=probe)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -67,15 +67,23 @@ async def connect(
                     )
                 break
             except aiohttp.WSServerHandshakeError as exc:
-                if exc.status == 401:
+                if exc.status == 400 and await _plaintext_to_tls(url, exc):
+                    raise ConnectionClosed(
+                        f"the coordinator at {url} refused the plaintext upgrade: "
+                        f"{tls.PLAINTEXT_TO_TLS}"
+                    ) from exc
+                if exc.status == 503:  # over a connection bound: busy for now, retried
+                    last_error = exc
+                elif exc.status == 401:
                     raise ProtocolError(
                         f"token rejected by the coordinator at {url}; pass the token the "
                         "coordinator was started with (WebSocketServer.token)"
                     ) from None
-                raise ConnectionClosed(
-                    f"the coordinator at {url} refused the websocket upgrade: HTTP {exc.status} "
-                    f"{exc.message}"
-                ) from exc
+                else:
+                    raise ConnectionClosed(
+                        f"the coordinator at {url} refused the websocket upgrade: HTTP "
+                        f"{exc.status} {exc.message}"
+                    ) from exc
             except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
                 trust = f"the CA in {ca_file!r} ({tls.ENV_CA})" if ca_file else "the system's CAs"
                 raise ConnectionClosed(
@@ -87,6 +95,11 @@ async def connect(
             except TimeoutError:
                 pass
             except (aiohttp.ClientError, OSError) as exc:
+                if await _plaintext_to_tls(url, exc):
+                    raise ConnectionClosed(
+                        f"the coordinator at {url} dropped the plaintext upgrade: "
+                        f"{tls.PLAINTEXT_TO_TLS}"
+                    ) from exc
                 raise ConnectionClosed(
                     f"could not connect to the coordinator at {url}: {exc}"
                 ) from exc
@@ -111,6 +124,19 @@ async def connect(
         decode=decode_from_coordinator,
         drop=session.close,
     )
+
+
+async def _plaintext_to_tls(url: str, error: BaseException) -> bool:
+    """A ws:// upgrade dropped by a coordinator that answers TLS handshakes."""
+    parsed = URL(url)
+    if parsed.scheme != "ws" or parsed.host is None or parsed.port is None:
+        return False
+    if not isinstance(
+        error,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.WSServerHandshakeError,
+    ):
+        return False
+    return await tls.speaks_tls(parsed.host, parsed.port, timeout_s=5.0)
 
 
 def _worker_url(address_or_url: str, *, secure: bool = False) -> str:

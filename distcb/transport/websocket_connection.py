@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from distcb.protocol import close_codes
+from distcb.protocol import close_codes, wire_bounds
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import PROTOCOL_VERSION, Message, encode
@@ -186,6 +186,10 @@ class WebSocketConnection:
 
     async def _parse(self, data: bytes) -> Message:
         try:
+            if wire_bounds.needs_walk(data, self._config.max_decoded_elements):
+                # A large or container-heavy frame: its bounds are walked (up to a second of
+                # CPU) and it is decoded on a thread, so the loop answers everyone meanwhile.
+                return await asyncio.to_thread(self._decode, data)
             return self._decode(data)
         except ProtocolError as exc:
             await self._reject(WSCloseCode.POLICY_VIOLATION, f"an invalid message: {exc}")

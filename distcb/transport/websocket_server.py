@@ -24,6 +24,7 @@ plain ``ws://`` there, with a warning.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -126,7 +127,13 @@ class WebSocketServer:
         self._token = token
         self._token_bytes = token.encode()
         self._routes: list[web.RouteDef] = []
-        self._page = StatusPage(coordinator, token, self.check_token)
+        self._page = StatusPage(
+            coordinator,
+            token,
+            self.check_token,
+            config=self._config,
+            authenticate=self._authenticate,
+        )
         self._runner: web.AppRunner | None = None
         self._address: str | None = None
         self._connections: set[WebSocketConnection] = set()
@@ -192,7 +199,9 @@ class WebSocketServer:
             level = logging.WARNING if room < self._coordinator.world_size + 16 else logging.INFO
             logger.log(level, "%s", lowered)
         loop = asyncio.get_running_loop()
-        admission = Admission(runner.server, config, room)  # type: ignore[arg-type]
+        # TLS is set up per connection by the admission (plain HTTP on the TLS port gets a
+        # clear answer; a handshake's slot is freed when its connection ends).
+        admission = Admission(runner.server, config, room, ssl_context=self._ssl)  # type: ignore[arg-type]
         self._admission = admission
         admission.watch_accept_errors(loop)
         try:
@@ -200,8 +209,6 @@ class WebSocketServer:
                 admission,
                 self._host,
                 self._port,
-                ssl=self._ssl,
-                ssl_handshake_timeout=config.handshake_timeout_s if self._ssl else None,
                 backlog=128,
                 reuse_address=True,
             )
@@ -249,6 +256,10 @@ class WebSocketServer:
             self._admission.request_arrived(request.transport)
         return await handler(request)
 
+    def _authenticate(self, request: web.Request) -> None:
+        if self._admission is not None:
+            self._admission.authenticate(request.transport)
+
     def check_token(self, request: web.Request) -> web.Response | None:
         """None when `request` carries the job's token (``Authorization: Bearer``), else the
         401 answer to send (counted and rate-limited in the log, never the token)."""
@@ -256,6 +267,7 @@ class WebSocketServer:
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), self._token_bytes
         ):
+            self._authenticate(request)  # a token holder: out of the anonymous pool
             return None
         if self._admission is not None:
             self._admission.rejections.reject(
@@ -296,7 +308,7 @@ class WebSocketServer:
             f"worker at {where}",
             self._config,
             receive_timeout_s=None,
-            decode=decode_from_worker,
+            decode=functools.partial(decode_from_worker, config=self._config),
             drop=drop,
         )
         self._connections.add(connection)
