@@ -19,7 +19,14 @@ from tests.helpers import resume_job  # noqa: E402
 
 
 def distcb_callbacks() -> list[object]:
-    return resume_job.callbacks(os.path.abspath(sys.argv[1]))
+    from distcb.callbacks import LambdaCallback
+
+    run_dir = os.path.abspath(sys.argv[1])
+    marker = os.path.join(run_dir, "train-end")  # proof that on_train_end ran
+    return [
+        *resume_job.callbacks(run_dir),
+        LambdaCallback(on_train_end=lambda logs: open(marker, "w").close()),
+    ]
 
 
 if __name__ == "__main__":
