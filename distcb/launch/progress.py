@@ -4,7 +4,9 @@
 
 Interactive (the stream is a terminal, or this is a Jupyter kernel) it is one line
 rewritten in place (``\\r``), at most every `REFRESH_S`; otherwise (a log file, CI) it is a
-new line every `interval_s` seconds, plus the first and the last epoch. When the job ends,
+new line every `interval_s` seconds, spaced out as the job goes on (at most every tenth of
+the time it has run, at least once every `MAX_INTERVAL_S`: a long job's log stays short),
+plus the first and the last epoch. When the job ends,
 one summary line says how it ended: "stopped by Ctrl-C after epoch 212; best checkpoint at
 runs/moons/best_model.h5", "recovered from 1 failure: rank 1 was killed by signal SIGKILL
 at epoch 9". `distcb.run(progress=False)` and ``distcb launch --no-progress`` turn it off.
@@ -32,6 +34,7 @@ from distcb.protocol.metrics import direction_by_name
 
 REFRESH_S = 0.2  # an interactive line is rewritten at most this often
 INTERVAL_S = 5.0  # a non-interactive line at most this often
+MAX_INTERVAL_S = 60.0  # ... and at least this often
 MAX_METRICS = 4
 
 
@@ -106,6 +109,8 @@ class JobProgress(JobListener):
         self.recoveries: list[tuple[BaseException, int]] = []  # (failure, epoch it hit)
         self._started: tuple[float, int] | None = None  # (time, epoch) of the first release
         self._last_line = ""
+        self._last_logs: Logs = {}
+        self._began: float | None = None  # the first epoch end seen
         self._last_write: float | None = None
         self._shown_epoch: int | None = None  # the epoch of the last line written
         self._width = 0  # of the interactive line on screen (0: none)
@@ -116,14 +121,21 @@ class JobProgress(JobListener):
         now = self.clock()
         if self._started is None:
             self._started = (now, epoch)
+        if self._began is None:
+            self._began = now
         self.last_epoch = epoch
         self._track_best(epoch, logs)
+        self._last_logs = dict(logs)
         self._last_line = self.line(epoch, logs, now)
-        due = self._last_write is None or now - self._last_write >= (
-            REFRESH_S if self.interactive else self.interval_s
-        )
+        due = self._last_write is None or now - self._last_write >= self._interval(now)
         if due and self.show:
             self._show(now, epoch)
+
+    def _interval(self, now: float) -> float:
+        if self.interactive:
+            return REFRESH_S
+        ran_s = now - (self._began if self._began is not None else now)
+        return max(self.interval_s, min(MAX_INTERVAL_S, ran_s / 10))
 
     def saved(self, message: Saved) -> None:
         if message.error is None:
@@ -135,8 +147,11 @@ class JobProgress(JobListener):
         self._started = None  # the ETA measures the new attempt's pace
 
     def ended(self, failure: BaseException | None) -> None:
-        if self.show and self._last_line and self._shown_epoch != self.last_epoch:
-            self._show(self.clock(), self.last_epoch)  # the last epoch is always shown
+        if self.show and self._last_line and self.last_epoch is not None:
+            # The last epoch is always shown, without an ETA: the job is over.
+            self._last_line = self.line(self.last_epoch, self._last_logs, None)
+            if self._shown_epoch != self.last_epoch or self.interactive:
+                self._show(self.clock(), self.last_epoch)
         if self._width:
             self._write("\n")
             self._width = 0
@@ -174,15 +189,15 @@ class JobProgress(JobListener):
                 seen.append(name)
         return seen[:MAX_METRICS]
 
-    def line(self, epoch: int, logs: Logs, now: float) -> str:
-        """The progress line after epoch `epoch` (0-based) with `logs`."""
+    def line(self, epoch: int, logs: Logs, now: float | None) -> str:
+        """The progress line after epoch `epoch` (0-based) with `logs` (`now` None: no ETA)."""
         epochs = self.coordinator.params.get("epochs")
         parts = [f"epoch {epoch + 1}/{epochs}" if epochs else f"epoch {epoch + 1}"]
         parts += [f"{n} {_number(logs[n]):.4g}" for n in self.shown_metrics(logs)]
         if self.best is not None:
             name, _ = self.key_metric(logs)
             parts.append(f"best {name} {self.best[0]:.4g} (epoch {self.best[1] + 1})")
-        eta = self.eta_s(epoch, now)
+        eta = None if now is None else self.eta_s(epoch, now)
         if eta:
             parts.append(f"ETA {format_duration(eta)}")
         return "  ".join(parts)

@@ -63,6 +63,7 @@ def test_a_line_every_interval_with_epoch_metrics_best_and_eta():
     assert lines[2].startswith("epoch 7/400  ")
     assert "best val_loss 0.6 (epoch 4)" in lines[2]
     assert lines[3].startswith("epoch 8/400  ")  # the last epoch is always shown
+    assert "ETA" not in lines[3]
     assert len(lines) == 4
     assert format_duration(792) == "13m12s"
 
@@ -85,8 +86,11 @@ def test_interactive_rewrites_one_line_and_ends_it():
     text = out.getvalue()
     assert text.count("\n") == 1
     assert text.endswith("\n")
-    assert text.count("\r") == 3
-    assert text.rstrip().rsplit("\r", 1)[1].startswith("epoch 3/400  ")
+    assert text.count("\r") == 4  # 3 epochs, then the last one again without its ETA
+    assert "ETA" in text.split("\r")[2]
+    final = text.rstrip().rsplit("\r", 1)[1]
+    assert final.startswith("epoch 3/400  ")
+    assert "ETA" not in final
 
 
 def test_ctrl_c_summary_names_the_epoch_and_the_best_checkpoint():
@@ -119,3 +123,23 @@ def test_bad_interval_is_refused():
     coordinator = Coordinator([], world_size=1)
     with pytest.raises(ValueError, match="interval_s must be > 0 seconds, received 0"):
         JobProgress(coordinator, interval_s=0)
+
+
+def test_a_long_job_spaces_its_lines_out():
+    # One epoch a second for 2 hours: a line every 5 s at first, then every tenth of the
+    # time run so far, at least once a minute.
+    _, progress, clock, out = make([], epochs=7200)
+    shown_at = []
+    for epoch in range(7200):
+        before = out.getvalue().count("\n")
+        progress.epoch_released(epoch, logs(epoch % 8), [])
+        if out.getvalue().count("\n") > before:
+            shown_at.append(clock.now - 100.0)
+        clock.now += 1.0
+    gaps = [b - a for a, b in zip(shown_at, shown_at[1:], strict=False)]
+    assert gaps[0] == 5.0
+    assert all(
+        gap >= max(5.0, min(60.0, at / 10)) for gap, at in zip(gaps, shown_at[1:], strict=True)
+    )
+    assert max(gaps) <= 60.0
+    assert len(shown_at) < 7200 / 60 + 40
