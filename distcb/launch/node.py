@@ -218,9 +218,11 @@ class NodeLauncher:
             resume=plan.resume,
         )
         self._coordinator = coordinator
+        progress = JobProgress(
+            coordinator, stream=self._err, show=plan.progress, exit_of=self._exit_of
+        )
+        coordinator.add_listener(progress)  # before the restart clears the exit codes
         coordinator.add_listener(_Restarts(self))
-        progress = JobProgress(coordinator, stream=self._err, show=plan.progress)
-        coordinator.add_listener(progress)
         self._progress = progress
         rendezvous = Rendezvous(
             plan.nnodes, plan.nproc_per_node, plan.config, report_exit=self._worker_ended
@@ -427,10 +429,15 @@ class NodeLauncher:
             self._say(f"rank {child.rank} {describe_exit(code)}")
         await self._worker_ended(child.rank, code)
 
+    def _exit_of(self, rank: int) -> str | None:
+        code = self.exit_codes.get(rank)
+        return None if code is None or code == 0 else describe_exit(code)
+
     def _restart(self) -> None:
         """The coordinator restarts the job: every worker process starts again (node 0 of
         one node) once the ended attempt's processes are gone."""
         self._attempt += 1
+        self.exit_codes.clear()  # the new attempt's exits are news again
         self._respawn = asyncio.get_running_loop().create_task(self._start_again())
         self._keep(self._respawn)
 

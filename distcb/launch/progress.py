@@ -81,6 +81,8 @@ class JobProgress(JobListener):
         interval_s: seconds between lines when not interactive.
         clock: seconds, monotonic (tests pass their own).
         show: show the progress lines (False: only the summary line at the end).
+        exit_of: rank -> how its process ended ("was killed by signal SIGKILL"), when the
+            launcher knows; the recovery line says that rather than what the coordinator saw.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class JobProgress(JobListener):
         interval_s: float = INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         show: bool = True,
+        exit_of: Callable[[int], str | None] | None = None,
     ):
         if isinstance(interval_s, bool) or not isinstance(interval_s, int | float):
             raise TypeError(f"interval_s must be a number of seconds, received {interval_s!r}")
@@ -103,6 +106,7 @@ class JobProgress(JobListener):
         self.interval_s = float(interval_s)
         self.clock = clock
         self.show = show
+        self.exit_of = exit_of
         self.last_epoch: int | None = None  # the last epoch released (0-based)
         self.best: tuple[float, int] | None = None  # (value, epoch) of the key metric
         self.last_saved: str | None = None
@@ -143,6 +147,10 @@ class JobProgress(JobListener):
 
     def restarting(self, attempt: int, failure: BaseException) -> None:
         in_epoch = 0 if self.last_epoch is None else self.last_epoch + 1
+        if isinstance(failure, WorkerLostError) and self.exit_of is not None:
+            seen = self.exit_of(failure.rank)
+            if seen is not None:
+                failure = WorkerLostError(failure.rank, seen)
         self.recoveries.append((failure, in_epoch))
         self._started = None  # the ETA measures the new attempt's pace
 
