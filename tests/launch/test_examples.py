@@ -94,7 +94,10 @@ def test_moons_sync_gives_the_single_process_answer(tmp_path):
     progress = [x for x in errors[0].splitlines() if re.match(r"^epoch \d+/4000  loss ", x)]
     assert len(progress) >= 2, errors[0]
     assert "best val_loss" in progress[-1]
-    assert not [x for x in lines if "did not improve" in x or "absl::InitializeLog" in x]
+    assert not [x for x in lines if "did not improve" in x]
+    # The workers' TensorFlow start-up lines are dropped (the example's own `import tf_keras`
+    # after the run, in this process, still prints its 3).
+    assert not [x for x in lines if x.startswith("[rank") and "absl::InitializeLog" in x]
     # What each worker received: 15 + 15 training and 35 + 35 validation samples, each once.
     for kind, samples in (("trains", range(30)), ("validates", range(30, 100))):
         shards = {
