@@ -275,10 +275,10 @@ class NodeLauncher:
             rendezvous.set_outcome(Outcome(code, reason))
             if history is not None and plan.history_path:
                 await asyncio.to_thread(_write_history, plan.history_path, history)
-            if failure is None and not self._interrupted:
-                self._say(f"the job finished after {len(history.epoch) if history else 0} epochs")
-            else:
+            if failure is not None:
                 self._say(f"the job failed: {reason}")
+            elif not self._interrupted:  # else the progress display said how it stopped
+                self._say(f"the job finished after {len(history.epoch) if history else 0} epochs")
             missing = await rendezvous.wait_nodes_done(plan.config.stop_timeout_s)
             if missing:
                 self._say(f"nodes {missing} did not report their end; exiting anyway")

@@ -74,6 +74,7 @@ def test_ctrl_c_on_distcb_launch_stops_the_job_at_an_epoch_end(tmp_path):
     with open(os.path.join(run_dir, "history.json")) as handle:
         assert len(json.load(handle)["epoch"]) == epoch
     assert "Ctrl-C: the job stops at the end of this epoch" in out
+    assert "the job failed" not in out
 
 
 def test_ctrl_c_on_distcb_run_returns_the_history_of_a_coordinated_stop(tmp_path):
