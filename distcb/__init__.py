@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Coordinator": "distcb.coordinator.engine",
     "run": "distcb.launch.api",
+    "arun": "distcb.launch.api",
     "worker_context": "distcb.worker.context",
     "worker_main": "distcb.launch.worker_main",
     "WorkerContext": "distcb.worker.context",
@@ -43,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "WorkerContext",
     "WorkerLostError",
+    "arun",
     "run",
     "worker_context",
     "worker_main",

@@ -119,8 +119,10 @@ def main() -> None:
         run_dir=options.run_dir,
         callbacks=[
             EarlyStopping(monitor="val_loss", mode="min", verbose=1, patience=options.patience),
+            # verbose=0: the progress line shows the best val_accuracy; a message per epoch
+            # ("did not improve") would bury it.
             ModelCheckpoint(
-                best_path, monitor="val_accuracy", mode="max", verbose=1, save_best_only=True
+                best_path, monitor="val_accuracy", mode="max", verbose=0, save_best_only=True
             ),
         ],
     )

@@ -175,6 +175,7 @@ class Coordinator:
             max_workers=1, thread_name_prefix="distcb-callbacks"
         )
         self._runtime: Runtime | None = None
+        self.stop_requested: str | None = None  # why (`request_stop`), e.g. "Ctrl-C"
         self._new_attempt()
 
     def _new_attempt(self) -> None:
@@ -255,6 +256,15 @@ class Coordinator:
         await roster.wait_disconnected(rank, self.config.reply_timeout_s)
         if roster is self.roster:  # not a report about an attempt that has ended
             roster.report_lost(rank, reason, traceback_text, retryable=retryable)
+
+    def request_stop(self, reason: str) -> bool:
+        """Stop the job at its next epoch end, as a callback setting ``model.stop_training``
+        would (a Ctrl-C): `on_train_end` runs and `run` returns the History. Call on the event
+        loop. Returns False when no epoch end is coming (the job has not started training):
+        the caller then stops the job itself."""
+        if self.stop_requested is None:
+            self.stop_requested = reason
+        return self.phase is not Phase.JOINING
 
     def add_listener(self, listener: Listener) -> None:
         """Be told of released epochs, saves, restarts and the job's end (`JobListener`)."""
@@ -605,6 +615,8 @@ class Coordinator:
         def decide() -> tuple[list[DecisionRecord], bool]:
             self.recorder.set_context("epoch_end", epoch)
             self.callbacks.on_epoch_end_deferring(epoch, logs, deferred)
+            if self.stop_requested is not None and not self.model.stop_training:
+                self.model.stop_training = True  # recorded as distcb's decision
             made = self.recorder.take()
             stopping = self.model.stop_training or planned_last or self.failure is not None
             if not stopping:

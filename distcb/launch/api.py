@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from distcb.callbacks.history import History
+from distcb.launch import job_runner
 from distcb.launch.options import LaunchOptions
 from distcb.protocol.config import Config
 
@@ -60,14 +61,98 @@ def run(
             (process: ``tf_config``, ``gpus_per_worker``, ``threads_per_worker``,
             ``run_dir``, ``env``, ``output``; ray: ``tf_config``, ``gpus_per_worker``,
             ``cpus_per_worker``, ``resources_per_worker``, ``runtime_env``, ``run_dir``,
-            ``env``, ``ray_init``; thread: ``run_dir``).
+            ``env``, ``ray_init``; thread: ``run_dir``). ``progress=False`` (process and
+            thread) turns off the progress line on stderr (`distcb.launch.progress`).
+
+    Notebooks and other code with a running event loop: the job then runs on a private
+    thread with its own loop, and this call waits for it (or ``await distcb.arun(...)``).
+
+    Ctrl-C (or interrupting a notebook cell) stops the job at the next epoch end on every
+    worker, as an EarlyStopping would: `on_train_end` runs and the History is returned;
+    a second Ctrl-C stops the workers at once and raises KeyboardInterrupt.
 
     Raises:
         TypeError: an option the backend does not support.
         WorkerLostError: a worker raised, died or went silent (names the rank; carries
             its traceback when it raised). The other workers are stopped.
         JoinTimeoutError: not every worker joined in time.
+        KeyboardInterrupt: a second Ctrl-C (the workers were stopped at once).
     """
+    make = _prepare(
+        train_fn,
+        num_workers=num_workers,
+        callbacks=callbacks,
+        backend=backend,
+        args=args,
+        kwargs=kwargs,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        max_restarts=max_restarts,
+        resume=resume,
+        **options,
+    )
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        history: History = job_runner.run_here(make)
+        return history
+    history = job_runner.JobThread(make).wait()
+    return history
+
+
+async def arun(
+    train_fn: Callable[..., Any],
+    *,
+    num_workers: int,
+    callbacks: Sequence[Any] = (),
+    backend: str = "process",
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    config: Config | None = None,
+    stateful_metrics: Sequence[str] = (),
+    max_restarts: int = 0,
+    resume: bool = False,
+    **options: Any,
+) -> History:
+    """`distcb.run` for code that runs in an event loop: ``history = await distcb.arun(...)``.
+
+    The job runs on a private thread with its own event loop, so this loop stays free
+    while it trains. The arguments are `distcb.run`'s. Cancelling the awaiting task stops
+    the job at the next epoch end (a second cancellation: at once), then raises
+    CancelledError.
+    """
+    make = _prepare(
+        train_fn,
+        num_workers=num_workers,
+        callbacks=callbacks,
+        backend=backend,
+        args=args,
+        kwargs=kwargs,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        max_restarts=max_restarts,
+        resume=resume,
+        **options,
+    )
+    history: History = await job_runner.JobThread(make).wait_async()
+    return history
+
+
+def _prepare(
+    train_fn: Callable[..., Any],
+    *,
+    num_workers: int,
+    callbacks: Sequence[Any] = (),
+    backend: str = "process",
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    config: Config | None = None,
+    stateful_metrics: Sequence[str] = (),
+    max_restarts: int = 0,
+    resume: bool = False,
+    **options: Any,
+) -> Callable[[], Coroutine[Any, Any, History]]:
+    """Check `distcb.run`'s arguments; a function making the job's coroutine."""
     if not callable(train_fn):
         raise TypeError(f"train_fn must be callable, received {train_fn!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
@@ -90,22 +175,20 @@ def run(
             "max_restarts and resume need run_dir: the journal and the workers' backups go "
             "there (a directory every worker can read)"
         )
-    coroutine = module.launch(
-        train_fn,
-        num_workers=num_workers,
-        callbacks=list(callbacks),
-        args=tuple(args),
-        kwargs=dict(kwargs or {}),
-        config=config or Config(),
-        stateful_metrics=tuple(stateful_metrics),
-        options=launch_options,
-        max_restarts=max_restarts,
-        resume=resume,
-    )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        history: History = asyncio.run(coroutine)
-        return history
-    coroutine.close()
-    raise RuntimeError("distcb.run() cannot be called inside a running event loop")
+
+    def make() -> Coroutine[Any, Any, History]:
+        coroutine: Coroutine[Any, Any, History] = module.launch(
+            train_fn,
+            num_workers=num_workers,
+            callbacks=list(callbacks),
+            args=tuple(args),
+            kwargs=dict(kwargs or {}),
+            config=config or Config(),
+            stateful_metrics=tuple(stateful_metrics),
+            options=launch_options,
+            max_restarts=max_restarts,
+            resume=resume,
+        )
+        return coroutine
+
+    return make

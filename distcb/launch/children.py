@@ -1,5 +1,6 @@
 """Worker processes of a launcher: started in their own process group, their output
-prefixed by rank, signalled, and never left behind.
+prefixed by rank (TensorFlow's start-up lines dropped: `distcb.launch.quiet`),
+signalled, and never left behind.
 
 Each child runs in a new session (its own process group), so that a signal sent
 to it reaches whatever it starts too, and a Ctrl-C in the launcher's terminal
@@ -17,6 +18,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
+from distcb.launch import quiet
+
 
 class ChildProcess:
     """One worker process and the thread that copies its output, line by line, prefixed.
@@ -30,6 +33,7 @@ class ChildProcess:
 
     def __init__(self, rank: int, command: Sequence[str], env: Mapping[str, str], out: TextIO):
         self.rank = rank
+        self._tf_level = quiet.min_level(env)  # TensorFlow's start-up lines it hides
         self.process = subprocess.Popen(
             list(command),
             env=dict(env),
@@ -55,6 +59,8 @@ class ChildProcess:
         prefix = f"[rank {self.rank}] "
         with self.process.stdout:
             for line in self.process.stdout:
+                if quiet.is_hidden(line, self._tf_level):
+                    continue
                 with contextlib.suppress(Exception):
                     out.write(prefix + line)
                     out.flush()

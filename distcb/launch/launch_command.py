@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from distcb.launch import callback_spec
+from distcb.launch import callback_spec, quiet
 from distcb.launch import serve as serving
 from distcb.launch.node import NodeLauncher, NodePlan
 from distcb.launch.usage import (
@@ -60,8 +60,14 @@ TLS (as `distcb coordinator`): node 0 serves https/wss with --tls-cert/--tls-key
 DISTCB_TLS_CERT/DISTCB_TLS_KEY); every node and worker verifies that certificate against
 --tls-ca (or DISTCB_TLS_CA). Beyond loopback, plaintext is refused unless --insecure.
 
-Output lines are prefixed with "[rank N]". Signals (SIGINT, SIGTERM, SIGHUP) are
-forwarded to every worker; no worker outlives its launcher.
+Output lines are prefixed with "[rank N]"; node 0 shows the job's progress on stderr
+(--no-progress: none). SIGTERM and SIGHUP are forwarded to every worker; Ctrl-C
+(SIGINT) stops the job at the next epoch end on every worker (on_train_end runs; exit
+130), a second Ctrl-C stops the workers at once; no worker outlives its launcher.
+
+Restarts (one node): --max-restarts N --run-dir DIR restarts the job from its last
+epoch barrier when a worker is lost or preempted; --resume goes on from the journal
+a stopped launcher left in DIR/state.
 
 Exit codes (the same on every node): 0 the job finished (an early stop included),
 1 it failed, 2 bad usage, 143 stopped by SIGTERM or a worker was killed (retry),
@@ -165,6 +171,26 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"(default: ${tls.ENV_CA})",
     )
     launch.add_argument(
+        "--max-restarts",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="how many times a lost or preempted worker may restart the job from its last "
+        "epoch barrier: every worker starts again from its backup and the job ends as if "
+        "nothing had happened (one node; needs --run-dir)",
+    )
+    launch.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the journal in RUN_DIR/state that a stopped launcher left (one node; "
+        "needs --run-dir; with no journal there yet, start afresh)",
+    )
+    launch.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress line (epoch, key metrics, best so far, ETA) on stderr",
+    )
+    launch.add_argument(
         "-m",
         "--module",
         action="store_true",
@@ -216,6 +242,15 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         )
     config = _config(options.config)
     tls_cert, tls_key, tls_ca = _tls_files(options, node_rank, host)
+    if (options.max_restarts or options.resume) and not options.run_dir:
+        raise UsageError(
+            "--max-restarts and --resume need --run-dir DIR: the journal and the workers' "
+            "backups go there"
+        )
+    if (options.max_restarts or options.resume) and nnodes > 1:
+        raise UsageError(
+            f"--max-restarts and --resume work on one node for now, received --nnodes {nnodes}"
+        )
     script_path = _script_path(options.script, options.module)
     command = (
         (sys.executable, "-m", options.script, *options.script_args)
@@ -228,9 +263,12 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         if spec is None and script_path and callback_spec.script_defines(script_path):
             spec = ":" + callback_spec.DEFAULT_FUNCTION
         if spec:
-            callbacks = callback_spec.load(
-                spec, script=script_path, script_argv=options.script_args
-            )
+            # The script's imports (TensorFlow) would print their start-up lines here.
+            os.environ.setdefault(quiet.ENV_LEVEL, "3")
+            with quiet.filtered_stderr():
+                callbacks = callback_spec.load(
+                    spec, script=script_path, script_argv=options.script_args
+                )
     return NodePlan(
         command=command,
         nproc_per_node=options.nproc_per_node,
@@ -252,6 +290,9 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         tls_key=tls_key,
         tls_ca=tls_ca,
         insecure=options.insecure,
+        max_restarts=options.max_restarts,
+        resume=options.resume,
+        progress=not options.no_progress,
     )
 
 

@@ -11,10 +11,21 @@ lists every worker of the job, from it. Each worker's environment is built by
 `distcb.launch.env.worker_env`, as for the other launchers, plus
 ``DISTCB_LOCAL_RANK`` and ``DISTCB_NODE_RANK``.
 
-Signals: SIGINT, SIGTERM and SIGHUP are forwarded to every worker's process
-group; a second one, or `Config.stop_timeout_s` without an exit, kills them.
-Children never outlive the launcher. Output is copied line by line, prefixed
-with ``[rank N]``.
+Signals: SIGTERM and SIGHUP are forwarded to every worker's process group; a
+second one, or `Config.stop_timeout_s` without an exit, kills them. SIGINT
+(Ctrl-C) on node 0, once the workers train, is a coordinated stop instead: the
+job stops at the next epoch end on every worker, `on_train_end` runs, the scripts
+go on after `fit`, and the launcher exits 130; a second Ctrl-C stops the workers
+(SIGTERM), a third kills them. Children never outlive the launcher.
+
+Restarts (one node): with ``max_restarts`` and a ``run_dir``, a worker that is
+lost or preempted restarts the job from its last epoch barrier (the journal goes
+to ``<run_dir>/state``, the workers back up under ``run_dir``): every worker process
+is started again and resumes from its backup, as `distcb.run(max_restarts=...)`
+does. ``resume`` goes on from the journal a stopped launcher left there.
+
+Output is copied line by line, prefixed with ``[rank N]``; node 0 shows the job's
+progress (`distcb.launch.progress`) and how it ended.
 
 Exit code (`distcb.protocol.exit_codes`), the same on every node: 0 when the
 job finished (an early stop included), 143 when a launcher or a worker was
@@ -41,8 +52,10 @@ from typing import Any, TextIO
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.listener import JobListener
 from distcb.launch.children import ChildProcess, describe_exit, stop_all, wait_all
 from distcb.launch.env import worker_env
+from distcb.launch.progress import JobProgress
 from distcb.launch.rendezvous import (
     Cluster,
     NodeInfo,
@@ -94,6 +107,10 @@ class NodePlan:
         tls_ca: the PEM CA every node and worker verifies node 0's certificate against
             (set: they dial https/wss).
         insecure: node 0 may serve plaintext beyond loopback.
+        max_restarts: how many times a lost or preempted worker may restart the job from
+            its last epoch barrier (one node; needs `run_dir`).
+        resume: go on from the journal in ``<run_dir>/state`` (one node; needs `run_dir`).
+        progress: node 0 shows the job's progress (`distcb.launch.progress`).
     """
 
     command: tuple[str, ...]
@@ -116,6 +133,9 @@ class NodePlan:
     tls_key: str | None = None
     tls_ca: str | None = None
     insecure: bool = False
+    max_restarts: int = 0
+    resume: bool = False
+    progress: bool = True
 
     @property
     def world_size(self) -> int:
@@ -150,6 +170,11 @@ class NodeLauncher:
         self._coordinator: Coordinator | None = None
         self._client: RendezvousClient | None = None
         self._outcome: Outcome | None = None  # node k: the job's, from node 0
+        self._interrupted = False  # node 0: a Ctrl-C asked for a coordinated stop
+        self._progress: JobProgress | None = None
+        self._attempt = 0  # bumped at each restart: exits of older processes are not news
+        self._spawned: tuple[Cluster, str, str] | None = None  # what a restart spawns again
+        self._respawn: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ entry
 
@@ -187,8 +212,27 @@ class NodeLauncher:
         from distcb.transport.websocket import WebSocketServer
 
         plan = self.plan
-        coordinator = Coordinator(plan.callbacks, world_size=plan.world_size, config=plan.config)
+        resumable = bool(plan.max_restarts or plan.resume)
+        if resumable and not plan.run_dir:
+            raise UsageError(
+                "--max-restarts and --resume need --run-dir: the journal and the workers' "
+                "backups go there"
+            )
+        coordinator = Coordinator(
+            plan.callbacks,
+            world_size=plan.world_size,
+            config=plan.config,
+            state_dir=os.path.join(plan.run_dir, "state") if resumable and plan.run_dir else None,
+            max_restarts=plan.max_restarts,
+            resume=plan.resume,
+        )
         self._coordinator = coordinator
+        progress = JobProgress(
+            coordinator, stream=self._err, show=plan.progress, exit_of=self._exit_of
+        )
+        coordinator.add_listener(progress)  # before the restart clears the exit codes
+        coordinator.add_listener(_Restarts(self))
+        self._progress = progress
         rendezvous = Rendezvous(
             plan.nnodes, plan.nproc_per_node, plan.config, report_exit=self._worker_ended
         )
@@ -250,10 +294,10 @@ class NodeLauncher:
             rendezvous.set_outcome(Outcome(code, reason))
             if history is not None and plan.history_path:
                 await asyncio.to_thread(_write_history, plan.history_path, history)
-            if failure is None:
-                self._say(f"the job finished after {len(history.epoch) if history else 0} epochs")
-            else:
+            if failure is not None:
                 self._say(f"the job failed: {reason}")
+            elif not self._interrupted:  # else the progress display said how it stopped
+                self._say(f"the job finished after {len(history.epoch) if history else 0} epochs")
             missing = await rendezvous.wait_nodes_done(plan.config.stop_timeout_s)
             if missing:
                 self._say(f"nodes {missing} did not report their end; exiting anyway")
@@ -272,10 +316,14 @@ class NodeLauncher:
             return
         if code == 0:
             await coordinator.report_exit(rank, "exited before it finished training (exit code 0)")
-        else:
+        elif code < 0 or code in exit_codes.RETRYABLE:
             coordinator.report_lost(rank, describe_exit(code))
+        else:  # the script failed: a restart would fail again
+            coordinator.report_lost(rank, describe_exit(code), retryable=False)
 
     def _decide_outcome(self, failure: BaseException | None) -> tuple[int, str | None]:
+        if self._interrupted and self._signalled is None and failure is None:
+            return 128 + signal.SIGINT, "stopped by Ctrl-C"
         if self._signalled is not None:
             name = signal.Signals(self._signalled).name
             reason = f"the launcher of node {self.plan.node_rank} received {name}"
@@ -362,6 +410,7 @@ class NodeLauncher:
         plan = self.plan
         if self._signalled is not None:
             return
+        self._spawned = (cluster, address, token)
         first = cluster.first_rank(plan.node_rank)
         tf_cluster = cluster.worker_addresses() if plan.tf_config else None
         threads = plan.threads_per_worker or max(1, (os.cpu_count() or 1) // plan.nproc_per_node)
@@ -388,20 +437,46 @@ class NodeLauncher:
             env = {**defaults, **os.environ, **variables, "PYTHONUNBUFFERED": "1"}
             child = ChildProcess(rank, plan.command, env, self._out)
             self.children.append(child)
-            watcher = loop.create_task(self._watch(child), name=f"distcb-watch-{rank}")
+            watcher = loop.create_task(
+                self._watch(child, self._attempt), name=f"distcb-watch-{rank}"
+            )
             self._keep(watcher)
             self._watchers.append(watcher)
 
-    async def _watch(self, child: ChildProcess) -> None:
+    async def _watch(self, child: ChildProcess, attempt: int) -> None:
         code = await asyncio.to_thread(child.process.wait)
         await asyncio.to_thread(child.finish_output)
+        if attempt != self._attempt:
+            return  # a process of an attempt that ended in a restart
         if code != 0:
             self._say(f"rank {child.rank} {describe_exit(code)}")
         await self._worker_ended(child.rank, code)
 
+    def _exit_of(self, rank: int) -> str | None:
+        code = self.exit_codes.get(rank)
+        return None if code is None or code == 0 else describe_exit(code)
+
+    def _restart(self) -> None:
+        """The coordinator restarts the job: every worker process starts again (node 0 of
+        one node) once the ended attempt's processes are gone."""
+        self._attempt += 1
+        self.exit_codes.clear()  # the new attempt's exits are news again
+        self._respawn = asyncio.get_running_loop().create_task(self._start_again())
+        self._keep(self._respawn)
+
+    async def _start_again(self) -> None:
+        old, self.children = self.children, []
+        watchers, self._watchers = self._watchers, []
+        await asyncio.to_thread(stop_all, old, self.plan.config.stop_timeout_s / 2)
+        await asyncio.gather(*watchers, return_exceptions=True)
+        if self._spawned is not None and self._signalled is None:
+            self._spawn(*self._spawned)
+
     async def _wait_children(self, grace_s: float | None) -> None:
         """Until every local worker ended: unbounded after a normal end (the script may go on
         after `fit`), at most `grace_s` after a failure, then they are stopped."""
+        if self._respawn is not None:  # the job ended while a restart started them again
+            await asyncio.gather(self._respawn, return_exceptions=True)
         if grace_s is None:
             await asyncio.to_thread(_wait_all, self.children)
         else:
@@ -413,18 +488,34 @@ class NodeLauncher:
     # ------------------------------------------------------------------ signals
 
     def _on_signal(self, signum: int) -> None:
+        coordinator = self._coordinator
+        forward = signum
+        if signum == signal.SIGINT and self._signalled is None and coordinator is not None:
+            if not self._interrupted and self.children:
+                self._interrupted = True
+                if coordinator.request_stop("Ctrl-C"):
+                    self._note(
+                        "Ctrl-C: the job stops at the end of this epoch, on every worker (press "
+                        "Ctrl-C again to stop the workers at once)"
+                    )
+                    return
+            forward = signal.SIGTERM  # the workers' own stop, not KeyboardInterrupt tracebacks
         if self._signalled is not None:  # a second signal: no more patience
             self._say(f"received {signal.Signals(signum).name} again; killing the workers")
             for child in self.children:
                 child.signal(signal.SIGKILL)
             return
         self._signalled = signum
-        self._say(f"received {signal.Signals(signum).name}; forwarding it to the workers")
+        name = signal.Signals(signum).name
+        if forward == signum:
+            self._say(f"received {name}; forwarding it to the workers")
+        else:
+            self._say(f"received {name}; sending {signal.Signals(forward).name} to the workers")
         if not self.children and self._main is not None:
             self._main.cancel()  # nothing started yet: stop waiting for the rendezvous
             return
         for child in self.children:
-            child.signal(signum)
+            child.signal(forward)
         loop = asyncio.get_running_loop()
         self._killer = loop.call_later(self.plan.config.stop_timeout_s, self._kill_all)
 
@@ -437,6 +528,12 @@ class NodeLauncher:
     def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _note(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.note(text)
+        else:
+            self._say(text)
 
     def _say(self, text: str) -> None:
         with contextlib.suppress(Exception):
@@ -505,3 +602,13 @@ def _write_history(path: str, history: History) -> None:
     }
     with open(path, "w") as handle:
         json.dump(to_json_value(data), handle, allow_nan=False)
+
+
+class _Restarts(JobListener):
+    """Tells the node launcher when the coordinator restarts the job."""
+
+    def __init__(self, launcher: NodeLauncher):
+        self.launcher = launcher
+
+    def restarting(self, attempt: int, failure: BaseException) -> None:
+        self.launcher._restart()

@@ -33,6 +33,7 @@ class LaunchOptions:
         runtime_env: Ray runtime environment of every actor.
         ray_init: options for ``ray.init`` when no cluster is connected yet.
         output: where the process backend writes its workers' output (default stdout).
+        progress: show the job's progress on stderr (`distcb.launch.progress`).
     """
 
     tf_config: bool = False
@@ -45,8 +46,12 @@ class LaunchOptions:
     runtime_env: Mapping[str, Any] | None = None
     ray_init: Mapping[str, Any] | None = None
     output: TextIO | None = None
+    progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("tf_config", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, received {getattr(self, name)!r}")
         if not isinstance(self.tf_config, bool):
             raise TypeError(f"tf_config must be a bool, received {self.tf_config!r}")
         for name in ("gpus_per_worker", "cpus_per_worker"):

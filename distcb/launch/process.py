@@ -15,17 +15,18 @@ from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
 from distcb.coordinator.listener import JobListener
 from distcb.keras.model_target import remove_stale_temporaries_under
-from distcb.launch import spec
+from distcb.launch import interrupt, spec
 from distcb.launch.child import ENV_LAUNCHER_PID
 from distcb.launch.children import ChildProcess, describe_exit, stop_all
 from distcb.launch.env import worker_env
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.launch.progress import JobProgress, is_interactive
 from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
 from distcb.worker.context import WorkerContext
 
 SUPPORTED_OPTIONS = frozenset(
-    {"tf_config", "gpus_per_worker", "threads_per_worker", "run_dir", "env", "output"}
+    {"tf_config", "gpus_per_worker", "threads_per_worker", "run_dir", "env", "output", "progress"}
 )
 
 
@@ -85,6 +86,12 @@ async def launch(
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
         spec_path = await asyncio.to_thread(spec.write, spec_dir, train_fn, args, kwargs)
         async with WebSocketServer(coordinator, config=config) as server:
+            if is_interactive(sys.stderr):  # a log file must never hold the token
+                print(
+                    f"distcb: status page http://{server.address}/?token={server.token}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             ports = free_ports(num_workers) if options.tf_config else []
             threads = options.threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
 
@@ -122,6 +129,9 @@ async def launch(
                 config.stop_timeout_s,
             )
             coordinator.add_listener(group)
+            progress = JobProgress(coordinator, show=options.progress)
+            coordinator.add_listener(progress)
+            interrupt.attach(coordinator, progress)  # Ctrl-C: a coordinated stop
             try:  # from the first spawn on: children never outlive this call
                 await group.start()
                 return await coordinator.run()

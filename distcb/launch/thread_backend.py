@@ -22,7 +22,7 @@ environment, random seeds and TensorFlow state, and cannot use
 MultiWorkerMirroredStrategy (one collective runtime per process). Use it for one
 worker, or for a few independent Keras 3 replicas; use ``process`` otherwise.
 
-Options: ``run_dir`` only (the others set environment variables, devices or thread
+Options: ``run_dir`` and ``progress`` only (the others set environment variables, devices or thread
 pools per process, which threads cannot have each).
 
 Failure: `train_fn` raising on a worker thread is reported with its rank and
@@ -45,13 +45,15 @@ from typing import Any
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
+from distcb.launch import interrupt
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.launch.progress import JobProgress
 from distcb.protocol.config import Config
 from distcb.protocol.errors import WorkerLostError
 from distcb.transport.inproc import InProcessListener
 from distcb.worker.context import WorkerContext, WorkerHost, hosting
 
-SUPPORTED_OPTIONS = frozenset({"run_dir"})
+SUPPORTED_OPTIONS = frozenset({"run_dir", "progress"})
 
 logger = logging.getLogger("distcb.launch")
 
@@ -122,6 +124,9 @@ async def launch(
         stateful_metrics=stateful_metrics,
         options=options,
     ) as job:
+        progress = JobProgress(job.coordinator, show=options.progress)
+        job.coordinator.add_listener(progress)
+        interrupt.attach(job.coordinator, progress)  # Ctrl-C: a coordinated stop
         return await job.wait()
 
 

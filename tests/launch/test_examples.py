@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_example(name: str, *args: str, timeout: float = 240) -> str:
+def run_example(
+    name: str, *args: str, timeout: float = 240, stderr: list[str] | None = None
+) -> str:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", name), *args],
@@ -28,6 +30,8 @@ def run_example(name: str, *args: str, timeout: float = 240) -> str:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(done.stderr)
     return done.stdout
 
 
@@ -69,11 +73,31 @@ def test_moons_replicas_stops_both_replicas_and_loads_the_best_model(tmp_path):
 
 def test_moons_sync_gives_the_single_process_answer(tmp_path):
     # `make run` as a user runs it, next to the seed in one plain tf_keras process.
+    errors: list[str] = []
     with Reference(tmp_path, 4000, patience=200) as running:
         out = run_example(
-            "moons.py", "--show-shards", "--run-dir", str(tmp_path / "run"), timeout=900
+            "moons.py",
+            "--show-shards",
+            "--run-dir",
+            str(tmp_path / "run"),
+            timeout=900,
+            stderr=errors,
         )
         single = running.result()
+    # It fits a screen: at most 60 lines besides the 4 that --show-shards adds, progress
+    # lines included (not a terminal here: one every few seconds), ending with the result.
+    lines = out.splitlines() + errors[0].splitlines()
+    shard_lines = [x for x in lines if re.search(r"worker \d (trains|validates) on samples", x)]
+    assert len(shard_lines) == 4
+    assert len(lines) - len(shard_lines) <= 60, "\n".join(lines)
+    assert out.splitlines()[-1].startswith("Train: ")
+    progress = [x for x in errors[0].splitlines() if re.match(r"^epoch \d+/4000  loss ", x)]
+    assert len(progress) >= 2, errors[0]
+    assert "best val_loss" in progress[-1]
+    assert not [x for x in lines if "did not improve" in x]
+    # The workers' TensorFlow start-up lines are dropped (the example's own `import tf_keras`
+    # after the run, in this process, still prints its 3).
+    assert not [x for x in lines if x.startswith("[rank") and "absl::InitializeLog" in x]
     # What each worker received: 15 + 15 training and 35 + 35 validation samples, each once.
     for kind, samples in (("trains", range(30)), ("validates", range(30, 100))):
         shards = {
