@@ -66,7 +66,19 @@ def job_status(coordinator: Coordinator) -> dict[str, Any]:
     }
 
 
-def describe(error: BaseException) -> str:
-    from distcb.protocol.errors import DistcbError
+CALLBACK_NOTE = "raised by the coordinator callback"
+"""The note added to an exception a coordinator callback raised (before its name)."""
 
-    return str(error) if isinstance(error, DistcbError) else f"{type(error).__name__}: {error}"
+
+def describe(error: BaseException) -> str:
+    """What ended the job, for people: one line where possible (a worker's traceback is
+    left out: that worker printed it), naming the coordinator callback that raised."""
+    from distcb.protocol.errors import DistcbError, WorkerLostError
+
+    if isinstance(error, WorkerLostError):
+        return error.summary
+    if isinstance(error, DistcbError):
+        return str(error)
+    text = f"{type(error).__name__}: {error}"
+    notes = [n for n in getattr(error, "__notes__", ()) if str(n).startswith(CALLBACK_NOTE)]
+    return f"{text} ({notes[-1]})" if notes else text

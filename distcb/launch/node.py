@@ -35,12 +35,14 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
+from distcb.coordinator.status import describe
 from distcb.launch.children import ChildProcess, describe_exit, stop_all, wait_all
 from distcb.launch.env import worker_env
 from distcb.launch.rendezvous import (
@@ -234,6 +236,10 @@ class NodeLauncher:
             if failure is None:
                 self._say(f"the job finished after {len(history.epoch) if history else 0} epochs")
             else:
+                if not isinstance(failure, DistcbError):  # a coordinator callback raised:
+                    # its traceback, once (a worker's is in that worker's output already)
+                    with contextlib.suppress(Exception):
+                        self._err.write("".join(traceback.format_exception(failure)))
                 self._say(f"the job failed: {reason}")
             missing = await rendezvous.wait_nodes_done(plan.config.stop_timeout_s)
             if missing:
@@ -434,11 +440,7 @@ def _wait_all(children: Sequence[ChildProcess]) -> None:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, WorkerLostError):
-        return f"[Rank {error.rank}] {error.reason}"
-    if isinstance(error, DistcbError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    return describe(error)
 
 
 def _join(host: str, port: int) -> str:
