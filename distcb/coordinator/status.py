@@ -81,4 +81,6 @@ def describe(error: BaseException) -> str:
         return str(error)
     text = f"{type(error).__name__}: {error}"
     notes = [n for n in getattr(error, "__notes__", ()) if str(n).startswith(CALLBACK_NOTE)]
-    return f"{text} ({notes[-1]})" if notes else text
+    if notes:  # as CallbackFailed says it, so that every message reads alike
+        return f"coordinator callback {notes[-1][len(CALLBACK_NOTE) :].strip()} raised {text}"
+    return text

@@ -273,6 +273,7 @@ class NodeLauncher:
             return exit_codes.FINISHED, None
         if (
             isinstance(failure, WorkerLostError)
+            and failure.retryable  # a rank whose code raised failed, however it was ended
             and self.exit_codes.get(failure.rank) in _STOPPED_FROM_OUTSIDE
         ):
             return exit_codes.PREEMPTED, _describe(failure)
