@@ -43,6 +43,11 @@ def job_status(coordinator: Coordinator) -> dict[str, Any]:
         "failures": [describe(f) for f in coordinator.failures],
         "epoch": coordinator.epoch,
         "epochs": coordinator.params.get("epochs"),
+        # Epochs whose barrier has passed (0-based epoch + 1): "finished 400/400", not 399.
+        "epochs_done": history.epoch[-1] + 1 if history.epoch else 0,
+        # Without a batch hook on the coordinator, workers stream no batch logs: the step
+        # fields then stay at their start values and mean nothing.
+        "batches_streamed": bool(coordinator.callbacks.has_batch_hooks),
         "processed_step": coordinator.processed_step,
         "global_step": state.global_step,
         "workers": workers,
