@@ -211,9 +211,9 @@ def _headline(status: dict[str, Any]) -> str:
 
 def _workers(workers: Sequence[dict[str, Any]], streamed: bool = True) -> list[str]:
     if not streamed:  # no batch logs: steps mean nothing, so leave them out
-        rows = [("rank", "host", "state", "epoch", "lag", "heartbeat")]
+        short: list[tuple[str, ...]] = [("rank", "host", "state", "epoch", "lag", "heartbeat")]
         for w in workers:
-            rows.append(
+            short.append(
                 (
                     str(w.get("rank")),
                     str(w.get("host") or "?"),
@@ -224,7 +224,7 @@ def _workers(workers: Sequence[dict[str, Any]], streamed: bool = True) -> list[s
                 )
             )
         note = "  (steps not streamed: no coordinator callback has a batch hook)"
-        return ["Workers", *_table(rows), note]
+        return ["Workers", *_table(short), note]
     rows = [("rank", "host", "state", "epoch", "step", "lag", "heartbeat")]
     for w in workers:
         lag = w.get("lag_steps")
