@@ -243,7 +243,7 @@ class WorkerProtocol:
     def begin_batch(self, step: int) -> list[Decision]:
         """Decisions due from `on_train_batch_begin(step)`; the caller checked `may_begin`."""
         if self.lost is not None:
-            raise self.lost
+            self._raise_if_lost()
         self.max_step_begun = step
         if self.steps_begun is not None:
             self.steps_begun.append(
@@ -311,6 +311,10 @@ class WorkerProtocol:
 
     def _raise_if_lost(self) -> None:
         if self.lost is not None:
+            if self.abort_reason is not None and not self.restart:
+                # The coordinator said the job failed before the connection went (it may
+                # simply have exited): that is what happened, and a retry would not help.
+                raise JobFailedError(f"the job failed: {self.abort_reason}") from self.lost
             raise self.lost
 
     def _raise_if_ended(self, what: str) -> None:

@@ -125,6 +125,19 @@ def test_an_abort_before_start_fails_the_start_with_its_reason():
         protocol.take_start()
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_coordinator_gone_after_its_abort_is_the_failure_it_announced(restart):
+    protocol = in_phase(WorkerPhase.JOINED)
+    protocol.receive(Abort(reason="rank 1 trains for epochs=3", restart=restart))
+    protocol.lose(CoordinatorLostError("the coordinator closed the connection"))
+    with pytest.raises(CoordinatorLostError if restart else JobFailedError) as info:
+        protocol.take_start()
+    if not restart:  # it exited after saying why: say that, not "lost, retry me"
+        assert str(info.value) == "the job failed: rank 1 trains for epochs=3"
+    else:
+        assert not isinstance(info.value, JobFailedError)
+
+
 def test_an_abort_with_restart_before_start_is_a_retry_not_a_failure():
     protocol = in_phase(WorkerPhase.JOINED)
     protocol.receive(Abort(reason="rank 1 was preempted", restart=True))
