@@ -14,6 +14,7 @@ from distcb.callbacks.monitor import (
     check_number,
     decode_float,
     encode_float,
+    not_reported,
 )
 
 
@@ -151,7 +152,8 @@ class ModelCheckpoint(MonitorCallback):
         current = logs.get(self.monitor)
         if current is None:
             warnings.warn(
-                f"Can save best model only with {self.monitor} available; saving anyway.",
+                f"Can save best model only with {self.monitor} available; saving anyway, every "
+                f"time. {not_reported(self.monitor, logs, 'ModelCheckpoint(save_best_only=True)')}",
                 stacklevel=3,
             )
             return True

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -64,13 +65,38 @@ def check_int(value: Any, name: str, owner: str, *, minimum: int = 0) -> int:
     return int(value)
 
 
+def reported_names(metrics: Iterable[str]) -> list[str]:
+    """The log names a job whose compiled metrics are `metrics` reports: each, and its
+    ``val_`` twin (when it validates)."""
+    names = [str(m) for m in metrics]
+    return list(dict.fromkeys([*names, *(f"val_{m}" for m in names if not m.startswith("val_"))]))
+
+
+def not_reported(monitor: str, names: Iterable[str], owner: str) -> str:
+    """Says that `monitor` is none of the reported `names`, lists them and suggests the
+    closest (a typo such as 'val_los' is the usual cause)."""
+    names = sorted(dict.fromkeys(str(n) for n in names))
+    close = difflib.get_close_matches(monitor, names, n=1, cutoff=0.6)
+    text = (
+        f"{owner} monitors {monitor!r}, which is not a metric this job reports. Reported: "
+        f"{', '.join(names) or 'none'}."
+    )
+    return text + (f" Did you mean monitor={close[0]!r}?" if close else "")
+
+
 def resolve_direction(
-    monitor: str, mode: str, directions: Mapping[str, Any] | None, owner: str
+    monitor: str,
+    mode: str,
+    directions: Mapping[str, Any] | None,
+    owner: str,
+    metrics: Iterable[str] = (),
 ) -> str:
     """The direction of `monitor`: `mode` itself, or for "auto" what the workers reported.
 
     Raises:
-        ValueError: "auto" and neither the workers nor the name tell.
+        ValueError: "auto" and neither the workers nor the name tell; when `monitor` is
+            none of the names the job reports (`metrics` and the `directions`' keys, with
+            their ``val_`` twins), the message says so and suggests the closest.
     """
     if mode != "auto":
         return mode
@@ -78,6 +104,10 @@ def resolve_direction(
     for name in (monitor, monitor.removeprefix("val_")):
         if directions.get(name) in ("min", "max"):
             return str(directions[name])
+    names = reported_names([*metrics, *directions])
+    if names and monitor not in names:
+        # A typo: a mode would only hide it (the callback would never see the metric).
+        raise ValueError(not_reported(monitor, names, owner))
     by_name = direction_by_name(monitor)
     if by_name is not None:
         return by_name
@@ -152,9 +182,14 @@ class MonitorCallback(Callback):
 
     def resolve_direction(self) -> str:
         if self.direction is None:
-            directions = (self.params or {}).get("directions") or _model_directions(self.model)
+            params = self.params or {}
+            directions = params.get("directions") or _model_directions(self.model)
             self.direction = resolve_direction(
-                self.monitor, self.mode, directions, type(self).__name__
+                self.monitor,
+                self.mode,
+                directions,
+                type(self).__name__,
+                metrics=params.get("metrics") or (),
             )
         return self.direction
 
@@ -191,9 +226,10 @@ class MonitorCallback(Callback):
         logs = logs or {}
         value = logs.get(self.monitor)
         if value is None:
+            missing = not_reported(self.monitor, logs, type(self).__name__)
             warnings.warn(
-                f"{what} is conditioned on metric `{self.monitor}` which is not available. "
-                f"Available metrics are: {','.join(logs)}.",
+                f"{what} is conditioned on metric `{self.monitor}` which is not available, "
+                f"so this epoch is skipped. {missing}",
                 stacklevel=3,
             )
             return None

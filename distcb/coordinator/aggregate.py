@@ -135,7 +135,7 @@ def merge_logs(
             if key not in per_rank[rank]:
                 holders = [r for r in ranks if key in per_rank[r]]
                 raise AggregationError(
-                    f"[Rank {rank}] logs lack the key {key!r} that rank(s) {holders} report. "
+                    f"rank {rank}'s logs lack the key {key!r} that rank(s) {holders} report. "
                     "Every worker must compile the same metrics and use validation alike.",
                     rank=rank,
                     key=key,

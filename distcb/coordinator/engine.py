@@ -31,7 +31,6 @@ import contextlib
 import enum
 import logging
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -45,7 +44,7 @@ from distcb.coordinator.listener import Listener
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder, ModelProxy
 from distcb.coordinator.roster import Roster, WorkerLost
 from distcb.coordinator.runtime import JobState, Runtime
-from distcb.coordinator.status import RECENT, describe, job_status
+from distcb.coordinator.status import CALLBACK_NOTE, RECENT, describe, job_status
 from distcb.protocol.config import Config
 from distcb.protocol.decisions import BackupModel, Decision, EffectPoint, StopTraining
 from distcb.protocol.errors import (
@@ -254,6 +253,11 @@ class Coordinator:
         goodbye. A clean exit right after its last message is therefore no failure."""
         roster = self.roster
         await roster.wait_disconnected(rank, self.config.reply_timeout_s)
+        if rank not in roster.workers:  # it never joined, yet ended without an error
+            reason += (
+                "; it never joined the job: did its script add "
+                "distcb.keras.WorkerCallback() to model.fit?"
+            )
         if roster is self.roster:  # not a report about an attempt that has ended
             roster.report_lost(rank, reason, traceback_text, retryable=retryable)
 
@@ -415,9 +419,11 @@ class Coordinator:
             culprit = self.callbacks.current
             self.callbacks.current = None
             name = type(culprit).__name__ if culprit is not None else "a callback"
+            # The job raises `exc` itself; the note names the callback wherever its
+            # traceback is printed (once: by distcb.run's caller, or by the launcher).
+            exc.add_note(f"{CALLBACK_NOTE} {name}")
             raise CallbackFailed(
-                f"coordinator callback {name} raised {type(exc).__name__}: {exc}\n\n"
-                + "".join(traceback.format_exception(exc))
+                f"coordinator callback {name} raised {type(exc).__name__}: {exc}"
             ) from exc
         finally:
             self._in_callback = False
@@ -819,9 +825,7 @@ class Coordinator:
 
     async def _on_worker_failed(self, rank: int, message: WorkerFailed) -> None:
         # Its own code raised: a restart would raise again.
-        error = WorkerLostError(
-            rank, f"training raised {message.error}", message.traceback, retryable=False
-        )
+        error = WorkerLostError(rank, f"raised {message.error}", message.traceback, retryable=False)
         await self._on_lost(rank, error)
 
     async def _on_preempted(self, rank: int, message: Preempted) -> None:

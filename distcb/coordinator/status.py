@@ -43,6 +43,11 @@ def job_status(coordinator: Coordinator) -> dict[str, Any]:
         "failures": [describe(f) for f in coordinator.failures],
         "epoch": coordinator.epoch,
         "epochs": coordinator.params.get("epochs"),
+        # Epochs whose barrier has passed (0-based epoch + 1): "finished 400/400", not 399.
+        "epochs_done": history.epoch[-1] + 1 if history.epoch else 0,
+        # Without a batch hook on the coordinator, workers stream no batch logs: the step
+        # fields then stay at their start values and mean nothing.
+        "batches_streamed": bool(coordinator.callbacks.has_batch_hooks),
         "processed_step": coordinator.processed_step,
         "global_step": state.global_step,
         "workers": workers,
@@ -66,7 +71,21 @@ def job_status(coordinator: Coordinator) -> dict[str, Any]:
     }
 
 
-def describe(error: BaseException) -> str:
-    from distcb.protocol.errors import DistcbError
+CALLBACK_NOTE = "raised by the coordinator callback"
+"""The note added to an exception a coordinator callback raised (before its name)."""
 
-    return str(error) if isinstance(error, DistcbError) else f"{type(error).__name__}: {error}"
+
+def describe(error: BaseException) -> str:
+    """What ended the job, for people: one line where possible (a worker's traceback is
+    left out: that worker printed it), naming the coordinator callback that raised."""
+    from distcb.protocol.errors import DistcbError, WorkerLostError
+
+    if isinstance(error, WorkerLostError):
+        return error.summary
+    if isinstance(error, DistcbError):
+        return str(error)
+    text = f"{type(error).__name__}: {error}"
+    notes = [n for n in getattr(error, "__notes__", ()) if str(n).startswith(CALLBACK_NOTE)]
+    if notes:  # as CallbackFailed says it, so that every message reads alike
+        return f"coordinator callback {notes[-1][len(CALLBACK_NOTE) :].strip()} raised {text}"
+    return text

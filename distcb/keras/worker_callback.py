@@ -25,7 +25,12 @@ from distcb.keras import flavours
 from distcb.keras.chief import ChiefTensorBoardWork
 from distcb.keras.model_target import KerasModelTarget
 from distcb.protocol.config import Config
-from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
+from distcb.protocol.errors import (
+    CoordinatorLostError,
+    JobFailed,
+    JobFailedError,
+    JobInterrupted,
+)
 from distcb.protocol.logs import clean_logs
 from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
 from distcb.transport import connector_for
@@ -172,6 +177,8 @@ class WorkerCallback:
         host = current_host()
         if host is not None:
             host.register(self._worker)
+        else:
+            _UNCAUGHT.register(self._worker)
         params = dict(self.params or {})
         start = self._retry_me_on_loss(
             self._worker.start,
@@ -255,6 +262,7 @@ class WorkerCallback:
             self._restore_sigterm()
             if host is not None:
                 host.unregister(worker)
+            _UNCAUGHT.unregister(worker)
             self._worker = None
             if self._chief is not None:
                 self._chief.close()
@@ -265,6 +273,9 @@ class WorkerCallback:
             reason = f"distcb rank {self.context.rank}: {why} ({protocol.abort_reason})"
             print(f"{reason}; exiting with code 143 (retry me)", file=sys.stderr, flush=True)
             raise JobInterrupted(reason)
+        if self.job_error is not None:
+            # The job failed elsewhere: `fit` must not return as if training had finished.
+            raise self._job_failed(JobFailedError(f"the job failed: {self.job_error}"))
 
     def _retry_me_on_loss(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call `fn`; a lost coordinator ends `fit` with JobInterrupted ("retry me", 143):
@@ -273,10 +284,25 @@ class WorkerCallback:
         the JobInterrupted's cause."""
         try:
             return fn(*args)
+        except JobFailedError as exc:
+            raise self._job_failed(exc) from exc
         except CoordinatorLostError as exc:
             reason = f"CoordinatorLostError: {exc}"
             print(f"distcb {reason}; exiting with code 143 (retry me)", file=sys.stderr, flush=True)
             raise JobInterrupted(reason) from exc
+
+    def _job_failed(self, error: JobFailedError) -> JobFailed:
+        """Say why the job failed, in one line (the traceback that matters was printed once,
+        where it was raised), and end `fit` with exit code 1: a restart would fail again."""
+        reason = f"distcb rank {self.context.rank}: {error.reason}"
+        print(
+            f"{reason}; exiting with code 1 (failed: retrying will not help)",
+            file=sys.stderr,
+            flush=True,
+        )
+        failed = JobFailed(reason)
+        failed.__cause__ = error
+        return failed
 
     # ------------------------------------------------------------------ preemption
 
@@ -326,3 +352,39 @@ class WorkerCallback:
             "resumed_after": self.resumed_after,
             "link": dict(self.link_statistics),
         }
+
+
+class _UncaughtReporter:
+    """A script run without a launcher's host (`distcb launch train.py`, a plain `python`):
+    when `fit` raises and nothing catches it, tell the coordinator through the sessions
+    still open (`WorkerFailed`, with the traceback), before Python prints the traceback
+    and exits. The coordinator then names this rank and what it raised, instead of "it
+    disconnected", and does not restart a job that would raise again."""
+
+    def __init__(self) -> None:
+        self._sessions: list[ThreadedSession] = []
+        self._lock = threading.Lock()
+        self._previous: Any = None
+
+    def register(self, session: ThreadedSession) -> None:
+        with self._lock:
+            self._sessions.append(session)
+            if self._previous is None:
+                self._previous = sys.excepthook
+                sys.excepthook = self._hook
+
+    def unregister(self, session: ThreadedSession) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._sessions.remove(session)
+
+    def _hook(self, kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if not isinstance(error, KeyboardInterrupt):
+            with self._lock:
+                sessions, self._sessions = self._sessions, []
+            for session in sessions:
+                with contextlib.suppress(Exception):  # the traceback must still be printed
+                    session.fail(error)
+        (self._previous or sys.__excepthook__)(kind, error, tb)
+
+
+_UNCAUGHT = _UncaughtReporter()

@@ -44,6 +44,7 @@ def main(spec_path: str) -> int:
     from distcb.launch import spec
     from distcb.launch.worker_main import exit_code_of
     from distcb.protocol import exit_codes
+    from distcb.protocol.errors import JobFailed, JobFailedError
     from distcb.worker.context import WorkerHost, context_from_env, hosting
 
     train_fn, args, kwargs = spec.read(spec_path)
@@ -53,11 +54,17 @@ def main(spec_path: str) -> int:
             train_fn(*args, **kwargs)
     except BaseException as exc:
         # The same exit codes as a worker run by `distcb.worker_main` (a pod's script).
-        code = exit_code_of(host, exc) if isinstance(exc, Exception | SystemExit) else None
+        # Its traceback goes to the launcher (the failure file), which raises it from
+        # distcb.run: printed once, by whoever catches or ends with that error.
+        code = (
+            exit_code_of(host, exc, print_traceback=False)
+            if isinstance(exc, Exception | SystemExit)
+            else None
+        )
         if code is None:  # KeyboardInterrupt and the like: training did not finish
             host.report_failure(exc)
             code = exit_codes.FAILED
-        if code == exit_codes.FAILED:
+        if code == exit_codes.FAILED and not isinstance(exc, JobFailed | JobFailedError):
             text = "".join(traceback.format_exception(exc))
             spec.write_failure(
                 os.path.dirname(spec_path), host.context.rank, f"{type(exc).__name__}: {exc}", text

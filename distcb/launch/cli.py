@@ -106,7 +106,8 @@ def _add_coordinator_parser(commands: argparse._SubParsersAction[argparse.Argume
         default=0,
         metavar="N",
         help="how many times a lost or preempted worker may restart the job from its last "
-        "epoch barrier (needs --state-dir; workers then need DISTCB_RUN_DIR for backups)",
+        "epoch barrier (needs --state-dir; workers then need DISTCB_RUN_DIR for backups); "
+        "`distcb k8s render` sets it from its --max-resumes",
     )
     serving.add_arguments(serve)
 

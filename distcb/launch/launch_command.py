@@ -269,6 +269,7 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
                 callbacks = callback_spec.load(
                     spec, script=script_path, script_argv=options.script_args
                 )
+        _say_callbacks(spec, callbacks, options.script)
     return NodePlan(
         command=command,
         nproc_per_node=options.nproc_per_node,
@@ -332,6 +333,21 @@ def _loopback(host: str) -> bool:
     from distcb.transport.websocket_server import _is_loopback
 
     return _is_loopback(host)
+
+
+def _say_callbacks(spec: str | None, callbacks: list[object], script: str) -> None:
+    """Say which coordinator callbacks run: a misnamed function would otherwise run none,
+    silently."""
+    if spec is None:
+        text = (
+            f"none: no function named {callback_spec.DEFAULT_FUNCTION} in {script} "
+            "(--callbacks MODULE:FUNCTION names another)"
+        )
+    else:
+        names = ", ".join(type(cb).__name__ for cb in callbacks) or "none (an empty list)"
+        where = f"{script}{spec}" if spec.startswith(":") else spec
+        text = f"{names} (from {where})"
+    print(f"distcb launch [node 0]: coordinator callbacks: {text}", file=sys.stderr, flush=True)
 
 
 def _read_token(path: str | None) -> str | None:

@@ -46,6 +46,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -53,6 +54,7 @@ from typing import Any, TextIO
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
 from distcb.coordinator.listener import JobListener
+from distcb.coordinator.status import describe
 from distcb.launch.children import ChildProcess, describe_exit, stop_all, wait_all
 from distcb.launch.env import worker_env
 from distcb.launch.progress import JobProgress
@@ -295,6 +297,10 @@ class NodeLauncher:
             if history is not None and plan.history_path:
                 await asyncio.to_thread(_write_history, plan.history_path, history)
             if failure is not None:
+                if not isinstance(failure, DistcbError):  # a coordinator callback raised:
+                    # its traceback, once (a worker's is in that worker's output already)
+                    with contextlib.suppress(Exception):
+                        self._err.write("".join(traceback.format_exception(failure)))
                 self._say(f"the job failed: {reason}")
             elif not self._interrupted:  # else the progress display said how it stopped
                 self._say(f"the job finished after {len(history.epoch) if history else 0} epochs")
@@ -334,6 +340,7 @@ class NodeLauncher:
             return exit_codes.FINISHED, None
         if (
             isinstance(failure, WorkerLostError)
+            and failure.retryable  # a rank whose code raised failed, however it was ended
             and self.exit_codes.get(failure.rank) in _STOPPED_FROM_OUTSIDE
         ):
             return exit_codes.PREEMPTED, _describe(failure)
@@ -554,11 +561,7 @@ def _wait_all(children: Sequence[ChildProcess]) -> None:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, WorkerLostError):
-        return f"[Rank {error.rank}] {error.reason}"
-    if isinstance(error, DistcbError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+    return describe(error)
 
 
 def _join(host: str, port: int) -> str:

@@ -222,7 +222,7 @@ class _WorkerGroup(JobListener):
         if data is not None:  # its training function raised: a restart would raise again
             coordinator.report_lost(
                 child.rank,
-                f"training raised {data.get('error')}",
+                f"raised {data.get('error')}",
                 data.get("traceback"),
                 retryable=False,
             )

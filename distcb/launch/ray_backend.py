@@ -46,7 +46,13 @@ from distcb.launch.env import apply_env, worker_env
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.launch.process import state_dir
 from distcb.protocol.config import Config
-from distcb.protocol.errors import CoordinatorLostError, DistcbError, JobInterrupted
+from distcb.protocol.errors import (
+    CoordinatorLostError,
+    DistcbError,
+    JobFailed,
+    JobFailedError,
+    JobInterrupted,
+)
 from distcb.worker.context import WorkerContext, WorkerHost, context_from_env, hosting
 
 __all__ = ["SUPPORTED_OPTIONS", "RayJob", "launch"]
@@ -94,8 +100,9 @@ class _WorkerRunner:
         try:
             with hosting(host):
                 train_fn(*args, **kwargs)
-        except (JobInterrupted, CoordinatorLostError) as exc:
-            # Not this worker's fault: the job restarts (or lost its coordinator).
+        except (JobInterrupted, JobFailed, CoordinatorLostError, JobFailedError) as exc:
+            # Not this worker's fault: the job restarts, failed elsewhere, or lost its
+            # coordinator.
             return {"error": None, "interrupted": f"{type(exc).__name__}: {exc}"}
         except BaseException as exc:  # reported with its traceback, like the process backend
             host.report_failure(exc)
@@ -324,7 +331,7 @@ class RayJob:
                     return
                 reason = "returned from train_fn before it finished training"
             else:
-                reason = f"training raised {result['error']}"
+                reason = f"raised {result['error']}"
                 traceback_text = result.get("traceback")
                 retryable = False
         if attempt != self.attempt:

@@ -1,8 +1,5 @@
-"""`distcb status`: a running coordinator's ``/status``, as JSON or, with ``--watch``, as a
-live view in the terminal (what the status page at ``GET /`` shows).
-
-    distcb status --address coordinator:8765            # the JSON, once
-    distcb status --address coordinator:8765 --watch    # redrawn every second until the end
+"""`distcb status`: a running coordinator's ``/status``, as readable text (once, or redrawn
+with ``--watch``, as the status page at ``GET /`` shows it) or as JSON (``--json``).
 
 The token comes from ``DISTCB_TOKEN`` or ``--token-file``.
 """
@@ -32,8 +29,18 @@ _CLEAR = "\x1b[H\x1b[2J"
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser(
         "status",
-        help="show a running coordinator's status (JSON, or a live view with --watch)",
-        description=__doc__,
+        help="show a running coordinator's status (text; --watch: live; --json: JSON)",
+        description=(
+            "Show a running coordinator's status: its workers, the aggregated metrics, the\n"
+            "decisions and the sinks, as the status page at GET / shows them. The token\n"
+            f"comes from ${ENV_TOKEN} or --token-file."
+        ),
+        epilog=(
+            "examples:\n"
+            "  distcb status --address coordinator:8765          # readable text, once\n"
+            "  distcb status --address coordinator:8765 --watch  # redrawn until the job ends\n"
+            "  distcb status --address coordinator:8765 --json   # GET /status, as JSON"
+        ),
         formatter_class=HelpFormatter,
     )
     status.add_argument(
@@ -44,6 +51,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="redraw a readable view every --interval-s until the job ends (exit 0 when it "
         "finished, 1 when it failed)",
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print GET /status as JSON instead of text (once; not with --watch)",
     )
     status.add_argument(
         "--interval-s",
@@ -102,13 +114,15 @@ def run(options: argparse.Namespace, out: TextIO | None = None) -> int:
     """`distcb status`; the exit code."""
     out = out or sys.stdout
     token = _token(options.token_file)
+    if options.json and options.watch:
+        raise UsageError("--json prints the status once; it cannot be combined with --watch")
     if not options.watch:
         try:
             status = fetch_status(options.address, token, options.timeout_s)
         except StatusUnavailable as exc:
             print(f"distcb status: {exc}", file=sys.stderr)
             return exit_codes.FAILED
-        out.write(json.dumps(status, indent=2) + "\n")
+        out.write((json.dumps(status, indent=2) if options.json else render(status)) + "\n")
         return exit_codes.FINISHED
     return watch(options.address, token, options.interval_s, options.timeout_s, out)
 
@@ -154,7 +168,7 @@ def render(status: dict[str, Any]) -> str:
     """The status as text: the sections of the status page, in the same order."""
     status = from_json_value(status)
     lines = [_headline(status), ""]
-    lines += _workers(status.get("workers") or [])
+    lines += _workers(status.get("workers") or [], status.get("batches_streamed") is not False)
     lines += [""] + _metrics(status.get("history") or {}, status.get("history_epochs") or [])
     lines += [""] + _spread(status)
     lines += [""] + _decisions(status.get("decisions") or [], status.get("decision_count", 0))
@@ -164,17 +178,53 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _headline(status: dict[str, Any]) -> str:
+def epoch_text(status: dict[str, Any]) -> str:
+    """Epochs as Keras counts them (1-based): "epoch 3/400" while the third runs; once the
+    job is done, how many finished ("finished 400/400", "stopped early at 608/4000")."""
     epochs = status.get("epochs")
-    epoch = f"epoch {status.get('epoch', 0)}" + (f"/{epochs}" if epochs else "")
+    of = f"/{epochs}" if epochs else ""
+    done = int(status.get("epochs_done") or 0)
+    phase = status.get("phase")
+    if phase == "done":
+        if status.get("failure"):
+            return f"failed after {done}{of} epochs"
+        if epochs and done < epochs:
+            return f"stopped early at epoch {done}{of}"
+        return f"finished {done}{of} epochs"
+    if phase == "joining":
+        return f"epoch 0{of}"
+    return f"epoch {int(status.get('epoch') or 0) + 1}{of}"
+
+
+def _headline(status: dict[str, Any]) -> str:
     live = len(status.get("live") or [])
+    step = (
+        f"global step {status.get('global_step', 0)}"
+        if status.get("batches_streamed") is not False
+        else "steps not streamed"
+    )
     return (
-        f"distcb job: {status.get('phase', '?')} · {epoch} · global step "
-        f"{status.get('global_step', 0)} · {status.get('world_size', '?')} workers ({live} live)"
+        f"distcb job: {status.get('phase', '?')} · {epoch_text(status)} · {step} · "
+        f"{status.get('world_size', '?')} workers ({live} live)"
     )
 
 
-def _workers(workers: Sequence[dict[str, Any]]) -> list[str]:
+def _workers(workers: Sequence[dict[str, Any]], streamed: bool = True) -> list[str]:
+    if not streamed:  # no batch logs: steps mean nothing, so leave them out
+        short: list[tuple[str, ...]] = [("rank", "host", "state", "epoch", "lag", "heartbeat")]
+        for w in workers:
+            short.append(
+                (
+                    str(w.get("rank")),
+                    str(w.get("host") or "?"),
+                    str(w.get("state")),
+                    str(w.get("epoch")),
+                    f"{w.get('lag_epochs') or 0} ep",
+                    f"{float(w.get('heartbeat_age_s') or 0):.1f} s ago",
+                )
+            )
+        note = "  (steps not streamed: no coordinator callback has a batch hook)"
+        return ["Workers", *_table(short), note]
     rows = [("rank", "host", "state", "epoch", "step", "lag", "heartbeat")]
     for w in workers:
         lag = w.get("lag_steps")
@@ -206,8 +256,18 @@ def _metrics(history: dict[str, Sequence[Any]], epochs: Sequence[int]) -> list[s
         values = [v for v in history[key] if isinstance(v, int | float)]
         if not values:
             continue
-        lines.append(f"  {key:<{width}}  {sparkline(values[-40:])}  {_number(values[-1])}")
+        shown = values[-40:]
+        scale = ""
+        if is_learning_rate(key) and all(v > 0 for v in shown):
+            # A learning rate spans decades: on a linear scale every reduction after the
+            # first is flat at the bottom.
+            shown, scale = [math.log10(v) for v in shown], "  (log scale)"
+        lines.append(f"  {key:<{width}}  {sparkline(shown)}  {_number(values[-1])}{scale}")
     return lines
+
+
+def is_learning_rate(name: str) -> bool:
+    return name == "lr" or name.endswith(("learning_rate", "_lr"))
 
 
 def _spread(status: dict[str, Any]) -> list[str]:
@@ -247,14 +307,38 @@ def describe_decision(record: dict[str, Any]) -> str:
     return " ".join(p for p in (str(record.get("kind")), fields, "at", where) if p)
 
 
+COLLAPSED_KINDS = frozenset({"save", "backup", "snapshot", "release"})
+"""Decisions that repeat every epoch: a run of them by one callback is one line."""
+
+
+def collapse_decisions(records: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """Newest first; a run of one repeating kind by one callback becomes (newest, count)."""
+    rows: list[list[Any]] = []
+    for record in reversed(records):
+        if (
+            rows
+            and record.get("kind") in COLLAPSED_KINDS
+            and rows[-1][0].get("kind") == record.get("kind")
+            and rows[-1][0].get("made_by") == record.get("made_by")
+        ):
+            rows[-1][1] += 1
+        else:
+            rows.append([record, 1])
+    return [(record, count) for record, count in rows]
+
+
 def _decisions(records: Sequence[dict[str, Any]], count: int) -> list[str]:
-    shown = records[-10:]
-    lines = [f"Decisions ({len(shown)} most recent of {count})"]
-    if not shown:
+    rows = collapse_decisions(records)[:10]
+    shown = sum(n for _, n in rows)
+    lines = [f"Decisions ({shown} most recent of {count}, newest first)"]
+    if not rows:
         return [*lines, "  (none yet)"]
-    for record in shown:
+    for record, n in rows:
         when = time.strftime("%H:%M:%S", time.localtime(float(record.get("time") or 0)))
-        lines.append(f"  {when}  {describe_decision(record)}  by {record.get('made_by')}")
+        what = describe_decision(record)
+        if n > 1:
+            what = f"{record.get('kind')} x{n} (newest: {what})"
+        lines.append(f"  {when}  {what}  by {record.get('made_by')}")
     return lines
 
 

@@ -49,7 +49,7 @@ from distcb.launch import interrupt
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.launch.progress import JobProgress
 from distcb.protocol.config import Config
-from distcb.protocol.errors import WorkerLostError
+from distcb.protocol.errors import JobFailed, JobFailedError, WorkerLostError
 from distcb.transport.inproc import InProcessListener
 from distcb.worker.context import WorkerContext, WorkerHost, hosting
 
@@ -84,6 +84,8 @@ class _WorkerThread:
         try:
             with hosting(host):  # a context variable: this thread's own
                 self._call()
+        except (JobFailed, JobFailedError):
+            pass  # the job failed elsewhere (the coordinator knows): not this worker's error
         except BaseException as exc:
             self.error = exc
             host.report_failure(exc)
@@ -227,7 +229,7 @@ class ThreadJob:
 
     def _ended(self, rank: int, error: BaseException | None, text: str | None) -> None:
         if error is not None:
-            reason = f"training raised {type(error).__name__}: {error}"
+            reason = f"raised {type(error).__name__}: {error}"
             self.coordinator.report_lost(rank, reason, text)
             return
         # As for a process that exits 0: lost only if it had not said goodbye.

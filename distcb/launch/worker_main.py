@@ -14,9 +14,11 @@ say what happened:
   ``UnavailableError``: collectives are aborted and "it's required to restart
   in order to recover"), unless the coordinator says the job failed: a
   SIGKILLed worker takes its peers' collectives down with it;
-- 1: training raised for another reason, a bug a restart would repeat: the
-  coordinator is told (`WorkerFailed`), so it fails the job at once and names
-  this rank instead of waiting for a restart that cannot help;
+- 1: the coordinator said the job failed (another rank or a coordinator callback
+  raised, the job was refused: `JobFailed`), or training raised for another reason,
+  a bug a restart would repeat: the coordinator is told (`WorkerFailed`), so it
+  fails the job at once and names this rank instead of waiting for a restart that
+  cannot help;
 - anything `main` returns or exits with (argparse's 2, for one).
 
 The process backend's child does the same for the workers `distcb.run` starts
@@ -31,7 +33,12 @@ import traceback
 from collections.abc import Callable
 
 from distcb.protocol import exit_codes
-from distcb.protocol.errors import CoordinatorLostError, JobInterrupted
+from distcb.protocol.errors import (
+    CoordinatorLostError,
+    JobFailed,
+    JobFailedError,
+    JobInterrupted,
+)
 from distcb.worker.context import WorkerHost, context_from_env, hosting
 
 __all__ = ["worker_main"]
@@ -61,10 +68,18 @@ def worker_main(main: Callable[[], int | None]) -> int:
     return code
 
 
-def exit_code_of(host: WorkerHost, error: BaseException) -> int:
+def exit_code_of(host: WorkerHost, error: BaseException, *, print_traceback: bool = True) -> int:
     """The exit code of a worker whose training raised `error` (the module docstring's
-    table); a failure (1) is reported to the coordinator through `host`'s sessions."""
+    table); a failure (1) is reported to the coordinator through `host`'s sessions, and
+    its traceback printed unless `print_traceback` is False (a launcher that shows it
+    itself: the traceback is printed once)."""
     verdict = host.verdict()
+    if isinstance(error, JobFailed | JobFailedError):
+        # The job failed elsewhere; the worker said so in one line, and the traceback that
+        # matters was printed where it was raised.
+        if isinstance(error, JobFailedError):
+            print(f"distcb worker: {error}; exiting with code 1", file=sys.stderr, flush=True)
+        return exit_codes.FAILED
     if isinstance(error, (JobInterrupted, CoordinatorLostError)):
         if verdict == "failed":
             # The coordinator failed the job before this worker lost it (its Abort came
@@ -88,8 +103,9 @@ def exit_code_of(host: WorkerHost, error: BaseException) -> int:
         _say(f"training raised after the job began to restart: {type(error).__name__}")
         return exit_codes.PREEMPTED
     host.report_failure(error)
-    traceback.print_exception(error)
-    sys.stdout.flush()
+    if print_traceback:
+        traceback.print_exception(error)
+        sys.stdout.flush()
     return exit_codes.FAILED
 
 

@@ -6,6 +6,8 @@
     ├── JoinTimeoutError       not every rank joined in time (names the missing ranks)
     ├── WorkerLostError        a worker disconnected, missed heartbeats or raised (names the rank)
     ├── CoordinatorLostError   a worker lost its coordinator
+    ├── JobFailedError         the coordinator ended the job as failed (says why: which
+    │                          rank, which callback, what)
     ├── DecisionError          a decision that cannot be carried out
     ├── ConnectionClosed       a channel closed or broke (transports raise it; the
     │                          coordinator and workers turn it into the two above)
@@ -15,6 +17,8 @@
 
     JobInterrupted (a SystemExit, code 143)  a worker stops so that its job resumes
                                from its backups (a preemption, a restart)
+    JobFailed (a SystemExit, code 1)         a worker stops because the job failed
+                               elsewhere: retrying will not help
 
 Each survives pickling, so a launcher can carry it across processes.
 """
@@ -92,10 +96,15 @@ class WorkerLostError(DistcbError):
         self.reason = reason
         self.traceback_text = traceback_text
         self.retryable = retryable
-        message = f"[Rank {rank}] {reason}"
+        message = self.summary
         if traceback_text:
             message += f"\n\nTraceback from rank {rank}:\n{traceback_text.rstrip()}"
         super().__init__(message)
+
+    @property
+    def summary(self) -> str:
+        """One line: the rank and what happened to it (the traceback left out)."""
+        return f"rank {self.rank} {self.reason}"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -110,6 +119,18 @@ class WorkerLostError(DistcbError):
 
 class CoordinatorLostError(DistcbError):
     """A worker lost its coordinator (closed connection or missed heartbeats)."""
+
+
+class JobFailedError(DistcbError):
+    """The coordinator ended the job as failed (not a restart): `reason` says why, in one
+    line (which rank raised or went away, which callback raised, what was refused)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason,))
 
 
 class DecisionError(DistcbError):
@@ -174,6 +195,26 @@ class JobInterrupted(SystemExit):
 
     def __init__(self, reason: str):
         super().__init__(143)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason,))
+
+
+class JobFailed(SystemExit):
+    """A worker stops because its job failed elsewhere (another rank raised, a coordinator
+    callback raised, the job was refused).
+
+    A SystemExit with the "failed" exit code (1): a restart would fail again. Its cause is
+    the `JobFailedError` that says why; the traceback that matters is printed once, by
+    whoever raised (the failing rank, or the coordinator for its callbacks).
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(1)
         self.reason = reason
 
     def __str__(self) -> str:

@@ -40,7 +40,12 @@ from distcb.protocol.decisions import (
     PendingDecisions,
     may_begin,
 )
-from distcb.protocol.errors import CoordinatorLostError, DistcbError, ProtocolError
+from distcb.protocol.errors import (
+    CoordinatorLostError,
+    DistcbError,
+    JobFailedError,
+    ProtocolError,
+)
 from distcb.protocol.messages import (
     Abort,
     EpochEnd,
@@ -195,14 +200,14 @@ class WorkerProtocol:
         """The go signal (its decisions queued for their effect points).
 
         Raises:
-            CoordinatorLostError: the job failed before it started (the reason says why).
+            JobFailedError: the job failed before it started (the reason says why).
+            CoordinatorLostError: the coordinator went away, or restarts the job.
         """
         with self._lock:
             self._raise_if_ended("the go signal")
             if self._start is None and self.abort_reason is not None:
-                raise CoordinatorLostError(
-                    f"rank {self.rank}: the job failed before training started: {self.abort_reason}"
-                )
+                error = CoordinatorLostError if self.restart else JobFailedError
+                raise error(f"the job failed before training started: {self.abort_reason}")
             start = self._start
             assert start is not None, "take_start before start_ready"
             self._expect(WorkerPhase.JOINED, "start")
@@ -238,7 +243,7 @@ class WorkerProtocol:
     def begin_batch(self, step: int) -> list[Decision]:
         """Decisions due from `on_train_batch_begin(step)`; the caller checked `may_begin`."""
         if self.lost is not None:
-            raise self.lost
+            self._raise_if_lost()
         self.max_step_begun = step
         if self.steps_begun is not None:
             self.steps_begun.append(
@@ -306,11 +311,17 @@ class WorkerProtocol:
 
     def _raise_if_lost(self) -> None:
         if self.lost is not None:
+            if self.abort_reason is not None and not self.restart:
+                # The coordinator said the job failed before the connection went (it may
+                # simply have exited): that is what happened, and a retry would not help.
+                raise JobFailedError(f"the job failed: {self.abort_reason}") from self.lost
             raise self.lost
 
     def _raise_if_ended(self, what: str) -> None:
         self._raise_if_lost()
         reply = self._train_end_reply
+        if reply is not None and reply.error and not self.restart:
+            raise JobFailedError(f"the job failed: {reply.error}")
         if reply is not None:
             raise CoordinatorLostError(
                 f"rank {self.rank}: the job ended while this worker waited for {what}"

@@ -81,3 +81,58 @@ def test_a_declared_metric_direction_decides_auto_in_plain_fit(keras: Any) -> No
     assert ours.monitor_op is theirs.monitor_op is keras.ops.greater
     with pytest.raises(ValueError, match="cannot tell whether it should be minimized"):
         EarlyStopping("val_pearson_correlation").resolve_direction()  # no model, no name rule
+
+
+REPORTED = {"directions": {"loss": "min", "accuracy": "max"}, "metrics": ["loss", "accuracy"]}
+TYPO_LOGS = {"loss": 0.5, "accuracy": 0.7, "val_loss": 0.6, "val_accuracy": 0.6}
+UNREPORTED = "which is not a metric this job reports"
+
+
+@pytest.mark.parametrize("name", sorted(MONITORS))
+def test_a_misspelled_monitor_in_auto_mode_says_it_is_not_reported(name: str) -> None:
+    import distcb.callbacks as ours
+
+    extra = {"save_best_only": True} if name == "ModelCheckpoint" else {}
+    callback = MONITORS[name](ours, monitor="val_los", **extra)
+    callback.set_params(dict(REPORTED))
+    with pytest.raises(ValueError, match=UNREPORTED) as info:
+        callback.resolve_direction()  # on_train_begin's first step, as in Keras
+    text = str(info.value)
+    assert f"{name} monitors 'val_los', {UNREPORTED}" in text
+    assert "Reported: accuracy, loss, val_accuracy, val_loss." in text
+    assert "Did you mean monitor='val_loss'?" in text
+    assert "mode='min'" not in text  # a mode would only hide the typo
+
+
+@pytest.mark.parametrize("name", ["EarlyStopping", "ReduceLROnPlateau"])
+def test_a_misspelled_monitor_with_a_mode_warns_with_the_closest_name(name: str) -> None:
+    import distcb.callbacks as ours
+    from distcb.testing import simulate
+
+    callback = MONITORS[name](ours, monitor="val_acuracy", mode="max")
+    logs = [[dict(TYPO_LOGS), dict(TYPO_LOGS)] for _ in range(2)]
+    with pytest.warns(UserWarning, match="so this epoch is skipped") as caught:
+        simulate([callback], epoch_logs=logs, params=dict(REPORTED, learning_rate=0.1))
+    texts = [str(w.message) for w in caught]
+    assert any("Did you mean monitor='val_accuracy'?" in t for t in texts), texts
+
+
+def test_save_best_only_on_an_unreported_metric_warns_that_it_saves_every_time() -> None:
+    from distcb.testing import simulate
+
+    logs = [[dict(TYPO_LOGS), dict(TYPO_LOGS)] for _ in range(3)]
+    checkpoint = ModelCheckpoint(
+        "m-{epoch}.keras", monitor="val_los", save_best_only=True, mode="min"
+    )
+    with pytest.warns(UserWarning, match="saving anyway, every time") as caught:
+        result = simulate([checkpoint], epoch_logs=logs, params=dict(REPORTED))
+    texts = [str(w.message) for w in caught]
+    assert any("Did you mean monitor='val_loss'?" in t for t in texts), texts
+    assert len(result.decisions) == 3  # Keras's behaviour kept: it saves, but says so
+
+
+def test_a_name_that_is_reported_but_has_no_known_direction_still_asks_for_a_mode() -> None:
+    callback = EarlyStopping(monitor="val_custom")
+    callback.set_params({"directions": {"loss": "min"}, "metrics": ["loss", "custom"]})
+    with pytest.raises(ValueError, match="Pass mode='min'"):
+        callback.on_train_begin()

@@ -45,7 +45,7 @@ def test_one_worker_nan_or_inf_is_not_hidden_by_the_mean():
 
 
 def test_missing_key_names_rank_and_key():
-    with pytest.raises(AggregationError, match=r"\[Rank 1\] logs lack the key 'val_loss'") as info:
+    with pytest.raises(AggregationError, match=r"rank 1's logs lack the key 'val_loss'") as info:
         merge_logs({0: {"loss": 1.0, "val_loss": 1.0}, 1: {"loss": 1.0}}, {})
     assert info.value.rank == 1
     assert info.value.key == "val_loss"

@@ -125,7 +125,7 @@ def test_restarts_exhausted_names_every_failure(tmp_path):
     ) as info:
         job(tmp_path, max_restarts=1, disconnect_at=[{0: (2, 4)}, {1: (7, 0)}])
     assert [f.rank for f in info.value.failures] == [0, 1]
-    assert "[Rank 1]" in str(info.value).splitlines()[-1]
+    assert "rank 1 " in str(info.value).splitlines()[-1]
 
 
 def test_only_workers_that_went_away_are_restartable():

@@ -65,7 +65,8 @@ class LiveJob:
     ended until `close()`.
     """
 
-    def __init__(self, run_dir: Path, hold_at: int = 3):
+    def __init__(self, run_dir: Path, hold_at: int = 3, callbacks: list[Callback] | None = None):
+        """`callbacks`, when given, replace the job's usual ones (the gate is added)."""
         self.hold_at = hold_at
         self.gate = Gate(hold_at)
         self.monitor = RemoteMonitor(root="http://127.0.0.1:1")  # set when the server is up
@@ -81,6 +82,8 @@ class LiveJob:
             self.checkpoint,
             self.tensorboard,
         ]
+        if callbacks is not None:
+            self.callbacks = [*callbacks, self.gate]
         self.address: str | None = None
         self.token: str | None = None
         self.history: Any = None

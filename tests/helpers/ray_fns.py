@@ -42,9 +42,17 @@ def killed_mid_epoch(epochs: int, kill_epoch: int, kill_batch: int, batch_size: 
             steps[-1].append(batch)
 
     worker = distcb.keras.WorkerCallback(samples=len(x), batch_size=batch_size)
-    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[Killer(), worker])
+    ended = None
+    try:
+        model.fit(
+            x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[Killer(), worker]
+        )
+    except SystemExit as exc:  # the job failed elsewhere: fit ends with JobFailed (code 1)
+        ended = exc.code
     with open(os.path.join(ctx.run_dir, f"rank-{ctx.rank}.json"), "w") as handle:
-        json.dump({"steps": steps, "job_error": worker.job_error}, handle)
+        json.dump({"steps": steps, "job_error": worker.job_error, "exit_code": ended}, handle)
+    if ended is not None:
+        raise SystemExit(ended)
 
 
 FAST_TUNE = {"heartbeat_interval_s": 0.2, "heartbeat_timeout_s": 10.0, "stop_timeout_s": 5.0}
@@ -161,9 +169,7 @@ def tune_thread_trainable(config):
         config=distcb.Config(**FAST_TUNE),
     )
     with open(os.path.join(trial_dir, "history.json"), "w") as handle:
-        json.dump(
-            {"epoch": history.epoch, "history": history.history, "pid": os.getpid()}, handle
-        )
+        json.dump({"epoch": history.epoch, "history": history.history, "pid": os.getpid()}, handle)
 
 
 def tune_journal_trainable(config):

@@ -354,3 +354,59 @@ def test_cli_bad_options_exit_2_and_out_writes_a_file(tmp_path, capsys):
         f"--image={IMAGE} --workers=3 "
         "'--worker-command=python -m train --lr 0.1'"
     )
+
+
+# ------------------------------------------------------------------ what the user must create
+
+
+def referenced_secrets(node) -> set[str]:
+    """Every Secret a manifest mounts or reads a key of."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("secretName"), str):
+            found.add(node["secretName"])
+        ref = node.get("secretKeyRef")
+        if isinstance(ref, dict):
+            found.add(ref["name"])
+        for value in node.values():
+            found |= referenced_secrets(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= referenced_secrets(value)
+    return found
+
+
+@pytest.mark.parametrize("variant", ["jobset", "indexed-job"])
+def test_the_secrets_the_default_render_needs_are_the_ones_the_docs_name(variant, capsys):
+    used = referenced_secrets(documents(variant))
+    assert used == {"distcb-token", "distcb-tls"}
+    with pytest.raises(SystemExit) as done:
+        main(["k8s", "render", "--help"])
+    assert done.value.code == 0
+    help_text = capsys.readouterr().out
+    for secret in ("<name>-token", "<name>-tls"):
+        assert secret in help_text, help_text
+    for command in (
+        "kubectl create secret generic distcb-token",
+        "kubectl create secret generic distcb-tls --from-file=tls.crt --from-file=tls.key",
+        "distcb k8s render --variant jobset --image",
+    ):
+        assert command in help_text, help_text
+    assert "``" not in help_text
+    readme = (ROOT / "README.md").read_text()
+    steps = readme[readme.index("### Kubernetes") : readme.index("What runs: one coordinator")]
+    for secret in sorted(used):
+        assert f"kubectl create secret generic {secret} " in steps, secret
+
+
+def test_the_two_restart_budgets_land_where_their_help_says(capsys):
+    docs = documents("jobset", max_restarts=4, max_resumes=7)
+    text = repr(docs)
+    assert "'--max-restarts=7'" in text  # --max-resumes: the coordinator's own budget
+    jobset = next(d for d in docs if d["kind"] == "JobSet")
+    assert jobset["spec"]["failurePolicy"]["maxRestarts"] == 4  # --max-restarts: Kubernetes'
+    with pytest.raises(SystemExit):
+        main(["k8s", "render", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--max-restarts Kubernetes restarts crashed pods" in help_text
+    assert "--max-resumes distcb resumes the job from its last epoch barrier" in help_text

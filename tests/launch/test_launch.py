@@ -137,7 +137,7 @@ def test_a_worker_that_fails_fails_the_job_and_its_peers_are_ended():
     pids, lines = started(process, 2)
     out = "".join(lines) + finish(process, timeout=60)
     assert process.returncode == 1, out
-    assert "the job failed: [Rank 1] exited with code 3" in out
+    assert "the job failed: rank 1 exited with code 3" in out
     assert not alive(pids[0]), "rank 0 outlived its launcher"
 
 
@@ -151,11 +151,11 @@ def test_a_job_that_fails_on_node_0_ends_node_1_and_its_workers_with_its_exit_co
     out0 = finish(node0, timeout=60)
     out1 = "".join(lines1) + finish(node1, timeout=60)
     assert node0.returncode == 1, out0
-    assert "the job failed: [Rank 0] exited with code 3" in out0
+    assert "the job failed: rank 0 exited with code 3" in out0
     # Node 1's workers never heard of the failure (they never joined): node 1 learnt the
     # outcome from node 0, stopped them, and exits with the job's code.
     assert node1.returncode == 1, out1
-    assert "the job ended ([Rank 0] exited with code 3) but ranks [2, 3] did not exit" in out1
+    assert "the job ended (rank 0 exited with code 3) but ranks [2, 3] did not exit" in out1
     assert not [pid for pid in pids1.values() if alive(pid)]
 
 

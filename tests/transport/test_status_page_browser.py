@@ -48,6 +48,7 @@ def browser(tmp_path):
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read back
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT_S)
     try:
@@ -107,7 +108,17 @@ return {
     band: plot.querySelector("polygon") !== null})),
   decisions: all("#decisions tbody tr").map((row) => ({
     time: data(row, ".time", "value"), what: row.querySelector(".what").textContent,
-    by: row.querySelector(".by").textContent})),
+    by: row.querySelector(".by").textContent, count: row.dataset.count,
+    kind: row.dataset.kind})),
+  step_title: document.querySelector("#global-step").title,
+  lr_plot: (() => {
+    const plot = document.querySelector('#metrics .plot[data-metric="learning_rate"]');
+    if (!plot) return null;
+    const line = plot.querySelector("polyline").getAttribute("points").trim();
+    return {scale: plot.dataset.scale,
+            ys: line ? line.split(" ").map((p) => Number(p.split(",")[1])) : []};
+  })(),
+  icon: (document.querySelector('link[rel="icon"]') || {}).href || null,
   sinks: Object.fromEntries(all("#sinks tbody tr").map((row) => [row.dataset.sink,
     Object.fromEntries(all(".stats span", row).map(
       (s) => [s.dataset.key, JSON.parse(s.dataset.value)]))])),
@@ -125,8 +136,9 @@ def mismatches(driver, status: dict) -> list[str]:
             wrong.append(f"{what}: page {shown!r}, /status {expected!r}")
 
     check("phase", page["phase"], status["phase"])
-    check("epoch", page["epoch"], f"{status['epoch']}/{status['epochs']}")
-    check("global step", page["step"], str(status["global_step"]))
+    check("epoch", page["epoch"], expected_epoch(status))
+    streamed = status["batches_streamed"]
+    check("global step", page["step"], str(status["global_step"]) if streamed else "not streamed")
     check("live", page["live"], f"{len(status['live'])}/{status['world_size']} live")
     check("worker rows", len(page["workers"]), len(status["workers"]))
     for cells, worker in zip(page["workers"], status["workers"], strict=False):
@@ -134,6 +146,8 @@ def mismatches(driver, status: dict) -> list[str]:
         for key in ("rank", "host", "state", "epoch"):
             check(f"rank {rank} {key}", cells[key][0], str(worker[key]))
         check(f"rank {rank} step", cells["step"][1], str(worker["step"]))
+        if not streamed:
+            check(f"rank {rank} step shown", cells["step"][0], "not streamed")
         check(f"rank {rank} lag", cells["lag"][1], str(worker["lag_steps"]))
         age = float(cells["heartbeat"][1])
         if not 0 <= age < 5:
@@ -160,13 +174,41 @@ def mismatches(driver, status: dict) -> list[str]:
         epochs = len(status["epoch_spread_history"][name])
         check(f"{name} spread epochs", shown["points"], str(epochs))
         check(f"{name} band drawn", shown["band"], epochs > 0)
-    check("decisions", len(page["decisions"]), len(status["decisions"]))
-    for row, record in zip(page["decisions"], status["decisions"], strict=False):
+    expected_rows = collapsed(status["decisions"])
+    check("decision rows", len(page["decisions"]), len(expected_rows))
+    for row, (record, count) in zip(page["decisions"], expected_rows, strict=False):
         check("decision made by", row["by"], record["made_by"])
         check("decision kind", row["what"].split(" ")[0], record["kind"])
+        check("decision kind data", row["kind"], record["kind"])
+        check("decision count", row["count"], str(count))
         check("decision time", float(row["time"]), record["time"])
     check("sinks", page["sinks"], status["sinks"])
     return wrong
+
+
+def expected_epoch(status: dict) -> str:
+    """What the page's epoch says: Keras's 1-based count, or how many epochs finished."""
+    epochs, done = status["epochs"], status["epochs_done"]
+    if status["phase"] == "done":
+        return f"stopped early at {done}/{epochs}" if done < epochs else f"finished {done}/{epochs}"
+    return f"{status['epoch'] + 1}/{epochs}"
+
+
+def collapsed(records: list[dict]) -> list[tuple[dict, int]]:
+    """The decision rows the page should show: newest first, a run of saves (or backups,
+    snapshots, releases) by one callback as one row with its count."""
+    rows: list[list] = []
+    for record in reversed(records):
+        last = rows[-1][0] if rows else None
+        if (
+            last is not None
+            and record["kind"] in ("save", "backup", "snapshot", "release")
+            and (last["kind"], last["made_by"]) == (record["kind"], record["made_by"])
+        ):
+            rows[-1][1] += 1
+        else:
+            rows.append([record, 1])
+    return [(record, count) for record, count in rows]
 
 
 def page_matches(driver, job: LiveJob) -> dict | list[str]:
@@ -226,6 +268,9 @@ def test_the_page_shows_the_status_live_and_only_to_the_token(browser, tmp_path,
         )  # fmt: skip
         stops = [d for d in final["decisions"] if d["by"] == "EarlyStopping"]
         assert [d["what"] for d in stops] == ["stop"]
+        times = [float(d["time"]) for d in final["decisions"]]
+        assert times == sorted(times, reverse=True)  # newest first
+        assert final["epoch"] == "stopped early at 5/8"  # 5 epochs ran, not "epoch 4/8"
         assert page == browser.find_element(By.TAG_NAME, "body")  # the same document
         assert job.history.epoch == [0, 1, 2, 3, 4]
 
@@ -252,3 +297,44 @@ def test_the_page_shows_the_status_live_and_only_to_the_token(browser, tmp_path,
     logs = server_logs(caplog)
     assert "rejected a sign-in to the status page" in logs
     assert job.token not in logs
+
+
+def test_steps_not_streamed_saves_collapsed_lr_on_a_log_scale_and_no_favicon_request(
+    browser, tmp_path
+):
+    from distcb.callbacks import ModelCheckpoint, ReduceLROnPlateau
+
+    # No callback with a batch hook: workers stream no batch logs. A checkpoint every epoch,
+    # and a learning rate cut tenfold every third epoch (loss falls, "max" sees no gain).
+    callbacks = [
+        ReduceLROnPlateau(monitor="loss", mode="max", factor=0.1, patience=1, cooldown=2),
+        ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor="loss"),
+    ]
+    with LiveJob(tmp_path, hold_at=7, callbacks=callbacks) as job:
+        browser.get(f"http://{job.address}/?token={job.token}")
+        wait_for(job.gate.held.is_set, "the job reaching its held epoch")
+        status = wait_for(lambda: page_matches(browser, job), "the page showing what /status says")
+        page = browser.execute_script(SNAPSHOT)
+        console = browser.get_log("browser")
+        job.release()
+    assert status["batches_streamed"] is False
+    assert page["step"] == "not streamed"
+    assert "no coordinator callback has a batch hook" in page["step_title"]
+    assert [w["step"][0] for w in page["workers"]] == ["not streamed", "not streamed"]
+    assert page["epoch"] == "8/8"
+    # Saves that follow each other are one row, newest first.
+    counts = [(d["kind"], d["count"]) for d in page["decisions"]]
+    assert ("save", "2") in counts, counts
+    assert counts[0][0] in ("save", "set_lr"), counts
+    assert len(page["decisions"]) < len(status["decisions"])
+    # The learning rate went 0.1, 0.01, 0.001, ...: on a log scale each decade is as high.
+    rates = [float(f"{r:.4g}") for r in status["history"]["learning_rate"]]  # float32 noise
+    decades = sorted(set(rates), reverse=True)
+    assert decades[:3] == [0.1, 0.01, 0.001], rates
+    assert page["lr_plot"]["scale"] == "log"
+    ys = dict(zip(rates, page["lr_plot"]["ys"], strict=True))
+    gaps = [ys[low] - ys[high] for high, low in zip(decades, decades[1:], strict=False)]
+    assert gaps == pytest.approx([gaps[0]] * len(gaps), abs=0.2), ys
+    # The icon is inline: the browser never asks the coordinator for /favicon.ico.
+    assert not [e for e in console if "favicon" in e["message"] or "404" in e["message"]], console
+    assert page["icon"].startswith("data:image/svg+xml")

@@ -3,7 +3,7 @@
 import pytest
 
 from distcb.protocol.decisions import EffectPoint, SetLearningRate, StopTraining
-from distcb.protocol.errors import CoordinatorLostError, ProtocolError
+from distcb.protocol.errors import CoordinatorLostError, JobFailedError, ProtocolError
 from distcb.protocol.messages import (
     COORDINATOR_MESSAGES,
     Abort,
@@ -88,7 +88,8 @@ def test_a_train_end_reply_after_an_abort_ends_the_wait(phase):
     protocol.receive(TrainEndReply(error="rank 1 died"))
     assert protocol.epoch_reply_ready()
     if phase is WorkerPhase.AT_BARRIER:
-        with pytest.raises(CoordinatorLostError, match="the job ended while this worker waited"):
+        # The coordinator said the job failed: not a lost coordinator, nothing to retry.
+        with pytest.raises(JobFailedError, match="^the job failed: rank 1 died$"):
             protocol.finish_epoch()
 
 
@@ -120,8 +121,29 @@ def test_an_abort_before_start_fails_the_start_with_its_reason():
     protocol = in_phase(WorkerPhase.JOINED)
     protocol.receive(Abort(reason="rank 1 trains for epochs=3"))
     assert protocol.start_ready()
-    with pytest.raises(CoordinatorLostError, match="failed before training started: rank 1"):
+    with pytest.raises(JobFailedError, match="failed before training started: rank 1"):
         protocol.take_start()
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_coordinator_gone_after_its_abort_is_the_failure_it_announced(restart):
+    protocol = in_phase(WorkerPhase.JOINED)
+    protocol.receive(Abort(reason="rank 1 trains for epochs=3", restart=restart))
+    protocol.lose(CoordinatorLostError("the coordinator closed the connection"))
+    with pytest.raises(CoordinatorLostError if restart else JobFailedError) as info:
+        protocol.take_start()
+    if not restart:  # it exited after saying why: say that, not "lost, retry me"
+        assert str(info.value) == "the job failed: rank 1 trains for epochs=3"
+    else:
+        assert not isinstance(info.value, JobFailedError)
+
+
+def test_an_abort_with_restart_before_start_is_a_retry_not_a_failure():
+    protocol = in_phase(WorkerPhase.JOINED)
+    protocol.receive(Abort(reason="rank 1 was preempted", restart=True))
+    with pytest.raises(CoordinatorLostError, match="rank 1 was preempted") as info:
+        protocol.take_start()
+    assert not isinstance(info.value, JobFailedError)
 
 
 def test_progress_of_an_earlier_epoch_does_not_open_the_window():

@@ -55,11 +55,44 @@ def _header(options: Any) -> list[str]:
     ]
 
 
+RENDER_DESCRIPTION = """\
+Print the Kubernetes manifests of a distcb job: one coordinator pod (distcb coordinator,
+your callbacks, its journal on a PersistentVolumeClaim) and one pod per worker (an Indexed
+Job behind a headless Service, or one JobSet), with failure policies that read distcb's
+exit codes; or a KubeRay RayJob that runs a Ray Tune search (--variant rayjob).
+
+Before `kubectl apply`, create the Secrets the manifests use but do not hold:
+  <name>-token   the job's token (a placeholder is rendered: delete it from the YAML)
+  <name>-tls     the coordinator's certificate (tls.crt, tls.key) and the workers' CA
+                 (ca.crt), unless --no-tls
+The rendered YAML says the commands in its comments (<name> is --name, default distcb).
+
+Two budgets, not to be confused:
+  --max-restarts  Kubernetes restarts crashed pods (137, OOM-killed) this many times
+  --max-resumes   distcb resumes the job from its last epoch barrier this many times
+                  (preemptions included)"""
+
+RENDER_EXAMPLES = """\
+examples:
+  distcb k8s render --variant jobset --image registry.example.com/train:1 --workers 4 > job.yaml
+  distcb k8s render --variant indexed-job --image registry.example.com/train:1 \\
+      --worker-command "python -m my_training.train" --callbacks my_training.callbacks:make \\
+      --gpus-per-worker 1 --out job.yaml
+  kubectl create secret generic distcb-token --from-literal=token="$(openssl rand -hex 32)"
+  kubectl create secret generic distcb-tls --from-file=tls.crt --from-file=tls.key \\
+      --from-file=ca.crt
+  kubectl apply -f job.yaml"""
+
+
 def add_parser(commands: Any) -> None:
     """Add ``k8s render`` and its options to the `distcb` command line."""
     k8s = commands.add_parser("k8s", help="Kubernetes manifests")
     render = k8s.add_subparsers(dest="k8s_command", required=True).add_parser(
-        "render", help="print the manifests of a distcb job as YAML"
+        "render",
+        help="print the manifests of a distcb job as YAML",
+        description=RENDER_DESCRIPTION,
+        epilog=RENDER_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     render.add_argument(
         "--variant",
@@ -82,14 +115,16 @@ def add_parser(commands: Any) -> None:
     render.add_argument(
         "--max-restarts",
         type=int,
-        help="Kubernetes' budget for crashes: backoffLimit / maxRestarts (default 3); "
-        "preempted pods do not count",
+        help="KUBERNETES' budget for crashed pods (exit 137, OOM, other codes): the Job's "
+        "backoffLimit / the JobSet's maxRestarts (default 3); preempted pods (143, "
+        "DisruptionTarget) do not count. Not distcb's resumes: see --max-resumes",
     )
     render.add_argument(
         "--max-resumes",
         type=int,
-        help="the coordinator's --max-restarts: how many times a lost or preempted worker "
-        "makes the job go on from its last epoch barrier (default 10)",
+        help="DISTCB's budget: how many times the job goes on from its last epoch barrier "
+        "after a lost or preempted worker (default 10); rendered as the coordinator's own "
+        "--max-restarts, so the two flags never mean the same budget",
     )
     render.add_argument("--grace-period-s", type=int, help="terminationGracePeriodSeconds")
     render.add_argument("--worker-cpu", help="each worker's CPU request (default 1)")

@@ -40,10 +40,32 @@ function setText(id, text) {
 
 // ---------------------------------------------------------------- summary
 
+// Epochs as Keras counts them (1-based): "3/400" while the third runs; once the job is
+// done, how many finished ("finished 400/400", or "stopped early at 608/4000").
+function epochText(s) {
+  const of = s.epochs ? `/${s.epochs}` : "";
+  const done = s.epochs_done || 0;
+  if (s.phase === "done") {
+    if (s.failure) return `failed after ${done}${of}`;
+    if (s.epochs && done < s.epochs) return `stopped early at ${done}${of}`;
+    return `finished ${done}${of}`;
+  }
+  if (s.phase === "joining") return `0${of}`;
+  return `${s.epoch + 1}${of}`;
+}
+
+// Without a batch hook on the coordinator, workers stream no batch logs: steps stay at their
+// start values, so say that instead of showing 0 and -1 forever.
+const NOT_STREAMED = "not streamed";
+const NOT_STREAMED_WHY =
+  "no coordinator callback has a batch hook, so workers send epoch logs only";
+
 function renderSummary(s) {
   setText("phase", s.phase);
-  setText("epoch", s.epochs ? `${s.epoch}/${s.epochs}` : String(s.epoch));
-  setText("global-step", String(s.global_step));
+  setText("epoch", epochText(s));
+  const step = document.getElementById("global-step");
+  setText("global-step", s.batches_streamed === false ? NOT_STREAMED : String(s.global_step));
+  step.title = s.batches_streamed === false ? NOT_STREAMED_WHY : "";
   setText("world-size", `${(s.live || []).length}/${s.world_size} live`);
   const failure = document.getElementById("failure");
   failure.hidden = !s.failure;
@@ -52,12 +74,15 @@ function renderSummary(s) {
 
 // ---------------------------------------------------------------- workers
 
-function lagText(w) {
+function lagText(w, streamed) {
   if (w.lag_epochs) return `${w.lag_epochs} epoch${w.lag_epochs > 1 ? "s" : ""}`;
+  if (!streamed) return "0 epochs";
   return w.lag_steps === null || w.lag_steps === undefined ? "–" : `${w.lag_steps} steps`;
 }
 
-function renderWorkers(workers) {
+function renderWorkers(workers, streamed) {
+  const table = document.getElementById("workers");
+  table.classList.toggle("no-steps", !streamed);
   const body = document.querySelector("#workers tbody");
   body.replaceChildren(
     ...workers.map((w) => {
@@ -67,8 +92,8 @@ function renderWorkers(workers) {
         ["host", w.host || "?", w.host],
         ["state", w.lost_reason ? `lost: ${w.lost_reason}` : w.state, w.state],
         ["epoch", String(w.epoch), w.epoch],
-        ["step", w.step >= 0 ? String(w.step) : "–", w.step],
-        ["lag", lagText(w), w.lag_steps],
+        ["step", streamed ? (w.step >= 0 ? String(w.step) : "–") : NOT_STREAMED, w.step],
+        ["lag", lagText(w, streamed), w.lag_steps],
         ["heartbeat", `${Number(w.heartbeat_age_s).toFixed(1)} s ago`, w.heartbeat_age_s],
       ];
       for (const [name, text, value] of cells) {
@@ -95,6 +120,11 @@ function scale(values) {
 
 function xAt(i, n) {
   return n <= 1 ? PLOT_W / 2 : 4 + (i * (PLOT_W - 8)) / (n - 1);
+}
+
+// A learning rate spans decades (a schedule, ReduceLROnPlateau's factors): plot its log.
+function isLearningRate(name) {
+  return /(^|_)(learning_rate|lr)$/.test(name);
 }
 
 function linePlot(values) {
@@ -133,7 +163,10 @@ function renderMetrics(history, epochs) {
       box.setAttribute("data-points", String(values.length));
       const last = values[values.length - 1];
       box.append(el("span", { class: "last", "data-value": String(last) }, fmt(last)));
-      box.append(linePlot(values));
+      const logScale = isLearningRate(name) && values.every((v) => !isNumber(v) || v > 0);
+      box.setAttribute("data-scale", logScale ? "log" : "linear");
+      if (logScale) box.append(el("span", { class: "scale" }, "log scale"));
+      box.append(linePlot(logScale ? values.map((v) => (isNumber(v) ? Math.log10(v) : v)) : values));
       box.append(axis(epochs));
       return box;
     })
@@ -198,16 +231,36 @@ function describeAt(at) {
   return text;
 }
 
+// Kinds that repeat every epoch (a checkpoint per epoch, a backup per barrier): a run of
+// them by one callback is one row, "save ×12", showing the newest.
+const COLLAPSED = new Set(["save", "backup", "snapshot", "release"]);
+
+function collapse(records) {
+  const rows = [];
+  for (const d of records.slice().reverse()) {  // newest first
+    const previous = rows[rows.length - 1];
+    if (previous && COLLAPSED.has(d.kind) && previous.d.kind === d.kind && previous.d.made_by === d.made_by) {
+      previous.count += 1;
+      previous.oldest = d;
+    } else {
+      rows.push({ d, count: 1, oldest: d });
+    }
+  }
+  return rows;
+}
+
 function renderDecisions(records, count) {
-  setText("decision-count", `(${records.length} most recent of ${count})`);
+  setText("decision-count", `(${records.length} most recent of ${count}, newest first)`);
   const body = document.querySelector("#decisions tbody");
   body.replaceChildren(
-    ...records.map((d) => {
-      const row = el("tr");
+    ...collapse(records).map(({ d, count: n, oldest }) => {
+      const row = el("tr", { "data-count": String(n), "data-kind": String(d.kind) });
       const when = new Date(d.time * 1000).toLocaleTimeString();
       row.append(el("td", { class: "time", "data-value": String(d.time) }, when));
-      row.append(el("td", { class: "what" }, describeDecision(d)));
-      row.append(el("td", { class: "at" }, describeAt(d.at || {})));
+      const what = n > 1 ? `${d.kind} ×${n} (newest: ${describeDecision(d)})` : describeDecision(d);
+      row.append(el("td", { class: "what" }, what));
+      const at = describeAt(d.at || {});
+      row.append(el("td", { class: "at" }, n > 1 ? `${describeAt(oldest.at || {})} … ${at}` : at));
       row.append(el("td", { class: "by" }, d.made_by));
       return row;
     })
@@ -239,7 +292,7 @@ function renderSinks(sinks) {
 
 function render(s) {
   renderSummary(s);
-  renderWorkers(s.workers || []);
+  renderWorkers(s.workers || [], s.batches_streamed !== false);
   renderMetrics(s.history || {}, s.history_epochs || []);
   renderSpread(s);
   renderDecisions(s.decisions || [], s.decision_count || 0);
