@@ -57,10 +57,10 @@ def run(
         resume: go on from the journal in ``run_dir`` (a job whose launching process
             died); with no journal there yet, start afresh.
         **options: backend options, see `distcb.launch.options.LaunchOptions`
-            (process: ``tf_config``, ``gpus_per_worker``, ``threads_per_worker``,
-            ``run_dir``, ``env``, ``output``; ray: ``tf_config``, ``gpus_per_worker``,
-            ``cpus_per_worker``, ``resources_per_worker``, ``runtime_env``, ``run_dir``,
-            ``env``, ``ray_init``; thread: ``run_dir``).
+            (process: ``tf_config``, ``keras_distribution``, ``gpus_per_worker``,
+            ``threads_per_worker``, ``run_dir``, ``env``, ``output``; ray: ``tf_config``,
+            ``gpus_per_worker``, ``cpus_per_worker``, ``resources_per_worker``,
+            ``runtime_env``, ``run_dir``, ``env``, ``ray_init``; thread: ``run_dir``).
 
     Raises:
         TypeError: an option the backend does not support.

@@ -118,6 +118,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tf.distribute.MultiWorkerMirroredStrategy (synchronous training)",
     )
     launch.add_argument(
+        "--keras-distribution",
+        action="store_true",
+        help="run every worker on Keras 3's JAX backend with its keras.distribution "
+        "coordinates (KERAS_BACKEND=jax, KERAS_DISTRIBUTION_*; rank 0 hosts JAX's "
+        "coordination service), for distcb.keras.jax_data_parallel() (synchronous training)",
+    )
+    launch.add_argument(
         "--threads-per-worker",
         type=positive_int,
         metavar="N",
@@ -200,6 +207,11 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
             "--token-file PATH (the same secret everywhere, e.g. `openssl rand -hex 32`)"
         )
     config = _config(options.config)
+    if options.tf_config and options.keras_distribution:
+        raise UsageError(
+            "--tf-config (MultiWorkerMirroredStrategy) and --keras-distribution (Keras 3 on "
+            "JAX) are two ways to train one model; choose one"
+        )
     script_path = _script_path(options.script, options.module)
     command = (
         (sys.executable, "-m", options.script, *options.script_args)
@@ -226,6 +238,7 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         callbacks=tuple(callbacks),
         config=config,
         tf_config=options.tf_config,
+        keras_distribution=options.keras_distribution,
         threads_per_worker=options.threads_per_worker,
         gpus_per_worker=options.gpus_per_worker,
         run_dir=os.path.abspath(options.run_dir) if options.run_dir else None,

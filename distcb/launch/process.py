@@ -19,13 +19,22 @@ from distcb.launch import spec
 from distcb.launch.child import ENV_LAUNCHER_PID
 from distcb.launch.children import ChildProcess, describe_exit, stop_all
 from distcb.launch.env import worker_env
+from distcb.launch.keras_distribution import AttemptPorts
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
 from distcb.worker.context import WorkerContext
 
 SUPPORTED_OPTIONS = frozenset(
-    {"tf_config", "gpus_per_worker", "threads_per_worker", "run_dir", "env", "output"}
+    {
+        "tf_config",
+        "keras_distribution",
+        "gpus_per_worker",
+        "threads_per_worker",
+        "run_dir",
+        "env",
+        "output",
+    }
 )
 
 
@@ -87,8 +96,11 @@ async def launch(
         async with WebSocketServer(coordinator, config=config) as server:
             ports = free_ports(num_workers) if options.tf_config else []
             threads = options.threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
+            jax_ports = AttemptPorts() if options.keras_distribution else None
 
             def environment(rank: int) -> dict[str, str]:
+                # A restart starts every process again, around a new JAX coordination service.
+                jax_address = None if jax_ports is None else jax_ports.address(group.attempt)
                 context = WorkerContext(
                     rank=rank,
                     world_size=num_workers,
@@ -103,6 +115,7 @@ async def launch(
                     tf_cluster=[f"127.0.0.1:{p}" for p in ports] if ports else None,
                     threads=threads,
                     gpus=None if gpus is None else range(rank * int(gpus), (rank + 1) * int(gpus)),
+                    keras_distribution=jax_address,
                 )
                 child_env = {**defaults, **os.environ, **variables}
                 child_env["PYTHONUNBUFFERED"] = "1"
