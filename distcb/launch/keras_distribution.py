@@ -16,7 +16,9 @@ service's.
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 
 from distcb.keras.data_parallel import ENV_JOB_ADDRESSES, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
@@ -80,3 +82,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def exit_past_jax_shutdown(code: int) -> None:
+    """End a worker process whose training did not finish (`code` != 0) at once when it
+    joined ``jax.distributed``: at exit JAX waits in a shutdown barrier for every process
+    of the job, and a peer that died never arrives (the process would sit there until
+    JAX's heartbeat timeout, 100 s by default, still connected to the coordinator). The
+    attempt is over; everything to report was reported. Returns when JAX is not in use.
+    """
+    if code == 0 or "jax" not in sys.modules:
+        return
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

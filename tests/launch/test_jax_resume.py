@@ -86,6 +86,10 @@ def test_a_jax_worker_killed_mid_epoch_restarts_every_process_and_ends_exactly(
     for key in COMPARED:
         assert result[key] == uninterrupted[key], f"{key} differs from the uninterrupted run"
     assert result["resumed_after"] == {"0": epoch - 1, "1": epoch - 1}
+    # The survivor left its failed collective and exited at once (143, "retry me"), instead
+    # of waiting in JAX's shutdown barrier for the dead peer while still connected.
+    assert "training raised after the job began to restart" in output
+    assert "did not reach on_train_end" not in output
     # Every process of the first attempt was replaced, around a new coordination service.
     processes = result["processes"]
     assert sorted(rank for rank, _, _ in processes) == [0, 0, 1, 1]

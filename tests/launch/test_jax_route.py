@@ -134,3 +134,45 @@ def test_two_jax_processes_equal_one_including_the_early_stop_and_the_saved_mode
     assert saves[1] == []
     assert saves[0]
     assert set(saves[0]) == {str(tmp_path / "best_model.keras")}
+
+
+LAUNCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "jax_fit.py")
+
+
+def launch_jax(tmp_path, nproc: int, epochs: int) -> tuple[dict, list[dict]]:
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    history_path = tmp_path / f"history-{nproc}.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "distcb", "launch", "--nproc-per-node", str(nproc)]
+        + ["--keras-distribution", "--history", str(history_path), LAUNCH_SCRIPT, str(epochs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"),
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    workers = [json.loads(line) for line in re.findall(r"jax_fit result (.*)$", output, re.M)]
+    return json.loads(history_path.read_text()), sorted(workers, key=lambda w: w["rank"])
+
+
+def test_distcb_launch_keras_distribution_trains_one_model_on_jax(tmp_path):
+    epochs = 6
+    history, workers = launch_jax(tmp_path, 2, epochs)
+    # Both processes joined one JAX job on Keras's JAX backend and logged the job's losses.
+    assert [(w["rank"], w["processes"], w["backend"]) for w in workers] == [
+        (0, 2, "jax"),
+        (1, 2, "jax"),
+    ]
+    for worker in workers:
+        assert worker["loss"] == history["history"]["loss"]
+    # The coordinator's ReduceLROnPlateau(min_delta=1) halves the rate at every epoch end from
+    # the second on (logged before each cut), on every process at once.
+    expected = [0.001, *[0.001 * 0.5**e for e in range(epochs - 1)]]
+    assert history["history"]["learning_rate"] == pytest.approx(expected)
+    final = [w["final_learning_rate"] for w in workers]
+    assert final == pytest.approx([0.001 * 0.5 ** (epochs - 1)] * 2)
