@@ -40,6 +40,7 @@ MODULES = [
     "bench_validation",
     "bench_coordinator_load",
     "bench_resume",
+    "bench_jax",
 ]
 
 
