@@ -159,7 +159,7 @@ def main(quick: bool = False) -> str:
         f"Command: `python bench/bench_jax.py` (also run by `make bench`). {header}",
         "",
         f"`examples/moons_jax.py`'s training (one 30-sample step and the 70-sample validation "
-        f"per epoch), {epochs} epochs, {rounds} rounds in rotating order; per run the median "
+        f"per epoch), {epochs} epochs, {rounds} round(s) in rotating order; per run the median "
         "time from one epoch's begin to the next (the slowest process; the first 10 epochs "
         "skipped). Keras 3 JAX backend, CPU, gloo collectives between the processes.",
         "",

@@ -40,7 +40,8 @@ DESCRIPTION = """\
 Run an ordinary training script on several workers: a coordinator (on node 0) runs the
 job's callbacks once, on logs aggregated over every worker, and each worker runs
 `python SCRIPT ARGS...` with its rank, the coordinator's address and the job's token in
-its environment (DISTCB_*; TF_CONFIG too with --tf-config).
+its environment (DISTCB_*; TF_CONFIG too with --tf-config; KERAS_BACKEND=jax and
+KERAS_DISTRIBUTION_* with --keras-distribution, for Keras 3 `fit` on JAX).
 
 Coordinator callbacks: --callbacks MODULE:FUNCTION | FILE.py:FUNCTION | :FUNCTION (a
 function of the script, loaded without running its `if __name__ == "__main__":` block);
