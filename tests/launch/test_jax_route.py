@@ -11,6 +11,9 @@ numbers in another order (a global batch assembled from two shards); loss and va
 agree within 3.6e-7 relative. The test allows 5e-6, about 14x the gap and below the
 3.4e-5 margin by which val_loss at epoch 116 stays the best (an early stop at another
 epoch fails it). Accuracies are counts over 30 and 70 samples and must be equal.
+
+`distcb launch --keras-distribution` runs an ordinary script (tests/launch/scripts/jax_fit.py)
+the same way: one JAX job, the coordinator's decisions on every process.
 """
 
 from __future__ import annotations
