@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install browser run run-replicas run-loss-history test fuzz chaos lint bench k8s clean
+.PHONY: install browser run run-replicas run-loss-history run-jax test fuzz chaos lint bench k8s clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ run-replicas: $(STAMP)
 
 run-loss-history: $(STAMP)
 	$(PY) examples/loss_history.py
+
+# The same, in Keras 3 `fit` on 2 JAX processes (keras.distribution); the single process's Train/Test.
+run-jax: $(STAMP)
+	$(PY) examples/moons_jax.py
 
 test: $(STAMP) browser
 	$(PY) -m pytest

@@ -42,6 +42,7 @@ MODULES = [
     "bench_resume",
     "bench_chaos",
     "bench_viewers",
+    "bench_jax",
 ]
 
 

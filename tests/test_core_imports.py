@@ -5,7 +5,7 @@ what loads)."""
 import subprocess
 import sys
 
-OPTIONAL = ["ray", "keras", "tf_keras", "tensorflow", "aiohttp", "h5py", "tensorboardX"]
+OPTIONAL = ["ray", "keras", "tf_keras", "tensorflow", "jax", "aiohttp", "h5py", "tensorboardX"]
 
 
 def test_core_imports_no_optional_dependency():

@@ -7,8 +7,10 @@ inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -158,11 +160,51 @@ def is_keras3(model: Any) -> bool:
 
 
 def is_synchronous(model: Any) -> bool:
-    """Whether the workers train one model together (MultiWorkerMirroredStrategy): then
-    the chief alone holds the weights to back up, and every worker restores its backup."""
+    """Whether the workers train one model together (MultiWorkerMirroredStrategy, or Keras 3
+    on JAX with a ``keras.distribution`` over several processes): then the chief alone
+    holds the weights to back up, and every worker restores its backup."""
     strategy = getattr(model, "distribute_strategy", None)
     name = type(strategy).__name__ if strategy is not None else ""
-    return "MultiWorkerMirrored" in name or "CollectiveAllReduce" in name
+    if "MultiWorkerMirrored" in name or "CollectiveAllReduce" in name:
+        return True
+    return not _is_tf_keras(model) and _jax_distribution_spans_processes()
+
+
+@contextlib.contextmanager
+def writing_alone(model: Any) -> Iterator[None]:
+    """Around a save that one process makes alone (the chief's model files and backups).
+
+    Keras 3's saving creates Keras variables of its own (3.15's ``saving_lib`` builds a
+    reference optimizer); under a ``keras.distribution`` that spans processes, creating a
+    variable is a collective on JAX (``device_put`` checks that every process passes the
+    same value), which the processes that do not save never join: the save would fail,
+    or pair with another collective of theirs. So the save runs with the distribution
+    unset; Keras keeps it per thread, and decisions are applied on the training thread,
+    so training's own setting is back before its next step. The weights it writes are
+    read from this process's replica, which holds all of them under ``DataParallel``.
+    """
+    if _is_tf_keras(model) or not _jax_distribution_spans_processes():
+        yield
+        return
+    import keras
+
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+def _jax_distribution_spans_processes() -> bool:
+    if "jax" not in sys.modules or "keras" not in sys.modules:
+        return False  # neither is imported here by a worker on another route
+    import jax
+    import keras
+
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is None:
+        return False
+    return bool(jax.process_count() > 1)
 
 
 def save_training_state(model: Any, directory: str) -> None:

@@ -7,9 +7,10 @@ in a Keras 3 worker.
 
 from typing import Any
 
+from distcb.keras.data_parallel import jax_data_parallel
 from distcb.keras.worker_callback import WorkerCallback
 
-__all__ = ["PersistentValidation", "WorkerCallback"]
+__all__ = ["PersistentValidation", "WorkerCallback", "jax_data_parallel"]
 
 
 def __getattr__(name: str) -> Any:

@@ -126,7 +126,8 @@ class ChiefTensorBoardWork:
         os.close(fd)
         os.unlink(tmp)
         try:
-            self.model.save_weights(tmp)
+            with keras_models.writing_alone(self.model):  # the chief alone: see there
+                self.model.save_weights(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

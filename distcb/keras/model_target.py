@@ -60,17 +60,19 @@ class KerasModelTarget:
         os.close(fd)
         os.unlink(tmp)  # Keras refuses to overwrite some formats silently: let it create it
         try:
-            if weights_only:
-                self.model.save_weights(tmp)
-            else:
-                self.model.save(tmp)
+            with keras_models.writing_alone(self.model):
+                if weights_only:
+                    self.model.save_weights(tmp)
+                else:
+                    self.model.save(tmp)
             os.replace(tmp, filepath)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
     def save_state(self, directory: str) -> None:
-        keras_models.save_training_state(self.model, directory)
+        with keras_models.writing_alone(self.model):
+            keras_models.save_training_state(self.model, directory)
 
     def load_state(self, directory: str) -> None:
         keras_models.load_training_state(self.model, directory)

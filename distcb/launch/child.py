@@ -76,4 +76,8 @@ def main(spec_path: str) -> int:
 if __name__ == "__main__":
     _launcher = os.environ.get(ENV_LAUNCHER_PID)
     die_with_parent(int(_launcher) if _launcher and _launcher.isdigit() else None)
-    sys.exit(main(sys.argv[1]))
+    _code = main(sys.argv[1])
+    from distcb.launch.keras_distribution import exit_past_jax_shutdown
+
+    exit_past_jax_shutdown(_code)
+    sys.exit(_code)

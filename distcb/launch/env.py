@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from distcb.launch.keras_distribution import keras_distribution_env
 from distcb.worker.cluster import tf_config_json
 from distcb.worker.context import WorkerContext
 
@@ -18,13 +19,16 @@ def worker_env(
     tf_cluster: Sequence[str] | None = None,
     threads: int | None = None,
     gpus: Sequence[int] | None = None,
+    keras_distribution: str | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """What to set in a worker's environment: ``(variables, defaults)``.
 
     `variables` override what the worker inherits (the ``DISTCB_*`` variables,
     ``TF_CONFIG`` when `tf_cluster` lists the workers' collective addresses,
-    ``CUDA_VISIBLE_DEVICES`` for `gpus`); `defaults` only fill in what is unset
-    (quiet TensorFlow, `threads` per worker).
+    ``CUDA_VISIBLE_DEVICES`` for `gpus`, Keras 3's JAX backend and its
+    ``keras.distribution`` coordinates when `keras_distribution` names rank 0's
+    coordination address); `defaults` only fill in what is unset (quiet TensorFlow,
+    `threads` per worker, gloo CPU collectives).
     """
     variables = dict(extra or {})
     variables.update(context.to_env())
@@ -35,6 +39,12 @@ def worker_env(
     if gpus is not None:
         variables["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     defaults = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    if keras_distribution is not None:
+        jax_variables, jax_defaults = keras_distribution_env(
+            context.rank, context.world_size, keras_distribution
+        )
+        variables.update(jax_variables)
+        defaults.update(jax_defaults)
     if threads is not None:
         defaults.update({name: str(threads) for name in THREAD_VARIABLES})
     return variables, defaults

@@ -44,7 +44,8 @@ DESCRIPTION = """\
 Run an ordinary training script on several workers: a coordinator (on node 0) runs the
 job's callbacks once, on logs aggregated over every worker, and each worker runs
 `python SCRIPT ARGS...` with its rank, the coordinator's address and the job's token in
-its environment (DISTCB_*; TF_CONFIG too with --tf-config).
+its environment (DISTCB_*; TF_CONFIG too with --tf-config; KERAS_BACKEND=jax and
+KERAS_DISTRIBUTION_* with --keras-distribution, for Keras 3 `fit` on JAX).
 
 Coordinator callbacks: --callbacks MODULE:FUNCTION | FILE.py:FUNCTION | :FUNCTION (a
 function of the script, loaded without running its `if __name__ == "__main__":` block);
@@ -130,6 +131,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="give every worker TF_CONFIG listing every worker of the job, for "
         "tf.distribute.MultiWorkerMirroredStrategy (synchronous training)",
+    )
+    launch.add_argument(
+        "--keras-distribution",
+        action="store_true",
+        help="run every worker on Keras 3's JAX backend with its keras.distribution "
+        "coordinates (KERAS_BACKEND=jax, KERAS_DISTRIBUTION_*; rank 0 hosts JAX's "
+        "coordination service), for distcb.keras.jax_data_parallel() (synchronous training)",
     )
     launch.add_argument(
         "--threads-per-worker",
@@ -251,6 +259,11 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         raise UsageError(
             f"--max-restarts and --resume work on one node for now, received --nnodes {nnodes}"
         )
+    if options.tf_config and options.keras_distribution:
+        raise UsageError(
+            "--tf-config (MultiWorkerMirroredStrategy) and --keras-distribution (Keras 3 on "
+            "JAX) are two ways to train one model; choose one"
+        )
     script_path = _script_path(options.script, options.module)
     command = (
         (sys.executable, "-m", options.script, *options.script_args)
@@ -281,6 +294,7 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         callbacks=tuple(callbacks),
         config=config,
         tf_config=options.tf_config,
+        keras_distribution=options.keras_distribution,
         threads_per_worker=options.threads_per_worker,
         gpus_per_worker=options.gpus_per_worker,
         run_dir=os.path.abspath(options.run_dir) if options.run_dir else None,

@@ -98,6 +98,9 @@ class NodePlan:
         callbacks: the coordinator's callbacks (node 0).
         config: timeouts and limits; the other nodes take node 0's.
         tf_config: give every worker ``TF_CONFIG`` (MultiWorkerMirroredStrategy).
+        keras_distribution: run every worker on Keras 3's JAX backend with its
+            ``keras.distribution`` coordinates; JAX's coordination service listens at
+            rank 0's collective address.
         threads_per_worker: TensorFlow/OpenMP threads per worker (default: the CPUs / the
             local workers).
         gpus_per_worker: whole GPUs per worker (``CUDA_VISIBLE_DEVICES`` by local rank).
@@ -125,6 +128,7 @@ class NodePlan:
     callbacks: tuple[Any, ...] = field(default=(), repr=False)
     config: Config = field(default_factory=Config)
     tf_config: bool = False
+    keras_distribution: bool = False
     threads_per_worker: int | None = None
     gpus_per_worker: int | None = None
     run_dir: str | None = None
@@ -420,6 +424,7 @@ class NodeLauncher:
         self._spawned = (cluster, address, token)
         first = cluster.first_rank(plan.node_rank)
         tf_cluster = cluster.worker_addresses() if plan.tf_config else None
+        jax_address = cluster.worker_addresses()[0] if plan.keras_distribution else None
         threads = plan.threads_per_worker or max(1, (os.cpu_count() or 1) // plan.nproc_per_node)
         gpus = plan.gpus_per_worker
         loop = asyncio.get_running_loop()
@@ -440,6 +445,7 @@ class NodeLauncher:
                 tf_cluster=tf_cluster,
                 threads=threads,
                 gpus=None if gpus is None else range(local_rank * gpus, (local_rank + 1) * gpus),
+                keras_distribution=jax_address,
             )
             env = {**defaults, **os.environ, **variables, "PYTHONUNBUFFERED": "1"}
             child = ChildProcess(rank, plan.command, env, self._out)

@@ -23,6 +23,9 @@ class LaunchOptions:
 
     Attributes:
         tf_config: set ``TF_CONFIG`` on every worker for MultiWorkerMirroredStrategy.
+        keras_distribution: run every worker on Keras 3's JAX backend with its
+            ``keras.distribution`` coordinates (``KERAS_DISTRIBUTION_*``; a fresh coordinator
+            port for every attempt), for `distcb.keras.jax_data_parallel` (process backend).
         gpus_per_worker: GPUs each worker gets (process backend: whole GPUs, given through
             ``CUDA_VISIBLE_DEVICES``; Ray: reserved per actor, fractions allowed).
         cpus_per_worker: CPUs each worker reserves (Ray; logical CPUs).
@@ -37,6 +40,7 @@ class LaunchOptions:
     """
 
     tf_config: bool = False
+    keras_distribution: bool = False
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
     threads_per_worker: int | None = None
@@ -54,6 +58,16 @@ class LaunchOptions:
                 raise TypeError(f"{name} must be a bool, received {getattr(self, name)!r}")
         if not isinstance(self.tf_config, bool):
             raise TypeError(f"tf_config must be a bool, received {self.tf_config!r}")
+        if not isinstance(self.keras_distribution, bool):
+            raise TypeError(
+                f"keras_distribution must be a bool, received {self.keras_distribution!r}"
+            )
+        if self.tf_config and self.keras_distribution:
+            raise ValueError(
+                "tf_config=True (TensorFlow's MultiWorkerMirroredStrategy) and "
+                "keras_distribution=True (Keras 3 on JAX) are two ways to train one model; "
+                "choose one"
+            )
         for name in ("gpus_per_worker", "cpus_per_worker"):
             value = getattr(self, name)
             if value is not None and (

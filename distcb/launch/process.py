@@ -19,6 +19,7 @@ from distcb.launch import interrupt, spec
 from distcb.launch.child import ENV_LAUNCHER_PID
 from distcb.launch.children import ChildProcess, describe_exit, stop_all
 from distcb.launch.env import worker_env
+from distcb.launch.keras_distribution import AttemptPorts
 from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.launch.progress import JobProgress, is_interactive
 from distcb.protocol import exit_codes
@@ -26,7 +27,16 @@ from distcb.protocol.config import Config
 from distcb.worker.context import WorkerContext
 
 SUPPORTED_OPTIONS = frozenset(
-    {"tf_config", "gpus_per_worker", "threads_per_worker", "run_dir", "env", "output", "progress"}
+    {
+        "tf_config",
+        "keras_distribution",
+        "gpus_per_worker",
+        "threads_per_worker",
+        "run_dir",
+        "env",
+        "output",
+        "progress",
+    }
 )
 
 
@@ -94,8 +104,11 @@ async def launch(
                 )
             ports = free_ports(num_workers) if options.tf_config else []
             threads = options.threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
+            jax_ports = AttemptPorts() if options.keras_distribution else None
 
             def environment(rank: int) -> dict[str, str]:
+                # A restart starts every process again, around a new JAX coordination service.
+                jax_address = None if jax_ports is None else jax_ports.address(group.attempt)
                 context = WorkerContext(
                     rank=rank,
                     world_size=num_workers,
@@ -110,6 +123,7 @@ async def launch(
                     tf_cluster=[f"127.0.0.1:{p}" for p in ports] if ports else None,
                     threads=threads,
                     gpus=None if gpus is None else range(rank * int(gpus), (rank + 1) * int(gpus)),
+                    keras_distribution=jax_address,
                 )
                 child_env = {**defaults, **os.environ, **variables}
                 child_env["PYTHONUNBUFFERED"] = "1"

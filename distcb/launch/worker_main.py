@@ -27,6 +27,7 @@ The process backend's child does the same for the workers `distcb.run` starts
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import traceback
@@ -44,6 +45,7 @@ from distcb.worker.context import WorkerHost, context_from_env, hosting
 __all__ = ["worker_main"]
 
 _POLL_S = 0.05
+_GLOO_FAILED = re.compile(r"\bGloo \w+ failed\b")
 
 
 def worker_main(main: Callable[[], int | None]) -> int:
@@ -110,9 +112,11 @@ def exit_code_of(host: WorkerHost, error: BaseException, *, print_traceback: boo
 
 
 def peer_lost(error: BaseException) -> bool:
-    """Whether `error` (or what caused it) is TensorFlow's sign that a collective peer
-    went away: ``UnavailableError``, which MultiWorkerMirroredStrategy raises once any
-    worker is unreachable. Read by name: distcb does not import TensorFlow for it."""
+    """Whether `error` (or what caused it) is a collective's sign that a peer went away:
+    TensorFlow's ``UnavailableError``, which MultiWorkerMirroredStrategy raises once any
+    worker is unreachable, or a failed gloo collective of JAX's CPU backend (a peer
+    process that died resets its connections: "Gloo AllReduce failed: ... Connection
+    reset by peer"). Read by name and message: distcb imports neither for it."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -120,6 +124,8 @@ def peer_lost(error: BaseException) -> bool:
         for cls in type(current).__mro__:
             if cls.__name__ == "UnavailableError" and cls.__module__.startswith("tensorflow"):
                 return True
+        if _GLOO_FAILED.search(str(current)):
+            return True
         current = current.__cause__ or current.__context__
     return False
 

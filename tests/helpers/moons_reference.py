@@ -1,12 +1,14 @@
 """The seed's moons run in one plain tf_keras process: the reference distributed runs must equal.
 
-    python moons_reference.py OUT.json --epochs E [--patience P] [--checkpoint PATH] [--keras3]
+    python moons_reference.py OUT.json --epochs E [--patience P] [--checkpoint PATH]
+        [--keras3 | --jax]
 
 Writes {"history": {...}, "epochs": n, "train_accuracy_of_saved": a, "test_accuracy_of_saved":
 b}: fit's per-epoch logs, how many epochs ran, and (with --checkpoint) the saved best model's
 accuracy on the training and the validation set (the seed's "Train: a, Test: b"). Same model,
-seed, data and compile as examples/moons.py (tf_keras, the seed's Keras 2 API) or, with
---keras3, as examples/moons_sync_keras3.py. Tests start it with `Reference`.
+seed, data and compile as examples/moons.py (tf_keras, the seed's Keras 2 API), with
+--keras3 as examples/moons_sync_keras3.py, with --jax as examples/moons_jax.py (Keras 3 on
+its JAX backend, one process, no distribution). Tests start it with `Reference`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples")
 class Reference:
     """This script in a subprocess (so that it runs while a distributed job does)."""
 
-    def __init__(self, tmp_path, epochs: int, patience: int | None = None, keras3: bool = False):
+    def __init__(
+        self,
+        tmp_path,
+        epochs: int,
+        patience: int | None = None,
+        keras3: bool = False,
+        jax: bool = False,
+    ):
         self.out = tmp_path / "reference.json"
         command = [
             sys.executable,
@@ -34,9 +43,10 @@ class Reference:
             "--epochs",
             str(epochs),
         ]
-        suffix = ".keras" if keras3 else ".h5"
+        suffix = ".keras" if keras3 or jax else ".h5"
         command += ["--checkpoint", str(tmp_path / f"reference_best{suffix}")]
         command += ["--keras3"] if keras3 else []
+        command += ["--jax"] if jax else []
         if patience is not None:
             command += ["--patience", str(patience)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -66,7 +76,11 @@ def main() -> None:
     parser.add_argument("--patience", type=int)
     parser.add_argument("--checkpoint")
     parser.add_argument("--keras3", action="store_true")
+    parser.add_argument("--jax", action="store_true")
     options = parser.parse_args()
+    if options.jax:  # before Keras is first imported
+        os.environ["KERAS_BACKEND"] = "jax"
+        options.keras3 = True
 
     sys.path.insert(0, EXAMPLES)
     import importlib

@@ -23,6 +23,8 @@ def train() -> None:  # never runs: every call below is refused first
         ("process", "ray_init", {"num_cpus": 2}),
         ("ray", "threads_per_worker", 2),
         ("ray", "output", io.StringIO()),
+        ("ray", "keras_distribution", True),
+        ("thread", "keras_distribution", True),
     ],
 )
 def test_an_option_the_backend_does_not_support_is_a_type_error(backend, option, value):
@@ -60,6 +62,10 @@ def test_values_are_checked_when_the_options_are_made():
         LaunchOptions(env={"A": 1})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="tf_config must be a bool, received 'yes'"):
         LaunchOptions(tf_config="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="keras_distribution must be a bool, received 1"):
+        LaunchOptions(keras_distribution=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tf_config=True .* and keras_distribution=True .*"):
+        LaunchOptions(tf_config=True, keras_distribution=True)
     with pytest.raises(AttributeError):  # frozen: one value shared by run, Ray and Tune
         LaunchOptions().run_dir = "x"  # type: ignore[misc]
 

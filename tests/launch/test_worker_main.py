@@ -165,6 +165,20 @@ def test_peer_lost_recognises_tensorflows_unavailable_error_and_its_causes():
     assert not peer_lost(UnavailableError())
 
 
+def test_peer_lost_recognises_a_failed_gloo_collective_of_jax():
+    # What a JAX process raised here when its peer was SIGKILLed (jax 0.10, CPU, gloo).
+    error = ValueError(
+        "UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/pair.cc:538] "
+        "Read error [127.0.0.1]:57024: Connection reset by peer"
+    )
+    assert peer_lost(error)
+    wrapped = RuntimeError("raised by Keras while handling it")
+    wrapped.__context__ = RuntimeError("INTERNAL: Gloo AllReduce failed: Connection closed")
+    assert peer_lost(wrapped)
+    assert not peer_lost(ValueError("Gloo is not configured"))
+    assert not peer_lost(ValueError("the Glood AllReduce failed"))
+
+
 class _Told:
     """A host that heard the coordinator's verdict (`WorkerHost.verdict`), and nothing more."""
 
