@@ -62,7 +62,8 @@ def run(
             ``threads_per_worker``, ``run_dir``, ``env``, ``output``; ray: ``tf_config``,
             ``gpus_per_worker``, ``cpus_per_worker``, ``resources_per_worker``,
             ``runtime_env``, ``run_dir``, ``env``, ``ray_init``; thread: ``run_dir``).
-            ``progress=False`` (process and thread) turns off the progress line on stderr (`distcb.launch.progress`).
+            ``progress=False`` (process and thread) turns off the progress line on
+            stderr (`distcb.launch.progress`).
 
     Notebooks and other code with a running event loop: the job then runs on a private
     thread with its own loop, and this call waits for it (or ``await distcb.arun(...)``).
