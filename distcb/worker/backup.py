@@ -131,7 +131,7 @@ class BackupStore:
             )
             raise IntegrityError(
                 where,
-                f"{problem}. Rank {self.rank} cannot go on from its backup of epoch {epoch}: "
+                f"{problem}. rank {self.rank} cannot go on from its backup of epoch {epoch}: "
                 f"remove epoch-{epoch:08d}.committed from the journal's directory (the run "
                 "directory's state/) to go on from the generation before",
             ) from None

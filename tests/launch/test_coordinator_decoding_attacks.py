@@ -76,7 +76,7 @@ async def test_a_frame_of_millions_of_empty_maps_is_refused_before_it_is_decoded
         await honest.close()
     assert f"code {close_codes.POLICY_VIOLATION}" in reason, reason
     assert "Config.max_decoded_elements" in abort.reason, abort.reason
-    assert "[Rank 0]" in abort.reason, abort.reason
+    assert "rank 0" in abort.reason, abort.reason
     assert peak_mb - baseline_mb < RSS_MARGIN_MB, (baseline_mb, peak_mb)
     assert poller.worst_s < HEALTH_STALL_S, (poller.worst_s, poller.failures)
     assert status[0] == 200, status  # only that connection was closed: the server serves on

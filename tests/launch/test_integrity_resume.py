@@ -131,7 +131,7 @@ def test_a_chief_lost_after_the_train_end_reply_is_a_failure_of_that_rank(
         ),
         expect_ok=max_restarts > 0,
     )
-    named = "[Rank 0] disconnected"
+    named = "rank 0 disconnected"
     assert named in output
     assert "after the train end but before it said it was done" in output
     if max_restarts == 0:
