@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from distcb.coordinator.journal import Journal, JournalEntry, describe_job
+from distcb.coordinator.journal import Journal, JournalEntry, describe_job, remove_temporaries
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder
 from distcb.coordinator.status import describe
 from distcb.protocol.decisions import AnyDecision, BackupModel, Decision, EffectPoint
@@ -185,6 +185,8 @@ class Recovery:
             DistcbError: it holds this job's journal and `resume` is False.
         """
         journal = self.journal
+        # What a killed write left (never read: no entry name); nothing writes here yet.
+        await asyncio.to_thread(remove_temporaries, journal.directory)
         if await asyncio.to_thread(journal.check_job):
             entry = await asyncio.to_thread(journal.latest)
             if entry is not None and not self.resume:

@@ -144,6 +144,8 @@ class CommitProtocol(RuleBasedStateMachine):
             backup_every_epochs=1,
         )
         self._go_on(asyncio.run(self.recovery.open()))
+        state = os.path.join(self.run_dir, "state")
+        assert not [n for n in os.listdir(state) if n.startswith(".tmp-")]  # a killed write's
 
     def _go_on(self, entry: JournalEntry | None) -> None:
         """Set the sink and the workers back to `entry` (None: to how the job began)."""
