@@ -179,9 +179,9 @@ def main(quick: bool = False) -> str:
         ),
         "",
         f"distcb's share with 2 processes (distcb over the same job with Keras's callbacks on "
-        f"every process), per round: {spread(share)}. This model's step is tiny: what "
-        "separates 2 processes from one is the gloo all-reduce and the assembly of the global "
-        "batch over loopback, every step, on two busy cores.",
+        f"every process), per round: {spread(share)}. This model's step is tiny; the "
+        "2-process runs add a gloo all-reduce and the assembly of the global batch over "
+        "loopback to every step (not profiled apart here).",
         "",
     ]
     return "\n".join(lines)
