@@ -259,6 +259,12 @@ def plan_from_options(options: argparse.Namespace) -> NodePlan:
         raise UsageError(
             f"--max-restarts and --resume work on one node for now, received --nnodes {nnodes}"
         )
+    if (options.max_restarts or options.resume) and options.keras_distribution:
+        raise UsageError(
+            "--max-restarts and --resume do not work with --keras-distribution yet (a restart "
+            "needs a new JAX coordination port per attempt); use distcb.run(keras_distribution="
+            "True, max_restarts=N), which gives each attempt one"
+        )
     if options.tf_config and options.keras_distribution:
         raise UsageError(
             "--tf-config (MultiWorkerMirroredStrategy) and --keras-distribution (Keras 3 on "
