@@ -147,9 +147,11 @@ def install_coordinator() -> None:
     around an entry, ``commit_begin``/``commit_end`` around a commit marker."""
     if _settings() is None:
         return
-    from distcb.coordinator import journal
+    # The journal writes its entries and commit markers through the integrity module's
+    # `write_atomically` (sealed files); the worker processes are not hooked here.
+    from distcb.protocol import integrity as journal
 
-    original = journal._write_atomically
+    original = journal.write_atomically
     holding: dict[str, float] = {"s": 0.0}
 
     def write_atomically(directory: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -180,7 +182,7 @@ def install_coordinator() -> None:
     proxy.replace = replace  # type: ignore[attr-defined]
     with contextlib.suppress(AttributeError):
         journal.os = proxy  # type: ignore[attr-defined]
-    journal._write_atomically = write_atomically  # type: ignore[assignment]
+    journal.write_atomically = write_atomically  # type: ignore[assignment]
     mark("launcher_start")
 
 
