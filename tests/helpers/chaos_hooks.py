@@ -123,7 +123,9 @@ def install_worker(rank: int) -> _WorkerHooks:
 
         original = backup.BackupStore.write_epoch
 
-        def write_epoch(self: Any, epoch: int, save: Callable[[str], None]) -> None:
+        def write_epoch(
+            self: Any, epoch: int, save: Callable[[str], None], *args: Any, **kwargs: Any
+        ) -> None:
             hold_s = _hold_for("backup", rank, epoch)
 
             def held_save(directory: str) -> None:
@@ -132,7 +134,7 @@ def install_worker(rank: int) -> _WorkerHooks:
                 time.sleep(hold_s / 2)  # its files are written, not yet renamed
 
             mark("backup_begin", rank, epoch)
-            original(self, epoch, held_save)
+            original(self, epoch, held_save, *args, **kwargs)
             mark("backup_end", rank, epoch)
 
         backup.BackupStore.write_epoch = write_epoch  # type: ignore[method-assign]
