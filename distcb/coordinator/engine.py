@@ -241,16 +241,32 @@ class Coordinator:
         traceback_text: str | None = None,
         *,
         retryable: bool = True,
+        attempt: int | None = None,
     ) -> None:
-        """A launcher saw worker `rank` die (exit code, dead actor). Call on the event loop."""
+        """A launcher saw worker `rank` die (exit code, dead actor). Call on the event loop.
+
+        `attempt` is the attempt the launcher started that process for: a report about an
+        attempt that has ended (a survivor exiting "retry me" as told, seen only once the
+        restart began) is no failure of the next one, and is dropped."""
+        if attempt is not None and attempt != self.attempt:
+            return
         self.roster.report_lost(rank, reason, traceback_text, retryable=retryable)
 
     async def report_exit(
-        self, rank: int, reason: str, traceback_text: str | None = None, *, retryable: bool = True
+        self,
+        rank: int,
+        reason: str,
+        traceback_text: str | None = None,
+        *,
+        retryable: bool = True,
+        attempt: int | None = None,
     ) -> None:
         """A launcher saw worker `rank`'s process end: once what it sent before it ended
         has been read (bounded by `Config.reply_timeout_s`), it is lost unless it said
-        goodbye. A clean exit right after its last message is therefore no failure."""
+        goodbye. A clean exit right after its last message is therefore no failure.
+        `attempt`: as for `report_lost`."""
+        if attempt is not None and attempt != self.attempt:
+            return
         roster = self.roster
         await roster.wait_disconnected(rank, self.config.reply_timeout_s)
         if rank not in roster.workers:  # it never joined, yet ended without an error

@@ -226,12 +226,14 @@ class _WorkerGroup(JobListener):
         code = await asyncio.to_thread(child.process.wait)
         if child.attempt != self.attempt:
             return
-        coordinator = self.coordinator
+        coordinator, attempt = self.coordinator, child.attempt
         if code == 0:
             await coordinator.report_exit(
-                child.rank, "exited before it finished training (exit code 0)"
+                child.rank, "exited before it finished training (exit code 0)", attempt=attempt
             )
             return
+        # Reading the failure file awaits: the job may restart meanwhile, and this process
+        # was then one of the ended attempt (the coordinator drops its report by `attempt`).
         data = await asyncio.to_thread(spec.read_failure, self.spec_dir, child.rank)
         if data is not None:  # its training function raised: a restart would raise again
             coordinator.report_lost(
@@ -239,13 +241,18 @@ class _WorkerGroup(JobListener):
                 f"raised {data.get('error')}",
                 data.get("traceback"),
                 retryable=False,
+                attempt=attempt,
             )
         elif code < 0:
-            coordinator.report_lost(child.rank, describe_exit(code))
+            coordinator.report_lost(child.rank, describe_exit(code), attempt=attempt)
         elif code == exit_codes.PREEMPTED:
-            coordinator.report_lost(child.rank, "exited with code 143 (preempted or interrupted)")
+            coordinator.report_lost(
+                child.rank, "exited with code 143 (preempted or interrupted)", attempt=attempt
+            )
         else:
-            coordinator.report_lost(child.rank, f"exited with code {code}", retryable=False)
+            coordinator.report_lost(
+                child.rank, f"exited with code {code}", retryable=False, attempt=attempt
+            )
 
 
 def _spawn(rank: int, spec_path: str, env: dict[str, str], out: TextIO) -> _Child:

@@ -225,6 +225,51 @@ async def test_a_worker_lost_before_it_joined_restarts_the_job(tmp_path, uninter
     assert csv.count(b"\n") == len(VAL) + 1  # the header and every epoch
 
 
+async def test_a_late_report_about_the_ended_attempt_does_not_fail_the_next_one(
+    tmp_path, uninterrupted
+):
+    """A survivor told to restart exits "retry me"; its launcher may report that exit only
+    once the next attempt has begun (CI saw it: the report read a file first). Reported
+    with the attempt it belongs to, it is dropped; it must not fail the new attempt's join."""
+    chain = [CSVLogger(os.path.join(tmp_path, "log.csv"))]
+    coordinator = Coordinator(
+        chain, world_size=2, config=CONFIG, state_dir=str(tmp_path / "state"), max_restarts=1
+    )
+    tasks = []
+
+    def start(ranks):
+        for rank in ranks:
+            worker = ScriptedWorker(
+                rank=rank,
+                world_size=2,
+                epoch_logs=[{"loss": 1.0 - 0.1 * e, "val_loss": v} for e, v in enumerate(VAL)],
+                config=CONFIG,
+                run_dir=str(tmp_path),
+            )
+            coordinator_end, worker_end = connection_pair(f"worker {rank}")
+            tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
+            tasks.append(asyncio.create_task(worker.run(worker_end)))
+
+    class Restarter(JobListener):
+        def restarting(self, attempt, failure):
+            assert coordinator.attempt == attempt + 1
+            coordinator.report_lost(1, "exited with code 143 (preempted)", attempt=attempt)
+            asyncio.get_running_loop().create_task(
+                coordinator.report_exit(1, "exited with code 0", attempt=attempt)
+            )
+            start([0, 1])
+
+    coordinator.add_listener(Restarter())
+    start([1])
+    coordinator.report_lost(0, "was killed by SIGKILL before it joined", attempt=0)
+    try:
+        history = await coordinator.run()
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert history.epoch == list(range(len(VAL)))
+    assert [f.rank for f in coordinator.failures] == [0]
+
+
 def test_a_worker_lost_before_its_goodbye_runs_the_train_end_again(
     tmp_path, uninterrupted, monkeypatch
 ):
