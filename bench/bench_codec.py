@@ -471,7 +471,7 @@ def child_workers(
         try:
             await connection.send(wire.join(rank, workers, INGEST_EPOCHS, steps))
             start = await reply("start:")
-            if start.window_steps != window:
+            if start.ahead_steps != window:
                 raise AssertionError(f"rank {rank}: the coordinator's window is not {window}")
             for epoch, epoch_frames in enumerate(frames):
                 for last_step, data in epoch_frames:

@@ -46,7 +46,13 @@ from distcb.coordinator.roster import Roster, WorkerLost
 from distcb.coordinator.runtime import JobState, Runtime
 from distcb.coordinator.status import CALLBACK_NOTE, RECENT, describe, job_status
 from distcb.protocol.config import Config
-from distcb.protocol.decisions import BackupModel, Decision, EffectPoint, StopTraining
+from distcb.protocol.decisions import (
+    BackupModel,
+    Decision,
+    EffectPoint,
+    StopTraining,
+    batch_effect_step,
+)
 from distcb.protocol.errors import (
     AggregationError,
     DistcbError,
@@ -74,7 +80,7 @@ from distcb.protocol.messages import (
     TrainEndReply,
     WorkerFailed,
 )
-from distcb.transport.base import Connection
+from distcb.protocol.connection import Connection
 
 logger = logging.getLogger("distcb.coordinator")
 _T = TypeVar("_T")
@@ -529,7 +535,7 @@ class Coordinator:
             return
         start = Start(
             decisions=tuple(decisions),  # type: ignore[arg-type]
-            window_steps=flow_window,
+            ahead_steps=flow_window,
             want_batch_logs=want_batch_logs,
             histogram_freq=self.callbacks.histogram_freq,
             want_model_json=self.callbacks.wants_model_json,
@@ -916,7 +922,9 @@ class Coordinator:
             logger.error("%s", reason)
             window = self.recorder.window_steps
             if self.phase is Phase.TRAINING and window is not None:
-                at = EffectPoint.batch(self.epoch, self._merger.processed_step + window + 1)
+                at = EffectPoint.batch(
+                    self.epoch, batch_effect_step(self._merger.processed_step, window)
+                )
             else:
                 at = EffectPoint.epoch_end(self.epoch)
             stop = StopTraining(at=at)

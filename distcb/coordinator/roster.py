@@ -40,6 +40,7 @@ from typing import Any
 
 from distcb.protocol import close_codes
 from distcb.protocol.config import Config
+from distcb.protocol.decisions import last_allowed_step
 from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
 from distcb.protocol.log_limit import LogLimiter
 from distcb.protocol.messages import (
@@ -56,7 +57,7 @@ from distcb.protocol.messages import (
     TrainEnd,
     WorkerFailed,
 )
-from distcb.transport.base import Connection
+from distcb.protocol.connection import Connection
 
 logger = logging.getLogger("distcb.coordinator")
 
@@ -305,7 +306,7 @@ class Roster:
             raise ProtocolError(
                 f"rank {entry.rank} sent batch logs, which the coordinator did not ask for"
             )
-        bound = self.processed_step() + window
+        bound = last_allowed_step(self.processed_step(), window)
         if frame.steps[-1] > bound:
             raise ProtocolError(
                 f"rank {entry.rank} exceeded the window of {window} steps (Config.window_steps / "

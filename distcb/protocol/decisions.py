@@ -11,8 +11,10 @@ Each decision names the point at which it takes effect (`EffectPoint`):
   A worker whose epoch ends before step s applies it at that epoch's end.
 * ``train_end``: applied in ``on_train_end`` (restore best weights).
 
-The window rule (DESIGN.md) is stated here once, as `may_begin` and
-`batch_effect_step`; the coordinator and every worker use these two functions.
+The window rule (DESIGN.md) is stated here once, as `last_allowed_step` (how far
+a worker may run: the worker's `may_begin`, the coordinator's bound on the batch
+logs it accepts) and `batch_effect_step` (where a batch decision takes effect); the
+coordinator and every worker use these functions and write the sums nowhere else.
 """
 
 from __future__ import annotations
@@ -29,10 +31,16 @@ _TRAIN_END_EPOCH = 2**62
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
+def last_allowed_step(processed_step: int, window_steps: int) -> int:
+    """The window rule: the last step a worker may begin (and report) while the newest
+    processed step it knows of is `processed_step`: P + W."""
+    return processed_step + window_steps
+
+
 def may_begin(step: int, processed_known: int, window_steps: int | None) -> bool:
-    """The window rule: whether a worker that knows `processed_known` is processed may
-    begin `step` (always, when no coordinator callback decides on batches)."""
-    return window_steps is None or step <= processed_known + window_steps
+    """Whether a worker that knows `processed_known` is processed may begin `step`
+    (always, when the coordinator bounds nothing: it wants no batch logs)."""
+    return window_steps is None or step <= last_allowed_step(processed_known, window_steps)
 
 
 def batch_effect_step(processed_step: int, window_steps: int) -> int:
@@ -41,7 +49,7 @@ def batch_effect_step(processed_step: int, window_steps: int) -> int:
     No worker can have begun P + W + 1: beginning it needs to know that P + 1 was
     processed, and the decision is sent before the progress message that says so.
     """
-    return processed_step + window_steps + 1
+    return last_allowed_step(processed_step, window_steps) + 1
 
 
 class EffectPoint(msgspec.Struct, frozen=True, order=True, array_like=True):

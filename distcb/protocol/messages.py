@@ -209,9 +209,11 @@ class Heartbeat(Message, frozen=True, tag="heartbeat"):
 class Start(Message, frozen=True, tag="start"):
     """Once all joined: the go signal, with the `on_train_begin`/first `on_epoch_begin` decisions.
 
-    `window_steps` bounds how far a worker may run ahead of the last step the
-    coordinator processed (the window rule's W when a callback decides on batch
-    ends, else `Config.max_ahead_steps`); None when no batch logs are wanted.
+    `ahead_steps` bounds how far a worker may run ahead of the last step the
+    coordinator processed (`decisions.last_allowed_step`): the window rule's W
+    (`Config.window_steps`) when a callback decides on batch ends, else the wider
+    flow-control bound `Config.max_ahead_steps`; None when no batch logs are wanted.
+    On the wire it keeps its first name, ``window_steps``.
     `want_batch_logs` is False when no callback has batch hooks, so workers need
     not stream them. What the chief computes for TensorBoard: weight histograms
     every `histogram_freq` epochs (with images when `write_images`), the model
@@ -223,7 +225,9 @@ class Start(Message, frozen=True, tag="start"):
 
     type: ClassVar[str] = "start"
     decisions: tuple[AnyDecision, ...] = ()
-    window_steps: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    ahead_steps: Annotated[int, msgspec.Meta(ge=1)] | None = msgspec.field(
+        default=None, name="window_steps"
+    )
     want_batch_logs: bool = True
     histogram_freq: NonNegInt = 0
     want_model_json: bool = False

@@ -211,7 +211,7 @@ class WorkerProtocol:
             start = self._start
             assert start is not None, "take_start before start_ready"
             self._expect(WorkerPhase.JOINED, "start")
-            self.window_steps = start.window_steps
+            self.window_steps = start.ahead_steps  # the bound in force: W, or max_ahead_steps
             self.want_batch_logs = start.want_batch_logs
             self.histogram_freq = start.histogram_freq
             self.want_model_json = start.want_model_json

@@ -44,7 +44,7 @@ from distcb.protocol.messages import (
     Start,
     WorkerFailed,
 )
-from distcb.transport.base import Connection
+from distcb.protocol.connection import Connection
 from distcb.worker.apply import DecisionApplier, DecisionTarget
 from distcb.worker.backup import BackupStore
 from distcb.worker.batches import BatchBuffer
@@ -133,7 +133,7 @@ class WorkerSession:
         )
         start = self.protocol.take_start()
         self.applier.persist_snapshots = start.persist_snapshots
-        window = start.window_steps
+        window = start.ahead_steps
         self._kick_every = max(1, window // 4) if window else 32
         if start.want_batch_logs:
             self._spawn(self._flush_when_kicked(), "distcb-flush")

@@ -109,7 +109,7 @@ async def test_a_rank_flooding_batch_logs_is_cut_off_naming_the_bound(tmp_path, 
         flooder = await join(coordinator, 0, 2, epochs=2)
         honest = await join(coordinator, 1, 2, epochs=2)
         start = await receive_until(honest, Start)
-        assert start.window_steps == Config().max_ahead_steps  # batch logs wanted, no decisions
+        assert start.ahead_steps == Config().max_ahead_steps  # batch logs wanted, no decisions
         await receive_until(flooder, Start)
         beating = asyncio.create_task(heartbeats(honest))
         with HealthPoller(coordinator.base) as poller:

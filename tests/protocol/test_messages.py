@@ -89,7 +89,7 @@ SAMPLES = {
     Heartbeat: Heartbeat(),
     Start: Start(
         decisions=tuple(DECISIONS.values()),
-        window_steps=8,
+        ahead_steps=8,
         histogram_freq=2,
         write_images=True,
         profile_batch=(3, 5),

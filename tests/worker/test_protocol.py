@@ -18,7 +18,7 @@ from distcb.protocol.messages import (
 from distcb.worker.protocol import WorkerPhase, WorkerProtocol
 
 SAMPLE = {
-    Start: Start(window_steps=4),
+    Start: Start(ahead_steps=4),
     Progress: Progress(epoch=0, processed_step=3),
     EpochReply: EpochReply(epoch=0),
     TrainEndReply: TrainEndReply(),
@@ -35,7 +35,7 @@ def in_phase(phase: WorkerPhase) -> WorkerProtocol:
     protocol.join(JoinParams(epochs=2))
     if phase is WorkerPhase.JOINED:
         return protocol
-    protocol.receive(Start(window_steps=4))
+    protocol.receive(Start(ahead_steps=4))
     protocol.take_start()
     protocol.begin_epoch(0)
     if phase is WorkerPhase.TRAINING:
