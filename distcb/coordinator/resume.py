@@ -21,9 +21,9 @@ from typing import Any
 
 import msgspec
 
+from distcb.coordinator.failure_policy import describe
 from distcb.coordinator.journal import Journal, JournalEntry, describe_job, remove_temporaries
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder
-from distcb.coordinator.status import describe
 from distcb.protocol.decisions import AnyDecision, BackupModel, Decision, EffectPoint
 from distcb.protocol.errors import DistcbError, RestartsExhausted, WorkerLostError
 
@@ -244,10 +244,14 @@ class Recovery:
         )
 
     async def write(self, entry: JournalEntry) -> bool:
-        """Write `entry` (on the journal's thread); False, logged, when the disk refused."""
+        """`write_now` on the journal's thread (one writer, in order, off the event loop)."""
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.write_now, entry)
+
+    def write_now(self, entry: JournalEntry) -> bool:
+        """Write `entry` (fsynced); False, logged, when the disk refused."""
         try:
-            await loop.run_in_executor(self._thread, self.journal.write, entry)
+            self.journal.write(entry)
         except OSError as exc:
             logger.error("could not write the journal entry of epoch %d: %s", entry.epoch, exc)
             return False
@@ -266,14 +270,28 @@ class Recovery:
             )
         self.backups.report(epoch, rank, error)
 
-    async def maybe_commit(self, epoch: int, live: set[int]) -> None:
-        """Commit `epoch` once its entry is written and every rank in `live` backed it up."""
-        if not self.backups.complete(epoch, live):
-            return
+    def commit_due(self, epoch: int, ranks: set[int]) -> bool:
+        """Whether `epoch` is to be committed now: its entry is written and every rank in
+        `ranks` backed it up (once: it then counts as committing)."""
+        if not self.backups.complete(epoch, ranks):
+            return False
         self.backups.commit(epoch)
+        return True
+
+    async def maybe_commit(self, epoch: int, ranks: set[int]) -> None:
+        """Commit `epoch` if it is due (`commit_due`)."""
+        if self.commit_due(epoch, ranks):
+            await self.commit(epoch)
+
+    async def commit(self, epoch: int) -> None:
+        """`commit_now` on the journal's thread."""
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self.commit_now, epoch)
+
+    def commit_now(self, epoch: int) -> None:
+        """Commit the entry of `epoch` (`commit_due` said so); logged when the disk refused."""
         try:
-            await loop.run_in_executor(self._thread, self.journal.commit, epoch)
+            self.journal.commit(epoch)
         except OSError as exc:
             logger.error("could not commit the journal entry of epoch %d: %s", epoch, exc)
             return

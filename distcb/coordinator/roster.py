@@ -7,21 +7,7 @@ misbehaves. It checks everything a peer controls before the engine sees it:
 the per-rank protocol state (`ALLOWED`), the claimed rank, and the bounds of
 `Config` (entries per frame, steps ahead of the coordinator).
 
-Per-rank protocol states, and the worker messages valid in each (anything
-else is a protocol error that closes that connection and counts the rank as
-lost)::
-
-    state        | batches epoch_end train_end saved backed_up done preempted
-    -------------+----------------------------------------------------------------
-    joined       |    -        -         -       -       -        -       x
-    training     |    x        x         x       x       x        -       x
-    at_barrier   |    -        -         -       -       -        -       x
-    train_ended  |    -        -         -       x       x        x*      x
-    done         |    -        -         -       -       -        -       -
-
-    worker_failed and heartbeat are valid in every state but done (heartbeat: there too).
-
-    * done only once the coordinator sent its train-end reply.
+Per-rank protocol states and the messages valid in each: `distcb.coordinator.ranks`.
 
 A join is valid only as a connection's first message, and only while the job
 is joining (or, during the join phase, to replace a rank's dropped connection).
@@ -31,92 +17,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from distcb.coordinator.events import WorkerLost
+from distcb.coordinator.ranks import (
+    ALLOWED,
+    RankState,
+    WorkerEntry,
+    check_message,
+    lost_reason,
+    merged_params,
+)
 from distcb.protocol import close_codes
 from distcb.protocol.config import Config
-from distcb.protocol.decisions import last_allowed_step
+from distcb.protocol.connection import Connection
 from distcb.protocol.errors import ConnectionClosed, ProtocolError, WorkerLostError
 from distcb.protocol.log_limit import LogLimiter
 from distcb.protocol.messages import (
-    BackedUp,
     BatchFrame,
-    Done,
-    EpochEnd,
     Heartbeat,
     Join,
-    JoinParams,
     Message,
-    Preempted,
-    Saved,
-    TrainEnd,
-    WorkerFailed,
 )
-from distcb.protocol.connection import Connection
 
 logger = logging.getLogger("distcb.coordinator")
 
-
-class RankState(enum.Enum):
-    JOINED = "joined"
-    TRAINING = "training"
-    AT_BARRIER = "at_barrier"
-    TRAIN_ENDED = "train_ended"
-    DONE = "done"
-
-
-_ANY_TIME = (WorkerFailed, Heartbeat, Preempted)
-ALLOWED: dict[RankState, tuple[type[Message], ...]] = {
-    RankState.JOINED: _ANY_TIME,
-    RankState.TRAINING: (BatchFrame, EpochEnd, TrainEnd, Saved, BackedUp, *_ANY_TIME),
-    RankState.AT_BARRIER: _ANY_TIME,
-    RankState.TRAIN_ENDED: (Saved, BackedUp, Done, *_ANY_TIME),
-    RankState.DONE: (Heartbeat,),
-}
-"""The worker messages valid in each per-rank state (the table in the module docstring)."""
-
-
-@dataclass(frozen=True)
-class WorkerLost:
-    """Event: worker `rank` is gone."""
-
-    rank: int
-    error: WorkerLostError
-
-
-@dataclass
-class WorkerEntry:
-    """What the coordinator knows of one rank."""
-
-    rank: int
-    connection: Connection
-    params: JoinParams
-    last_seen: float
-    last_active: float = 0.0  # its last message other than a heartbeat
-    state: RankState = RankState.JOINED
-    report: dict[str, Any] | None = None
-    epoch: int = 0
-    last_step: int = -1  # the last batch step it reported this epoch
-    sent_steps: int = 0  # batch entries received in the job
-    ended_reply_sent: bool = False
-    lost_reason: str | None = None
-    dropped: bool = False  # its connection closed before training started
-    away: bool = False  # dropped without misbehaving: the join waits for it to come back
-    silence_reported: bool = False
-    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def train_ended(self) -> bool:
-        return self.state in (RankState.TRAIN_ENDED, RankState.DONE)
-
-    @property
-    def done(self) -> bool:
-        return self.state is RankState.DONE
+__all__ = ["ALLOWED", "RankState", "Roster", "WorkerEntry", "WorkerLost"]  # (moved, kept here)
 
 
 class Roster:
@@ -169,7 +98,7 @@ class Roster:
         try:
             if not isinstance(first, Join):
                 raise ProtocolError(f"the first message must be a join, received {first.type!r}")
-            self._admit(first, connection)
+            self.admit(first, connection)
         except ProtocolError as exc:
             self._log_limiter.log(logging.WARNING, "join", "rejected %s: %s", connection.peer, exc)
             with contextlib.suppress(ConnectionClosed):
@@ -184,7 +113,15 @@ class Roster:
                 if isinstance(message, Heartbeat):
                     continue
                 entry.last_active = entry.last_seen
-                self._check(entry, message)
+                check_message(
+                    entry,
+                    message,
+                    flow_window=self.flow_window,
+                    processed_step=self.processed_step(),
+                    max_frame_entries=self.config.max_frame_entries,
+                )
+                if entry.state is RankState.TRAIN_ENDED or entry.state is RankState.DONE:
+                    self._ended.add(rank)
                 self._count_queued(rank, message)
                 self._post((rank, message))
         except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
@@ -231,9 +168,10 @@ class Roster:
             entry.dropped = True
             entry.away = not isinstance(exc, ProtocolError)
             return
-        self._post(WorkerLost(entry.rank, WorkerLostError(entry.rank, _lost_reason(exc))))
+        self._post(WorkerLost(entry.rank, WorkerLostError(entry.rank, lost_reason(exc))))
 
-    def _admit(self, join: Join, connection: Connection) -> None:
+    def admit(self, join: Join, connection: Connection) -> None:
+        """Take `join` in (ProtocolError: refused)."""
         if not self._accepting():
             raise ProtocolError(
                 f"rank {join.rank} joined after training started; rejoining is not supported"
@@ -251,71 +189,6 @@ class Roster:
         self.live.add(join.rank)
         if len(self.missing()) == 0:
             self.all_joined.set()
-
-    def _check(self, entry: WorkerEntry, message: Message) -> None:
-        """Raise ProtocolError unless `message` is valid from `entry` now (the state table)."""
-        claimed = getattr(message, "rank", entry.rank)
-        if claimed != entry.rank:
-            raise ProtocolError(
-                f"rank {entry.rank}'s connection sent {message.type!r} claiming rank {claimed}"
-            )
-        if not isinstance(message, ALLOWED[entry.state]):
-            raise ProtocolError(
-                f"rank {entry.rank} sent {message.type!r} while {entry.state.value}"
-                + (
-                    "; 'done' is valid only after the train-end reply"
-                    if isinstance(message, Done)
-                    else ""
-                )
-            )
-        if isinstance(message, Done) and not entry.ended_reply_sent:
-            raise ProtocolError(f"rank {entry.rank} sent 'done' before the train-end reply")
-        if isinstance(message, BatchFrame | EpochEnd) and message.epoch != entry.epoch:
-            raise ProtocolError(
-                f"rank {entry.rank} sent {message.type!r} for epoch {message.epoch} during "
-                f"epoch {entry.epoch}"
-            )
-        if isinstance(message, BatchFrame):
-            self._check_frame(entry, message)
-        elif isinstance(message, EpochEnd):
-            entry.state = RankState.AT_BARRIER
-        elif isinstance(message, TrainEnd):
-            entry.state = RankState.TRAIN_ENDED
-            self._ended.add(entry.rank)
-        elif isinstance(message, Done):
-            entry.state = RankState.DONE
-            self._ended.add(entry.rank)
-
-    def _check_frame(self, entry: WorkerEntry, frame: BatchFrame) -> None:
-        limit = self.config.max_frame_entries
-        if frame.entries > limit:
-            raise ProtocolError(
-                f"rank {entry.rank} exceeded Config.max_frame_entries={limit}: a frame of "
-                f"{frame.entries} batch entries",
-                close_code=close_codes.FRAME_ENTRIES,
-            )
-        if not frame.steps:
-            return
-        if frame.steps[0] <= entry.last_step:
-            raise ProtocolError(
-                f"rank {entry.rank} sent step {frame.steps[0]} of epoch {frame.epoch} after step "
-                f"{entry.last_step}: batch logs must arrive in step order, once"
-            )
-        window = self.flow_window
-        if window is None:
-            raise ProtocolError(
-                f"rank {entry.rank} sent batch logs, which the coordinator did not ask for"
-            )
-        bound = last_allowed_step(self.processed_step(), window)
-        if frame.steps[-1] > bound:
-            raise ProtocolError(
-                f"rank {entry.rank} exceeded the window of {window} steps (Config.window_steps / "
-                f"Config.max_ahead_steps) a rank may run ahead: step {frame.steps[-1]} with step "
-                f"{self.processed_step()} processed",
-                close_code=close_codes.WINDOW,
-            )
-        entry.last_step = frame.steps[-1]
-        entry.sent_steps += frame.entries
 
     # ------------------------------------------------------------------ state changes by the engine
 
@@ -352,8 +225,10 @@ class Roster:
         traceback_text: str | None = None,
         *,
         retryable: bool = True,
+        attempt: int | None = None,
     ) -> None:
-        """A launcher saw worker `rank` die (exit code, dead actor)."""
+        """A launcher saw worker `rank` die (exit code, dead actor); `attempt`: the attempt
+        the launcher started it for (see `Attempt.concerns`)."""
         worker = self.workers.get(rank)
         if worker is not None and worker.done:
             return
@@ -363,7 +238,7 @@ class Roster:
             self.never_joined[rank] = error
             self.all_joined.set()
             return
-        self._post(WorkerLost(rank, error))
+        self._post(WorkerLost(rank, error, attempt))
 
     def training(self) -> set[int]:
         """Live ranks still in `fit`: those the epoch barrier and the batch merge wait for.
@@ -386,13 +261,15 @@ class Roster:
     def all_live(self, predicate: Callable[[WorkerEntry], bool]) -> bool:
         return all(predicate(self.workers[r]) for r in self.live)
 
-    async def drop(self, rank: int, reason: str) -> None:
-        """Count `rank` as lost and close its connection."""
+    def mark_lost(self, rank: int, reason: str) -> None:
+        """Count `rank` as lost (its connection is closed by `close`)."""
         self.live.discard(rank)
-        worker = self.workers[rank]
-        worker.lost_reason = reason
+        self.workers[rank].lost_reason = reason
+
+    async def close(self, rank: int, reason: str) -> None:
+        """Close `rank`'s connection."""
         with contextlib.suppress(ConnectionClosed):
-            await worker.connection.close(reason)
+            await self.workers[rank].connection.close(reason)
 
     # ------------------------------------------------------------------ sending
 
@@ -465,36 +342,12 @@ class Roster:
     # ------------------------------------------------------------------ views
 
     def merged_params(self) -> dict[str, Any]:
-        """What callbacks see as `params`: the chief's fit parameters plus job-wide facts.
+        """What callbacks see as `params` (`ranks.merged_params`).
 
         Raises:
             ProtocolError: the workers disagree on what must be common (epochs).
         """
-        chief = self.workers[0].params
-        for rank, worker in sorted(self.workers.items()):
-            if worker.params.epochs != chief.epochs:
-                raise ProtocolError(
-                    f"rank {rank} trains for epochs={worker.params.epochs!r} but the chief for "
-                    f"epochs={chief.epochs!r}; every worker must run the same epochs"
-                )
-        samples = [w.params.samples for w in self.workers.values()]
-        directions: dict[str, str] = {}
-        for worker in self.workers.values():
-            directions.update(worker.params.directions)
-        return {
-            "verbose": chief.verbose,
-            "epochs": chief.epochs,
-            "initial_epoch": chief.initial_epoch,
-            "steps": chief.steps,
-            "num_workers": self.world_size,
-            "samples": sum(s for s in samples if s is not None)
-            if all(s is not None for s in samples)
-            else None,
-            "batch_size": chief.batch_size,
-            "metrics": list(chief.metrics),
-            "directions": directions,
-            "flavour": chief.flavour,
-        }
+        return merged_params(self.workers, self.world_size)
 
     def status(self) -> list[dict[str, Any]]:
         """One entry per rank that joined, for ``/status``."""
@@ -515,9 +368,3 @@ class Roster:
                 }
             )
         return out
-
-
-def _lost_reason(exc: BaseException) -> str:
-    if isinstance(exc, ProtocolError):
-        return f"sent a bad message: {exc}"
-    return f"disconnected ({exc})"

@@ -1,4 +1,4 @@
-"""The coordinator's per-rank protocol table (roster.py's docstring), cell by cell: each worker
+"""The coordinator's per-rank protocol table (ranks.py's docstring), cell by cell: each worker
 message in each rank state is taken in or is a protocol error for that connection only."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from distcb.coordinator.roster import RankState, Roster, WorkerEntry
+from distcb.coordinator.ranks import RankState, WorkerEntry, check_message
+from distcb.coordinator.roster import Roster
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import (
@@ -36,7 +37,7 @@ MESSAGES = {
     "worker_failed": WorkerFailed(rank=0, error="boom"),
     "heartbeat": Heartbeat(),
 }
-# Written out from the protocol's specification, not read from roster.ALLOWED.
+# Written out from the protocol's specification, not read from ranks.ALLOWED.
 ANY_TIME = {"preempted", "worker_failed", "heartbeat"}
 VALID = {
     RankState.JOINED: ANY_TIME,
@@ -46,6 +47,16 @@ VALID = {
     RankState.DONE: {"heartbeat"},
 }
 CELLS = [(state, name) for state in RankState for name in MESSAGES]
+
+
+def check(roster: Roster, entry: WorkerEntry, message) -> None:
+    check_message(
+        entry,
+        message,
+        flow_window=roster.flow_window,
+        processed_step=roster.processed_step(),
+        max_frame_entries=roster.config.max_frame_entries,
+    )
 
 
 def roster_with(state: RankState) -> tuple[Roster, WorkerEntry]:
@@ -60,23 +71,23 @@ def roster_with(state: RankState) -> tuple[Roster, WorkerEntry]:
 def test_every_cell_of_the_table(state, name):
     roster, entry = roster_with(state)
     if name in VALID[state]:
-        roster._check(entry, MESSAGES[name])
+        check(roster, entry, MESSAGES[name])
     else:
         with pytest.raises(ProtocolError, match=f"rank 0 sent '{name}' while {state.value}"):
-            roster._check(entry, MESSAGES[name])
+            check(roster, entry, MESSAGES[name])
 
 
 def test_the_table_moves_the_rank_on():
     roster, entry = roster_with(RankState.TRAINING)
-    roster._check(entry, MESSAGES["epoch_end"])
+    check(roster, entry, MESSAGES["epoch_end"])
     assert entry.state is RankState.AT_BARRIER
     roster.live.add(0)
     roster.workers[0] = entry
     roster.begin_epoch(1)  # the engine released the barrier
     assert entry.state is RankState.TRAINING
-    roster._check(entry, TrainEnd(rank=0))
+    check(roster, entry, TrainEnd(rank=0))
     assert entry.state is RankState.TRAIN_ENDED
-    roster._check(entry, Done(rank=0))
+    check(roster, entry, Done(rank=0))
     assert entry.state is RankState.DONE
 
 
@@ -84,7 +95,7 @@ def test_done_before_the_train_end_reply_is_refused():
     roster, entry = roster_with(RankState.TRAIN_ENDED)
     entry.ended_reply_sent = False
     with pytest.raises(ProtocolError, match="sent 'done' before the train-end reply"):
-        roster._check(entry, MESSAGES["done"])
+        check(roster, entry, MESSAGES["done"])
 
 
 async def test_a_message_outside_the_table_closes_that_connection_saying_why():
