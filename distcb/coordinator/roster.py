@@ -113,17 +113,7 @@ class Roster:
                 if isinstance(message, Heartbeat):
                     continue
                 entry.last_active = entry.last_seen
-                check_message(
-                    entry,
-                    message,
-                    flow_window=self.flow_window,
-                    processed_step=self.processed_step(),
-                    max_frame_entries=self.config.max_frame_entries,
-                )
-                if entry.state is RankState.TRAIN_ENDED or entry.state is RankState.DONE:
-                    self._ended.add(rank)
-                self._count_queued(rank, message)
-                self._post((rank, message))
+                self._post(self.take_in(entry, message))
         except Exception as exc:  # a closed channel, a bad message, or a transport's own bug
             if not isinstance(exc, ConnectionClosed | ProtocolError):
                 logger.exception("rank %d's connection failed", rank)
@@ -133,6 +123,25 @@ class Roster:
             code = exc.close_code if isinstance(exc, ProtocolError) else close_codes.NORMAL
             with contextlib.suppress(ConnectionClosed):
                 await connection.close(str(exc), code=code)
+
+    def take_in(self, entry: WorkerEntry, message: Message) -> tuple[int, Message]:
+        """The event for `message` from `entry`'s rank, once valid (no I/O: the connection
+        loop calls it, and so can a test of the machine).
+
+        Raises:
+            ProtocolError: the message is not valid from that rank now.
+        """
+        check_message(
+            entry,
+            message,
+            flow_window=self.flow_window,
+            processed_step=self.processed_step(),
+            max_frame_entries=self.config.max_frame_entries,
+        )
+        if entry.state is RankState.TRAIN_ENDED or entry.state is RankState.DONE:
+            self._ended.add(entry.rank)
+        self._count_queued(entry.rank, message)
+        return (entry.rank, message)
 
     def _count_queued(self, rank: int, message: Message) -> None:
         """Bound what one rank has waiting for the engine (a callback may hold it for long).
