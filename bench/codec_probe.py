@@ -89,7 +89,7 @@ def codec() -> tuple[Any, Any, Any]:
 def merger() -> tuple[Any, Any]:
     """(new merger, add(merger, rank, frame)) of this version."""
     try:
-        from distcb.coordinator.aggregate import BatchMerger
+        from distcb.coordinator.batch_merge import BatchMerger
 
         return BatchMerger, lambda m, rank, frame: m.add(rank, frame)
     except ImportError:

@@ -16,7 +16,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from distcb.coordinator.aggregate import BatchMerger
+from distcb.coordinator.batch_merge import BatchMerger
 from distcb.coordinator.failure_policy import FailJob, Outcome, RestartFromBarrier
 from distcb.coordinator.journal import JournalEntry
 from distcb.coordinator.model_proxy import DecisionRecorder, ModelProxy

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 from distcb.callbacks.callback_list import DeferredCall
 from distcb.coordinator import resume as resuming
-from distcb.coordinator.aggregate import BatchMerger, MergedStep, merge_logs
+from distcb.coordinator.aggregate import merge_logs
 from distcb.coordinator.attempt import Phase
+from distcb.coordinator.batch_merge import BatchMerger, MergedStep
 from distcb.coordinator.commands import (
     Broadcast,
     CommitJournal,

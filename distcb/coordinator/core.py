@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from distcb.callbacks.callback_list import CallbackList
 from distcb.callbacks.history import History
-from distcb.coordinator.aggregate import BatchMerger
 from distcb.coordinator.attempt import Attempt, Phase
+from distcb.coordinator.batch_merge import BatchMerger
 from distcb.coordinator.commands import (
     Asking,
     Broadcast,

@@ -27,8 +27,8 @@ from typing import Any
 
 from distcb.coordinator import identity
 from distcb.coordinator import resume as resuming
-from distcb.coordinator.aggregate import BatchMerger
 from distcb.coordinator.attempt import Attempt, Phase
+from distcb.coordinator.batch_merge import BatchMerger
 from distcb.coordinator.commands import Broadcast, CheckIdentity, SavedFile, Steps
 from distcb.coordinator.ending import EndingRole
 from distcb.coordinator.events import (

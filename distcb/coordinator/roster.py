@@ -364,6 +364,8 @@ class Roster:
         out = []
         for rank, worker in sorted(self.workers.items()):
             state = worker.state.value if rank in self.live else "lost"
+            if worker.away and self._accepting():
+                state = "away"  # its connection dropped while joining: it may come back
             age = now - worker.last_seen
             out.append(
                 {

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from distcb.protocol.config import Config
+from distcb.protocol.connection import Connection
 from distcb.protocol.decisions import Decision
 from distcb.protocol.errors import (
     ConnectionClosed,
@@ -44,7 +45,6 @@ from distcb.protocol.messages import (
     Start,
     WorkerFailed,
 )
-from distcb.protocol.connection import Connection
 from distcb.worker.apply import DecisionApplier, DecisionTarget
 from distcb.worker.backup import BackupStore
 from distcb.worker.batches import BatchBuffer

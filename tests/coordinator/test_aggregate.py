@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from distcb.coordinator.aggregate import BatchMerger, merge_logs, round32
+from distcb.coordinator.aggregate import merge_logs, round32
+from distcb.coordinator.batch_merge import BatchMerger
 from distcb.protocol.errors import AggregationError
 from distcb.protocol.messages import BatchFrame
 

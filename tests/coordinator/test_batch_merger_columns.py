@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distcb.coordinator.aggregate import BatchMerger, merge_logs
+from distcb.coordinator.aggregate import merge_logs
+from distcb.coordinator.batch_merge import BatchMerger
 from distcb.protocol.errors import AggregationError
 from distcb.protocol.messages import BatchFrame
 

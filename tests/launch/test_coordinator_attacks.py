@@ -431,8 +431,12 @@ async def test_a_rank_that_reconnects_during_the_join_phase_takes_part(tmp_path)
         coordinator
     ):
         dropped = await join(coordinator, 0, 2, epochs=1)
-        await asyncio.sleep(0.2)  # let the coordinator take the join in
+        # Evidence, not a sleep: the coordinator took the join in, then saw it drop (rank
+        # 0 away); only then does rank 0 connect again, so the job below runs through the
+        # rejoin path (a second join while the first is open would be refused).
+        await rank_state(coordinator, 0, "joined")
         await dropped.abort("the worker's process restarted")
+        await rank_state(coordinator, 0, "away")
         workers = [ScriptedWorker(r, 2, [{"loss": float(r)}], config=CLIENT) for r in range(2)]
         connections = [
             await connect(coordinator.address, coordinator.token, config=CLIENT) for _ in range(2)
@@ -445,6 +449,16 @@ async def test_a_rank_that_reconnects_during_the_join_phase_takes_part(tmp_path)
             await connection.close()
     assert results == [None, None]
     assert exit_code == 0, coordinator.stderr()
+
+
+async def rank_state(coordinator: CoordinatorProcess, rank: int, state: str) -> None:
+    """Poll ``/status`` until `rank` is listed in `state` (bounded by WAIT_S)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            _, status = await asyncio.to_thread(coordinator.get, "/status", token=coordinator.token)
+            if any(w["rank"] == rank and w["state"] == state for w in status["workers"]):
+                return
+            await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------- health: a stalled barrier
