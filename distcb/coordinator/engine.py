@@ -202,7 +202,12 @@ class Coordinator:
 
     @property
     def stop_requested(self) -> str | None:
+        """Why a stop was asked for (`request_stop`), e.g. "Ctrl-C"."""
         return self.machine.stop_requested
+
+    @stop_requested.setter
+    def stop_requested(self, reason: str | None) -> None:
+        self.machine.stop_requested = reason
 
     @property
     def roster(self) -> Roster:
