@@ -74,7 +74,7 @@ async def launch(
     resume: bool = False,
 ) -> History:
     """`distcb.run(..., backend="process")`."""
-    from distcb.transport.websocket import WebSocketServer
+    from distcb.server import WebSocketServer
 
     gpus = options.gpus_per_worker
     if gpus is not None and not float(gpus).is_integer():

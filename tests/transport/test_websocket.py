@@ -16,9 +16,10 @@ from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
 from distcb.protocol.errors import CoordinatorLostError, ProtocolError, WorkerLostError
 from distcb.protocol.messages import PROTOCOL_VERSION, EpochEnd, Join, Message
+from distcb.server import WebSocketServer
 from distcb.testing import ScriptedWorker, asimulate
 from distcb.transport.base import Connection, ConnectionClosed
-from distcb.transport.websocket import WebSocketConnection, WebSocketServer, connect
+from distcb.transport.websocket import WebSocketConnection, connect
 
 FAST = Config(
     heartbeat_interval_s=0.05,
@@ -201,7 +202,7 @@ def test_binding_beyond_loopback_needs_a_token_and_tls_or_insecure(host, caplog)
     with pytest.raises(ValueError, match="plaintext: pass ssl="):
         WebSocketServer(coordinator, host=host, token="s3cret")
     # insecure=True constructs (nothing is bound before start()) and says so, once.
-    with caplog.at_level("WARNING", logger="distcb.transport.websocket"):
+    with caplog.at_level("WARNING", logger="distcb.server"):
         server = WebSocketServer(coordinator, host=host, token="s3cret", insecure=True)
     assert server.token == "s3cret"
     warnings = [r for r in caplog.records if "without TLS" in r.getMessage()]
