@@ -49,6 +49,7 @@ from distcb.protocol.config import Config
 from distcb.protocol.decisions import BackupModel, Decision, EffectPoint, StopTraining
 from distcb.protocol.errors import (
     AggregationError,
+    CallbackFailed,
     DistcbError,
     JoinTimeoutError,
     ProtocolError,
@@ -85,10 +86,6 @@ class Phase(enum.Enum):
     TRAINING = "training"
     ENDING = "ending"
     DONE = "done"
-
-
-class CallbackFailed(DistcbError):
-    """A coordinator callback raised: the job stops; workers are told why."""
 
 
 class _Deadline:
