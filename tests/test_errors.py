@@ -74,9 +74,9 @@ def test_no_public_exception_is_declared_outside_protocol_errors():
             if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
                 continue
             bases = {ast.unparse(base).rsplit(".", 1)[-1] for base in node.bases}
-            if any(b.endswith(("Error", "Exception", "Exit")) for b in bases):
-                if node.name not in allowed:
-                    strays.append(f"{path.relative_to(package)}: {node.name}")
+            is_exception = any(b.endswith(("Error", "Exception", "Exit")) for b in bases)
+            if is_exception and node.name not in allowed:
+                strays.append(f"{path.relative_to(package)}: {node.name}")
     assert strays == []
 
 
@@ -93,4 +93,5 @@ def test_each_survives_pickling(name):
     except TypeError:
         pytest.skip(f"{name} takes other arguments (covered where it is raised)")
     again = pickle.loads(pickle.dumps(error))
-    assert type(again) is cls and str(again) == str(error)
+    assert type(again) is cls
+    assert str(again) == str(error)
