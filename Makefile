@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The status page's browser test (tests/transport/test_status_page_browser.py) drives Debian's
+# The status page's browser test (tests/server/test_status_page_browser.py) drives Debian's
 # chromium through chromedriver. Installed here, once, quietly (apt-get, as root: CI); nothing
 # happens when both are there. Where they cannot be installed the test fails and says why.
 browser:

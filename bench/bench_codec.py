@@ -309,7 +309,11 @@ class _Repeat:
 def child_ingest(tree: str, mode: str, client: str, workers: int, steps: int) -> dict[str, Any]:
     """A coordinator here, `workers` workers in a child process; what the coordinator saw."""
     from distcb.callbacks import Callback
-    from distcb.transport.websocket import WebSocketServer
+
+    try:
+        from distcb.server import WebSocketServer
+    except ImportError:  # a tree from before issue 22, when the server lived in transport/
+        from distcb.transport.websocket import WebSocketServer  # type: ignore[no-redef]
 
     coordinator_type, _ = _imports(tree)
     config = _config(tree)

@@ -245,7 +245,8 @@ async def _barrier_ray(num_workers: int, direct: bool) -> list[float]:
 async def _barrier_websocket(num_workers: int) -> list[float]:
     from distcb.coordinator.engine import Coordinator
     from distcb.protocol.config import Config
-    from distcb.transport.websocket import WebSocketServer, connect
+    from distcb.server import WebSocketServer
+    from distcb.transport.websocket import connect
 
     waits: dict[int, list[float]] = {}
     config = Config(heartbeat_interval_s=0.5)

@@ -69,7 +69,7 @@ async def _ask(workers: list[asyncio.subprocess.Process], command: dict[str, Any
 async def _distcb_fit(workers: list[asyncio.subprocess.Process], folder: str) -> float:
     from distcb.callbacks import EarlyStopping, ModelCheckpoint
     from distcb.coordinator.engine import Coordinator
-    from distcb.transport.websocket import WebSocketServer
+    from distcb.server import WebSocketServer
 
     coordinator = Coordinator(
         [

@@ -53,7 +53,7 @@ async def coordinator_main(options: argparse.Namespace) -> None:
     from distcb.callbacks import Callback
     from distcb.coordinator.engine import Coordinator
     from distcb.protocol.config import Config
-    from distcb.transport.websocket import WebSocketServer
+    from distcb.server import WebSocketServer
 
     samples: list[dict[str, float]] = []
 

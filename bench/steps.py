@@ -82,7 +82,7 @@ class StepJob:
         import numpy  # noqa: F401
 
         import distcb.coordinator.engine  # noqa: F401
-        import distcb.transport.websocket  # noqa: F401
+        import distcb.server  # noqa: F401
 
         if self.pinned:
             pin_this_process({1})
@@ -146,7 +146,7 @@ class StepJob:
         coordinator's CPU µs per step."""
         from distcb.coordinator.engine import Coordinator
         from distcb.protocol.config import Config
-        from distcb.transport.websocket import WebSocketServer
+        from distcb.server import WebSocketServer
 
         config = Config()
         coordinator = Coordinator(coordinator_callbacks(kind), world_size=1, config=config)
@@ -175,7 +175,7 @@ class StepJob:
         """
         from distcb.coordinator.engine import Coordinator
         from distcb.protocol.config import Config
-        from distcb.transport.websocket import WebSocketServer
+        from distcb.server import WebSocketServer
 
         config = Config()
         coordinator = Coordinator(coordinator_callbacks(kind), world_size=1, config=config)

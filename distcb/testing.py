@@ -13,18 +13,20 @@
 `epoch_logs[epoch][rank]` is that worker's epoch logs; `batch_logs[epoch][step][rank]`
 its batch logs (running means, as Keras 3 sends them). The scripted workers run
 the same worker code as real ones (`distcb.worker`: the protocol state machine,
-the window rule, the batch buffer, decision application) over the in-process
-transport; only the model is scripted. They stop consuming their scripts when
-told to stop.
+the window rule, the batch buffer, decision application) over a real transport
+(``transport=``: "memory", the default, one event loop; "inproc", the thread
+backend's; "websocket", a real `distcb.server.WebSocketServer` on loopback); only the
+model is scripted. They stop consuming their scripts when told to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +38,9 @@ from distcb.protocol.decisions import Decision, SaveModel
 from distcb.protocol.errors import CoordinatorLostError
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
+from distcb.transport import connector_for
 from distcb.transport.base import Connection
+from distcb.transport.inproc import InProcessListener
 from distcb.transport.memory import connection_pair
 from distcb.worker.apply import AppliedDecision
 from distcb.worker.backup import BackupStore
@@ -56,6 +60,7 @@ __all__ = [
 
 DEFAULT_LEARNING_RATE = 0.001
 Faults = dict[int, tuple[int, int]] | Sequence[dict[int, tuple[int, int]]]
+TRANSPORTS = ("memory", "inproc", "websocket")
 
 
 @dataclass
@@ -312,8 +317,11 @@ async def asimulate(
     resume: bool = False,
     disconnect_at: Faults | None = None,
     preempt_at: Faults | None = None,
+    transport: str = "memory",
 ) -> SimulationResult:
     """`simulate` for code already inside an event loop."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, received {transport!r}")
     if not epoch_logs or not epoch_logs[0]:
         raise ValueError("epoch_logs must hold at least one epoch with at least one worker's logs")
     world_size = len(epoch_logs[0])
@@ -373,24 +381,28 @@ async def asimulate(
     tasks: list[asyncio.Task[Any]] = []
     attempts: list[list[ScriptedWorker]] = []
 
-    def start(attempt: int) -> None:
-        workers = make_workers(attempt)
-        attempts.append(workers)
-        for worker in workers:
-            coordinator_end, worker_end = connection_pair(f"scripted worker {worker.rank}")
-            tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
-            tasks.append(asyncio.create_task(worker.run(worker_end)))
+    async def work(worker: ScriptedWorker, connect: Callable[[int], Awaitable[Connection]]) -> None:
+        await worker.run(await connect(worker.rank))
 
-    class Restarter(JobListener):
-        def restarting(self, attempt: int, failure: BaseException) -> None:
-            start(attempt + 1)
+    async with contextlib.AsyncExitStack() as stack:
+        connect = await _serve(transport, coordinator, config, tasks, stack)
 
-    coordinator.add_listener(Restarter())
-    start(0)
-    try:
-        history = await coordinator.run()
-    finally:
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        def start(attempt: int) -> None:
+            workers = make_workers(attempt)
+            attempts.append(workers)
+            for worker in workers:
+                tasks.append(asyncio.create_task(work(worker, connect)))
+
+        class Restarter(JobListener):
+            def restarting(self, attempt: int, failure: BaseException) -> None:
+                start(attempt + 1)
+
+        coordinator.add_listener(Restarter())
+        start(0)
+        try:
+            history = await coordinator.run()
+        finally:  # the workers end before their server closes, as on a real job
+            results = await asyncio.gather(*tasks, return_exceptions=True)
     if len(attempts) == 1:  # with restarts, a fault's own error is expected
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, CoordinatorLostError):
@@ -407,6 +419,34 @@ async def asimulate(
         coordinator=coordinator,
         attempts=attempts,
     )
+
+
+async def _serve(
+    transport: str,
+    coordinator: Coordinator,
+    config: Config,
+    tasks: list[asyncio.Task[Any]],
+    stack: contextlib.AsyncExitStack,
+) -> Callable[[int], Awaitable[Connection]]:
+    """Serve `coordinator` over `transport` (closed by `stack`); how a rank's worker connects."""
+    if transport == "memory":
+
+        async def pair(rank: int) -> Connection:
+            coordinator_end, worker_end = connection_pair(f"scripted worker {rank}")
+            tasks.append(asyncio.create_task(coordinator.serve(coordinator_end)))
+            return worker_end
+
+        return pair
+    if transport == "inproc":
+        listener = await stack.enter_async_context(InProcessListener(coordinator.serve))
+        address, token = listener.address, listener.token
+    else:
+        from distcb.server import WebSocketServer  # aiohttp: loaded only for this transport
+
+        server = await stack.enter_async_context(WebSocketServer(coordinator, config=config))
+        address, token = server.address, server.token
+    open_connection = connector_for(address, token, config)  # as a real worker picks it
+    return lambda rank: open_connection()
 
 
 def simulate(
@@ -436,9 +476,12 @@ def simulate(
             its connection) or is preempted (says it got SIGTERM) there, in the first
             attempt; or a list of such dicts, one per attempt. Restarted workers replay
             their scripts from where the job resumes.
+        transport: "memory" (default), "inproc" or "websocket" (a real server on
+            loopback): the same job over each must end the same way.
 
     Raises:
         RuntimeError: when called inside a running event loop (use `asimulate`).
+        ValueError: an unknown transport.
     """
     try:
         asyncio.get_running_loop()

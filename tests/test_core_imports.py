@@ -24,3 +24,13 @@ def test_core_imports_no_optional_dependency():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"the core imported {out.stdout.strip()}"
+
+
+def test_a_workers_websocket_client_loads_neither_the_server_nor_the_coordinator():
+    code = (
+        "import sys\n"
+        "import distcb.transport.websocket, distcb.keras.worker_callback\n"
+        "print(','.join(m for m in ('distcb.server', 'distcb.coordinator') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"a worker loaded {out.stdout.strip()}"

@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STATIC = ROOT / "distcb" / "transport" / "static"
+STATIC = ROOT / "distcb" / "server" / "static"
 
 
 def test_the_wheel_includes_every_file_the_status_page_serves(tmp_path):
@@ -35,7 +35,7 @@ def test_the_wheel_includes_every_file_the_status_page_serves(tmp_path):
     served = sorted(p.name for p in STATIC.iterdir())
     assert served == ["login.html", "status.css", "status.html", "status.js"]
     for name in served:
-        assert f"distcb/transport/static/{name}" in names
+        assert f"distcb/server/static/{name}" in names
     # What the page loads is all there: its script and style sheet, from this server.
     page = (STATIC / "status.html").read_text()
     assert 'src="static/status.js"' in page

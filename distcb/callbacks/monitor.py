@@ -134,10 +134,10 @@ def _model_directions(model: Any) -> dict[str, str]:
     """The directions of a real Keras model's compiled metrics (plain ``fit``), else nothing."""
     if model is None or not hasattr(model, "metrics") or not hasattr(model, "layers"):
         return {}  # no model, or the coordinator's proxy: the workers sent directions
-    from distcb.callbacks import keras_models
+    from distcb.callbacks import local_model
 
     try:
-        return keras_models.metric_directions(model)
+        return local_model.metric_directions(model)
     except Exception:  # an unusual model: fall back to the name rule
         return {}
 

@@ -428,11 +428,11 @@ class TensorBoard(Callback):
         if self.histogram_freq and epoch % self.histogram_freq == 0:
             self._epoch_weights(epoch, model)
         if self.embeddings_freq and epoch % self.embeddings_freq == 0 and model is not None:
-            from distcb.callbacks import keras_models
+            from distcb.callbacks import local_model
 
             model.save_weights(
                 projector.checkpoint_path(
-                    os.path.join(self.log_dir, TRAIN_RUN), epoch, keras_models.is_keras3(model)
+                    os.path.join(self.log_dir, TRAIN_RUN), epoch, local_model.is_keras3(model)
                 )
             )
         self._chief_files()
@@ -521,12 +521,12 @@ class TensorBoard(Callback):
     def _epoch_weights(self, epoch: int, model: Any) -> None:
         """Histograms (and images) of the weights: the model's, else the chief's."""
         if model is not None:
-            from distcb.callbacks import keras_models
+            from distcb.callbacks import local_model
 
             named = _named_weights(model)
             self._run(self._write_histograms, epoch, weight_histograms(named))
             if self.write_images:
-                images = weight_images(named, channels_last=keras_models.channels_last(model))
+                images = weight_images(named, channels_last=local_model.channels_last(model))
                 self._run(self._write_images, epoch, images)
             return
         for key, write in (("histograms", self._write_histograms), ("images", self._write_images)):

@@ -10,7 +10,7 @@ stops the profiler, which saves ``plugins/profile/<run>/<host>.xplane.pb``.
 :class:`BatchProfiler` does that for whoever holds the model: the TensorBoard
 callback in a plain ``fit``; the chief worker in a distcb job. The chief
 profiles into a directory of its own and sends the result to the coordinator
-in ``extras["profile"]`` (:func:`pack_profile`); the coordinator's TensorBoard
+in ``extras["profile"]`` (`distcb.keras.profiling.pack_profile`); the coordinator's TensorBoard
 writes the files under its ``train/`` run and the graph summary through its
 own writer (:func:`unpack_profile`). TensorFlow is imported only when a
 profile starts.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -173,48 +172,6 @@ class BatchProfiler:
             self._profiler_started = False
 
 
-def pack_profile(train_dir: str, max_bytes: int) -> dict[str, Any]:
-    """What a chief sends after profiling into `train_dir`: its profile files and summaries.
-
-    Args:
-        train_dir: the directory given to :class:`BatchProfiler` (and its trace writer).
-        max_bytes: the most raw bytes to send; beyond it the payload says why not.
-    """
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    files: dict[str, str] = {}
-    summaries: list[dict[str, Any]] = []
-    total = 0
-    profile_root = os.path.join(train_dir, *PROFILE_PREFIX.strip("/").split("/"))
-    for root, _, names in os.walk(profile_root):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            with open(path, "rb") as file:
-                data = file.read()
-            total += len(data)
-            rel = os.path.relpath(path, train_dir).replace(os.sep, "/")
-            files[rel] = base64.b64encode(data).decode()
-    for name in sorted(os.listdir(train_dir)):
-        if name.startswith("events.out."):
-            for record in tf.data.TFRecordDataset(os.path.join(train_dir, name)):
-                event = event_pb2.Event.FromString(record.numpy())
-                if event.HasField("summary"):
-                    data = event.summary.SerializeToString()
-                    total += len(data)
-                    summaries.append(
-                        {"step": int(event.step), "summary": base64.b64encode(data).decode()}
-                    )
-    if total > max_bytes:
-        return {
-            "version": PAYLOAD_VERSION,
-            "error": f"the profile takes {total} bytes, over the {max_bytes} bytes a message "
-            f"may carry (Config.max_message_bytes); profile fewer batches. It stays on the chief "
-            f"in {train_dir}.",
-        }
-    return {"version": PAYLOAD_VERSION, "files": files, "summaries": summaries}
-
-
 @dataclass(frozen=True)
 class Profile:
     """A decoded profile payload."""
@@ -234,7 +191,7 @@ def _b64(text: Any, where: str) -> bytes:
 
 
 def unpack_profile(payload: Any) -> Profile:
-    """Validate a payload from :func:`pack_profile` (it crossed the network).
+    """Validate a payload from `distcb.keras.profiling.pack_profile` (it crossed the network).
 
     File paths must stay under ``plugins/profile/``: a payload cannot write elsewhere.
 

@@ -48,7 +48,6 @@ from distcb.coordinator.commands import (
     WriteJournal,
 )
 from distcb.coordinator.events import Joined, JoinFailed
-from distcb.coordinator.failure_policy import CallbackFailed
 from distcb.coordinator.journal import JournalMismatchError
 from distcb.coordinator.listener import Listener
 from distcb.coordinator.machine import CoordinatorMachine
@@ -59,7 +58,7 @@ from distcb.coordinator.status import job_status
 from distcb.protocol.config import Config
 from distcb.protocol.connection import Connection
 from distcb.protocol.decisions import Decision
-from distcb.protocol.errors import DistcbError, JoinTimeoutError
+from distcb.protocol.errors import CallbackFailed, DistcbError, JoinTimeoutError
 from distcb.protocol.integrity import IntegrityError
 from distcb.protocol.logs import Logs
 from distcb.protocol.messages import Saved

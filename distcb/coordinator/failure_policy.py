@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from distcb.protocol.errors import DistcbError, WorkerLostError
+from distcb.protocol.errors import CallbackFailed, DistcbError, WorkerLostError
 
 
 class RestartBudget(Protocol):
@@ -34,10 +34,6 @@ class RestartBudget(Protocol):
     def may_restart(self, error: BaseException) -> bool: ...
 
     def final_error(self, error: BaseException) -> BaseException: ...
-
-
-class CallbackFailed(DistcbError):
-    """A coordinator callback raised: the job stops; workers are told why."""
 
 
 CALLBACK_NOTE = "raised by the coordinator callback"

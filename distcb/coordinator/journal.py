@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 
 from distcb.protocol.decisions import AnyDecision, Decision
-from distcb.protocol.errors import DistcbError
+from distcb.protocol.errors import JournalMismatchError
 from distcb.protocol.integrity import (
     IntegrityError,
     read_regular,
@@ -55,10 +55,6 @@ FORMAT = 1
 JOB_FILE = "job.json"
 KEEP_COMMITTED = 3  # entries kept: this many committed ones, and any newer one
 _ENTRY = re.compile(r"^epoch-(\d{8})\.json$")
-
-
-class JournalMismatchError(DistcbError):
-    """The state directory holds the journal of another job (says what differs)."""
 
 
 @dataclass

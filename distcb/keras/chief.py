@@ -19,7 +19,7 @@ epoch-end message:
   directory of its own from the training thread (``on_train_batch_begin``:
   the trace of batch ``stop`` ends when the next batch begins, or at the epoch
   end, which also ends a profile that would run past it) and sends the files
-  (``distcb.callbacks.tensorboard_profiling``).
+  (``distcb.keras.profiling``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import shutil
 import tempfile
 from typing import Any
 
-from distcb.callbacks import keras_models
 from distcb.callbacks import tensorboard_projector as projector
-from distcb.callbacks.tensorboard_profiling import BatchProfiler, pack_profile
+from distcb.callbacks.tensorboard_profiling import BatchProfiler
+from distcb.keras import models as keras_models
+from distcb.keras.profiling import pack_profile
 from distcb.protocol.messages import Start
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from distcb.callbacks import keras_models
+from distcb.keras import models as keras_models
 
 TEMP_PREFIX = ".distcb-"
 

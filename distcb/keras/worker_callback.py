@@ -20,8 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from distcb.callbacks import keras_models
 from distcb.keras import flavours
+from distcb.keras import models as keras_models
 from distcb.keras.chief import ChiefTensorBoardWork
 from distcb.keras.model_target import KerasModelTarget
 from distcb.protocol.config import Config

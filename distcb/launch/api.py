@@ -9,10 +9,11 @@ from typing import Any
 
 from distcb.callbacks.history import History
 from distcb.launch import job_runner
+from distcb.launch.job_spec import JobSpec
 from distcb.launch.options import LaunchOptions
 from distcb.protocol.config import Config
 
-# backend name -> module with `SUPPORTED_OPTIONS` and `async def launch(...)`.
+# backend name -> module with `SUPPORTED_OPTIONS` and `async def launch(job: JobSpec)`.
 BACKENDS = {
     "process": "distcb.launch.process",
     "ray": "distcb.launch.ray_backend",
@@ -154,42 +155,25 @@ def _prepare(
     **options: Any,
 ) -> Callable[[], Coroutine[Any, Any, History]]:
     """Check `distcb.run`'s arguments; a function making the job's coroutine."""
-    if not callable(train_fn):
-        raise TypeError(f"train_fn must be callable, received {train_fn!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers must be an int >= 1, received {num_workers!r}")
     module_name = BACKENDS.get(backend)
     if module_name is None:
         raise ValueError(f"backend must be one of {sorted(BACKENDS)}, received {backend!r}")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise TypeError(f"kwargs must be a dict or None, received {type(kwargs).__name__}")
-    if config is not None and not isinstance(config, Config):
-        raise TypeError(f"config must be a distcb.Config, received {type(config).__name__}")
-    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise ValueError(f"max_restarts must be an int >= 0, received {max_restarts!r}")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume must be a bool, received {resume!r}")
     module = importlib.import_module(module_name)
-    launch_options = LaunchOptions.for_backend(backend, module.SUPPORTED_OPTIONS, options)
-    if (max_restarts or resume) and not launch_options.run_dir:
-        raise ValueError(
-            "max_restarts and resume need run_dir: the journal and the workers' backups go "
-            "there (a directory every worker can read)"
-        )
+    job = JobSpec.build(
+        train_fn,
+        num_workers=num_workers,
+        callbacks=callbacks,
+        args=args,
+        kwargs=kwargs,
+        config=config,
+        stateful_metrics=stateful_metrics,
+        options=LaunchOptions.for_backend(backend, module.SUPPORTED_OPTIONS, options),
+        max_restarts=max_restarts,
+        resume=resume,
+    )
 
     def make() -> Coroutine[Any, Any, History]:
-        coroutine: Coroutine[Any, Any, History] = module.launch(
-            train_fn,
-            num_workers=num_workers,
-            callbacks=list(callbacks),
-            args=tuple(args),
-            kwargs=dict(kwargs or {}),
-            config=config or Config(),
-            stateful_metrics=tuple(stateful_metrics),
-            options=launch_options,
-            max_restarts=max_restarts,
-            resume=resume,
-        )
+        coroutine: Coroutine[Any, Any, History] = module.launch(job)
         return coroutine
 
     return make

@@ -350,9 +350,9 @@ def _tls_files(
 
 
 def _loopback(host: str) -> bool:
-    from distcb.transport.websocket_server import _is_loopback
+    from distcb.server import is_loopback
 
-    return _is_loopback(host)
+    return is_loopback(host)
 
 
 def _say_callbacks(spec: str | None, callbacks: list[object], script: str) -> None:

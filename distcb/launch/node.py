@@ -71,7 +71,7 @@ from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
 from distcb.protocol.errors import DistcbError, WorkerLostError
 from distcb.protocol.logs import to_json_value
-from distcb.transport.tls import server_context
+from distcb.server.tls import server_context
 from distcb.worker.context import WorkerContext
 
 ENV_LOCAL_RANK = "DISTCB_LOCAL_RANK"
@@ -215,7 +215,7 @@ class NodeLauncher:
     # ------------------------------------------------------------------ node 0
 
     async def _run_coordinator_node(self) -> int:
-        from distcb.transport.websocket import WebSocketServer
+        from distcb.server import WebSocketServer
 
         plan = self.plan
         resumable = bool(plan.max_restarts or plan.resume)

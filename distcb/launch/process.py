@@ -9,7 +9,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
@@ -19,11 +19,10 @@ from distcb.launch import interrupt, spec
 from distcb.launch.child import ENV_LAUNCHER_PID
 from distcb.launch.children import ChildProcess, describe_exit, stop_all
 from distcb.launch.env import worker_env
+from distcb.launch.job_spec import JobSpec
 from distcb.launch.keras_distribution import AttemptPorts
-from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
 from distcb.launch.progress import JobProgress, is_interactive
 from distcb.protocol import exit_codes
-from distcb.protocol.config import Config
 from distcb.worker.context import WorkerContext
 
 SUPPORTED_OPTIONS = frozenset(
@@ -60,22 +59,11 @@ class _Child(ChildProcess):
     attempt = 0
 
 
-async def launch(
-    train_fn: Callable[..., Any],
-    *,
-    num_workers: int,
-    callbacks: Sequence[Any],
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    config: Config,
-    stateful_metrics: Sequence[str] = (),
-    options: LaunchOptions = DEFAULT_OPTIONS,
-    max_restarts: int = 0,
-    resume: bool = False,
-) -> History:
+async def launch(job: JobSpec) -> History:
     """`distcb.run(..., backend="process")`."""
-    from distcb.transport.websocket import WebSocketServer
+    from distcb.server import WebSocketServer
 
+    options, config, num_workers = job.options, job.config, job.num_workers
     gpus = options.gpus_per_worker
     if gpus is not None and not float(gpus).is_integer():
         raise ValueError(
@@ -83,18 +71,20 @@ async def launch(
             f"be a whole number, received {gpus!r}"
         )
     coordinator = Coordinator(
-        callbacks,
+        list(job.callbacks),
         world_size=num_workers,
         config=config,
-        stateful_metrics=stateful_metrics,
-        state_dir=state_dir(options.run_dir) if (max_restarts or resume) else None,
-        max_restarts=max_restarts,
-        resume=resume,
+        stateful_metrics=job.stateful_metrics,
+        state_dir=state_dir(options.run_dir) if job.resumable else None,
+        max_restarts=job.max_restarts,
+        resume=job.resume,
     )
     if options.run_dir:  # what a killed save left behind (os.walk of a missing dir: nothing)
         await asyncio.to_thread(remove_stale_temporaries_under, options.run_dir)
     with tempfile.TemporaryDirectory(prefix="distcb-") as spec_dir:
-        spec_path = await asyncio.to_thread(spec.write, spec_dir, train_fn, args, kwargs)
+        spec_path = await asyncio.to_thread(
+            spec.write, spec_dir, job.train_fn, job.args, job.kwargs
+        )
         async with WebSocketServer(coordinator, config=config) as server:
             if is_interactive(sys.stderr):  # a log file must never hold the token
                 print(

@@ -155,7 +155,7 @@ class CoordinatorActor:
             # Ray's calls carry the same token in plaintext on the same network, so a plain
             # websocket (insecure=True) exposes nothing more.
             if self._token and not _ray_tls_on():
-                from distcb.transport.websocket_server import WebSocketServer
+                from distcb.server import WebSocketServer
 
                 host = ray.util.get_node_ip_address()
                 server = WebSocketServer(

@@ -43,9 +43,8 @@ from typing import Any
 
 from distcb.callbacks.history import History
 from distcb.launch.env import apply_env, worker_env
-from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.launch.job_spec import JobSpec
 from distcb.launch.process import state_dir
-from distcb.protocol.config import Config
 from distcb.protocol.errors import (
     CoordinatorLostError,
     DistcbError,
@@ -133,40 +132,27 @@ def _describe(exc: BaseException) -> str:
 class RayJob:
     """One distcb job on Ray: its coordinator actor, its worker actors, their end.
 
-    Use as ``async with RayJob(...) as job: history = await job.wait()``; leaving
+    Use as ``async with RayJob(spec) as job: history = await job.wait()``; leaving
     the block kills every actor the job started (after `Config.stop_timeout_s`
     for workers still finishing). `observer` hooks an extra coordinator callback
     in (see `distcb.transport.ray.CoordinatorActor`); `job.coordinator` is the
     coordinator actor's handle.
 
-    Args: as `run_ray`.
+    Args:
+        job: the job (`JobSpec`).
+        observer: an extra coordinator callback's owner (a Tune trial's `TuneObserver`).
     """
 
-    def __init__(
-        self,
-        train_fn: Callable[..., Any],
-        *,
-        num_workers: int,
-        callbacks: Sequence[Any],
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        config: Config | None = None,
-        stateful_metrics: Sequence[str] = (),
-        options: LaunchOptions = DEFAULT_OPTIONS,
-        observer: Any = None,
-        max_restarts: int = 0,
-        resume: bool = False,
-    ):
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers must be an int >= 1, received {num_workers!r}")
-        self.train_fn = train_fn
-        self.num_workers = num_workers
-        self.callbacks = list(callbacks)
-        self.args = tuple(args)
-        self.kwargs = dict(kwargs or {})
-        self.config = config or Config()
-        self.stateful_metrics = tuple(stateful_metrics)
-        self.options = options
+    def __init__(self, job: JobSpec, *, observer: Any = None):
+        self.job = job
+        self.train_fn = job.train_fn
+        self.num_workers = job.num_workers
+        self.callbacks = list(job.callbacks)  # the caller's objects: their states come back
+        self.args = job.args
+        self.kwargs = job.kwargs
+        self.config = job.config
+        self.stateful_metrics = job.stateful_metrics
+        self.options = options = job.options
         self.run_dir = os.path.abspath(options.run_dir) if options.run_dir else None
         self.observer = observer
         self.name = f"distcb-coordinator-{secrets.token_hex(6)}"
@@ -175,8 +161,8 @@ class RayJob:
         self.outcome: dict[str, Any] | None = None  # what the coordinator actor returned
         self._token = secrets.token_hex(16)
         self._started_ray = False
-        self.max_restarts = max_restarts
-        self.resume = resume
+        self.max_restarts = job.max_restarts
+        self.resume = job.resume
         self.attempt = 0
         self._run: asyncio.Future[Any] | None = None
         self._watchers: list[asyncio.Task[None]] = []
@@ -398,30 +384,7 @@ class RayJob:
             ray.shutdown()
 
 
-async def launch(
-    train_fn: Callable[..., Any],
-    *,
-    num_workers: int,
-    callbacks: Sequence[Any],
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    config: Config,
-    stateful_metrics: Sequence[str] = (),
-    options: LaunchOptions = DEFAULT_OPTIONS,
-    max_restarts: int = 0,
-    resume: bool = False,
-) -> History:
-    """`distcb.run(..., backend="ray")`: run `train_fn` on `num_workers` Ray actors."""
-    async with RayJob(
-        train_fn,
-        num_workers=num_workers,
-        callbacks=callbacks,
-        args=args,
-        kwargs=kwargs,
-        config=config,
-        stateful_metrics=stateful_metrics,
-        options=options,
-        max_restarts=max_restarts,
-        resume=resume,
-    ) as job:
-        return await job.wait()
+async def launch(job: JobSpec) -> History:
+    """`distcb.run(..., backend="ray")`: run `job.train_fn` on `job.num_workers` Ray actors."""
+    async with RayJob(job) as running:
+        return await running.wait()

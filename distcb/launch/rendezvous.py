@@ -51,15 +51,11 @@ from aiohttp import web
 from yarl import URL
 
 from distcb.protocol.config import Config
-from distcb.protocol.errors import DistcbError
+from distcb.protocol.errors import RendezvousError
 from distcb.transport.tls import PLAINTEXT_TO_TLS, client_context, speaks_tls
 
 POLL_S = 10.0
 _MAX_HOST = 253
-
-
-class RendezvousError(DistcbError):
-    """The rendezvous failed: a refused node, a wrong token, or no coordinator in time."""
 
 
 class _Busy(Exception):

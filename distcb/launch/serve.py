@@ -28,6 +28,7 @@ from distcb.launch import callback_spec
 from distcb.launch.usage import UsageError, bind_error
 from distcb.protocol import exit_codes
 from distcb.protocol.config import Config
+from distcb.server.tls import server_context
 from distcb.transport import tls
 from distcb.worker import cluster
 
@@ -84,7 +85,7 @@ async def _serve(
     token: str | None,
     ssl_context: SSLContext | None,
 ) -> int:
-    from distcb.transport.websocket import WebSocketServer
+    from distcb.server import WebSocketServer
 
     state_dir = getattr(options, "state_dir", None)
     coordinator = Coordinator(
@@ -145,13 +146,13 @@ def server_tls_files(options: argparse.Namespace, env: Mapping[str, str]) -> tup
             f"TLS needs both a certificate and its key: received certificate {cert!r} and key "
             f"{key!r} (--tls-cert/--tls-key or {tls.ENV_CERT}/{tls.ENV_KEY})"
         )
-    tls.server_context(cert, key)  # loads now: a bad file is a usage error, before any work
+    server_context(cert, key)  # loads now: a bad file is a usage error, before any work
     return cert, key
 
 
 def _server_tls(options: argparse.Namespace, env: Mapping[str, str]) -> SSLContext | None:
     files = server_tls_files(options, env)
-    return None if files is None else tls.server_context(*files)
+    return None if files is None else server_context(*files)
 
 
 def _bind_address(host: str, port: int, env: Mapping[str, str]) -> tuple[str, int]:
@@ -164,9 +165,9 @@ def _bind_address(host: str, port: int, env: Mapping[str, str]) -> tuple[str, in
 
 
 def _loopback(host: str) -> bool:
-    from distcb.transport.websocket_server import _is_loopback
+    from distcb.server import is_loopback
 
-    return _is_loopback(host)
+    return is_loopback(host)
 
 
 def _config(raw: str | None) -> Config:

@@ -46,9 +46,8 @@ from typing import Any
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
 from distcb.launch import interrupt
-from distcb.launch.options import DEFAULT_OPTIONS, LaunchOptions
+from distcb.launch.job_spec import JobSpec
 from distcb.launch.progress import JobProgress
-from distcb.protocol.config import Config
 from distcb.protocol.errors import JobFailed, JobFailedError, WorkerLostError
 from distcb.transport.inproc import InProcessListener
 from distcb.worker.context import WorkerContext, WorkerHost, hosting
@@ -94,42 +93,21 @@ class _WorkerThread:
             self._loop.call_soon_threadsafe(self._ended, self.context.rank, self.error, text)
 
 
-async def launch(
-    train_fn: Callable[..., Any],
-    *,
-    num_workers: int,
-    callbacks: Sequence[Any],
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    config: Config,
-    stateful_metrics: Sequence[str] = (),
-    options: LaunchOptions = DEFAULT_OPTIONS,
-    max_restarts: int = 0,
-    resume: bool = False,
-) -> History:
+async def launch(job: JobSpec) -> History:
     """`distcb.run(..., backend="thread")`."""
-    if max_restarts or resume:
+    if job.resumable:
         # A thread cannot be killed and started afresh, nor its TensorFlow state reset: a
         # restart needs worker processes.
         raise ValueError(
             "backend='thread' does not restart or resume workers (threads of this process): "
-            f"received max_restarts={max_restarts!r}, resume={resume!r}; use "
+            f"received max_restarts={job.max_restarts!r}, resume={job.resume!r}; use "
             "backend='process' or 'ray' for a resumable job"
         )
-    async with ThreadJob(
-        train_fn,
-        num_workers=num_workers,
-        callbacks=callbacks,
-        args=args,
-        kwargs=kwargs,
-        config=config,
-        stateful_metrics=stateful_metrics,
-        options=options,
-    ) as job:
-        progress = JobProgress(job.coordinator, show=options.progress)
-        job.coordinator.add_listener(progress)
-        interrupt.attach(job.coordinator, progress)  # Ctrl-C: a coordinated stop
-        return await job.wait()
+    async with ThreadJob(job) as running:
+        progress = JobProgress(running.coordinator, show=job.options.progress)
+        running.coordinator.add_listener(progress)
+        interrupt.attach(running.coordinator, progress)  # Ctrl-C: a coordinated stop
+        return await running.wait()
 
 
 class ThreadJob:
@@ -138,38 +116,29 @@ class ThreadJob:
     ``observer.callback()`` joins the chain after History, ``observer.attach(coordinator)``
     is called, and `observe` calls its coroutine methods (what a Tune trial does).
 
-    Use: ``async with ThreadJob(...) as job: history = await job.wait()``; leaving the
+    Use: ``async with ThreadJob(spec) as job: history = await job.wait()``; leaving the
     block stops what still runs (bounded by `Config.stop_timeout_s`).
     """
 
-    def __init__(
-        self,
-        train_fn: Callable[..., Any],
-        *,
-        num_workers: int,
-        callbacks: Sequence[Any],
-        args: Sequence[Any],
-        kwargs: dict[str, Any],
-        config: Config,
-        stateful_metrics: Sequence[str] = (),
-        options: LaunchOptions = DEFAULT_OPTIONS,
-        observer: Any = None,
-    ):
-        chain = list(callbacks)
+    def __init__(self, job: JobSpec, *, observer: Any = None):
+        chain = list(job.callbacks)
         if observer is not None:
             if not any(isinstance(cb, History) for cb in chain):
                 chain.append(History())  # the observer sees the logs as History records them
             chain.append(observer.callback())
         self.coordinator = Coordinator(
-            chain, world_size=num_workers, config=config, stateful_metrics=stateful_metrics
+            chain,
+            world_size=job.num_workers,
+            config=job.config,
+            stateful_metrics=job.stateful_metrics,
         )
         if observer is not None:
             observer.attach(self.coordinator)
         self.observer = observer
-        self.config = config
-        self._call = lambda: train_fn(*args, **kwargs)
-        self._num_workers = num_workers
-        self._run_dir = options.run_dir
+        self.config = job.config
+        self._call = job.call
+        self._num_workers = job.num_workers
+        self._run_dir = job.options.run_dir
         self._workers: list[_WorkerThread] = []
         self._reports: set[asyncio.Task[None]] = set()
         self._listener: InProcessListener | None = None

@@ -1,4 +1,4 @@
-"""distcb's exception tree.
+"""distcb's exception tree: every public exception lives here (`distcb` exports them all).
 
     DistcbError
     ├── ProtocolError          a message that is malformed, unexpected or from another version
@@ -8,11 +8,15 @@
     ├── CoordinatorLostError   a worker lost its coordinator
     ├── JobFailedError         the coordinator ended the job as failed (says why: which
     │                          rank, which callback, what)
+    ├── CallbackFailed         a coordinator callback raised: the job stops, workers hear why
     ├── DecisionError          a decision that cannot be carried out
     ├── ConnectionClosed       a channel closed or broke (transports raise it; the
     │                          coordinator and workers turn it into the two above)
     ├── IntegrityError         a file of a resumable job's state is damaged, missing or
     │                          a link (names the file)
+    ├── JournalMismatchError   the state directory holds the journal of another job
+    ├── RendezvousError        ``distcb launch``: a refused node, a wrong token, or no
+    │                          coordinator in time
     └── RestartsExhausted      a job lost a worker once more than `max_restarts` allowed
 
     JobInterrupted (a SystemExit, code 143)  a worker stops so that its job resumes
@@ -133,6 +137,10 @@ class JobFailedError(DistcbError):
         return (type(self), (self.reason,))
 
 
+class CallbackFailed(DistcbError):
+    """A coordinator callback raised: the job stops; workers are told why."""
+
+
 class DecisionError(DistcbError):
     """A decision could not be carried out."""
 
@@ -163,6 +171,15 @@ class IntegrityError(DistcbError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.problem))
+
+
+class JournalMismatchError(DistcbError):
+    """The state directory holds the journal of another job (says what differs)."""
+
+
+class RendezvousError(DistcbError):
+    """The rendezvous of ``distcb launch`` failed: a refused node, a wrong token, or no
+    coordinator in time."""
 
 
 class RestartsExhausted(DistcbError):

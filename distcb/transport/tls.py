@@ -1,7 +1,7 @@
-"""TLS for the websocket transport: the coordinator's certificate, the workers' trust.
+"""TLS for the websocket transport, the clients' side: the workers' trust.
 
 The coordinator serves ``wss://`` with a certificate and key read from files
-(`server_context`); workers verify it against a CA file (`client_context`),
+(`distcb.server.tls.server_context`); workers verify it against a CA file (`client_context`),
 named by ``DISTCB_TLS_CA`` in their environment (`WorkerContext.tls_ca`). The
 certificate must name the host the workers dial (a Kubernetes Service's DNS
 name, or the IP address).
@@ -25,7 +25,6 @@ __all__ = [
     "ENV_KEY",
     "PLAINTEXT_TO_TLS",
     "client_context",
-    "server_context",
     "speaks_tls",
 ]
 
@@ -38,27 +37,6 @@ PLAINTEXT_TO_TLS = (
     "(the client then dials https/wss)"
 )
 """What a client that spoke plaintext to a TLS server is told (server and clients alike)."""
-
-
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """The coordinator's TLS context: TLS 1.2 or later, this certificate and key.
-
-    Raises:
-        ValueError: a file is missing or does not hold a PEM certificate / matching key.
-    """
-    for label, path in (("certificate", cert_file), ("key", key_file)):
-        if not path or not os.path.isfile(path):
-            raise ValueError(f"the TLS {label} file {path!r} does not exist")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (ssl.SSLError, OSError) as exc:
-        raise ValueError(
-            f"could not load the TLS certificate {cert_file!r} with the key {key_file!r}: {exc} "
-            "(both must be PEM, and the key must belong to the certificate)"
-        ) from None
-    return context
 
 
 def client_context(ca_file: str | None) -> ssl.SSLContext:

@@ -1,12 +1,9 @@
-"""Websocket transport over aiohttp: the coordinator's server and the workers' client.
+"""Websocket transport over aiohttp, the workers' end (the coordinator's server is
+`distcb.server.WebSocketServer`).
 
-    async with WebSocketServer(coordinator) as server:        # coordinator side
-        ...                                                   # workers reach server.address
-        history = await coordinator.run()
+    connection = await connect(address, token)
 
-    connection = await connect(address, token)                # worker side
-
-Each message is one TEXT frame of strict JSON; every connection carries the
+Each message is one binary frame of MessagePack; every connection carries the
 job token (``Authorization: Bearer <token>``), checked before the upgrade; a
 frame that is not JSON, not a valid message, or over
 `Config.max_message_bytes` closes that connection only (a joined worker then
@@ -22,6 +19,5 @@ coordinator's to judge (its join timeout and heartbeat watchdog).
 
 from distcb.transport.websocket_client import connect
 from distcb.transport.websocket_connection import WebSocketConnection
-from distcb.transport.websocket_server import WebSocketServer
 
-__all__ = ["WebSocketConnection", "WebSocketServer", "connect"]
+__all__ = ["WebSocketConnection", "connect"]

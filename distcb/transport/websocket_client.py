@@ -12,9 +12,11 @@ from distcb.protocol.errors import ConnectionClosed, ProtocolError
 from distcb.protocol.messages import decode_from_coordinator
 from distcb.transport import tls
 from distcb.transport.websocket_connection import WebSocketConnection
-from distcb.transport.websocket_server import WS_PATH
 
-__all__ = ["connect"]
+WS_PATH = "/ws"
+"""The path of the worker channel on the coordinator's server."""
+
+__all__ = ["WS_PATH", "connect"]
 
 
 async def connect(

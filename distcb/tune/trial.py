@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distcb.callbacks.history import History
+from distcb.launch.job_spec import JobSpec
 from distcb.launch.options import LaunchOptions
 from distcb.protocol.config import Config
 from distcb.protocol.errors import CoordinatorLostError
@@ -70,7 +71,6 @@ def run(
             "backend='thread' does not restart or resume workers (threads of the trial "
             f"process): received max_restarts={max_restarts!r}, resume={resume!r}"
         )
-    config = config or Config()
     launch_options = LaunchOptions.for_backend(backend, backends[backend], options)
     env = dict(launch_options.env or {})
     restore_dir: str | None = None
@@ -81,22 +81,19 @@ def run(
         epoch_offset = RestoredCheckpoint.load(restore_dir).epoch + 1
         env[ENV_CHECKPOINT] = restore_dir
     try:
-        history, stop = asyncio.run(
-            _run_trial(
-                train_fn,
-                num_workers=num_workers,
-                callbacks=list(callbacks),
-                args=tuple(args),
-                kwargs=dict(kwargs or {}),
-                config=config,
-                stateful_metrics=tuple(stateful_metrics),
-                options=dataclasses.replace(launch_options, env=env),
-                epoch_offset=epoch_offset,
-                max_restarts=max_restarts,
-                resume=resume,
-                backend=backend,
-            )
+        job = JobSpec.build(
+            train_fn,
+            num_workers=num_workers,
+            callbacks=callbacks,
+            args=args,
+            kwargs=kwargs,
+            config=config,
+            stateful_metrics=stateful_metrics,
+            options=dataclasses.replace(launch_options, env=env),
+            max_restarts=max_restarts,
+            resume=resume,
         )
+        history, stop = asyncio.run(_run_trial(job, epoch_offset=epoch_offset, backend=backend))
     finally:
         if restore_dir is not None:
             shutil.rmtree(restore_dir, ignore_errors=True)
@@ -107,41 +104,20 @@ def run(
 
 
 async def _run_trial(
-    train_fn: Callable[..., Any],
-    *,
-    num_workers: int,
-    callbacks: list[Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    config: Config,
-    stateful_metrics: tuple[str, ...],
-    options: LaunchOptions,
-    epoch_offset: int,
-    max_restarts: int = 0,
-    resume: bool = False,
-    backend: str = "ray",
+    spec: JobSpec, *, epoch_offset: int, backend: str = "ray"
 ) -> tuple[History | None, SystemExit | None]:
     from distcb.launch.ray_backend import RayJob
     from distcb.launch.thread_backend import ThreadJob
 
-    job_kwargs: dict[str, Any] = {
-        "num_workers": num_workers,
-        "callbacks": callbacks,
-        "args": args,
-        "kwargs": kwargs,
-        "config": config,
-        "stateful_metrics": stateful_metrics,
-        "options": options,
-        "observer": TuneObserver(),
-    }
+    observer = TuneObserver()
     job_context: Any = (
-        ThreadJob(train_fn, **job_kwargs)
+        ThreadJob(spec, observer=observer)
         if backend == "thread"
-        else RayJob(train_fn, max_restarts=max_restarts, resume=resume, **job_kwargs)
+        else RayJob(spec, observer=observer)
     )
     async with job_context as job:
         waiter = asyncio.ensure_future(job.wait())
-        reporter = asyncio.ensure_future(_report_epochs(job, config, epoch_offset))
+        reporter = asyncio.ensure_future(_report_epochs(job, spec.config, epoch_offset))
         try:
             await asyncio.wait({waiter, reporter}, return_when=asyncio.FIRST_COMPLETED)
             error = waiter.exception() if waiter.done() else None
@@ -151,7 +127,7 @@ async def _run_trial(
             if stop is not None:
                 # The coordinator stops the workers at the end of the epoch in flight.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(waiter), config.stop_timeout_s)
+                    await asyncio.wait_for(asyncio.shield(waiter), spec.config.stop_timeout_s)
                 return None, stop
             return await waiter, None
         finally:

@@ -22,8 +22,9 @@ from distcb.callbacks import (
 )
 from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
+from distcb.server import WebSocketServer
 from distcb.testing import ScriptedWorker
-from distcb.transport.websocket import WebSocketServer, connect
+from distcb.transport.websocket import connect
 
 CONFIG = Config(heartbeat_interval_s=0.2, heartbeat_timeout_s=20.0, stop_timeout_s=5.0)
 EPOCHS = 8

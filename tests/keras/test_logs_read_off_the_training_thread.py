@@ -48,7 +48,7 @@ class Coordinator:
 
     def __enter__(self) -> Coordinator:
         from distcb.coordinator.engine import Coordinator as Engine
-        from distcb.transport.websocket import WebSocketServer
+        from distcb.server import WebSocketServer
 
         async def start() -> None:
             self.engine = Engine(self.callbacks, world_size=1)

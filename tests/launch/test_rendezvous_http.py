@@ -14,7 +14,7 @@ import pytest
 from distcb.coordinator.engine import Coordinator
 from distcb.launch.rendezvous import NodeInfo, Rendezvous, RendezvousClient
 from distcb.protocol.config import Config
-from distcb.transport.websocket import WebSocketServer
+from distcb.server import WebSocketServer
 
 TOKEN = "rendezvous-test-token"
 WAIT_S = 30.0

@@ -22,7 +22,7 @@ from distcb.testing import ScriptedWorker, asimulate
 from distcb.transport import connector_for
 from distcb.transport.inproc import InProcessListener, connect
 from tests.helpers.scripted import Recorder
-from tests.transport.test_websocket import scripts
+from tests.transport.test_conformance import scripts
 
 FAST = Config(heartbeat_interval_s=0.05, heartbeat_timeout_s=5.0, stop_timeout_s=5.0)
 # No heartbeat wakes a loop during the job: every message must wake its receiver itself.

@@ -143,7 +143,7 @@ async def test_many_workers_from_one_address_get_in_past_its_limit():
     """A burst of workers from one machine (the process backend, a node of `distcb launch`):
     those answered 503 over the address's limit retry until they are in."""
     from distcb.coordinator.engine import Coordinator
-    from distcb.transport.websocket import WebSocketServer
+    from distcb.server import WebSocketServer
 
     world_size = 48
     config = Config(max_anonymous_per_address=4, heartbeat_interval_s=0.2, heartbeat_timeout_s=30.0)

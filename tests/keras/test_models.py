@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from distcb.callbacks import keras_models
+from distcb.keras import models as keras_models
 
 
 def test_keras3_directions_come_from_the_declared_metrics():

@@ -46,7 +46,7 @@ from distcb.transport.tls import PLAINTEXT_TO_TLS
 
 __all__ = ["KINDS", "Admission", "RejectionLog", "connection_room"]
 
-logger = logging.getLogger("distcb.transport.websocket")
+logger = logging.getLogger("distcb.server")
 
 KINDS = (
     "token",

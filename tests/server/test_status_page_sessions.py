@@ -12,8 +12,8 @@ import pytest
 
 from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
-from distcb.transport.status_page import COOKIE
-from distcb.transport.websocket import WebSocketServer
+from distcb.server import WebSocketServer
+from distcb.server.status_page import COOKIE
 
 TOKEN = "the-job-token-0123456789"
 WAIT_S = 30.0

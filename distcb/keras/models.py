@@ -1,8 +1,10 @@
-"""What distcb reads of (and sets on) a real Keras model, Keras 3 or tf_keras, in one place.
+"""What the worker glue reads of and sets on a real Keras model, Keras 3 or tf_keras: the
+learning rate, the optimizer's step count, weights, backups, resuming, seeding.
 
-Used by the callbacks in a plain single-process `fit` (where they hold the real
-model) and by the worker glue (`distcb.keras`). Keras itself is imported only
-inside the functions that need it.
+What a callback also reads of a model it holds in a plain ``fit`` (metric names and
+directions, the flavour, the image layout) lives below, in `distcb.callbacks.local_model`,
+and is re-exported here so that the worker glue reads a model through one module. Keras
+itself is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,31 @@ from typing import Any
 
 import numpy as np
 
-from distcb.protocol.metrics import direction_by_name
+from distcb.callbacks.local_model import (
+    channels_last,
+    is_keras3,
+    is_tf_keras,
+    metric_directions,
+    metric_names,
+)
 
-
-def _is_tf_keras(model: Any) -> bool:
-    return type(model).__module__.startswith("tf_keras")
+__all__ = [
+    "channels_last",
+    "end_resume",
+    "get_learning_rate",
+    "is_keras3",
+    "is_synchronous",
+    "iterations",
+    "load_training_state",
+    "metric_directions",
+    "metric_names",
+    "named_weights",
+    "resume_at_epoch",
+    "save_training_state",
+    "seed_everything",
+    "set_learning_rate",
+    "writing_alone",
+]
 
 
 def get_learning_rate(model: Any) -> float | None:
@@ -27,7 +49,7 @@ def get_learning_rate(model: Any) -> float | None:
     if optimizer is None:
         return None
     try:
-        if _is_tf_keras(model):
+        if is_tf_keras(model):
             import tf_keras
 
             return float(tf_keras.backend.get_value(optimizer.learning_rate))
@@ -39,87 +61,12 @@ def get_learning_rate(model: Any) -> float | None:
 
 
 def set_learning_rate(model: Any, value: float) -> None:
-    if _is_tf_keras(model):
+    if is_tf_keras(model):
         import tf_keras
 
         tf_keras.backend.set_value(model.optimizer.learning_rate, value)
     else:
         model.optimizer.learning_rate = value
-
-
-def _compiled_metrics(model: Any) -> list[Any]:
-    found = []
-    for metric in getattr(model, "metrics", []) or []:
-        inner = getattr(metric, "metrics", None)
-        if isinstance(inner, list) and type(metric).__name__ in (
-            "CompileMetrics",
-            "MetricsList",
-            "MetricsContainer",
-        ):
-            found.extend(inner)
-        else:
-            found.append(metric)
-    return found
-
-
-def _declared_metrics(model: Any) -> list[Any]:
-    """The metrics given to `compile` (names or Metric objects), flattened.
-
-    At `on_train_begin` neither Keras 3 nor tf_keras has built its compiled
-    metrics yet, so what the user declared is the only source then.
-    """
-    container = getattr(model, "_compile_metrics", None) or getattr(model, "compiled_metrics", None)
-    declared = getattr(container, "_user_metrics", None)
-    out: list[Any] = []
-
-    def walk(item: Any) -> None:
-        if isinstance(item, dict):
-            for value in item.values():
-                walk(value)
-        elif isinstance(item, list | tuple):
-            for value in item:
-                walk(value)
-        elif item is not None:
-            out.append(item)
-
-    walk(declared)
-    return out
-
-
-def _name_of(metric: Any) -> str | None:
-    name = metric if isinstance(metric, str) else getattr(metric, "name", None)
-    return name if isinstance(name, str) else None
-
-
-def metric_names(model: Any) -> list[str]:
-    names = ["loss"]
-    for metric in [*_declared_metrics(model), *_compiled_metrics(model)]:
-        name = _name_of(metric)
-        if name and name != "compile_metrics":
-            names.append(name)
-    return list(dict.fromkeys(names))
-
-
-def metric_directions(model: Any) -> dict[str, str]:
-    """Metric name -> "min"/"max": Keras 3's declared `_direction`, else the metric's class or
-    name (accuracy, AUC, precision, recall, IoU, F-scores, R² go up). Unknown: left out,
-    and the coordinator's callbacks fall back to Keras 2's name rule."""
-    directions = {"loss": "min"}
-    for metric in [*_declared_metrics(model), *_compiled_metrics(model)]:
-        name = _name_of(metric)
-        if not name or name == "loss":
-            continue
-        direction = getattr(metric, "_direction", None)
-        if direction in ("up", "down"):
-            directions[name] = "max" if direction == "up" else "min"
-        elif any(
-            word in type(metric).__name__.lower()
-            for word in ("accuracy", "auc", "precision", "recall", "iou")
-        ):
-            directions[name] = "max"
-        elif direction_by_name(name) is not None:
-            directions[name] = str(direction_by_name(name))
-    return directions
 
 
 def named_weights(model: Any) -> dict[str, Any]:
@@ -136,7 +83,7 @@ def iterations(model: Any) -> int | None:
     if variable is None:
         return None
     try:
-        if _is_tf_keras(model):
+        if is_tf_keras(model):
             import tf_keras
 
             return int(tf_keras.backend.get_value(variable))
@@ -147,18 +94,6 @@ def iterations(model: Any) -> int | None:
         return None
 
 
-def channels_last(model: Any) -> bool:
-    """Whether the model's Keras (3 or tf_keras) lays images out channels last."""
-    import importlib
-
-    keras = importlib.import_module("tf_keras" if _is_tf_keras(model) else "keras")
-    return bool(keras.backend.image_data_format() == "channels_last")
-
-
-def is_keras3(model: Any) -> bool:
-    return not _is_tf_keras(model)
-
-
 def is_synchronous(model: Any) -> bool:
     """Whether the workers train one model together (MultiWorkerMirroredStrategy, or Keras 3
     on JAX with a ``keras.distribution`` over several processes): then the chief alone
@@ -167,7 +102,7 @@ def is_synchronous(model: Any) -> bool:
     name = type(strategy).__name__ if strategy is not None else ""
     if "MultiWorkerMirrored" in name or "CollectiveAllReduce" in name:
         return True
-    return not _is_tf_keras(model) and _jax_distribution_spans_processes()
+    return not is_tf_keras(model) and _jax_distribution_spans_processes()
 
 
 @contextlib.contextmanager
@@ -183,7 +118,7 @@ def writing_alone(model: Any) -> Iterator[None]:
     so training's own setting is back before its next step. The weights it writes are
     read from this process's replica, which holds all of them under ``DataParallel``.
     """
-    if _is_tf_keras(model) or not _jax_distribution_spans_processes():
+    if is_tf_keras(model) or not _jax_distribution_spans_processes():
         yield
         return
     import keras
@@ -210,7 +145,7 @@ def _jax_distribution_spans_processes() -> bool:
 def save_training_state(model: Any, directory: str) -> None:
     """Model and optimizer state, in Keras's own format, into `directory` (see
     `load_training_state`)."""
-    if _is_tf_keras(model):
+    if is_tf_keras(model):
         # The TF-format checkpoint of save_weights tracks the optimizer too.
         model.save_weights(os.path.join(directory, "checkpoint"), save_format="tf")
         return
@@ -224,7 +159,7 @@ def save_training_state(model: Any, directory: str) -> None:
 
 def load_training_state(model: Any, directory: str) -> None:
     """Set model and optimizer state back to what `save_training_state` wrote."""
-    if _is_tf_keras(model):
+    if is_tf_keras(model):
         model.load_weights(os.path.join(directory, "checkpoint"))
         return
     optimizer = getattr(model, "optimizer", None)
@@ -262,7 +197,7 @@ def resume_at_epoch(model: Any, epoch: int) -> None:
     BackupAndRestore sets); tf_keras asks ``model._training_state`` (what its own
     BackupAndRestore installs) for the epoch to begin at.
     """
-    if _is_tf_keras(model):
+    if is_tf_keras(model):
         model._training_state = _ResumeAt(epoch)
     else:
         model._initial_epoch = epoch
@@ -270,7 +205,7 @@ def resume_at_epoch(model: Any, epoch: int) -> None:
 
 def end_resume(model: Any) -> None:
     """Undo `resume_at_epoch` once the fit has begun (a later fit starts as asked)."""
-    if _is_tf_keras(model):
+    if is_tf_keras(model):
         if isinstance(getattr(model, "_training_state", None), _ResumeAt):
             model._training_state = None
     elif hasattr(model, "_initial_epoch"):

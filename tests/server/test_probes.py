@@ -13,8 +13,9 @@ import pytest
 from distcb.callbacks import Callback
 from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
+from distcb.server import WebSocketServer
 from distcb.testing import ScriptedWorker
-from distcb.transport.websocket import WebSocketServer, connect
+from distcb.transport.websocket import connect
 
 FAST = Config(
     heartbeat_interval_s=0.05, heartbeat_timeout_s=30.0, stop_timeout_s=5.0, connect_timeout_s=5.0

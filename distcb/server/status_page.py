@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COOKIE", "StatusPage"]
 
-logger = logging.getLogger("distcb.transport.websocket")
+logger = logging.getLogger("distcb.server")
 
 COOKIE = "distcb_status"
 MAX_EPOCHS = 500
@@ -81,7 +81,7 @@ _SECURITY_HEADERS = {
 
 
 def _asset(name: str) -> str:
-    return (resources.files("distcb.transport") / "static" / name).read_text(encoding="utf-8")
+    return (resources.files("distcb.server") / "static" / name).read_text(encoding="utf-8")
 
 
 class StatusPage:

@@ -16,9 +16,11 @@ import pytest
 from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
 from distcb.protocol.errors import ConnectionClosed
+from distcb.server import WebSocketServer
+from distcb.server.tls import server_context
 from distcb.testing import ScriptedWorker
 from distcb.transport import connector_for, tls
-from distcb.transport.websocket import WebSocketServer, connect
+from distcb.transport.websocket import connect
 from tests.helpers.pki import make_ca, make_server_cert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +38,7 @@ def pki(tmp_path_factory):
 
 async def test_workers_verify_the_coordinator_and_the_job_runs_over_wss(pki):
     coordinator = Coordinator([], world_size=2, config=FAST)
-    context = tls.server_context(str(pki["cert"]), str(pki["key"]))
+    context = server_context(str(pki["cert"]), str(pki["key"]))
     async with WebSocketServer(coordinator, ssl=context) as server:
         assert server.url.startswith("wss://")
         run = asyncio.create_task(coordinator.run())
@@ -57,7 +59,7 @@ async def test_workers_verify_the_coordinator_and_the_job_runs_over_wss(pki):
 
 async def test_a_wrong_ca_fails_at_once_naming_the_ca(pki):
     coordinator = Coordinator([], world_size=1, config=FAST)
-    context = tls.server_context(str(pki["cert"]), str(pki["key"]))
+    context = server_context(str(pki["cert"]), str(pki["key"]))
     async with WebSocketServer(coordinator, ssl=context) as server:
         started = time.monotonic()
         with pytest.raises(ConnectionClosed, match="TLS with the coordinator") as failed:
@@ -73,9 +75,9 @@ async def test_a_wrong_ca_fails_at_once_naming_the_ca(pki):
 
 def test_tls_files_are_checked_with_what_was_received(pki, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        tls.server_context(str(tmp_path / "missing.pem"), str(pki["key"]))
+        server_context(str(tmp_path / "missing.pem"), str(pki["key"]))
     with pytest.raises(ValueError, match="could not load the TLS certificate"):
-        tls.server_context(str(pki["ca"]), str(pki["key"]))  # the key is not the CA's
+        server_context(str(pki["ca"]), str(pki["key"]))  # the key is not the CA's
     with pytest.raises(ValueError, match="DISTCB_TLS_CA"):
         tls.client_context(str(tmp_path / "missing-ca.pem"))
     with pytest.raises(ValueError, match="plaintext URL"):

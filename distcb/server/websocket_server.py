@@ -8,15 +8,15 @@ page's cookie), ``GET /healthz`` liveness: the process is alive (no token),
 ``GET /readyz`` readiness: 200 while the coordinator accepts joins, or trains
 with its barriers advancing (no `Config.stall_timeout_s` without progress), 503
 otherwise (no token), and the status page: ``GET /``, ``GET /events``
-(`distcb.transport.status_page`).
+(`distcb.server.status_page`).
 
-What a peer without the token can hold is bounded (`distcb.transport.admission`):
+What a peer without the token can hold is bounded (`distcb.server.admission`):
 connections (`Config.max_connections`), the time to a complete request
 (`Config.handshake_timeout_s`), and the rate of warnings about rejected
 connections. After the upgrade a worker must join within
 `Config.first_message_timeout_s`.
 
-Off loopback the server needs TLS (``ssl=``, see `distcb.transport.tls`): the
+Off loopback the server needs TLS (``ssl=``, see `distcb.server.tls`): the
 token would otherwise cross the network in plaintext. ``insecure=True`` allows
 plain ``ws://`` there, with a warning.
 """
@@ -42,18 +42,18 @@ from distcb.protocol import close_codes
 from distcb.protocol.config import Config
 from distcb.protocol.logs import to_json_value
 from distcb.protocol.messages import decode_from_worker
-from distcb.transport.admission import Admission, connection_room
-from distcb.transport.status_page import StatusPage
+from distcb.server.admission import Admission, connection_room
+from distcb.server.status_page import StatusPage
+from distcb.transport.websocket_client import WS_PATH
 from distcb.transport.websocket_connection import WebSocketConnection
 
-if TYPE_CHECKING:  # workers import this package too; they need no coordinator
+if TYPE_CHECKING:
     from distcb.coordinator.engine import Coordinator
 
-__all__ = ["WS_PATH", "WebSocketServer"]
+__all__ = ["WS_PATH", "WebSocketServer", "is_loopback"]
 
-logger = logging.getLogger("distcb.transport.websocket")
+logger = logging.getLogger("distcb.server")
 
-WS_PATH = "/ws"
 _SHUTTING_DOWN = "the coordinator is shutting down"
 _READY_PHASES = ("joining", "training")  # /readyz: accepting joins, or running the job
 
@@ -73,7 +73,7 @@ class WebSocketServer:
         token: the job's shared secret. None generates one on loopback (see
             `token_generated`); binding beyond loopback without one raises ValueError.
         config: limits and timeouts; the coordinator's by default.
-        ssl: the server's TLS context (`distcb.transport.tls.server_context`): workers
+        ssl: the server's TLS context (`distcb.server.tls.server_context`): workers
             then connect with ``wss://``. Required beyond loopback unless `insecure`.
         insecure: allow plain ``ws://`` beyond loopback (the token then crosses the
             network in plaintext); logs a warning.
@@ -92,7 +92,7 @@ class WebSocketServer:
     ):
         self.token_generated = token is None
         if token is None:
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 raise ValueError(
                     f"WebSocketServer(host={host!r}) would accept connections from other "
                     "machines, so it needs a token: pass token=secrets.token_urlsafe(32) (or "
@@ -105,11 +105,11 @@ class WebSocketServer:
                 "token must be a non-empty string of printable ASCII without spaces (it travels "
                 "in an HTTP header); secrets.token_urlsafe(32) makes a good one"
             )
-        loopback = _is_loopback(host)
+        loopback = is_loopback(host)
         if ssl is None and not loopback and not insecure:
             raise ValueError(
                 f"WebSocketServer(host={host!r}) would send the job's token across the network "
-                "in plaintext: pass ssl=distcb.transport.tls.server_context(cert_file, key_file) "
+                "in plaintext: pass ssl=distcb.server.tls.server_context(cert_file, key_file) "
                 "(the CLI: --tls-cert/--tls-key or DISTCB_TLS_CERT/DISTCB_TLS_KEY) and give the "
                 "workers the CA (DISTCB_TLS_CA), or pass insecure=True (the CLI: --insecure) on a "
                 "network you trust."
@@ -366,7 +366,8 @@ class WebSocketServer:
         return web.json_response(body, status=200 if body["ready"] else 503)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (binding there needs neither a token nor TLS)."""
     if host == "localhost":
         return True
     try:

@@ -1,5 +1,5 @@
 """The status page's sign-in, headers, event stream and bounds, over real HTTP (aiohttp's
-client against a real server); tests/transport/test_status_page_browser.py drives it in a
+client against a real server); tests/server/test_status_page_browser.py drives it in a
 browser."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from distcb.coordinator.engine import Coordinator
 from distcb.protocol.config import Config
-from distcb.transport.status_page import COOKIE
-from distcb.transport.websocket import WebSocketServer
+from distcb.server import WebSocketServer
+from distcb.server.status_page import COOKIE
 
 CONFIG = Config(heartbeat_interval_s=0.2, heartbeat_timeout_s=5.0)
 TOKEN = "the-job-token-0123456789"
