@@ -218,8 +218,7 @@ class ScriptedWorker:
             if start.resume is not None:  # go on after the barrier the job resumes from
                 session.applier.resume(start.resume)
                 self.resumed_after = start.resume.epoch
-                end = initial + len(self.epoch_logs)
-                first = end if start.resume.stopping else start.resume.epoch + 1
+                first = start.resume.first_epoch(initial + len(self.epoch_logs))
             await self._train(session, initial, first)
             decisions, self.job_error = await session.end_training()
             session.apply(decisions, -1)

@@ -205,8 +205,7 @@ class WorkerCallback:
         if start.resume is not None:
             self._session.applier.resume(start.resume)
             self.resumed_after = start.resume.epoch
-            epochs = int(params.get("epochs") or 0)
-            first = epochs if start.resume.stopping else start.resume.epoch + 1
+            first = start.resume.first_epoch(int(params.get("epochs") or 0))
             keras_models.resume_at_epoch(self.model, first)
         self._listen_for_sigterm()
 

@@ -244,6 +244,11 @@ class Resume(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     snapshots: tuple[NonNegInt, ...] = ()
     stopping: bool = False
 
+    def first_epoch(self, epochs: int) -> int:
+        """The first epoch a worker trains in the resumed job: the one after the barrier,
+        or `epochs` (`fit`'s, so none is left) when the job had decided to stop there."""
+        return epochs if self.stopping else self.epoch + 1
+
 
 class Progress(Message, frozen=True, tag="progress"):
     """Batch decisions (if any) and the last step the coordinator processed."""

@@ -269,3 +269,15 @@ def test_fuzzed_frames_raise_protocol_errors_only(frame):
     for decode in (decode_from_worker, decode_from_coordinator):
         with contextlib.suppress(ProtocolError):  # anything else fails the test
             decode(frame)
+
+
+@pytest.mark.parametrize(
+    ("resume", "epochs", "first"),
+    [
+        (Resume(epoch=4), 10, 5),  # after the barrier of epoch 4
+        (Resume(epoch=4, stopping=True), 10, 10),  # it had decided to stop: none is left
+        (Resume(epoch=9), 10, 10),  # the last barrier: only the train end is left
+    ],
+)
+def test_a_resumed_job_trains_from_the_epoch_after_its_barrier(resume, epochs, first):
+    assert resume.first_epoch(epochs) == first
