@@ -531,11 +531,9 @@ class Coordinator:
             decisions=tuple(decisions),  # type: ignore[arg-type]
             window_steps=flow_window,
             want_batch_logs=want_batch_logs,
-            histogram_freq=self.callbacks.histogram_freq,
-            want_model_json=self.callbacks.wants_model_json,
+            worker_requests=self.callbacks.worker_requests,
             persist_snapshots=recovery is not None,
             resume=resume,
-            **self.callbacks.chief_tensorboard_requests,
         )
         if entry is not None and entry.stopping:
             self.phase = Phase.ENDING  # it had decided to stop: only the train end is left

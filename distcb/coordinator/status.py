@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from distcb.callbacks.extension import HasStatistics
+
 if TYPE_CHECKING:
     from distcb.coordinator.engine import Coordinator
 
@@ -23,10 +25,9 @@ def job_status(coordinator: Coordinator) -> dict[str, Any]:
         worker["lag_epochs"] = front[0] - worker["epoch"]
     statistics: dict[str, Any] = {}
     for callback in coordinator.callbacks.callbacks:
-        stats = getattr(callback, "statistics", None)
-        if callable(stats):
+        if isinstance(callback, HasStatistics):
             with contextlib.suppress(Exception):
-                value = stats()
+                value = callback.statistics()
                 if dataclasses.is_dataclass(value) and not isinstance(value, type):
                     value = dataclasses.asdict(value)  # JSON for /status
                 name, count = type(callback).__name__, 1
