@@ -37,7 +37,7 @@ from distcb.protocol.config import Config
 from distcb.protocol.decisions import Decision, SaveModel
 from distcb.protocol.errors import CoordinatorLostError
 from distcb.protocol.logs import Logs
-from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
+from distcb.protocol.messages import EpochEnd, JoinParams, Preempted, Start
 from distcb.transport import connector_for
 from distcb.transport.base import Connection
 from distcb.transport.inproc import InProcessListener
@@ -150,6 +150,7 @@ class ScriptedWorker:
     job_error: str | None = None
     interrupted: bool = False  # it ended so that the job restarts (JobInterrupted)
     resumed_after: int | None = None  # the barrier its job resumed from
+    start: Start | None = None  # the go signal it received
 
     def __post_init__(self) -> None:
         self.model = ScriptedModel(
@@ -218,13 +219,12 @@ class ScriptedWorker:
         if self.batch_logs is not None and "steps" not in self.params:
             fields["steps"] = max((len(s) for s in self.batch_logs), default=0)
         try:
-            start = await session.open(JoinParams(**fields))
+            start = self.start = await session.open(JoinParams(**fields))
             first = initial
             if start.resume is not None:  # go on after the barrier the job resumes from
                 session.applier.resume(start.resume)
                 self.resumed_after = start.resume.epoch
-                end = initial + len(self.epoch_logs)
-                first = end if start.resume.stopping else start.resume.epoch + 1
+                first = start.resume.first_epoch(initial + len(self.epoch_logs))
             await self._train(session, initial, first)
             decisions, self.job_error = await session.end_training()
             session.apply(decisions, -1)

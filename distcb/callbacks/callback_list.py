@@ -6,6 +6,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from distcb.callbacks.extension import (
+    AsksWorkers,
+    ImplementsBatchHooks,
+    NeedsRuntime,
+    Runtime,
+    may_decide_on_batch,
+    observes_only,
+)
+from distcb.protocol.worker_data import AnyWorkerRequest
+
 Logs = dict[str, Any]
 
 _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
@@ -25,9 +35,8 @@ def overrides_batch_hooks(callback: Any) -> bool:
     ModelCheckpoint saving per epoch has the method but no use for it); hooks
     stored on the instance (keras.callbacks.LambdaCallback) count too.
     """
-    answer = getattr(callback, "implements_batch_hooks", None)
-    if callable(answer):
-        return bool(answer())
+    if isinstance(callback, ImplementsBatchHooks):
+        return bool(callback.implements_batch_hooks())
     return defines_batch_hooks(callback)
 
 
@@ -49,7 +58,7 @@ def defines_batch_hooks(callback: Any) -> bool:
 
 def decides_on_batch(callback: Any) -> bool:
     """Whether `callback` may make a decision from a batch hook."""
-    return overrides_batch_hooks(callback) and bool(getattr(callback, "decides_on_batch", True))
+    return overrides_batch_hooks(callback) and may_decide_on_batch(callback)
 
 
 @dataclass(frozen=True)
@@ -96,47 +105,26 @@ class CallbackList:
         for callback in self.callbacks:
             callback.set_model(model)
 
-    def attach(self, params: dict[str, Any], model: Any, runtime: Any) -> None:
-        """Give every callback the params, the model proxy, and (if it wants it) the runtime."""
+    def attach(self, params: dict[str, Any], model: Any, runtime: Runtime | None) -> None:
+        """Give every callback the params, the model proxy, and (if it wants it) the runtime
+        (without one, callbacks run as in a plain ``fit``)."""
         self._batch_callbacks = self._has_batch_hooks = None
         self.set_params(params)
         self.set_model(model)
         for callback in self.callbacks:
-            set_runtime = getattr(callback, "set_runtime", None)
-            if callable(set_runtime):
-                set_runtime(runtime)
+            if runtime is not None and isinstance(callback, NeedsRuntime):
+                callback.set_runtime(runtime)
 
     @property
-    def histogram_freq(self) -> int:
-        """How often (epochs) the chief must send weight histograms; 0 for never."""
-        return max((int(getattr(cb, "histogram_freq", 0) or 0) for cb in self.callbacks), default=0)
-
-    @property
-    def wants_model_json(self) -> bool:
-        """Whether a callback (TensorBoard's write_graph) needs the chief's model JSON."""
-        return any(bool(getattr(cb, "wants_model_json", False)) for cb in self.callbacks)
-
-    @property
-    def chief_tensorboard_requests(self) -> dict[str, Any]:
-        """The rest of what the chief computes for TensorBoard (Start's fields of those names):
-        weight images, a profile, embeddings. The first callback that asks for each wins."""
-        requests: dict[str, Any] = {
-            "write_images": any(
-                bool(getattr(cb, "write_images", False)) and getattr(cb, "histogram_freq", 0)
-                for cb in self.callbacks
-            )
-        }
-        for cb in self.callbacks:
-            batches = getattr(cb, "profile_batches", None)
-            if isinstance(batches, tuple) and len(batches) == 2 and batches[0]:
-                requests["profile_batch"] = (int(batches[0]), int(batches[1]))
-                break
-        for cb in self.callbacks:
-            freq, folder = getattr(cb, "embeddings_freq", 0), getattr(cb, "embeddings_dir", None)
-            if isinstance(freq, int) and freq > 0 and isinstance(folder, str):
-                requests.update(embeddings_freq=freq, embeddings_dir=folder)
-                break
-        return requests
+    def worker_requests(self) -> tuple[AnyWorkerRequest, ...]:
+        """What the callbacks ask the chief worker to compute from its model, each once."""
+        requests = (
+            request
+            for callback in self.callbacks
+            if isinstance(callback, AsksWorkers)
+            for request in callback.worker_requests()
+        )
+        return tuple(dict.fromkeys(requests))
 
     @property
     def has_batch_hooks(self) -> bool:
@@ -155,7 +143,7 @@ class CallbackList:
     ) -> Logs:
         logs = {} if logs is None else logs
         for callback in self.callbacks:
-            if defer is not None and getattr(callback, "observes_only", False):
+            if defer is not None and observes_only(callback):
                 # The logs as they stand at this callback's place in the chain.
                 defer.append(DeferredCall(callback, hook, args, dict(logs)))
             else:
@@ -186,7 +174,7 @@ class CallbackList:
         logs = {} if logs is None else logs
         errors: list[BaseException] = []
         for callback in self.callbacks:
-            if observers_only and not getattr(callback, "observes_only", False):
+            if observers_only and not observes_only(callback):
                 continue
             self.current = callback
             try:

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from distcb.callbacks.base import Callback, Logs
+from distcb.callbacks.extension import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class CSVLogger(Callback):
         self.sep = separator
         self.append = append
         self.keys: list[str] | None = None
-        self._runtime: Any = None
+        self._runtime: Runtime | None = None
         self._file: TextIO | None = None
         self._needs_header = True
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -78,7 +79,7 @@ class CSVLogger(Callback):
 
         self._dialect = _Dialect
 
-    def set_runtime(self, runtime: Any) -> None:
+    def set_runtime(self, runtime: Runtime) -> None:
         """Receive the coordinator's runtime: writes then happen on a writer thread."""
         self._runtime = runtime
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distcb.callbacks.base import Callback
+from distcb.callbacks.extension import Runtime
 
 # Hook name -> how many arguments it takes before `logs`.
 _HOOKS = {
@@ -133,7 +134,7 @@ class LambdaCallback(Callback):
         """Batch hooks matter only when they can act (see CallbackList)."""
         return bool(self.decides_on_batch)
 
-    def set_runtime(self, runtime: Any) -> None:
+    def set_runtime(self, runtime: Runtime) -> None:
         """Called when the callback joins a distcb job: warn about hooks that cannot fire there."""
         idle = [name for name in _NOT_ON_COORDINATOR if name in self.functions]
         if idle:

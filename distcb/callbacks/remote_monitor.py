@@ -49,6 +49,7 @@ import aiohttp
 import numpy as np
 
 from distcb.callbacks.base import Callback, Logs
+from distcb.callbacks.extension import Runtime
 from distcb.protocol.config import Config
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class RemoteMonitor(Callback):
         self.retry_backoff_s = float(retry_backoff_s)
         self.close_timeout_s = close_timeout_s
 
-        self._runtime: Any = None
+        self._runtime: Runtime | None = None
         # The private loop used when no runtime was lent, and its thread.
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._own_thread: threading.Thread | None = None
@@ -185,7 +186,7 @@ class RemoteMonitor(Callback):
             in_flight=self._in_flight,
         )
 
-    def set_runtime(self, runtime: Any) -> None:
+    def set_runtime(self, runtime: Runtime) -> None:
         """Receive the coordinator's runtime: posts then go out from its event loop."""
         self._runtime = runtime
 
@@ -270,7 +271,7 @@ class RemoteMonitor(Callback):
     def _flush_deadline_s(self) -> float:
         if self.close_timeout_s is not None:
             return self.close_timeout_s
-        config = getattr(self._runtime, "config", None) or Config()
+        config = Config() if self._runtime is None else self._runtime.config
         return float(config.sink_close_timeout_s) * _FLUSH_SHARE
 
     def _start_own_loop(self) -> None:

@@ -29,18 +29,17 @@ itself land in ``train/`` and ``validation/`` (as Keras does; not with
 ``update_freq="epoch"``).
 
 **On the coordinator.** The model lives on the workers, so the chief computes
-what needs it and sends it in ``extras`` of its epoch-end message; the
-coordinator reads ``histogram_freq``, ``write_images``, ``profile_batches``,
-``embeddings_freq`` and ``embeddings_dir`` (through ``CallbackList``) to tell
-it what to send: ``extras["histograms"]`` (``distcb.protocol.histograms``),
-``extras["images"]`` (``distcb.protocol.weight_images``), ``extras["profile"]``
-(``distcb.callbacks.tensorboard_profiling``: a profile ends with the epoch it started in),
-``extras["embedding_layers"]`` (the chief saves the embeddings file itself,
-under ``embeddings_dir``), and ``extras["model_json"]`` for ``write_graph``
+what needs it and sends it in the extras of its epoch-end message; the callback
+asks for it through ``worker_requests()`` (``distcb.protocol.worker_data``):
+``histograms`` (``distcb.protocol.histograms``) and ``images``
+(``distcb.protocol.weight_images``) every ``histogram_freq`` epochs, ``profile``
+(``distcb.callbacks.tensorboard_profiling``: a profile ends with the epoch it
+started in), ``embedding_layers`` (the chief saves the embeddings file itself,
+under ``embeddings_dir``), and ``model_json`` for ``write_graph``
 (TensorBoard's conceptual graph of the model). ``evaluation_*`` comes from each
 epoch's ``val_`` logs at the chief's ``optimizer.iterations`` (sent as
-``extras["iterations"]``; else the job's merged step count). Summaries the model
-itself writes stay on the workers.
+``iterations``; else the job's merged step count). Summaries the model itself
+writes stay on the workers.
 
 ``write_steps_per_second`` measures the pace of the steps this callback sees:
 steps per second of wall time between batch ends, and steps per epoch over
@@ -69,15 +68,24 @@ import numpy as np
 
 from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.base import Callback, Logs
+from distcb.callbacks.extension import JobView, Runtime, SpreadView
 from distcb.callbacks.learning_rates import log_name, optimizers_of
 from distcb.callbacks.tensorboard_local import ModelSummaryWriters
-from distcb.callbacks.tensorboard_profiling import (
-    BatchProfiler,
-    parse_profile_batch,
-    unpack_profile,
+from distcb.callbacks.tensorboard_profiling import BatchProfiler, parse_profile_batch
+from distcb.protocol.histograms import weight_histograms
+from distcb.protocol.weight_images import weight_images
+from distcb.protocol.worker_data import (
+    NO_EXTRAS,
+    AnyWorkerRequest,
+    EmbeddingsRequest,
+    EpochExtras,
+    HistogramRequest,
+    ModelJsonRequest,
+    Profile,
+    ProfileRequest,
+    WeightHistogram,
+    WeightImage,
 )
-from distcb.protocol.histograms import decode_weight_histograms, weight_histograms
-from distcb.protocol.weight_images import decode_weight_images, weight_images
 
 logger = logging.getLogger(__name__)
 _WRITER_IDS = itertools.count()  # event file names unique within this process
@@ -198,7 +206,7 @@ class TensorBoard(Callback):
                 "embeddings_data": embeddings_data,
             },
         )
-        self._runtime: Any = None
+        self._runtime: Runtime | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed: concurrent.futures.Future[None] | None = None
         self._writers: dict[str, Any] = {}  # run -> SummaryWriter, touched by the writer only
@@ -235,9 +243,28 @@ class TensorBoard(Callback):
                 stacklevel=3,
             )
 
-    def set_runtime(self, runtime: Any) -> None:
+    def set_runtime(self, runtime: Runtime) -> None:
         """Receive the coordinator's runtime: files are then written off the callback thread."""
         self._runtime = runtime
+
+    def worker_requests(self) -> tuple[AnyWorkerRequest, ...]:
+        """What the chief must compute from its model for this callback (read by the
+        coordinator): histograms (and images), the model JSON, a profile, embeddings."""
+        requests: list[AnyWorkerRequest] = []
+        if self.histogram_freq:
+            requests.append(
+                HistogramRequest(every_epochs=self.histogram_freq, images=self.write_images)
+            )
+        if self.write_graph:
+            requests.append(ModelJsonRequest())
+        first, last = self.profile_batches
+        if first:
+            requests.append(ProfileRequest(first_batch=first, last_batch=last))
+        if self.embeddings_dir is not None:
+            requests.append(
+                EmbeddingsRequest(every_epochs=self.embeddings_freq, directory=self.embeddings_dir)
+            )
+        return tuple(requests)
 
     def get_state(self) -> dict[str, Any]:
         """Where the event files stand: the step count, and the last epoch written."""
@@ -278,10 +305,8 @@ class TensorBoard(Callback):
 
     @property
     def embeddings_dir(self) -> str | None:
-        """Where the embeddings files go (``log_dir/train``, absolute), or None without them.
-
-        Read by the coordinator: the chief saves them there.
-        """
+        """Where the embeddings files go (``log_dir/train``, absolute), or None without them
+        (the chief saves them there)."""
         if not self.embeddings_freq:
             return None
         return os.path.abspath(os.path.join(self.log_dir, TRAIN_RUN))
@@ -367,7 +392,7 @@ class TensorBoard(Callback):
         if self.write_steps_per_second and elapsed > 0:
             train["batch_steps_per_second"] = 1.0 / elapsed
         runs = {TRAIN_RUN: train}
-        self._add_spread(runs, "batch", getattr(self._state, "batch_spread", None))
+        self._add_spread(runs, "batch")
         self._run(self._write_scalars, step, runs)
 
     # Evaluation hooks: Keras calls them in a plain fit (validation) and model.evaluate.
@@ -415,14 +440,14 @@ class TensorBoard(Callback):
                 steps = self._steps_done() - self._epoch_start_step
                 train["epoch_steps_per_second"] = steps / elapsed
         runs = {TRAIN_RUN: train, VALIDATION_RUN: val}
-        self._add_spread(runs, "epoch", getattr(self._state, "epoch_spread", None))
+        self._add_spread(runs, "epoch")
         self._run(self._write_scalars, epoch, runs)
         model = self._local_model
         if model is None and val:
             # No on_test_end here: validation ran on the workers; its logs are the val_ ones.
             evaluation = {f"evaluation_{t[6:]}_vs_iterations": v for t, v in val.items()}
-            iterations = self._chief_extra("iterations")
-            if isinstance(iterations, bool) or not isinstance(iterations, int):
+            iterations = self._chief_extras().iterations
+            if iterations is None:
                 iterations = self._steps_done()
             self._run(self._write_scalars, iterations, {VALIDATION_RUN: evaluation})
         if self.histogram_freq and epoch % self.histogram_freq == 0:
@@ -461,8 +486,8 @@ class TensorBoard(Callback):
     # ------------------------------------------------------------------ snapshots (callback thread)
 
     @property
-    def _state(self) -> Any:
-        return getattr(self._runtime, "state", None)
+    def _state(self) -> JobView | None:
+        return None if self._runtime is None else self._runtime.state
 
     @property
     def _local_model(self) -> Any:
@@ -490,19 +515,18 @@ class TensorBoard(Callback):
         """Read by tf_keras: the test batch hook only moves the model's summary writer."""
         return self._every is not None and self._local_model is not None
 
-    @property
-    def wants_model_json(self) -> bool:
-        """Read by the coordinator: ask the chief for ``model.to_json()`` at epoch 0."""
-        return bool(self.write_graph)
-
     def _steps_done(self) -> int:
         """Merged steps so far: the coordinator's count, else the batch hooks seen."""
-        step = getattr(self._state, "global_step", None)
-        return step if isinstance(step, int) else self._global_step
+        state = self._state
+        return self._global_step if state is None else state.global_step
 
-    def _add_spread(self, runs: dict[str, dict[str, float]], prefix: str, spread: Any) -> None:
-        if not spread or getattr(self._state, "num_workers", 0) < 2:
-            return
+    def _add_spread(self, runs: dict[str, dict[str, float]], prefix: str) -> None:
+        state = self._state
+        if state is None or state.num_workers < 2:
+            return  # the batch spread is computed when read: not read then
+        spread: Mapping[str, SpreadView] = (
+            state.batch_spread if prefix == "batch" else state.epoch_spread
+        )
         for name, value in spread.items():
             run, metric = (
                 (VALIDATION_RUN, name[4:]) if name.startswith("val_") else (TRAIN_RUN, name)
@@ -511,12 +535,10 @@ class TensorBoard(Callback):
             tags[f"spread/{prefix}_{metric}_min"] = float(value.min)
             tags[f"spread/{prefix}_{metric}_max"] = float(value.max)
 
-    def _chief_extra(self, key: str) -> Any:
-        extras = getattr(self._state, "epoch_extras", None) or {}
-        for rank in sorted(extras):
-            if isinstance(extras[rank], Mapping) and key in extras[rank]:
-                return extras[rank][key]
-        return None
+    def _chief_extras(self) -> EpochExtras:
+        """What the chief (the first rank that sent any) sent with this epoch's end."""
+        extras = {} if self._state is None else self._state.epoch_extras
+        return next((extras[r] for r in sorted(extras) if extras[r] != NO_EXTRAS), NO_EXTRAS)
 
     def _epoch_weights(self, epoch: int, model: Any) -> None:
         """Histograms (and images) of the weights: the model's, else the chief's."""
@@ -529,25 +551,24 @@ class TensorBoard(Callback):
                 images = weight_images(named, channels_last=local_model.channels_last(model))
                 self._run(self._write_images, epoch, images)
             return
-        for key, write in (("histograms", self._write_histograms), ("images", self._write_images)):
-            payload = self._chief_extra(key)
-            if payload is not None:
-                self._run(write, epoch, payload)
+        extras = self._chief_extras()
+        if extras.histograms:
+            self._run(self._write_histograms, epoch, extras.histograms)
+        if extras.images:
+            self._run(self._write_images, epoch, extras.images)
 
     def _chief_files(self) -> None:
         """What the chief sent besides histograms: the traced profile, the embedding layers."""
-        if self.write_graph and not self._graph_written:
-            model_json = self._chief_extra("model_json")
-            if isinstance(model_json, str):
-                self._graph_written = True
-                self._run(self._write_graph, model_json)
-        profile = self._chief_extra("profile")
-        if profile is not None:
-            self._run(self._write_profile, profile)
-        layers = self._chief_extra("embedding_layers")
-        if self.embeddings_freq and not self._projector_written and isinstance(layers, list):
+        extras = self._chief_extras()
+        if self.write_graph and not self._graph_written and extras.model_json is not None:
+            self._graph_written = True
+            self._run(self._write_graph, extras.model_json)
+        if extras.profile is not None:
+            self._run(self._write_profile, extras.profile)
+        layers = extras.embedding_layers
+        if self.embeddings_freq and not self._projector_written and layers is not None:
             self._projector_written = True
-            self._run(self._write_projector, [str(name) for name in layers])
+            self._run(self._write_projector, list(layers))
 
     def _model_learning_rates(self) -> dict[str, float]:
         """``epoch_learning_rate`` (or one per optimizer of a MultiOptimizer) from the model."""
@@ -610,9 +631,9 @@ class TensorBoard(Callback):
                     writer.add_scalar(tag, value, global_step=step)
                     self._scalars_written += 1
 
-    def _write_histograms(self, epoch: int, payload: Any) -> None:
+    def _write_histograms(self, epoch: int, histograms: tuple[WeightHistogram, ...]) -> None:
         writer = self._writer(TRAIN_RUN)
-        for histogram in decode_weight_histograms(payload):
+        for histogram in histograms:
             if not histogram.bucket_counts:
                 continue  # no finite value: nothing TensorBoard can draw
             writer.add_histogram_raw(
@@ -627,13 +648,13 @@ class TensorBoard(Callback):
                 global_step=epoch,
             )
 
-    def _write_images(self, epoch: int, payload: Any) -> None:
+    def _write_images(self, epoch: int, images: tuple[WeightImage, ...]) -> None:
         from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
         from tensorboardX.proto.tensor_pb2 import TensorProto
         from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
         writer = self._writer(TRAIN_RUN)._get_file_writer()
-        for image in decode_weight_images(payload):
+        for image in images:
             # What tf.summary.image writes: [width, height, png...] for the image plugin.
             metadata = SummaryMetadata()
             metadata.plugin_data.plugin_name = "images"
@@ -646,22 +667,21 @@ class TensorBoard(Callback):
             value = Summary.Value(tag=image.tag, metadata=metadata, tensor=tensor)
             writer.add_summary(Summary(value=[value]), global_step=epoch)
 
-    def _write_profile(self, payload: Any) -> None:
+    def _write_profile(self, profile: Profile) -> None:
         from tensorboardX.proto.summary_pb2 import Summary
 
-        profile = unpack_profile(payload)
         if profile.error is not None:
             logger.warning("TensorBoard: the chief sent no profile: %s", profile.error)
             return
         train_dir = os.path.join(self.log_dir, TRAIN_RUN)
-        for rel, data in profile.files:
-            path = os.path.join(train_dir, *rel.split("/"))
+        for profile_file in profile.files:  # under plugins/profile/: checked when decoded
+            path = os.path.join(train_dir, *profile_file.path.split("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as file:
-                file.write(data)
+                file.write(profile_file.data)
         writer = self._writer(TRAIN_RUN)._get_file_writer()
-        for step, data in profile.summaries:
-            writer.add_summary(Summary.FromString(data), global_step=step)
+        for summary in profile.summaries:
+            writer.add_summary(Summary.FromString(summary.summary), global_step=summary.step)
 
     def _write_projector(self, layers: list[str]) -> None:
         try:

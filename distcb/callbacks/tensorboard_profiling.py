@@ -10,34 +10,20 @@ stops the profiler, which saves ``plugins/profile/<run>/<host>.xplane.pb``.
 :class:`BatchProfiler` does that for whoever holds the model: the TensorBoard
 callback in a plain ``fit``; the chief worker in a distcb job. The chief
 profiles into a directory of its own and sends the result to the coordinator
-in ``extras["profile"]`` (`distcb.keras.profiling.pack_profile`); the coordinator's TensorBoard
-writes the files under its ``train/`` run and the graph summary through its
-own writer (:func:`unpack_profile`). TensorFlow is imported only when a
-profile starts.
-
-Payload (strict JSON)::
-
-    {"version": 1,
-     "files": {"plugins/profile/<run>/<file>": "<base64>", ...},
-     "summaries": [{"step": int, "summary": "<base64 Summary proto>"}, ...]}
-
-or ``{"version": 1, "error": "<why there is no profile>"}``.
+in ``extras.profile`` (`distcb.keras.profiling.pack_profile`: a ``Profile`` of
+``distcb.protocol.worker_data``, whose decoder keeps every file under
+``plugins/profile/``); the coordinator's TensorBoard writes the files under its
+``train/`` run and the graph summary through its own writer. TensorFlow is
+imported only when a profile starts.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import posixpath
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
-
-PAYLOAD_VERSION = 1
-PROFILE_PREFIX = "plugins/profile/"
 
 
 def parse_profile_batch(profile_batch: Any) -> tuple[int, int]:
@@ -172,49 +158,3 @@ class BatchProfiler:
             self._profiler_started = False
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A decoded profile payload."""
-
-    files: tuple[tuple[str, bytes], ...]  # (path relative to the train run, content)
-    summaries: tuple[tuple[int, bytes], ...]  # (step, serialized Summary proto)
-    error: str | None = None
-
-
-def _b64(text: Any, where: str) -> bytes:
-    try:
-        if not isinstance(text, str):
-            raise binascii.Error
-        return base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise ValueError(f"{where} must be base64 text.") from None
-
-
-def unpack_profile(payload: Any) -> Profile:
-    """Validate a payload from `distcb.keras.profiling.pack_profile` (it crossed the network).
-
-    File paths must stay under ``plugins/profile/``: a payload cannot write elsewhere.
-
-    Raises:
-        ValueError: the payload is malformed, of another version, or names another path.
-    """
-    if not isinstance(payload, Mapping) or payload.get("version") != PAYLOAD_VERSION:
-        raise ValueError(f"profile payload must be an object of version {PAYLOAD_VERSION}.")
-    if "error" in payload:
-        return Profile((), (), str(payload["error"]))
-    files, summaries = payload.get("files"), payload.get("summaries")
-    if not isinstance(files, Mapping) or not isinstance(summaries, list):
-        raise ValueError("profile payload needs the object 'files' and the list 'summaries'.")
-    out_files = []
-    for rel, text in files.items():
-        clean = posixpath.normpath(str(rel))
-        if not clean.startswith(PROFILE_PREFIX) or ".." in clean.split("/") or "\\" in clean:
-            raise ValueError(f"profile file {rel!r} is not under {PROFILE_PREFIX}.")
-        out_files.append((clean, _b64(text, f"profile file {rel!r}")))
-    out_summaries = []
-    for entry in summaries:
-        step = entry.get("step") if isinstance(entry, Mapping) else None
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise ValueError(f"profile summaries need an int step, received {entry!r}.")
-        out_summaries.append((step, _b64(entry.get("summary"), "profile summary")))
-    return Profile(tuple(out_files), tuple(out_summaries))

@@ -232,11 +232,9 @@ class CoordinatorMachine(EndingRole):
             decisions=tuple(decisions),  # type: ignore[arg-type]
             ahead_steps=ahead_steps,
             want_batch_logs=want_batch_logs,
-            histogram_freq=self.callbacks.histogram_freq,
-            want_model_json=self.callbacks.wants_model_json,
+            worker_requests=self.callbacks.worker_requests,
             persist_snapshots=recovery is not None,
             resume=resume,
-            **self.callbacks.chief_tensorboard_requests,
         )
         if entry is not None and entry.stopping:
             a.phase = Phase.ENDING  # it had decided to stop: only the train end is left

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from distcb.callbacks.extension import Stateful, Syncable
 from distcb.coordinator.failure_policy import describe
 from distcb.coordinator.journal import Journal, JournalEntry, describe_job, remove_temporaries
 from distcb.coordinator.model_proxy import DecisionRecord, DecisionRecorder
@@ -43,20 +44,17 @@ def callback_states(callbacks: Sequence[Any]) -> list[dict[str, Any] | None]:
     what the state counts is on disk."""
     states: list[dict[str, Any] | None] = []
     for callback in callbacks:
-        sync = getattr(callback, "sync", None)
-        if callable(sync):
-            sync()
-        get_state = getattr(callback, "get_state", None)
-        states.append(get_state() if callable(get_state) else None)
+        if isinstance(callback, Syncable):
+            callback.sync()
+        states.append(callback.get_state() if isinstance(callback, Stateful) else None)
     return states
 
 
 def restore_callbacks(callbacks: Sequence[Any], states: Sequence[dict[str, Any] | None]) -> None:
     """`set_state` on every callback that has a state (call after `attach`)."""
     for callback, state in zip(callbacks, states, strict=True):
-        set_state = getattr(callback, "set_state", None)
-        if state is not None and callable(set_state):
-            set_state(state)
+        if state is not None and isinstance(callback, Stateful):
+            callback.set_state(state)
 
 
 def records_json(records: Sequence[DecisionRecord]) -> list[dict[str, Any]]:

@@ -2,9 +2,10 @@
 
 A callback that defines ``set_runtime(runtime)`` receives it before
 ``on_train_begin``; one that defines ``async def aclose(self)`` is awaited after
-``on_train_end``, under ``Config.sink_close_timeout_s``. Hooks run on the
-coordinator's callback thread, not on the event loop: hand slow work to the
-loop with ``runtime.call_soon`` and keep the hook itself to microseconds.
+``on_train_end``, under ``Config.sink_close_timeout_s`` (the protocols of
+``distcb.callbacks.extension``). Hooks run on the coordinator's callback
+thread, not on the event loop: hand slow work to the loop with
+``runtime.call_soon`` and keep the hook itself to microseconds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from distcb.callbacks.extension import AsyncClosable
 from distcb.coordinator.aggregate import Spread
 from distcb.protocol.config import Config
+from distcb.protocol.worker_data import EpochExtras
 
 logger = logging.getLogger("distcb.coordinator")
 
@@ -32,14 +35,14 @@ class JobState:
             when read: most batch hooks never look).
         epoch_spread: per-metric spread over workers of the last epoch.
         epoch_extras: rank -> the extras that worker sent with its last epoch end
-            (weight histograms from the chief).
+            (what callbacks asked the chief for: weight histograms, the model's JSON).
         num_workers: the world size.
     """
 
     epoch: int = 0
     global_step: int = 0
     epoch_spread: dict[str, Spread] = field(default_factory=dict)
-    epoch_extras: dict[int, dict[str, Any]] = field(default_factory=dict)
+    epoch_extras: dict[int, EpochExtras] = field(default_factory=dict)
     num_workers: int = 0
     _batch: Any = field(default=None, repr=False)  # a spread, or a step that has one
 
@@ -85,7 +88,7 @@ class Runtime:
 
     async def close_callbacks(self, callbacks: list[Any]) -> None:
         """Await every callback's ``aclose()`` (sinks flushing), under the sink deadline."""
-        closers = [cb.aclose() for cb in callbacks if callable(getattr(cb, "aclose", None))]
+        closers = [cb.aclose() for cb in callbacks if isinstance(cb, AsyncClosable)]
         if not closers:
             return
         try:

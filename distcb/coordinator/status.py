@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distcb.callbacks.extension import HasStatistics
 from distcb.coordinator.aggregate import Spread
 from distcb.coordinator.failure_policy import CALLBACK_NOTE, describe
 
@@ -55,10 +56,9 @@ def sink_statistics(callbacks: Sequence[Any]) -> dict[str, Any]:
     """Each callback's `statistics()` (sinks), keyed by class name (two of one class: both)."""
     statistics: dict[str, Any] = {}
     for callback in callbacks:
-        stats = getattr(callback, "statistics", None)
-        if callable(stats):
+        if isinstance(callback, HasStatistics):
             with contextlib.suppress(Exception):
-                value = stats()
+                value = callback.statistics()
                 if dataclasses.is_dataclass(value) and not isinstance(value, type):
                     value = dataclasses.asdict(value)  # JSON for /status
                 name, count = type(callback).__name__, 1

@@ -1,21 +1,20 @@
-"""What the chief worker computes for the coordinator's TensorBoard, from the model it trains.
+"""What the chief worker computes for the coordinator's callbacks, from the model it trains.
 
-The coordinator's TensorBoard has no model; the ``Start`` message says what it
-needs (``histogram_freq``, ``write_images``, ``want_model_json``,
-``profile_batch``, ``embeddings_freq`` / ``embeddings_dir``). The chief's
-:class:`ChiefTensorBoardWork` computes it and puts it in ``extras`` of its
-epoch-end message:
+The coordinator's callbacks have no model; ``Start.worker_requests`` says what
+they need (``distcb.protocol.worker_data``). The chief's :class:`ChiefWork`
+computes it and puts it in the extras of its epoch-end message:
 
 - ``iterations``, the optimizer's step count, every epoch (the step of
-  ``evaluation_<metric>_vs_iterations``);
-- ``histograms`` (and ``images`` with ``write_images``) every
-  ``histogram_freq`` epochs: ``distcb.protocol.histograms``, ``distcb.protocol.weight_images``;
-- ``model_json`` at the first epoch;
-- ``embedding_layers`` (for the projector config) at the first epoch, and
-  every ``embeddings_freq`` epochs the chief saves the weights to
-  ``embeddings_dir/keras_embedding.ckpt-<epoch>`` itself (model files are the
+  TensorBoard's ``evaluation_<metric>_vs_iterations``);
+- ``histograms`` (and ``images`` when a due request asks) at the epochs a
+  ``HistogramRequest`` is due: ``distcb.protocol.histograms``,
+  ``distcb.protocol.weight_images``;
+- ``model_json`` at the first epoch (``ModelJsonRequest``);
+- ``embedding_layers`` (for the projector config) at the first epoch, and at
+  the epochs an ``EmbeddingsRequest`` is due the chief saves the weights to
+  ``<directory>/keras_embedding.ckpt-<epoch>`` itself (model files are the
   chief's to write);
-- ``profile`` once the profiled batches are done: the chief profiles into a
+- ``profile`` once the batches of the (first) ``ProfileRequest`` are done: the chief profiles into a
   directory of its own from the training thread (``on_train_batch_begin``:
   the trace of batch ``stop`` ends when the next batch begins, or at the epoch
   end, which also ends a profile that would run past it) and sends the files
@@ -35,34 +34,52 @@ from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.tensorboard_profiling import BatchProfiler
 from distcb.keras import models as keras_models
 from distcb.keras.profiling import pack_profile
-from distcb.protocol.messages import Start
+from distcb.protocol.worker_data import (
+    AnyWorkerRequest,
+    EmbeddingsRequest,
+    EpochExtras,
+    HistogramRequest,
+    ModelJsonRequest,
+    Profile,
+    ProfileRequest,
+    WeightHistogram,
+    WeightImage,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class ChiefTensorBoardWork:
-    """The chief's share of TensorBoard's work, driven by WorkerCallback's hooks.
+class ChiefWork:
+    """The chief's share of the coordinator callbacks' work, driven by WorkerCallback's hooks.
 
     Args:
         model: the Keras model the chief trains.
-        start: the coordinator's go signal, which says what is wanted.
+        requests: what the coordinator's callbacks asked for (``Start.worker_requests``).
         max_profile_bytes: the most profile bytes to send in one message.
     """
 
-    def __init__(self, model: Any, start: Start, *, max_profile_bytes: int):
+    def __init__(
+        self, model: Any, requests: tuple[AnyWorkerRequest, ...], *, max_profile_bytes: int
+    ):
         self.model = model
-        self.start = start
+        self.histograms = [r for r in requests if isinstance(r, HistogramRequest)]
+        self.embeddings = [r for r in requests if isinstance(r, EmbeddingsRequest)]
+        self.model_json = any(isinstance(r, ModelJsonRequest) for r in requests)
+        # One profiler runs at a time: the first request wins.
+        profile = next((r for r in requests if isinstance(r, ProfileRequest)), None)
         self.max_profile_bytes = max_profile_bytes
         self._global_batch = 0
         self._first_epoch: int | None = None
         self._profile_dir: str | None = None
         self._profiler: BatchProfiler | None = None
         self._trace_writer: Any = None
-        first, last = start.profile_batch
-        if first:
+        if profile is not None:
             self._profile_dir = tempfile.mkdtemp(prefix="distcb-profile-")
             self._profiler = BatchProfiler(
-                first, last, os.path.join(self._profile_dir, "train"), self._writer
+                profile.first_batch,
+                profile.last_batch,
+                os.path.join(self._profile_dir, "train"),
+                self._writer,
             )
             self._profiler.warm_up()
 
@@ -82,39 +99,42 @@ class ChiefTensorBoardWork:
         if self._profiler is not None:
             self._profiler.batch_begin(self._global_batch, batch)
 
-    def epoch_extras(self, epoch: int) -> dict[str, Any]:
-        """What goes in ``extras`` of this epoch's end."""
+    def epoch_extras(self, epoch: int) -> EpochExtras:
+        """What goes in the extras of this epoch's end."""
         if self._first_epoch is None:
             self._first_epoch = epoch
         first = epoch == self._first_epoch
-        start = self.start
-        extras: dict[str, Any] = {}
-        steps = keras_models.iterations(self.model)
-        if steps is not None:  # TensorBoard's evaluation_<metric>_vs_iterations step
-            extras["iterations"] = steps
-        if start.histogram_freq and epoch % start.histogram_freq == 0:
+        histograms: tuple[WeightHistogram, ...] = ()
+        images: tuple[WeightImage, ...] = ()
+        due = [r for r in self.histograms if r.due(epoch)]
+        if due:
             from distcb.protocol.histograms import weight_histograms
 
             named = keras_models.named_weights(self.model)
-            extras["histograms"] = weight_histograms(named)
-            if start.write_images:
+            histograms = weight_histograms(named)
+            if any(r.images for r in due):
                 from distcb.protocol.weight_images import weight_images
 
                 channels_last = keras_models.channels_last(self.model)
-                extras["images"] = weight_images(named, channels_last=channels_last)
-        if start.want_model_json and first:
+                images = weight_images(named, channels_last=channels_last)
+        model_json = None
+        if self.model_json and first:
             # A subclassed model has no JSON config; there is nothing to draw then.
             with contextlib.suppress(Exception):
-                extras["model_json"] = self.model.to_json()
-        if start.embeddings_freq:
-            if first:
-                extras["embedding_layers"] = projector.embedding_layer_names(self.model)
-            if start.embeddings_dir and epoch % start.embeddings_freq == 0:
-                self._save_embeddings(start.embeddings_dir, epoch)
-        profile = self._finished_profile()
-        if profile is not None:
-            extras["profile"] = profile
-        return extras
+                model_json = self.model.to_json()
+        layers = None
+        if self.embeddings and first:
+            layers = tuple(projector.embedding_layer_names(self.model))
+        for directory in dict.fromkeys(r.directory for r in self.embeddings if r.due(epoch)):
+            self._save_embeddings(directory, epoch)
+        return EpochExtras(
+            iterations=keras_models.iterations(self.model),  # evaluation_*_vs_iterations' step
+            histograms=histograms,
+            images=images,
+            model_json=model_json,
+            embedding_layers=layers,
+            profile=self._finished_profile(),
+        )
 
     def _save_embeddings(self, folder: str, epoch: int) -> None:
         keras3 = keras_models.is_keras3(self.model)
@@ -134,7 +154,7 @@ class ChiefTensorBoardWork:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def _finished_profile(self) -> dict[str, Any] | None:
+    def _finished_profile(self) -> Profile | None:
         profiler = self._profiler
         if profiler is None or not (profiler.tracing or profiler.done):
             return None
@@ -142,13 +162,13 @@ class ChiefTensorBoardWork:
         self._profiler = None
         self._close_writer()
         assert self._profile_dir is not None
-        payload = pack_profile(
+        profile = pack_profile(
             os.path.join(self._profile_dir, "train"), max_bytes=self.max_profile_bytes
         )
-        if "error" not in payload:
+        if profile.error is None:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
             self._profile_dir = None
-        return payload
+        return profile
 
     def _close_writer(self) -> None:
         if self._trace_writer is not None:

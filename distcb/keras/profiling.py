@@ -1,33 +1,30 @@
 """The chief's side of TensorBoard's profile: the files TensorFlow's profiler wrote, packed for
-the coordinator (``extras["profile"]``), which checks and writes them
-(`distcb.callbacks.tensorboard_profiling.unpack_profile`). TensorFlow is imported only
-when a profile is packed.
+the coordinator (``extras.profile``: a ``Profile`` of `distcb.protocol.worker_data`, whose
+decoder keeps every file under ``plugins/profile/``). TensorFlow is imported only when a
+profile is packed.
 """
 
 from __future__ import annotations
 
-import base64
 import os
-from typing import Any
 
-from distcb.callbacks.tensorboard_profiling import PAYLOAD_VERSION, PROFILE_PREFIX
+from distcb.protocol.worker_data import PROFILE_PREFIX, Profile, ProfileFile, ProfileSummary
 
 __all__ = ["pack_profile"]
 
 
-def pack_profile(train_dir: str, max_bytes: int) -> dict[str, Any]:
+def pack_profile(train_dir: str, max_bytes: int) -> Profile:
     """What a chief sends after profiling into `train_dir`: its profile files and summaries.
 
     Args:
-        train_dir: the directory given to the chief's `BatchProfiler` (and its trace
-            writer).
-        max_bytes: the most raw bytes to send; beyond it the payload says why not.
+        train_dir: the directory given to the chief's `BatchProfiler` (and its trace writer).
+        max_bytes: the most raw bytes to send; beyond it the profile says why not.
     """
     import tensorflow as tf
     from tensorflow.core.util import event_pb2
 
-    files: dict[str, str] = {}
-    summaries: list[dict[str, Any]] = []
+    files: list[ProfileFile] = []
+    summaries: list[ProfileSummary] = []
     total = 0
     profile_root = os.path.join(train_dir, *PROFILE_PREFIX.strip("/").split("/"))
     for root, _, names in os.walk(profile_root):
@@ -37,7 +34,7 @@ def pack_profile(train_dir: str, max_bytes: int) -> dict[str, Any]:
                 data = file.read()
             total += len(data)
             rel = os.path.relpath(path, train_dir).replace(os.sep, "/")
-            files[rel] = base64.b64encode(data).decode()
+            files.append(ProfileFile(rel, data))
     for name in sorted(os.listdir(train_dir)):
         if name.startswith("events.out."):
             for record in tf.data.TFRecordDataset(os.path.join(train_dir, name)):
@@ -45,14 +42,11 @@ def pack_profile(train_dir: str, max_bytes: int) -> dict[str, Any]:
                 if event.HasField("summary"):
                     data = event.summary.SerializeToString()
                     total += len(data)
-                    summaries.append(
-                        {"step": int(event.step), "summary": base64.b64encode(data).decode()}
-                    )
+                    summaries.append(ProfileSummary(int(event.step), data))
     if total > max_bytes:
-        return {
-            "version": PAYLOAD_VERSION,
-            "error": f"the profile takes {total} bytes, over the {max_bytes} bytes a message "
+        return Profile(
+            error=f"the profile takes {total} bytes, over the {max_bytes} bytes a message "
             f"may carry (Config.max_message_bytes); profile fewer batches. It stays on the chief "
-            f"in {train_dir}.",
-        }
-    return {"version": PAYLOAD_VERSION, "files": files, "summaries": summaries}
+            f"in {train_dir}."
+        )
+    return Profile(files=tuple(files), summaries=tuple(summaries))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from distcb.keras import flavours
 from distcb.keras import models as keras_models
-from distcb.keras.chief import ChiefTensorBoardWork
+from distcb.keras.chief import ChiefWork
 from distcb.keras.model_target import KerasModelTarget
 from distcb.protocol.config import Config
 from distcb.protocol.errors import (
@@ -33,6 +33,7 @@ from distcb.protocol.errors import (
 )
 from distcb.protocol.logs import clean_logs
 from distcb.protocol.messages import EpochEnd, JoinParams, Preempted
+from distcb.protocol.worker_data import NO_EXTRAS
 from distcb.transport import connector_for
 from distcb.worker.backup import BackupStore
 from distcb.worker.context import WorkerContext, current_host, worker_context
@@ -124,7 +125,7 @@ class WorkerCallback:
         self._connect = connect
         self._worker: ThreadedSession | None = None
         self._session: WorkerSession | None = None
-        self._chief: ChiefTensorBoardWork | None = None  # the chief's TensorBoard work
+        self._chief: ChiefWork | None = None  # what the coordinator callbacks asked of the chief
         self._epoch = 0
         self._first_epoch: int | None = None
         self.link_statistics: dict[str, float] = {}
@@ -199,14 +200,15 @@ class WorkerCallback:
             ),
         )
         if self.is_chief:
-            self._chief = ChiefTensorBoardWork(
-                self.model, start, max_profile_bytes=context.config.max_message_bytes // 2
+            self._chief = ChiefWork(
+                self.model,
+                start.worker_requests,
+                max_profile_bytes=context.config.max_message_bytes // 2,
             )
         if start.resume is not None:
             self._session.applier.resume(start.resume)
             self.resumed_after = start.resume.epoch
-            epochs = int(params.get("epochs") or 0)
-            first = epochs if start.resume.stopping else start.resume.epoch + 1
+            first = start.resume.first_epoch(int(params.get("epochs") or 0))
             keras_models.resume_at_epoch(self.model, first)
         self._listen_for_sigterm()
 
@@ -237,7 +239,7 @@ class WorkerCallback:
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         worker = self._require_worker()
-        extras = {} if self._chief is None else self._chief.epoch_extras(epoch)
+        extras = NO_EXTRAS if self._chief is None else self._chief.epoch_extras(epoch)
         self._retry_me_on_loss(
             worker.end_epoch,
             EpochEnd(

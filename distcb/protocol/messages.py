@@ -20,22 +20,24 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from distcb.protocol import wire_bounds
+from distcb.protocol.bounds import (
+    MAX_METRICS,
+    MAX_NAME_CHARS,
+    MAX_PATH_CHARS,
+    MAX_TRACEBACK_CHARS,
+    Name,
+    Text,
+)
 from distcb.protocol.config import Config
 from distcb.protocol.decisions import AnyDecision, Decision, NonNegInt
 from distcb.protocol.errors import ProtocolError
 from distcb.protocol.logs import LogValue
+from distcb.protocol.worker_data import MAX_WORKER_REQUESTS, AnyWorkerRequest, EpochExtras
 
-PROTOCOL_VERSION = 2
-"""Bumped on every wire change. 2: MessagePack, columnar batch frames, validated join params."""
+PROTOCOL_VERSION = 3
+"""Bumped on every wire change. 2: MessagePack, columnar batch frames, validated join params.
+3: typed worker requests in `Start` and typed `EpochEnd.extras`."""
 
-MAX_NAME_CHARS = 256
-MAX_PATH_CHARS = 4096
-MAX_TEXT_CHARS = 64 * 1024
-MAX_TRACEBACK_CHARS = 256 * 1024
-MAX_METRICS = 1024
-
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
-Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
 Count = Annotated[float, msgspec.Meta(ge=0)]
 Direction = Literal["min", "max"]
 Flavour = Literal["keras3", "tf_keras"]
@@ -135,7 +137,7 @@ class BatchFrame(Message, frozen=True, tag="batches"):
 class EpochEnd(Message, frozen=True, tag="epoch_end"):
     """At `on_epoch_end`; the worker then waits for `EpochReply`.
 
-    `extras` carries small data for sinks (weight histograms, the model's JSON).
+    `extras` carries what coordinator callbacks asked the chief for (`Start.worker_requests`).
     """
 
     type: ClassVar[str] = "epoch_end"
@@ -144,7 +146,7 @@ class EpochEnd(Message, frozen=True, tag="epoch_end"):
     logs: Annotated[dict[Name, LogValue], msgspec.Meta(max_length=MAX_METRICS)]
     samples: Count | None = None
     val_samples: Count | None = None
-    extras: dict[Name, Any] = {}
+    extras: EpochExtras = EpochExtras()
 
 
 class TrainEnd(Message, frozen=True, tag="train_end"):
@@ -215,10 +217,9 @@ class Start(Message, frozen=True, tag="start"):
     flow-control bound `Config.max_ahead_steps`; None when no batch logs are wanted.
     On the wire it keeps its first name, ``window_steps``.
     `want_batch_logs` is False when no callback has batch hooks, so workers need
-    not stream them. What the chief computes for TensorBoard: weight histograms
-    every `histogram_freq` epochs (with images when `write_images`), the model
-    JSON, a profile of global batches `profile_batch` ((0, 0): none), and every
-    `embeddings_freq` epochs the embeddings file in `embeddings_dir`. With a journal,
+    not stream them. `worker_requests` says what coordinator callbacks ask the chief
+    to compute from its model (weight histograms, the model JSON, a profile, the
+    projector's embeddings): it answers in `EpochEnd.extras`. With a journal,
     `persist_snapshots` asks workers to keep weight snapshots on disk too, and
     `resume` says where a resumed job goes on.
     """
@@ -229,12 +230,9 @@ class Start(Message, frozen=True, tag="start"):
         default=None, name="window_steps"
     )
     want_batch_logs: bool = True
-    histogram_freq: NonNegInt = 0
-    want_model_json: bool = False
-    write_images: bool = False
-    profile_batch: tuple[NonNegInt, NonNegInt] = (0, 0)
-    embeddings_freq: NonNegInt = 0
-    embeddings_dir: Annotated[str, msgspec.Meta(max_length=MAX_PATH_CHARS)] | None = None
+    worker_requests: Annotated[
+        tuple[AnyWorkerRequest, ...], msgspec.Meta(max_length=MAX_WORKER_REQUESTS)
+    ] = ()
     persist_snapshots: bool = False
     resume: Resume | None = None
 
@@ -247,6 +245,11 @@ class Resume(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     epoch: NonNegInt
     snapshots: tuple[NonNegInt, ...] = ()
     stopping: bool = False
+
+    def first_epoch(self, epochs: int) -> int:
+        """The first epoch a worker trains in the resumed job: the one after the barrier,
+        or `epochs` (`fit`'s, so none is left) when the job had decided to stop there."""
+        return epochs if self.stopping else self.epoch + 1
 
 
 class Progress(Message, frozen=True, tag="progress"):
@@ -372,10 +375,8 @@ def _decode(
         raise ProtocolError(
             f"{what} nests containers more than Config.max_decoded_depth={max_depth} deep"
         ) from None
-    # The untyped fields (sinks' extras, a worker's report) nest as they like: bounded here.
-    if isinstance(message, EpochEnd) and message.extras:
-        wire_bounds.check_depth(message.extras, max_depth=max_depth, what="epoch_end: extras")
-    elif isinstance(message, Done) and message.report:
+    # The untyped field (a worker's report) nests as it likes: bounded here.
+    if isinstance(message, Done) and message.report:
         wire_bounds.check_depth(message.report, max_depth=max_depth, what="done: report")
     return message
 

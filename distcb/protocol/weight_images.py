@@ -3,8 +3,9 @@
 ``TensorBoard(write_images=True)`` draws each weight as an image at the epochs
 where weight histograms are written. In a plain ``fit`` the callback draws the
 model's weights itself; in a distcb job the chief draws its weights with
-:func:`weight_images` and sends the payload in ``extras["images"]`` of its
-epoch-end message, and the coordinator's TensorBoard writes it.
+:func:`weight_images` and sends them in ``extras.images`` of its epoch-end
+message (``WeightImage``, in ``distcb.protocol.worker_data``, which bounds and
+checks them), and the coordinator's TensorBoard writes them.
 
 The drawing follows Keras 3 (and tf_keras): the weight is squeezed; a vector
 becomes one ``1 x n`` image; a matrix one image, transposed to be wider than
@@ -14,45 +15,23 @@ first axis; a 4-D weight whose last axis has 1, 3 or 4 entries is taken as
 ``tf.image.convert_image_dtype(w, uint8, saturate=True)``: ``w * 255.5``
 clipped to ``[0, 255]``; the first three images of a weight are kept, as
 ``tf.summary.image``'s ``max_outputs``. Only numpy and zlib are needed.
-
-Payload (strict JSON)::
-
-    {"version": 1,
-     "images": {"<weight path>": {"width": int, "height": int,
-                                  "png": ["<base64 PNG>", ...]}}}
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-PAYLOAD_VERSION = 1
+from distcb.protocol.worker_data import PNG_SIGNATURE, WeightImage
+
+__all__ = ["WeightImage", "encode_png", "image_batch", "weight_images"]
+
 MAX_OUTPUTS = 3
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
-
-
-@dataclass(frozen=True)
-class WeightImage:
-    """One decoded weight image summary: what ``tf.summary.image`` writes for a weight."""
-
-    name: str
-    width: int
-    height: int
-    pngs: tuple[bytes, ...]
-
-    @property
-    def tag(self) -> str:
-        """The TensorBoard tag Keras uses for this weight: ``<path>/image``."""
-        return f"{self.name.replace(':', '_')}/image"
 
 
 def image_batch(values: Any, channels_last: bool = True) -> np.ndarray | None:
@@ -102,7 +81,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, _COLOR_TYPES[channels], 0, 0, 0)
     return (
-        _PNG_SIGNATURE
+        PNG_SIGNATURE
         + chunk(b"IHDR", header)
         + chunk(b"IDAT", zlib.compress(raw, 6))
         + chunk(b"IEND", b"")
@@ -111,66 +90,22 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def weight_images(
     named_arrays: Mapping[str, Any], channels_last: bool = True, max_outputs: int = MAX_OUTPUTS
-) -> dict[str, Any]:
-    """Draw weights as images, JSON-compatible, for ``extras["images"]``.
+) -> tuple[WeightImage, ...]:
+    """Draw weights as images, for ``extras.images``.
 
     Args:
         named_arrays: weight path -> the weight's values; weights Keras does not
             draw are left out.
         channels_last: the model's image data format.
         max_outputs: images kept per weight.
-
-    Returns:
-        The payload described in the module docstring.
     """
-    images: dict[str, Any] = {}
+    images = []
     for name, values in named_arrays.items():
         batch = image_batch(values, channels_last)
         if batch is None:
             continue
-        images[str(name)] = {
-            "width": int(batch.shape[2]),
-            "height": int(batch.shape[1]),
-            "png": [base64.b64encode(encode_png(img)).decode() for img in batch[:max_outputs]],
-        }
-    return {"version": PAYLOAD_VERSION, "images": images}
-
-
-def decode_weight_images(payload: Any) -> list[WeightImage]:
-    """Validate a payload from :func:`weight_images` (it crossed the network).
-
-    Raises:
-        ValueError: the payload is malformed or of another version; the message says where.
-    """
-    if not isinstance(payload, Mapping):
-        raise ValueError(f"images payload must be an object, received {type(payload).__name__}.")
-    if payload.get("version") != PAYLOAD_VERSION:
-        raise ValueError(
-            f"images payload version {payload.get('version')!r} is not supported; "
-            f"expected {PAYLOAD_VERSION}."
+        pngs = tuple(encode_png(image) for image in batch[:max_outputs])
+        images.append(
+            WeightImage(str(name), width=int(batch.shape[2]), height=int(batch.shape[1]), pngs=pngs)
         )
-    images = payload.get("images")
-    if not isinstance(images, Mapping):
-        raise ValueError("images payload lacks the object 'images'.")
-    out = []
-    for name, entry in images.items():
-        where = f"images[{name!r}]"
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{where} must be an object, received {type(entry).__name__}.")
-        width, height, pngs = entry.get("width"), entry.get("height"), entry.get("png")
-        for key, value in (("width", width), ("height", height)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{where}: {key} must be an int >= 1, received {value!r}.")
-        if not isinstance(pngs, list) or not pngs:
-            raise ValueError(f"{where}: png must be a non-empty list of base64 PNG images.")
-        decoded = []
-        for text in pngs:
-            try:
-                data = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
-            except binascii.Error:
-                data = b""
-            if not data.startswith(_PNG_SIGNATURE):
-                raise ValueError(f"{where}: png entries must be base64-encoded PNG images.")
-            decoded.append(data)
-        out.append(WeightImage(str(name), int(width), int(height), tuple(decoded)))  # type: ignore[arg-type]
-    return out
+    return tuple(images)

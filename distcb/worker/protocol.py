@@ -115,8 +115,6 @@ class WorkerProtocol:
         self.epoch = 0
         self.window_steps: int | None = None
         self.want_batch_logs = False
-        self.histogram_freq = 0
-        self.want_model_json = False
         self.abort_reason: str | None = None
         self.restart = False  # the job goes on from its backups: this worker exits to restart
         self.lost: DistcbError | None = None
@@ -213,8 +211,6 @@ class WorkerProtocol:
             self._expect(WorkerPhase.JOINED, "start")
             self.window_steps = start.ahead_steps  # the bound in force: W, or max_ahead_steps
             self.want_batch_logs = start.want_batch_logs
-            self.histogram_freq = start.histogram_freq
-            self.want_model_json = start.want_model_json
             self._pending.add(start.decisions)
             self.phase = WorkerPhase.TRAINING
             return start

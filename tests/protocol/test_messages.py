@@ -1,5 +1,6 @@
 """Wire messages: every declared type roundtrips, bad input is named precisely, fuzzing."""
 
+import base64
 import contextlib
 import math
 
@@ -48,6 +49,19 @@ from distcb.protocol.messages import (
     decode_from_worker,
     encode,
 )
+from distcb.protocol.worker_data import (
+    PNG_SIGNATURE,
+    EmbeddingsRequest,
+    EpochExtras,
+    HistogramRequest,
+    ModelJsonRequest,
+    Profile,
+    ProfileFile,
+    ProfileRequest,
+    ProfileSummary,
+    WeightHistogram,
+    WeightImage,
+)
 
 DECISIONS = {
     StopTraining: StopTraining(at=EffectPoint.batch(1, 40)),
@@ -58,6 +72,37 @@ DECISIONS = {
     SaveModel: SaveModel(at=EffectPoint.epoch_end(4), filepath="/tmp/m.keras", overwrite=False),
     BackupModel: BackupModel(at=EffectPoint.epoch_end(4), epoch=4, keep_snapshots=(2, 7)),
 }
+
+REQUESTS = (
+    HistogramRequest(every_epochs=2, images=True),
+    ModelJsonRequest(),
+    ProfileRequest(first_batch=3, last_batch=5),
+    EmbeddingsRequest(every_epochs=1, directory="/tmp/logs/train"),
+)
+PNG = PNG_SIGNATURE + b"\x00\xff rest of the image"
+EXTRAS = EpochExtras(
+    iterations=40,
+    histograms=(
+        WeightHistogram(
+            name="dense/kernel",
+            min=-1.0,
+            max=2.0,
+            num=3,
+            sum=1.5,
+            sum_squares=5.25,
+            bucket_limits=(0.0, 2.0),
+            bucket_counts=(1, 2),
+        ),
+        WeightHistogram(name="dense/bias", min=0, max=0, num=0, sum=0, sum_squares=0, nonfinite=4),
+    ),
+    images=(WeightImage(name="dense/kernel", width=3, height=1, pngs=(PNG, PNG)),),
+    model_json='{"class_name": "Sequential"}',
+    embedding_layers=("tokens",),
+    profile=Profile(
+        files=(ProfileFile(path="plugins/profile/run/host.xplane.pb", data=bytes(range(256))),),
+        summaries=(ProfileSummary(step=5, summary=b"\x0a\x00"),),
+    ),
+)
 
 SAMPLES = {
     Join: Join(
@@ -78,7 +123,7 @@ SAMPLES = {
         logs={"loss": math.nan, "val_loss": 0.25, "hist": [1.0, 2.0], "tag": "x"},
         samples=30.0,
         val_samples=70.0,
-        extras={"histograms": {"version": 1, "weights": {}}},
+        extras=EXTRAS,
     ),
     TrainEnd: TrainEnd(rank=1),
     Done: Done(rank=1, report={"learning_rate": 0.01, "applied": [[0, -1, {"kind": "stop"}]]}),
@@ -90,11 +135,7 @@ SAMPLES = {
     Start: Start(
         decisions=tuple(DECISIONS.values()),
         ahead_steps=8,
-        histogram_freq=2,
-        write_images=True,
-        profile_batch=(3, 5),
-        embeddings_freq=1,
-        embeddings_dir="/tmp/logs/train",
+        worker_requests=REQUESTS,
         persist_snapshots=True,
         resume=Resume(epoch=4, snapshots=(2, 7), stopping=False),
     ),
@@ -269,3 +310,37 @@ def test_fuzzed_frames_raise_protocol_errors_only(frame):
     for decode in (decode_from_worker, decode_from_coordinator):
         with contextlib.suppress(ProtocolError):  # anything else fails the test
             decode(frame)
+
+
+@pytest.mark.parametrize(
+    ("resume", "epochs", "first"),
+    [
+        (Resume(epoch=4), 10, 5),  # after the barrier of epoch 4
+        (Resume(epoch=4, stopping=True), 10, 10),  # it had decided to stop: none is left
+        (Resume(epoch=9), 10, 10),  # the last barrier: only the train end is left
+    ],
+)
+def test_a_resumed_job_trains_from_the_epoch_after_its_barrier(resume, epochs, first):
+    assert resume.first_epoch(epochs) == first
+
+
+@pytest.mark.parametrize("value", [EXTRAS, SAMPLES[Start]], ids=["extras", "start"])
+def test_worker_data_roundtrips_in_json_too(value):
+    """Binary data is MessagePack bin on the wire, base64 in JSON: both decode to the same."""
+    kind = type(value)
+    assert msgspec.json.decode(msgspec.json.encode(value), type=kind) == value
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(value), type=kind) == value
+
+
+def test_binary_extras_travel_as_bytes_not_base64_text():
+    raw = msgspec.msgpack.decode(encode(SAMPLES[EpochEnd]))
+    profile_file = raw["extras"]["profile"]["files"][0]
+    assert profile_file["data"] == bytes(range(256))  # bin: no base64 inside MessagePack
+    assert raw["extras"]["images"][0]["pngs"][0] == PNG
+    as_json = msgspec.json.decode(msgspec.json.encode(SAMPLES[EpochEnd]))
+    assert as_json["extras"]["images"][0]["pngs"][0] == base64.b64encode(PNG).decode()
+
+
+def test_an_epoch_end_without_extras_sends_an_empty_map():
+    raw = msgspec.msgpack.decode(encode(EpochEnd(rank=1, epoch=0, logs={})))
+    assert raw["extras"] == {}

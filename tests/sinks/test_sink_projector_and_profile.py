@@ -1,18 +1,21 @@
-"""The projector config (checked against protobuf's own text format) and the profile payload's
-guards; both are written end to end by tests/callbacks/test_plain_fit.py and, from a real chief,
-by tests/launch/test_sinks_real_workers.py."""
+"""The projector config (checked against protobuf's own text format) and the profile's guards
+on the wire; both are written end to end by tests/callbacks/test_plain_fit.py and, from a
+real chief, by tests/launch/test_sinks_real_workers.py."""
 
 import asyncio
-import base64
 import logging
 
+import msgspec
 import pytest
 
 from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.tensorboard import TensorBoard
-from distcb.callbacks.tensorboard_profiling import parse_profile_batch, unpack_profile
+from distcb.callbacks.tensorboard_profiling import parse_profile_batch
 from distcb.coordinator.runtime import JobState, Runtime
 from distcb.protocol.config import Config
+from distcb.protocol.errors import ProtocolError
+from distcb.protocol.messages import EpochEnd, decode_from_worker
+from distcb.protocol.worker_data import EpochExtras, Profile, ProfileFile, ProfileSummary
 
 
 def protobuf_text(layers, metadata) -> str:
@@ -77,33 +80,46 @@ def test_bad_profile_batch_is_an_error(value):
         parse_profile_batch(value)
 
 
-def encoded(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+def decoded_profile(raw: dict) -> Profile:
+    """A profile as the coordinator decodes it from a chief's epoch end."""
+    message = decode_from_worker(
+        msgspec.msgpack.encode(
+            {"type": "epoch_end", "rank": 0, "epoch": 0, "logs": {}, "extras": {"profile": raw}}
+        )
+    )
+    assert isinstance(message, EpochEnd)
+    assert message.extras.profile is not None
+    return message.extras.profile
 
 
 @pytest.mark.parametrize(
-    "path", ["../escape.pb", "plugins/profile/../../escape.pb", "/etc/passwd", "train/x.pb"]
+    "path",
+    [
+        "../escape.pb",
+        "plugins/profile/../../escape.pb",
+        "/etc/passwd",
+        "train/x.pb",
+        "plugins/profile/run/../../../x.pb",
+        "plugins/profile/run\\..\\x.pb",
+    ],
 )
 def test_profile_files_cannot_be_written_outside_the_profile_folder(path):
-    payload = {"version": 1, "files": {path: encoded(b"x")}, "summaries": []}
-    with pytest.raises(ValueError, match="is not under plugins/profile/"):
-        unpack_profile(payload)
+    raw = {"files": [{"path": path, "data": b"x"}]}
+    with pytest.raises(ProtocolError, match="is not a plain path under plugins/profile/"):
+        decoded_profile(raw)
 
 
-def test_profile_payload_round_trip_and_errors():
-    payload = {
-        "version": 1,
-        "files": {"plugins/profile/run/host.xplane.pb": encoded(b"trace")},
-        "summaries": [{"step": 3, "summary": encoded(b"proto")}],
+def test_profile_round_trip_and_errors():
+    raw = {
+        "files": [{"path": "plugins/profile/run/host.xplane.pb", "data": b"trace"}],
+        "summaries": [{"step": 3, "summary": b"proto"}],
     }
-    profile = unpack_profile(payload)
-    assert profile.files == (("plugins/profile/run/host.xplane.pb", b"trace"),)
-    assert profile.summaries == ((3, b"proto"),)
-    assert unpack_profile({"version": 1, "error": "too big"}).error == "too big"
-    with pytest.raises(ValueError, match="must be base64 text"):
-        unpack_profile({"version": 1, "files": {}, "summaries": [{"step": 1, "summary": 3}]})
-    with pytest.raises(ValueError, match="of version 1"):
-        unpack_profile({"version": 2})
+    profile = decoded_profile(raw)
+    assert profile.files == (ProfileFile("plugins/profile/run/host.xplane.pb", b"trace"),)
+    assert profile.summaries == (ProfileSummary(3, b"proto"),)
+    assert decoded_profile({"error": "too big"}).error == "too big"
+    with pytest.raises(ProtocolError, match=r"summaries\[0\].summary: Expected `bytes`, got `int`"):
+        decoded_profile({"summaries": [{"step": 1, "summary": 3}]})
 
 
 async def test_what_the_chief_could_not_send_is_reported(tmp_path, caplog):
@@ -116,10 +132,11 @@ async def test_what_the_chief_could_not_send_is_reported(tmp_path, caplog):
     def run() -> None:
         tensorboard.on_train_begin()
         state.epoch_extras = {
-            0: {"profile": {"version": 1, "error": "the profile takes 9 bytes"}},
-            1: {"embedding_layers": ["ignored: not the chief's"]},
+            0: EpochExtras(
+                profile=Profile(error="the profile takes 9 bytes"), embedding_layers=("tokens",)
+            ),
+            1: EpochExtras(embedding_layers=("ignored: not the chief's",)),
         }
-        state.epoch_extras[0]["embedding_layers"] = ["tokens"]
         tensorboard.on_epoch_end(0, {"loss": 1.0})
         tensorboard.on_train_end()
 

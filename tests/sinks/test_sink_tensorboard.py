@@ -1,10 +1,10 @@
 """TensorBoard event files read back with EventAccumulator, compared with Keras 3's own."""
 
 import asyncio
-import json
 import math
 import re
 
+import msgspec
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -14,6 +14,7 @@ from distcb.coordinator.aggregate import Spread
 from distcb.coordinator.runtime import JobState, Runtime
 from distcb.protocol.config import Config
 from distcb.protocol.histograms import weight_histograms
+from distcb.protocol.worker_data import NO_EXTRAS, EpochExtras, HistogramRequest
 
 EPOCHS = 3
 STEPS = 4
@@ -145,13 +146,16 @@ async def test_histograms_come_from_the_chief_extras(tmp_path, keras_model):
     ours.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
     weights = {w.path: np.asarray(w) for layer in keras_model.layers for w in layer.weights}
 
+    (request,) = ours.worker_requests()  # what the coordinator asks of the chief
+    assert request == HistogramRequest(every_epochs=2)
+
     def run() -> None:
         ours.set_model(None)
         ours.on_train_begin()
         for epoch in range(EPOCHS):
-            due = epoch % 2 == 0  # what the coordinator tells the chief from histogram_freq
-            payload = {"histograms": json.loads(json.dumps(weight_histograms(weights)))}
-            state.epoch_extras = {0: payload if due else {}, 1: {}}
+            extras = EpochExtras(histograms=weight_histograms(weights))
+            wire = msgspec.msgpack.decode(msgspec.msgpack.encode(extras), type=EpochExtras)
+            state.epoch_extras = {0: wire if request.due(epoch) else NO_EXTRAS, 1: NO_EXTRAS}
             ours.on_epoch_end(epoch, epoch_logs(epoch))
         ours.on_train_end()
 
@@ -221,7 +225,7 @@ async def test_write_graph_writes_the_keras_conceptual_graph(tmp_path, keras_mod
     ours = TensorBoard(tmp_path / "ours", write_graph=True)
     ours.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
     ours.on_train_begin()  # the proxy model has no to_json: the chief's JSON is used
-    state.epoch_extras = {0: {"model_json": keras_model.to_json()}}
+    state.epoch_extras = {0: EpochExtras(model_json=keras_model.to_json())}
     ours.on_epoch_end(0, {"loss": 1.0})
     ours.on_epoch_end(1, {"loss": 0.5})
     ours.on_train_end()

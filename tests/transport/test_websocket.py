@@ -149,7 +149,7 @@ async def test_an_oversized_send_fails_here_with_a_clear_error():
     [
         ("a text frame", WSCloseCode.UNSUPPORTED_DATA),
         (
-            msgspec.msgpack.encode({"type": "start", "histogram_freq": "x"}),
+            msgspec.msgpack.encode({"type": "start", "worker_requests": [{"kind": "x"}]}),
             WSCloseCode.POLICY_VIOLATION,
         ),
         (
