@@ -24,7 +24,7 @@ import asyncio
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +79,15 @@ class ScriptedModel:
     def set_weights(self, weights: Any) -> None:
         self.weights = weights
 
-    def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
-        self.saves.append(filepath)
+    def save(
+        self,
+        filepath: str,
+        *,
+        weights_only: bool,
+        overwrite: bool,
+        before_replace: Callable[[str], None] | None = None,
+    ) -> None:
+        self.saves.append(filepath)  # no file written: nothing to record
 
     # Backups: the weights (any JSON value) and the learning rate, as JSON files.
     snapshot_suffix = ".json"
