@@ -13,14 +13,17 @@ every file it saves:
   file takes its name: a save after the newest barrier (by an attempt that was then lost)
   replaces a file with one the backup does not list, and the log tells that apart from
   damage. A kill between the log's write and the rename leaves the old file, which the
-  backup lists.
+  backup lists. (ModelCheckpoint observes: its save of barrier E goes out after E's
+  backup, so a resume from E often finds the file of that save, which only the log
+  names; the journal's pending decisions save it again.)
 
 On resume from barrier E the chief checks every output the backup of E lists: it must
 have the recorded size and SHA-256, or those of a save logged after E (the replayed epochs
 save it again). A link, other bytes or another size fail the resume with an
 `IntegrityError` naming the file; a file that is gone is left gone with a warning (a
 person removed it: the job goes on without it, and saves it again if an epoch does). A
-damaged log is set aside with a warning: only the backup's checksums are accepted then.
+damaged log is set aside with a warning: only the backup's checksums are accepted then,
+and an output that matches only a later save fails the resume, naming both files.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class SavedOutputs:
             IntegrityError: an output is a link, not a regular file, or holds bytes that
                 neither the backup nor a later save recorded (names the file).
         """
-        later = self._read_log()
+        later, unreadable = self._read_log()
         accepted: dict[str, set[tuple[int, str]]] = {}
         for save in later:
             if save["after"] >= epoch:
@@ -125,13 +128,19 @@ class SavedOutputs:
                     f"the barrier of epoch {epoch} the job resumes from, and from every save "
                     "after it"
                 )
+            if unreadable is not None:  # it may be a later save that the log would name
+                problem += (
+                    f"; the log of later saves, {self.log_path}, could not be read ({unreadable}),"
+                    " so a save after the barrier cannot be told from damage"
+                )
             raise IntegrityError(path, problem + _WHAT_TO_DO)
         self.recorded = current
         self._later = [s for s in later if s["after"] >= epoch]
         self._last_backup = epoch
 
-    def _read_log(self) -> list[dict[str, Any]]:
-        """The saves logged so far; a damaged log is set aside (the backup still checks)."""
+    def _read_log(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The saves logged so far, and why the log could not be read (None: it could, or
+        there is none). A damaged log is set aside: the backup's checksums still apply."""
         try:
             value = read_sealed(self.log_path)
             saves = value["saves"]
@@ -143,17 +152,18 @@ class SavedOutputs:
                     "after": int(s["after"]),
                 }
                 for s in saves
-            ]
+            ], None
         except FileNotFoundError:
-            return []
+            return [], None
         except (IntegrityError, KeyError, TypeError, ValueError) as exc:
+            problem = exc.problem if isinstance(exc, IntegrityError) else repr(exc)
             logger.warning(
                 "%s cannot be read (%s); only the checksums in the backup are accepted for "
                 "the files the job saved",
                 self.log_path,
-                exc,
+                problem,
             )
-            return []
+            return [], problem
 
 
 def parse_recorded(value: Any) -> dict[str, Digest]:

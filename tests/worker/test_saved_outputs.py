@@ -240,3 +240,16 @@ def test_keras_target_logs_the_finished_file_before_it_takes_the_name(tmp_path):
     target.save(path, weights_only=True, overwrite=True, before_replace=hook)
     with open(path, "rb") as handle:
         assert seen == [(handle.read(), False)]
+
+
+def test_with_a_damaged_log_a_later_save_is_refused_naming_both(job, tmp_path):
+    run_dir, best, _ = job
+    lost = resume(run_dir, 2)
+    lost.target.weights = 3.0  # type: ignore[attr-defined]
+    lost.apply([SaveModel(at=END(3), filepath=best)], epoch=3, step=-1, max_step_begun=3)
+    log = os.path.join(run_dir, "backups", "rank-0", LOG_NAME)
+    damage(log, "flip", [], str(tmp_path / "outside"))
+    with pytest.raises(IntegrityError) as raised:
+        resume(run_dir, 2)
+    assert raised.value.path == best
+    assert f"the log of later saves, {log}, could not be read" in str(raised.value)
