@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 
 import pytest
 
 from tests.helpers.damage import DAMAGES, damage, files_under, kind
 from tests.launch.test_exact_resume import assert_same, faults, outcome, run_job
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 HARNESS = ("pid-", "report-", "faults", "timeline")  # the test job's own files
 OUTPUTS = ("log.csv", "best.weights.h5")
 BEFORE_DONE = dict(name="z", rank=0, epoch=-1, batch=-1, at="before_done", signal="KILL")
@@ -98,7 +99,9 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
         path = os.path.join(run_dir, relative)
         candidates = [os.path.join(run_dir, f) for f in files_under(run_dir)]
         damage(path, how, candidates, str(tmp_path / "outside"))
+        started = time.monotonic()
         code, output = run_job(run_dir, "--resume", expect_ok=False)
+        took_s = time.monotonic() - started
         if code == 0:
             assert_same(outcome(run_dir, output), uninterrupted)
             outcomes[relative] = f"{how}: identical"
@@ -112,7 +115,9 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
             by_case[relative, how] = "loud"
             if relative in OUTPUTS:
                 assert f"IntegrityError: {path}: " in output, output[-3000:]
-        print(f"{relative}: {outcomes[relative]}")
+            if re.match(r"backups/rank-\d+/epoch-", relative):  # what the user can do
+                assert "to go on from the generation before" in output, output[-3000:]
+        print(f"{relative}: {outcomes[relative]} ({took_s:.0f} s)")
     # The newest generation's journal files fall back; a damaged backup or job.json is loud.
     assert outcomes["state/job.json"].endswith("loud")
     entry = [p for p, _ in cases if kind(p) == "state/epoch-N.json"][0]
