@@ -84,8 +84,15 @@ class ScriptedModel:
     def set_weights(self, weights: Any) -> None:
         self.weights = weights
 
-    def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
-        self.saves.append(filepath)
+    def save(
+        self,
+        filepath: str,
+        *,
+        weights_only: bool,
+        overwrite: bool,
+        before_replace: Callable[[str], None] | None = None,
+    ) -> None:
+        self.saves.append(filepath)  # no file written: nothing to record
 
     # Backups: the weights (any JSON value) and the learning rate, as JSON files.
     snapshot_suffix = ".json"

@@ -11,6 +11,16 @@ The file is opened in ``on_train_begin`` on the calling thread, as Keras does:
 a path that cannot be opened fails before training starts instead of
 vanishing into a background thread. Without a runtime (hooks driven directly)
 every write happens in the hook.
+
+A resumable job journals the sink's state at every barrier (`get_state`, after
+`sync` fsynced the rows): the lines, and the byte count and SHA-256 of every
+byte the file holds up to then, kept up to date row by row as rows are encoded
+(never by reading the file again). A resumed job checks the file's first bytes
+against them before it cuts the file back to the barrier: rows changed, cut
+short or a file replaced by a link fail the resume with an `IntegrityError`
+naming the file, instead of a resumed job that ends exit 0 with a CSV that is
+not the job's. An entry journaled before these fields existed is checked as
+it was then: the file must hold the lines it counts.
 """
 
 from __future__ import annotations
@@ -19,16 +29,21 @@ import asyncio
 import concurrent.futures
 import contextlib
 import csv
+import errno
+import hashlib
 import io
+import locale
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from distcb.callbacks.base import Callback, Logs
 from distcb.callbacks.extension import Runtime
+from distcb.protocol.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +79,18 @@ class CSVLogger(Callback):
         self.append = append
         self.keys: list[str] | None = None
         self._runtime: Runtime | None = None
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
+        # What a text-mode `open` would write (Keras's): the locale's encoding, "\n" as
+        # os.linesep. Rows are encoded here so that the bytes hashed are the bytes written.
+        self._encoding = locale.getpreferredencoding(False)
         self._needs_header = True
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed: concurrent.futures.Future[None] | None = None
         self._failed = False
         self._lines = 0  # lines in the file (header included; an appended file's too)
-        self._resume_lines: int | None = None
-        self._resume_needs_header = False
+        self._bytes = 0  # bytes in the file, and their SHA-256 (an appended file's too)
+        self._digest = hashlib.sha256()
+        self._resume: dict[str, Any] | None = None
         self._rows_written = 0
 
         class _Dialect(csv.excel):
@@ -96,10 +115,16 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self._close_file()
-        if self._resume_lines is not None:  # a resumed job: the file as it was then
-            self._file = _reopen_at_line(self.filename, self._resume_lines)
-            self._lines, self._resume_lines = self._resume_lines, None
-            self._needs_header = self._resume_needs_header
+        if self._resume is not None:  # a resumed job: the file as it was then
+            resume, self._resume = self._resume, None
+            self._file, self._bytes, self._digest = _reopen_at_barrier(
+                self.filename,
+                lines=int(resume["lines"]),
+                size=resume.get("bytes"),
+                sha256=resume.get("sha256"),
+            )
+            self._lines = int(resume["lines"])
+            self._needs_header = bool(resume.get("needs_header", False))
             self._failed = False
             self._closed = None
             if self._runtime is not None:
@@ -108,13 +133,16 @@ class CSVLogger(Callback):
                 )
             return
         self._lines = 0
+        self._bytes, self._digest = 0, hashlib.sha256()
         if self.append and os.path.exists(self.filename):
             with open(self.filename) as existing:
                 self._needs_header = not existing.readline()
                 self._lines = 0 if self._needs_header else 1 + sum(1 for _ in existing)
+            with open(self.filename, "rb") as existing_bytes:
+                self._bytes, self._digest = _hash_prefix(existing_bytes, None)
         else:
             self._needs_header = True
-        self._file = open(self.filename, "a" if self.append else "w")  # noqa: SIM115
+        self._file = open(self.filename, "ab" if self.append else "wb")  # noqa: SIM115
         self.keys = None
         self._failed = False
         self._rows_written = 0
@@ -137,7 +165,12 @@ class CSVLogger(Callback):
                 self._lines += 1
         writer.writerow([epoch, *(_cell(logs.get(k, "NA")) for k in self.keys)])
         self._lines += 1
-        self._run(self._write, text.getvalue())
+        data = self._encode(text.getvalue())
+        # Counted here, with the lines, so that one get_state() is one consistent triple;
+        # sync() makes them the file's before the journal records them.
+        self._bytes += len(data)
+        self._digest.update(data)
+        self._run(self._write, data)
 
     def on_train_end(self, logs: Logs | None = None) -> None:
         if self._executor is None:
@@ -148,21 +181,36 @@ class CSVLogger(Callback):
         executor.shutdown(wait=False)
 
     def get_state(self) -> dict[str, Any]:
-        """The columns, how many lines the file holds (rows past them go on resume), and
-        whether the header is still to be written (no row yet)."""
-        return {"keys": self.keys, "lines": self._lines, "needs_header": self._needs_header}
+        """The columns, how many lines the file holds (rows past them go on resume), whether
+        the header is still to be written (no row yet), and the byte count and SHA-256 of
+        the file's contents (checked on resume)."""
+        return {
+            "keys": self.keys,
+            "lines": self._lines,
+            "needs_header": self._needs_header,
+            "bytes": self._bytes,
+            "sha256": self._digest.hexdigest(),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Go on from `get_state()`: the next `on_train_begin` cuts the file back to the
-        lines written then and appends, so it ends as an uninterrupted run's would."""
+        """Go on from `get_state()`: the next `on_train_begin` checks the file's first bytes
+        against the recorded SHA-256, cuts the file back to them and appends, so it ends as
+        an uninterrupted run's would (a state without "bytes"/"sha256", journaled by an
+        older distcb, is checked by its line count only)."""
         keys = state.get("keys")
         self.keys = None if keys is None else [str(k) for k in keys]
-        self._resume_lines = int(state["lines"])
-        self._resume_needs_header = bool(state.get("needs_header", False))
+        size = state.get("bytes")
+        digest = state.get("sha256")
+        self._resume = {
+            "lines": int(state["lines"]),
+            "needs_header": bool(state.get("needs_header", False)),
+            "bytes": None if size is None else int(size),
+            "sha256": None if digest is None else str(digest),
+        }
 
     def sync(self) -> None:
         """Block until every row queued so far is on disk, fsynced (the journal calls this
-        before it records how many lines the file holds)."""
+        before it records how many lines and bytes the file holds)."""
         executor = self._executor
         if executor is not None:
             with contextlib.suppress(RuntimeError):  # shut down: nothing is queued
@@ -183,27 +231,32 @@ class CSVLogger(Callback):
 
     # ------------------------------------------------------------------ writer side
 
-    def _run(self, fn: Callable[[str], None], text: str) -> None:
-        if self._executor is None:
-            fn(text)
-        else:
-            self._executor.submit(fn, text)
+    def _encode(self, text: str) -> bytes:
+        if os.linesep != "\n":
+            text = text.replace("\n", os.linesep)
+        return text.encode(self._encoding)
 
-    def _write(self, text: str) -> None:
+    def _run(self, fn: Callable[[bytes], None], data: bytes) -> None:
+        if self._executor is None:
+            fn(data)
+        else:
+            self._executor.submit(fn, data)
+
+    def _write(self, data: bytes) -> None:
         if self._file is None or self._file.closed:
             raise ValueError(
                 f"CSVLogger({self.filename!r}): on_epoch_end was called without on_train_begin; "
                 "the file is not open."
             )
         if self._executor is None:
-            self._file.write(text)
+            self._file.write(data)
             self._file.flush()
             self._rows_written += 1
             return
         if self._failed:
             return
         try:
-            self._file.write(text)
+            self._file.write(data)
             self._file.flush()
             self._rows_written += 1
         except OSError as exc:  # a full disk must not end the training it records
@@ -219,43 +272,88 @@ class CSVLogger(Callback):
             self._file.close()
 
 
-def _reopen_at_line(path: str, lines: int) -> TextIO:
-    """Open the CSV file at `path` for appending after its first `lines` lines, cutting off
-    what follows (rows of epochs past the barrier the job resumes from).
+_CHUNK_BYTES = 1 << 20
+_WHAT_TO_DO = (
+    "; restore the file from a copy, or start the job again in a new run directory "
+    "(its rows up to the barrier cannot be written again)"
+)
 
-    The file is opened without following a symbolic link (``O_NOFOLLOW``): the resumed job
+
+def _hash_prefix(handle: BinaryIO, limit: int | None) -> tuple[int, Any]:
+    """(bytes read, their running SHA-256) of `handle`'s next `limit` bytes (None: all)."""
+    digest = hashlib.sha256()
+    size = 0
+    while limit is None or size < limit:
+        want = _CHUNK_BYTES if limit is None else min(_CHUNK_BYTES, limit - size)
+        chunk = handle.read(want)
+        if not chunk:
+            break
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest
+
+
+def _reopen_at_barrier(
+    path: str, *, lines: int, size: int | None, sha256: str | None
+) -> tuple[BinaryIO, int, Any]:
+    """Open the CSV file at `path` for appending after what it held at the barrier a job
+    resumes from, cutting off what follows (rows of epochs past that barrier); returns the
+    file, its size then and the running SHA-256 of its bytes.
+
+    What it held is checked first: its first `size` bytes must have the SHA-256 `sha256`
+    (a state journaled without them: the file must hold `lines` complete lines). The file
+    is opened without following a symbolic link (``O_NOFOLLOW``): the resumed job
     truncates and rewrites it, and a link could point that at any file.
 
     Raises:
-        OSError: `path` is a symbolic link, or holds fewer lines than the journal recorded
-            (the rows it had at the barrier are gone: the CSV could not end as it should).
+        IntegrityError: `path` is a link or not a regular file, is shorter than it was at
+            the barrier, or its bytes up to the barrier differ from those the job wrote.
     """
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
-        if os.path.islink(path):
-            raise OSError(
-                exc.errno,
-                f"CSVLogger: {path} is a symbolic link; a resumed job truncates and rewrites its "
-                "log file and does not follow links. Point filename at the file itself",
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise IntegrityError(
+                path,
+                "is a symbolic link; a resumed job truncates and rewrites its CSV file and "
+                "never follows links. Point CSVLogger's filename at the file itself",
             ) from exc
         raise
     handle = os.fdopen(fd, "r+b")
     try:
-        kept = 0
-        for _ in range(lines):
-            line = handle.readline()
-            if not line.endswith(b"\n"):
-                raise OSError(
-                    f"CSVLogger: {path} holds fewer complete lines than the {lines} the journal "
-                    "recorded at the barrier the job resumes from; it was changed outside the "
-                    "job, and cannot be resumed exactly"
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(path, "is not a regular file; CSVLogger writes a regular file")
+        if size is not None and sha256 is not None:
+            kept, digest = _hash_prefix(handle, size)
+            if kept < size:
+                raise IntegrityError(
+                    path,
+                    f"has {kept} bytes, {size} were written up to the barrier the job resumes "
+                    "from (cut short or replaced)" + _WHAT_TO_DO,
                 )
-            kept += len(line)
+            if digest.hexdigest() != sha256:
+                raise IntegrityError(
+                    path,
+                    f"is damaged: its first {size} bytes (the rows up to the barrier the job "
+                    "resumes from) differ from those the job wrote (SHA-256 "
+                    f"{digest.hexdigest()[:12]}... instead of {sha256[:12]}...)" + _WHAT_TO_DO,
+                )
+        else:
+            kept, digest = 0, hashlib.sha256()
+            for _ in range(lines):
+                line = handle.readline()
+                if not line.endswith(b"\n"):
+                    raise IntegrityError(
+                        path,
+                        f"holds fewer complete lines than the {lines} the journal recorded at "
+                        "the barrier the job resumes from (cut short or replaced)" + _WHAT_TO_DO,
+                    )
+                kept += len(line)
+                digest.update(line)
         handle.truncate(kept)
         handle.seek(kept)
     except BaseException:
         handle.close()
         raise
-    return io.TextIOWrapper(handle, encoding=None, newline=None, write_through=False)
+    return handle, kept, digest

@@ -6,6 +6,7 @@ import contextlib
 import glob
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,14 @@ class KerasModelTarget:
     def set_weights(self, weights: Any) -> None:
         self.model.set_weights(weights)
 
-    def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
+    def save(
+        self,
+        filepath: str,
+        *,
+        weights_only: bool,
+        overwrite: bool,
+        before_replace: Callable[[str], None] | None = None,
+    ) -> None:
         if not overwrite and os.path.exists(filepath):
             return
         directory = os.path.dirname(filepath) or "."
@@ -65,6 +73,8 @@ class KerasModelTarget:
                     self.model.save_weights(tmp)
                 else:
                     self.model.save(tmp)
+            if before_replace is not None:
+                before_replace(tmp)
             os.replace(tmp, filepath)
         finally:
             if os.path.exists(tmp):

@@ -26,6 +26,7 @@ from distcb.protocol.decisions import (
 from distcb.protocol.errors import DecisionError
 from distcb.protocol.messages import BackedUp, Message, Resume, Saved
 from distcb.worker.backup import BackupStore
+from distcb.worker.outputs import Digest, SavedOutputs
 
 
 class DecisionTarget(Protocol):
@@ -41,8 +42,19 @@ class DecisionTarget(Protocol):
 
     def set_weights(self, weights: Any) -> None: ...
 
-    def save(self, filepath: str, *, weights_only: bool, overwrite: bool) -> None:
-        """Save the model (or its weights) to `filepath` atomically; raise on failure."""
+    def save(
+        self,
+        filepath: str,
+        *,
+        weights_only: bool,
+        overwrite: bool,
+        before_replace: Callable[[str], None] | None = None,
+    ) -> None:
+        """Save the model (or its weights) to `filepath` atomically; raise on failure.
+
+        `before_replace(path)`, when given, is called with the complete temporary file
+        just before it takes `filepath`'s name (the chief logs its checksum there: see
+        `distcb.worker.outputs`); a target that writes no file never calls it."""
 
     snapshot_suffix: str
     """The file suffix of a persisted weight snapshot."""
@@ -88,7 +100,10 @@ class DecisionApplier:
         self.target = target
         self.rank = rank
         self.store = store
-        self.persist_snapshots = False  # the coordinator journals: snapshots go to disk too
+        # The coordinator journals: snapshots go to disk too, and the chief records the
+        # checksums of the files it saves (checked on resume).
+        self.persist_snapshots = False
+        self.outputs = SavedOutputs(store.directory) if store is not None and rank == 0 else None
         self.snapshots: dict[int, Any] = {}
         self.on_disk: set[int] = set()  # snapshots a resumed job holds only on disk
         self.applied: list[AppliedDecision] = []
@@ -104,6 +119,8 @@ class DecisionApplier:
                 "run directory to read them from (set DISTCB_RUN_DIR)"
             )
         self.target.load_state(self.store.read_epoch(resume.epoch))
+        if self.outputs is not None:
+            self.outputs.resume(resume.epoch, self.store.recorded_outputs)
         self.snapshots.clear()
         self.on_disk = set(resume.snapshots)
 
@@ -160,10 +177,16 @@ class DecisionApplier:
             if store is None:
                 raise DecisionError("this worker has no run directory to back up into")
             if store.writes:
-                store.write_epoch(
-                    decision.epoch, self.target.save_state, snapshots=decision.keep_snapshots
+                outputs = self.outputs
+                oldest = store.write_epoch(
+                    decision.epoch,
+                    self.target.save_state,
+                    snapshots=decision.keep_snapshots,
+                    outputs=None if outputs is None else dict(outputs.recorded),
                 )
                 store.keep_only_snapshots(decision.keep_snapshots)
+                if outputs is not None:
+                    outputs.backed_up(decision.epoch, oldest)
         except Exception as exc:  # reported: the epoch is then no rollback point
             return BackedUp(rank=self.rank, epoch=decision.epoch, error=_describe(exc))
         self.backups.append(decision.epoch)
@@ -172,12 +195,24 @@ class DecisionApplier:
     def _save(self, decision: SaveModel) -> Saved | None:
         if self.rank != 0:
             return None  # single writer: the chief alone holds the model files
+        outputs = self.outputs if self.persist_snapshots else None
+        logged: list[Digest] = []
+
+        def log_save(finished: str) -> None:
+            assert outputs is not None
+            logged.append(outputs.before_replace(decision.filepath, finished))
+
         try:
             self.target.save(
-                decision.filepath, weights_only=decision.weights_only, overwrite=decision.overwrite
+                decision.filepath,
+                weights_only=decision.weights_only,
+                overwrite=decision.overwrite,
+                before_replace=None if outputs is None else log_save,
             )
         except Exception as exc:  # reported to the coordinator; training goes on, as in Keras
             return Saved(rank=self.rank, filepath=decision.filepath, error=_describe(exc))
+        if outputs is not None and logged:
+            outputs.saved(decision.filepath, logged[-1])
         self.saved_paths.append(decision.filepath)
         return Saved(rank=self.rank, filepath=decision.filepath)
 

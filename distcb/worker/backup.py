@@ -5,8 +5,11 @@ Layout, under the run directory::
     backups/rank-<r>/epoch-<e>/           what the target's `save_state` wrote at the end of
                                           epoch e (Keras's own formats)
     backups/rank-<r>/epoch-<e>/manifest.json  the size and SHA-256 of each of those files,
-                                          and of the snapshot files epoch e still holds
+                                          of the snapshot files epoch e still holds, and
+                                          (the chief) of the files it saved for the job
     backups/rank-<r>/snapshot-<id>.*      a weight snapshot (restore_best_weights)
+    backups/rank-0/outputs.json           the chief's saves, logged before each file takes
+                                          its name (`distcb.worker.outputs`)
 
 Each backup is written into a temporary directory that is then renamed
 (atomic on one file system); a backup that was being written when its
@@ -37,6 +40,7 @@ from distcb.protocol.integrity import (
     verify_manifest,
     write_manifest,
 )
+from distcb.worker.outputs import parse_recorded
 
 KEEP_EPOCHS = 3  # backups kept: the journal rolls back to one of its newest committed epochs
 _EPOCH = re.compile(r"^epoch-(\d{8})$")
@@ -60,6 +64,9 @@ class BackupStore:
         # snapshot id -> {"file", "bytes", "sha256"}: written by this process, or read from
         # the manifest of the backup a resumed job went on from.
         self.snapshot_digests: dict[int, dict[str, Any]] = {}
+        # path -> {"bytes", "sha256"}: the files the chief saved, as the manifest of the
+        # backup a resumed job went on from lists them (checked by `distcb.worker.outputs`).
+        self.recorded_outputs: dict[str, dict[str, Any]] = {}
 
     @property
     def writes(self) -> bool:
@@ -74,11 +81,16 @@ class BackupStore:
         return os.path.join(self.directory, f"epoch-{epoch:08d}")
 
     def write_epoch(
-        self, epoch: int, save: Callable[[str], None], snapshots: Iterable[int] = ()
-    ) -> None:
+        self,
+        epoch: int,
+        save: Callable[[str], None],
+        snapshots: Iterable[int] = (),
+        outputs: dict[str, dict[str, Any]] | None = None,
+    ) -> int:
         """Back up epoch `epoch`: `save(directory)` writes into a fresh directory that then
-        takes the backup's name, with a manifest of its files and of the `snapshots` it
-        still holds; older backups beyond `KEEP_EPOCHS` go."""
+        takes the backup's name, with a manifest of its files, of the `snapshots` it
+        still holds and of the `outputs` saved so far (path -> size and SHA-256); older
+        backups beyond `KEEP_EPOCHS` go. Returns the oldest epoch still backed up."""
         os.makedirs(self.directory, exist_ok=True)
         check_directory(self.directory)
         self._remove_temporaries()
@@ -88,7 +100,10 @@ class BackupStore:
             held = {
                 str(i): self.snapshot_digests[i] for i in snapshots if i in self.snapshot_digests
             }
-            write_manifest(tmp, {"epoch": epoch, "rank": self.owner, "snapshots": held})
+            extra: dict[str, Any] = {"epoch": epoch, "rank": self.owner, "snapshots": held}
+            if outputs is not None:
+                extra["outputs"] = outputs
+            write_manifest(tmp, extra)
             _fsync_tree(tmp)
             target = self.epoch_dir(epoch)
             if os.path.islink(target):  # never delete through a link
@@ -100,7 +115,7 @@ class BackupStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._prune(epoch)
+        return self._prune(epoch)
 
     def read_epoch(self, epoch: int) -> str:
         """The directory of epoch `epoch`'s backup, checked against its manifest.
@@ -125,7 +140,8 @@ class BackupStore:
                     f"is the manifest of epoch {manifest.get('epoch')!r}",
                 )
             snapshots = {int(i): dict(d) for i, d in manifest.get("snapshots", {}).items()}
-        except (IntegrityError, ValueError, TypeError, AttributeError) as exc:
+            outputs = parse_recorded(manifest.get("outputs"))
+        except (IntegrityError, ValueError, TypeError, AttributeError, KeyError) as exc:
             where, problem = (
                 (exc.path, exc.problem) if isinstance(exc, IntegrityError) else (path, str(exc))
             )
@@ -136,6 +152,7 @@ class BackupStore:
                 "directory's state/) to go on from the generation before",
             ) from None
         self.snapshot_digests = snapshots
+        self.recorded_outputs = outputs
         return path
 
     def snapshot_path(self, snapshot_id: int, suffix: str) -> str:
@@ -191,7 +208,7 @@ class BackupStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.directory, name))
 
-    def _prune(self, newest: int) -> None:
+    def _prune(self, newest: int) -> int:
         epochs = sorted(
             int(m.group(1))
             for m in (_EPOCH.match(n) for n in os.listdir(self.directory))
@@ -199,6 +216,7 @@ class BackupStore:
         )
         for epoch in epochs[:-KEEP_EPOCHS]:
             shutil.rmtree(self.epoch_dir(epoch), ignore_errors=True)
+        return epochs[-KEEP_EPOCHS:][0]
 
     def _remove_temporaries(self) -> None:
         for name in os.listdir(self.directory):

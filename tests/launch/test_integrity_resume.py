@@ -6,13 +6,17 @@ the train-end reply, before it said it was done, is a failure of that rank.
 The job is tests/helpers/resume_job.py (Keras 3 replicas, 2 workers, deterministic). It is
 interrupted once (rank 1 SIGKILLed in epoch 7, no restarts allowed); then, for a sample of
 the files it left (one of each kind: job.json, journal entries, commit markers, each
-backup file, manifests, snapshots), one file is damaged (a flipped byte, cut to half, or
-replaced by a link to another file of its kind or to an intact copy), the job resumes, and
-the run directory is put back for the next file. The same path is reused: the job's
-identity records its callbacks' file paths.
+backup file, manifests, snapshots, the chief's log of saved outputs), one file is damaged
+(a flipped byte, cut to half, or replaced by a link to another file of its kind or to an
+intact copy), the job resumes, and the run directory is put back for the next file. The
+same path is reused: the job's identity records its callbacks' file paths.
 
-Not covered here: the sinks' outputs (log.csv, best.weights.h5) are the job's results,
-not the state it resumes from; the README's failure section says what protects them.
+The job's outputs are damaged too, each in every way: the CSV (its rows up to the barrier
+are checked against the SHA-256 the journal recorded) and the best checkpoint (checked
+against the chief's backup). These resumes must be loud: the CSV's rows and a best
+checkpoint that the replayed epochs need not save again are the job's results. One file
+per resume, so that the error can only be about that file; a loud resume ends before
+training, so they cost little. TensorBoard's event files are not checked (README).
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 
 import pytest
 
 from tests.helpers.damage import DAMAGES, damage, files_under, kind
 from tests.launch.test_exact_resume import assert_same, faults, outcome, run_job
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 HARNESS = ("pid-", "report-", "faults", "timeline")  # the test job's own files
 OUTPUTS = ("log.csv", "best.weights.h5")
 BEFORE_DONE = dict(name="z", rank=0, epoch=-1, batch=-1, at="before_done", signal="KILL")
@@ -41,7 +46,8 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def sample(run_dir: str) -> list[tuple[str, str]]:
     """One file of each kind (the newest: the one a resume reads first), each with a
-    damage, cycling through the damages so that each is done to several kinds."""
+    damage, cycling through the damages so that each is done to several kinds; then each
+    output with each damage."""
     files = files_under(run_dir, exclude=(*HARNESS, *OUTPUTS))
     by_kind: dict[str, list[str]] = {}
     for relative in files:
@@ -50,7 +56,7 @@ def sample(run_dir: str) -> list[tuple[str, str]]:
     for index, (_, group) in enumerate(sorted(by_kind.items())):
         newest = max(group, key=lambda p: (_generation(p), p))
         picked.append((newest, DAMAGES[index % len(DAMAGES)]))
-    return picked
+    return picked + [(output, how) for output in OUTPUTS for how in DAMAGES]
 
 
 def _generation(path: str) -> int:
@@ -74,29 +80,44 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
     cases = sample(run_dir)
     kinds = {kind(path) for path, _ in cases}
     # Every kind of file a resume reads is in the sample.
-    for expected in ("state/job.json", "state/epoch-N.json", "state/epoch-N.committed"):
-        assert expected in kinds
+    for expected in (
+        "state/job.json",
+        "state/epoch-N.json",
+        "state/epoch-N.committed",
+        "backups/rank-N/outputs.json",
+        *OUTPUTS,
+    ):
+        assert kind(expected) in kinds
     for name in ("model.weights.h5", "seed_generators.npz", "manifest.json"):
         assert kind(f"backups/rank-0/epoch-1/{name}") in kinds
     assert kind("backups/rank-0/snapshot-1.npz") in kinds
     outcomes = {}
+    by_case = {}
     for relative, how in cases:
         shutil.rmtree(run_dir)
         shutil.copytree(pristine, run_dir, symlinks=True)
         path = os.path.join(run_dir, relative)
         candidates = [os.path.join(run_dir, f) for f in files_under(run_dir)]
         damage(path, how, candidates, str(tmp_path / "outside"))
+        started = time.monotonic()
         code, output = run_job(run_dir, "--resume", expect_ok=False)
+        took_s = time.monotonic() - started
         if code == 0:
             assert_same(outcome(run_dir, output), uninterrupted)
             outcomes[relative] = f"{how}: identical"
+            by_case[relative, how] = "identical"
         else:
             assert path in output, (
                 f"{how} {relative}: exit {code} without naming it\n" + (output[-3000:])
             )
             assert "RESULT " not in output
             outcomes[relative] = f"{how}: loud"
-        print(f"{relative}: {outcomes[relative]}")
+            by_case[relative, how] = "loud"
+            if relative in OUTPUTS:
+                assert f"IntegrityError: {path}: " in output, output[-3000:]
+            if re.match(r"backups/rank-\d+/epoch-", relative):  # what the user can do
+                assert "to go on from the generation before" in output, output[-3000:]
+        print(f"{relative}: {outcomes[relative]} ({took_s:.0f} s)")
     # The newest generation's journal files fall back; a damaged backup or job.json is loud.
     assert outcomes["state/job.json"].endswith("loud")
     entry = [p for p, _ in cases if kind(p) == "state/epoch-N.json"][0]
@@ -105,6 +126,10 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
     assert outcomes[marker].endswith("identical")
     weights = [p for p, _ in cases if p.endswith("model.weights.h5")][0]
     assert outcomes[weights].endswith("loud")
+    # The outputs: every damage to the CSV's rows or to the best checkpoint is loud.
+    for output in OUTPUTS:
+        for how in DAMAGES:
+            assert by_case[output, how] == "loud", (output, how)
 
 
 @pytest.mark.parametrize("max_restarts", [0, 1])

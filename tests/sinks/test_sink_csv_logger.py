@@ -1,6 +1,9 @@
-"""CSVLogger output compared byte for byte with keras.callbacks.CSVLogger."""
+"""CSVLogger output compared byte for byte with keras.callbacks.CSVLogger; its resume (cut back
+to a barrier, checked against the recorded SHA-256) on real files."""
 
 import asyncio
+import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import pytest
 from distcb.callbacks.csv_logger import CSVLogger
 from distcb.coordinator.runtime import JobState, Runtime
 from distcb.protocol.config import Config
+from distcb.protocol.errors import IntegrityError
 from tests.helpers.sinks import wait_until
 
 WITH_VAL = [
@@ -118,9 +122,112 @@ def test_unopenable_path_fails_at_train_begin(tmp_path):
 
 
 def _resumed(path, lines, keys=("loss",)):
+    """A sink resumed from a state journaled by an older distcb: lines, no checksum."""
     sink = CSVLogger(str(path))
     sink.set_state({"keys": list(keys), "lines": lines, "needs_header": False})
     return sink
+
+
+def _journaled(path, epochs, with_runtime=False):
+    """Write `epochs` rows as a job does, and return the state journaled at that barrier
+    (after sync, as the journal takes it) and the file's bytes then."""
+    sink = CSVLogger(str(path))
+    sink.on_train_begin()
+    for epoch in range(epochs):
+        sink.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    sink.sync()
+    state = sink.get_state()
+    sink.on_train_end()
+    return state, path.read_bytes()
+
+
+def _resume(path, state):
+    sink = CSVLogger(str(path))
+    sink.set_state(state)
+    sink.on_train_begin()
+    return sink
+
+
+async def test_the_state_records_size_and_sha256_of_the_bytes_written(tmp_path):
+    path = tmp_path / "log.csv"
+    sink = CSVLogger(str(path))
+    sink.set_runtime(Runtime(asyncio.get_running_loop(), Config(), JobState()))
+    await asyncio.to_thread(sink.on_train_begin)
+    for epoch in range(3):
+        await asyncio.to_thread(sink.on_epoch_end, epoch, {"loss": 0.5 - epoch / 10})
+        await asyncio.to_thread(sink.sync)  # as the journal does at each barrier
+        state = sink.get_state()
+        data = path.read_bytes()
+        assert state["bytes"] == len(data)
+        assert state["sha256"] == hashlib.sha256(data).hexdigest()
+        assert state["lines"] == data.count(b"\n")
+    sink.on_train_end()
+    await sink.aclose()
+
+
+def test_an_appended_file_is_hashed_from_its_first_byte(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"epoch,loss,val_loss\r\n0,0.5,NA\r\n")
+    sink = CSVLogger(str(path), append=True)
+    sink.on_train_begin()
+    sink.on_epoch_end(1, {"loss": 0.25})
+    sink.sync()
+    state = sink.get_state()
+    sink.on_train_end()
+    assert state["bytes"] == len(path.read_bytes())
+    assert state["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_resumed_csv_logger_checks_then_cuts_back_and_goes_on_hashing(tmp_path):
+    path = tmp_path / "log.csv"
+    state, at_barrier = _journaled(path, 2)
+    with open(path, "ab") as handle:
+        handle.write(b"2,0.33\r\n3,0.2")  # the lost attempt's rows past the barrier
+    sink = _resume(path, state)
+    sink.on_epoch_end(2, {"loss": 0.125})
+    sink.sync()
+    resumed = sink.get_state()
+    sink.on_train_end()
+    data = path.read_bytes()
+    assert data == at_barrier + b"2,0.125,NA\r\n"
+    assert resumed["bytes"] == len(data)
+    assert resumed["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "symlink"])
+def test_a_damaged_csv_fails_the_resume_naming_the_file(tmp_path, damage):
+    path = tmp_path / "log.csv"
+    state, at_barrier = _journaled(path, 3)
+    if damage == "flip":  # one byte of a row written before the barrier
+        data = bytearray(at_barrier)
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        problem = "is damaged: its first"
+    elif damage == "truncate":
+        path.write_bytes(at_barrier[: len(at_barrier) // 2])
+        problem = f"has {len(at_barrier) // 2} bytes, {len(at_barrier)} were written"
+    else:  # an intact copy elsewhere: only refusing links catches it
+        copy = tmp_path / "copy.csv"
+        copy.write_bytes(at_barrier)
+        path.unlink()
+        path.symlink_to(copy)
+        problem = "is a symbolic link"
+    before = path.read_bytes()
+    with pytest.raises(IntegrityError) as caught:
+        _resume(path, state)
+    assert caught.value.path == str(path)
+    assert problem in str(caught.value)
+    assert path.read_bytes() == before  # nothing cut, nothing rewritten
+
+
+def test_a_change_past_the_barrier_is_cut_off_not_refused(tmp_path):
+    # Bytes after the barrier are the lost attempt's: the resume drops them, whatever they are.
+    path = tmp_path / "log.csv"
+    state, at_barrier = _journaled(path, 2)
+    path.write_bytes(at_barrier + b"\x00garbage")
+    sink = _resume(path, state)
+    sink.on_train_end()
+    assert path.read_bytes() == at_barrier
 
 
 def test_a_resumed_csv_logger_does_not_follow_a_symlink(tmp_path):
@@ -130,7 +237,7 @@ def test_a_resumed_csv_logger_does_not_follow_a_symlink(tmp_path):
     link = tmp_path / "log.csv"
     link.symlink_to(target)
     sink = _resumed(link, lines=1)
-    with pytest.raises(OSError, match="is a symbolic link"):
+    with pytest.raises(IntegrityError, match="is a symbolic link"):
         sink.on_train_begin()
     assert target.read_bytes() == b"precious\r\n" * 3
 
@@ -141,8 +248,12 @@ def test_a_resumed_csv_logger_cuts_back_to_the_barrier_and_appends(tmp_path):
     sink = _resumed(path, lines=2)
     sink.on_train_begin()
     sink.on_epoch_end(1, {"loss": 0.25})
+    sink.sync()
+    state = sink.get_state()
     sink.on_train_end()
     assert path.read_bytes() == b"epoch,loss\r\n0,0.5\r\n1,0.25\r\n"
+    # An old entry (lines only) goes on with a checksum from then on.
+    assert state["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_a_resumed_csv_shorter_than_its_barrier_is_refused(tmp_path):
@@ -150,6 +261,7 @@ def test_a_resumed_csv_shorter_than_its_barrier_is_refused(tmp_path):
     path = tmp_path / "log.csv"
     path.write_bytes(b"epoch,loss\r\n0,0.5\r\n")
     sink = _resumed(path, lines=3)
-    with pytest.raises(OSError, match="fewer complete lines than the 3"):
+    with pytest.raises(IntegrityError, match="fewer complete lines than the 3"):
         sink.on_train_begin()
     assert path.read_bytes() == b"epoch,loss\r\n0,0.5\r\n"
+    assert os.path.getsize(path) == 19
