@@ -515,7 +515,7 @@ class Coordinator:
             self.callbacks.on_train_begin()
             if capture_initial:
                 assert recovery is not None
-                recovery.initial_states = resuming.callback_states(self.callbacks.callbacks)
+                recovery.remember_initial(resuming.callback_states(self.callbacks.callbacks))
             # A resumed job made the next epoch's on_epoch_begin decisions before it was
             # interrupted: they come from the journal (`pending`), not from a second call.
             if entry is None and not self.model.stop_training:
