@@ -5,11 +5,12 @@ with.
 The steps are the real ones, on real files in a temporary directory: the coordinator's
 `Recovery` (journal entries written atomically, commits once the entry is written and every
 rank reported its backup), each worker's `DecisionApplier` carrying out `BackupModel`
-through the real `BackupStore`, and a real `CSVLogger` and `TensorBoard` as the sinks. Only the model is a
-stand-in (its state is the last epoch it trained). Hypothesis interleaves the steps of each
-barrier in every order the engine allows, and may crash the whole job between any two,
-also in the middle of a backup or of a journal write (what a SIGKILL leaves: a temporary
-directory or file). After a crash the job restarts as a resumed launcher does and checks:
+through the real `BackupStore`, and a real `CSVLogger` and `TensorBoard` as the sinks. Only
+the model is a stand-in (its state is the last epoch it trained). Hypothesis interleaves
+the steps of each barrier in every order the engine allows, and may crash the whole job
+between any two, also in the middle of a backup or of a journal write (what a SIGKILL
+leaves: a temporary directory or file). After a crash the job restarts as a resumed
+launcher does and checks:
 
 * the newest committed entry is at most the last barrier released, and no older than the
   newest barrier whose steps all completed (nothing committed is lost);
@@ -196,7 +197,8 @@ class CommitProtocol(RuleBasedStateMachine):
         }
         self.resumed = -1 if entry is None else entry.epoch
         if entry is not None:
-            assert entry.callbacks[0] is not None and entry.callbacks[1] is not None
+            assert entry.callbacks[0] is not None
+            assert entry.callbacks[1] is not None
             self.sink.set_state(entry.callbacks[0])
             self.tb.set_state(entry.callbacks[1])
             for rank in RANKS:
@@ -207,7 +209,8 @@ class CommitProtocol(RuleBasedStateMachine):
             # A restart before any commit, in the same launcher or a resumed one (the
             # engine's initial states, kept in the journal).
             csv_state, tb_state = self.recovery.initial_states
-            assert csv_state is not None and tb_state is not None
+            assert csv_state is not None
+            assert tb_state is not None
             self.sink.set_state(csv_state)
             self.tb.set_state(tb_state)
         self.sink.on_train_begin()
