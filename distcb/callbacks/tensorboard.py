@@ -70,6 +70,7 @@ from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.base import Callback, Logs
 from distcb.callbacks.extension import JobView, Runtime, SpreadView
 from distcb.callbacks.learning_rates import log_name, optimizers_of
+from distcb.callbacks.tensorboard_events import EventFile, event_files, roll_back
 from distcb.callbacks.tensorboard_local import ModelSummaryWriters
 from distcb.callbacks.tensorboard_profiling import BatchProfiler, parse_profile_batch
 from distcb.protocol.histograms import weight_histograms
@@ -209,7 +210,7 @@ class TensorBoard(Callback):
         self._runtime: Runtime | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed: concurrent.futures.Future[None] | None = None
-        self._writers: dict[str, Any] = {}  # run -> SummaryWriter, touched by the writer only
+        self._writers: dict[str, EventFile] = {}  # run -> its file, touched by the writer only
         self._write_failed = False
         self._scalars_written = 0  # counted by the writer
         self._global_step = 0
@@ -226,7 +227,9 @@ class TensorBoard(Callback):
         self._training = False  # between on_train_begin and on_train_end
         self._resume: dict[str, Any] | None = None  # set_state(): where a resumed job goes on
         self._last_epoch = -1
-        self._purge_step: int | None = None  # the step new writers purge from (a resume)
+        self._purge_step: int | None = None  # the step new writers purge from (an old state)
+        self._files: dict[str, int] = {}  # the event files and their sizes at the last sync
+        self._synced = False  # `_files` measured, and nothing queued since
 
     def _warn_unused(self, *, keras2: dict[str, Any]) -> None:
         if self.write_images and not self.histogram_freq:
@@ -267,31 +270,45 @@ class TensorBoard(Callback):
         return tuple(requests)
 
     def get_state(self) -> dict[str, Any]:
-        """Where the event files stand: the step count, and the last epoch written."""
+        """Where the event files stand: the step count, the last epoch written, and every
+        event file of the runs with its size (on disk: synced first)."""
+        if not self._synced:
+            self.sync()
         return {
             "global_step": self._global_step,
             "epoch": self._last_epoch,
             "graph_written": self._graph_written,
+            "files": dict(self._files),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Go on from `get_state()`: the event files are reopened with a purge step, so that
-        TensorBoard drops what an interrupted run wrote past this point (tensorboardX's
-        `purge_step`: of the batch steps when batches are logged, else of the epochs)."""
+        """Go on from `get_state()`: the next `on_train_begin` cuts every event file back to
+        its size then and removes the ones written since, so that TensorBoard reads what an
+        uninterrupted run's files hold, in every tag. (A state without files, from an older
+        distcb, reopens the files with a purge step instead: of the batch steps when batches
+        are logged, else of the epochs.)"""
         self._resume = dict(state)
+        if "files" in state:
+            self._purge_step = None
+            return
         batches = self._every is not None
         self._purge_step = int(state["global_step"]) + 1 if batches else int(state["epoch"]) + 1
 
     def sync(self) -> None:
-        """Block until every write queued so far is done (the journal calls this)."""
+        """Block until every write queued so far is on disk, fsynced, and measure the event
+        files (the journal calls this before `get_state`)."""
         executor = self._executor
         if executor is not None:
             with contextlib.suppress(RuntimeError):  # shut down: nothing is queued
                 executor.submit(self._flush_writers).result()
+        else:
+            self._flush_writers()
+        self._synced = True
 
     def _flush_writers(self) -> None:
         for writer in self._writers.values():
             writer.flush()
+        self._files = event_files(self.log_dir, (TRAIN_RUN, VALIDATION_RUN))
 
     def statistics(self) -> dict[str, Any]:
         """The log directory, the scalars written so far, the runs (event files) open, and
@@ -316,6 +333,12 @@ class TensorBoard(Callback):
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self._training = True
         resume, self._resume = self._resume, None
+        if self._closed is not None:  # an earlier attempt's files: closed before a roll-back
+            with contextlib.suppress(Exception):  # its failure was reported by _guarded
+                self._closed.result()
+        if resume is not None and "files" in resume:
+            roll_back(self.log_dir, (TRAIN_RUN, VALIDATION_RUN), resume["files"])
+        self._synced = False
         self._global_step = 0 if resume is None else int(resume["global_step"])
         self._global_test_step = 0
         self._in_batch = False
@@ -439,13 +462,14 @@ class TensorBoard(Callback):
             if elapsed > 0:
                 steps = self._steps_done() - self._epoch_start_step
                 train["epoch_steps_per_second"] = steps / elapsed
+        # No on_test_end on the coordinator: validation ran on the workers; its logs are the
+        # val_ ones (taken before the spread tags join them).
+        evaluation = {f"evaluation_{t[6:]}_vs_iterations": v for t, v in val.items()}
         runs = {TRAIN_RUN: train, VALIDATION_RUN: val}
         self._add_spread(runs, "epoch")
         self._run(self._write_scalars, epoch, runs)
         model = self._local_model
-        if model is None and val:
-            # No on_test_end here: validation ran on the workers; its logs are the val_ ones.
-            evaluation = {f"evaluation_{t[6:]}_vs_iterations": v for t, v in val.items()}
+        if model is None and evaluation:
             iterations = self._chief_extras().iterations
             if iterations is None:
                 iterations = self._steps_done()
@@ -587,6 +611,7 @@ class TensorBoard(Callback):
         return out
 
     def _run(self, fn: Callable[..., None], *args: Any) -> None:
+        self._synced = False
         if self._executor is None:
             fn(*args)
         else:
@@ -607,18 +632,17 @@ class TensorBoard(Callback):
                     exc,
                 )
 
-    def _writer(self, run: str) -> Any:
+    def _writer(self, run: str) -> EventFile:
         writer = self._writers.get(run)
         if writer is None:
-            from tensorboardX import SummaryWriter
-
-            # tensorboardX names an event file by the second and the host only, and opens it
-            # with "wb": a writer reopened for the same run within a second (evaluate() right
-            # after fit(), a quick restart) would truncate what the last one wrote.
-            writer = SummaryWriter(
-                logdir=os.path.join(self.log_dir, run),
-                purge_step=self._purge_step,
-                filename_suffix=f".{os.getpid()}.{next(_WRITER_IDS)}",
+            # An event file is named by the second and the host, and opened with "wb": a
+            # file reopened for the same run within a second (evaluate() right after fit(),
+            # a quick restart) would truncate what the last one wrote without the suffix.
+            # Zero-padded: TensorBoard reads a run's files in name order.
+            writer = EventFile(
+                os.path.join(self.log_dir, run),
+                f".{os.getpid()}.{next(_WRITER_IDS):06d}",
+                self._purge_step,
             )
             self._writers[run] = writer
         return writer
@@ -628,7 +652,7 @@ class TensorBoard(Callback):
             if tags:
                 writer = self._writer(run)
                 for tag, value in tags.items():
-                    writer.add_scalar(tag, value, global_step=step)
+                    writer.add_scalar(tag, value, step)
                     self._scalars_written += 1
 
     def _write_histograms(self, epoch: int, histograms: tuple[WeightHistogram, ...]) -> None:
@@ -653,7 +677,7 @@ class TensorBoard(Callback):
         from tensorboardX.proto.tensor_pb2 import TensorProto
         from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
-        writer = self._writer(TRAIN_RUN)._get_file_writer()
+        writer = self._writer(TRAIN_RUN)
         for image in images:
             # What tf.summary.image writes: [width, height, png...] for the image plugin.
             metadata = SummaryMetadata()
@@ -679,7 +703,7 @@ class TensorBoard(Callback):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as file:
                 file.write(profile_file.data)
-        writer = self._writer(TRAIN_RUN)._get_file_writer()
+        writer = self._writer(TRAIN_RUN)
         for summary in profile.summaries:
             writer.add_summary(Summary.FromString(summary.summary), global_step=summary.step)
 
@@ -699,7 +723,7 @@ class TensorBoard(Callback):
         metadata.plugin_data.content = b"1"
         tensor = TensorProto(dtype="DT_STRING", string_val=[model_json.encode()])
         summary = Summary(value=[Summary.Value(tag="keras", metadata=metadata, tensor=tensor)])
-        self._writer(TRAIN_RUN)._get_file_writer().add_summary(summary, global_step=0)
+        self._writer(TRAIN_RUN).add_summary(summary, global_step=0)
 
     def _flush(self) -> None:
         for writer in self._writers.values():

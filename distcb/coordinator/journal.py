@@ -12,6 +12,9 @@ Files, in the state directory (one writer: the coordinator)::
     job.json                       what the job is (world size, callbacks and their
                                    arguments, the workers' fit parameters): a journal of
                                    another job is refused
+    initial.json                   every callback's state right after the job's first
+                                   on_train_begin: what a resumed job with nothing
+                                   committed goes back to (a sink's files before the job)
     epoch-00000012.json            the entry of epoch 12
     epoch-00000012.committed       its workers' backups are complete; holds the entry's
                                    SHA-256
@@ -53,6 +56,7 @@ logger = logging.getLogger("distcb.coordinator")
 
 FORMAT = 1
 JOB_FILE = "job.json"
+INITIAL_FILE = "initial.json"
 KEEP_COMMITTED = 3  # entries kept: this many committed ones, and any newer one
 _ENTRY = re.compile(r"^epoch-(\d{8})\.json$")
 
@@ -210,6 +214,27 @@ class Journal:
         write_sealed(self.directory, JOB_FILE, self.job)
 
     # ------------------------------------------------------------------ writing
+
+    def write_initial(self, states: Sequence[dict[str, Any] | None]) -> None:
+        """Record the callbacks' states before the first barrier (`initial`)."""
+        data = {"format": FORMAT, "callbacks": to_json_value(list(states))}
+        write_sealed(self.directory, INITIAL_FILE, data)
+
+    def initial(self) -> list[dict[str, Any] | None] | None:
+        """The states `write_initial` recorded, or None when it never did.
+
+        Raises:
+            IntegrityError: the file is damaged (names it).
+        """
+        path = os.path.join(self.directory, INITIAL_FILE)
+        try:
+            data = read_sealed(path)
+        except FileNotFoundError:
+            return None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise IntegrityError(path, "holds no initial states")
+        states: list[dict[str, Any] | None] = from_json_value(data["callbacks"])
+        return states
 
     def write(self, entry: JournalEntry) -> None:
         """Write `entry` (not committed yet)."""

@@ -216,7 +216,7 @@ class CoordinatorMachine(EndingRole):
             callbacks.on_train_begin()
             if capture_initial:
                 assert recovery is not None
-                recovery.initial_states = resuming.callback_states(callbacks.callbacks)
+                recovery.remember_initial(resuming.callback_states(callbacks.callbacks))
             # A resumed job made the next epoch's on_epoch_begin decisions before it was
             # interrupted: they come from the journal (`pending`), not from a second call.
             if entry is None and not model.stop_training:

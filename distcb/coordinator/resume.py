@@ -197,9 +197,20 @@ class Recovery:
                 self.committed_epoch = entry.epoch
                 self._committed_snapshots = set(entry.snapshots)
                 logger.info("resuming after epoch %d from %s", entry.epoch, journal.directory)
-            return entry
+                return entry
+            if self.resume:
+                # An earlier launcher of this job committed nothing: its sinks go back to
+                # how they were before it began (its event files and rows removed).
+                self.initial_states = await asyncio.to_thread(journal.initial)
         await asyncio.to_thread(journal.start)
         return None
+
+    def remember_initial(self, states: list[dict[str, Any] | None]) -> None:
+        """The callbacks' states right after the job's first on_train_begin: kept for a
+        restart before the first commit, and written to the journal (durable before any
+        sink writes) for a resumed launcher. Call on the callback thread."""
+        self.initial_states = states
+        self.journal.write_initial(states)
 
     def may_restart(self, error: BaseException) -> bool:
         return restartable(error) and len(self.failures) < self.max_restarts

@@ -5,19 +5,24 @@ with.
 The steps are the real ones, on real files in a temporary directory: the coordinator's
 `Recovery` (journal entries written atomically, commits once the entry is written and every
 rank reported its backup), each worker's `DecisionApplier` carrying out `BackupModel`
-through the real `BackupStore`, and a real `CSVLogger` as the sink. Only the model is a
-stand-in (its state is the last epoch it trained). Hypothesis interleaves the steps of each
-barrier in every order the engine allows, and may crash the whole job between any two,
-also in the middle of a backup or of a journal write (what a SIGKILL leaves: a temporary
-directory or file). After a crash the job restarts as a resumed launcher does and checks:
+through the real `BackupStore`, and a real `CSVLogger` and `TensorBoard` as the sinks. Only
+the model is a stand-in (its state is the last epoch it trained). Hypothesis interleaves
+the steps of each barrier in every order the engine allows, and may crash the whole job
+between any two, also in the middle of a backup or of a journal write (what a SIGKILL
+leaves: a temporary directory or file). After a crash the job restarts as a resumed
+launcher does and checks:
 
 * the newest committed entry is at most the last barrier released, and no older than the
   newest barrier whose steps all completed (nothing committed is lost);
 * every rank restores its backup of that barrier, and it holds that epoch's state;
 * the CSV, cut back by the restored CSVLogger, holds exactly the header and the rows up to
   that barrier, byte for byte as an uninterrupted run's;
+* TensorBoard, reading the event files the restored sink cut back, sees exactly the scalars
+  (epoch, batch and evaluation ones) of an uninterrupted run up to that barrier, also after
+  a new launcher that found nothing committed (the initial states in the journal);
 
-and when the job runs to its end, the CSV equals the uninterrupted run's.
+and when the job runs to its end, the CSV and the TensorBoard scalars equal the
+uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -39,13 +44,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from distcb.callbacks import CSVLogger
+from distcb.callbacks import CSVLogger, TensorBoard
 from distcb.coordinator.journal import JournalEntry
 from distcb.coordinator.resume import Recovery, callback_states
 from distcb.protocol.decisions import BackupModel, EffectPoint
 from distcb.protocol.messages import BackedUp, Resume
 from distcb.worker.apply import DecisionApplier
 from distcb.worker.backup import BackupStore
+from tests.helpers.tensorboard_scalars import read_scalars
 
 RANKS = (0, 1)
 EPOCHS = 5
@@ -110,6 +116,35 @@ def expected_csv(last_epoch: int) -> bytes:
 EXPECTED = {epoch: expected_csv(epoch) for epoch in range(-1, EPOCHS)}
 
 
+def train_epoch(sink: TensorBoard, epoch: int) -> None:
+    """What the coordinator's TensorBoard sees of one epoch: a batch, then the epoch end."""
+    sink.on_epoch_begin(epoch)
+    sink.on_train_batch_begin(0)
+    sink.on_train_batch_end(0, {"loss": 3.0 / (epoch + 1)})
+    sink.on_epoch_end(epoch, logs_of(epoch))
+
+
+def scalars(log_dir: str) -> dict[str, Any]:
+    return {run: tags for run, tags in read_scalars(log_dir).items() if tags}
+
+
+def expected_scalars(last_epoch: int) -> dict[str, Any]:
+    """What TensorBoard reads of an uninterrupted run after the barrier of `last_epoch`."""
+    directory = tempfile.mkdtemp(prefix="distcb-tb-")
+    try:
+        sink = TensorBoard(directory, update_freq="batch", write_graph=False)
+        sink.on_train_begin()
+        for epoch in range(last_epoch + 1):
+            train_epoch(sink, epoch)
+        sink.on_train_end()
+        return scalars(directory)
+    finally:
+        shutil.rmtree(directory)
+
+
+EXPECTED_SCALARS = {epoch: expected_scalars(epoch) for epoch in range(-1, EPOCHS)}
+
+
 class CommitProtocol(RuleBasedStateMachine):
     """One job of two ranks, crashed and restarted at will."""
 
@@ -118,6 +153,7 @@ class CommitProtocol(RuleBasedStateMachine):
         self.root = tempfile.mkdtemp(prefix="distcb-commit-model-")
         self.run_dir = self.root
         self.csv_path = os.path.join(self.root, "log.csv")
+        self.tb_dir = os.path.join(self.root, "tb")
         self.released = -1  # the newest barrier whose workers were released (rows written)
         self.complete = -1  # the newest barrier whose every step was done
         self.restarts = 0
@@ -135,10 +171,11 @@ class CommitProtocol(RuleBasedStateMachine):
         """What a launcher does: open the journal, set callbacks and workers back to the
         newest committed barrier, and begin (on_train_begin)."""
         self.sink = CSVLogger(self.csv_path)
+        self.tb = TensorBoard(self.tb_dir, update_freq="batch", write_graph=False)
         self.recovery = Recovery(
             os.path.join(self.run_dir, "state"),
             world_size=len(RANKS),
-            callbacks=[self.sink],
+            callbacks=[self.sink, self.tb],
             max_restarts=100,
             resume=resume,
             backup_every_epochs=1,
@@ -161,23 +198,31 @@ class CommitProtocol(RuleBasedStateMachine):
         self.resumed = -1 if entry is None else entry.epoch
         if entry is not None:
             assert entry.callbacks[0] is not None
+            assert entry.callbacks[1] is not None
             self.sink.set_state(entry.callbacks[0])
+            self.tb.set_state(entry.callbacks[1])
             for rank in RANKS:
                 self.appliers[rank].resume(Resume(epoch=entry.epoch))
                 # Every rank's backup of the committed barrier is there, and is that barrier's.
                 assert self.models[rank].trained == entry.epoch
         elif self.recovery.initial_states is not None:
-            # A restart in the same launcher before any commit (the engine's initial states).
-            state = self.recovery.initial_states[0]
-            assert state is not None
-            self.sink.set_state(state)
+            # A restart before any commit, in the same launcher or a resumed one (the
+            # engine's initial states, kept in the journal).
+            csv_state, tb_state = self.recovery.initial_states
+            assert csv_state is not None
+            assert tb_state is not None
+            self.sink.set_state(csv_state)
+            self.tb.set_state(tb_state)
         self.sink.on_train_begin()
+        self.tb.on_train_begin()
         if self.recovery.initial_states is None and entry is None:
-            self.recovery.initial_states = callback_states([self.sink])
+            self.recovery.remember_initial(callback_states([self.sink, self.tb]))
         self.sink.sync()
         with open(self.csv_path, "rb") as handle:
-            # The sink agrees with the barrier the job goes on from, byte for byte.
+            # The sinks agree with the barrier the job goes on from, byte for byte.
             assert handle.read() == EXPECTED[self.resumed]
+        self.tb.sync()
+        assert scalars(self.tb_dir) == EXPECTED_SCALARS[self.resumed]
         self.epoch = self.resumed  # the barrier in progress (or the last one done)
         self.backed: set[int] = set(RANKS)
         self.journaled = True
@@ -186,6 +231,7 @@ class CommitProtocol(RuleBasedStateMachine):
         """The job dies: nothing in memory survives; a resumed launcher starts again."""
         self.recovery.close()
         self.sink._close_file()  # a killed process leaves its rows as flushed
+        self.tb._close_writers()  # (and its events: here all of them, a superset)
         self.restarts += 1
         self._start(resume=True)
         # Nothing committed is lost; nothing not yet released is committed.
@@ -198,6 +244,7 @@ class CommitProtocol(RuleBasedStateMachine):
         """A worker is lost: the attempt ends (the sink closes its file) and the same
         coordinator goes on from its newest committed barrier (`Recovery.next_attempt`)."""
         self.sink.on_train_end()
+        self.tb.on_train_end()
         entry = asyncio.run(self.recovery.next_attempt(RuntimeError("a worker was lost")))
         self._go_on(entry)
         assert self.complete <= self.resumed <= self.released
@@ -220,6 +267,7 @@ class CommitProtocol(RuleBasedStateMachine):
         self.backed = set()
         self.journaled = False
         self.sink.on_epoch_end(self.epoch, logs_of(self.epoch))
+        train_epoch(self.tb, self.epoch)
 
     @precondition(lambda self: self._barrier_open() and len(self.backed) < len(RANKS))
     @rule(data=st.data())
@@ -239,7 +287,7 @@ class CommitProtocol(RuleBasedStateMachine):
     def journal(self) -> None:
         """The coordinator writes the barrier's entry (sinks synced first), then commits it
         if every rank has reported."""
-        states = callback_states([self.sink])
+        states = callback_states([self.sink, self.tb])
         entry = JournalEntry(epoch=self.epoch, callbacks=states)
         assert asyncio.run(self.recovery.write(entry))
         self.journaled = True
@@ -291,8 +339,10 @@ class CommitProtocol(RuleBasedStateMachine):
     def finish(self) -> None:
         """The job ran to its end: the CSV is the uninterrupted run's."""
         self.sink.on_train_end()
+        self.tb.on_train_end()
         with open(self.csv_path, "rb") as handle:
             assert handle.read() == EXPECTED[EPOCHS - 1]
+        assert scalars(self.tb_dir) == EXPECTED_SCALARS[EPOCHS - 1]
         self._crash()  # and a resume after the end goes on from the last barrier
 
 

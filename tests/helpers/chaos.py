@@ -20,7 +20,8 @@ The schedule (phase, target, epoch, moment) is drawn from the seed and logged. A
 death must be cured by the job itself (``max_restarts``); after the launcher's, the harness
 runs the job again with ``resume=True``. Each run is compared with the reference: History,
 decisions, stopped and best epochs, final learning rates, every rank's weights digest, the
-CSV's bytes and the best checkpoint's bytes. Outcomes:
+CSV's bytes, the best checkpoint's bytes, and the scalar series (run, tag, step, value)
+TensorBoard reads back from the event files. Outcomes:
 
     identical      exit 0, everything equal
     loud           non-zero exit, with the error that names the cause
@@ -51,6 +52,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.helpers.tensorboard_scalars import read_scalars
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PHASES = (
     "before_join",
@@ -79,6 +82,7 @@ COMPARED = (
     "final_lr",
     "csv",
     "ckpt",
+    "tensorboard",
 )
 
 
@@ -278,6 +282,7 @@ def result_of(run_dir: str, output: str) -> dict[str, Any] | None:
     result["csv"] = _read(os.path.join(run_dir, "log.csv"))
     ckpt = _read(os.path.join(run_dir, "best.weights.h5"))
     result["ckpt"] = None if ckpt is None else hashlib.sha256(ckpt.encode("latin-1")).hexdigest()
+    result["tensorboard"] = read_scalars(os.path.join(run_dir, "tb"))
     reports = result.get("reports", {})
     result["final"] = {rank: r.get("weights_sha256") for rank, r in reports.items()}
     result["final_lr"] = {rank: r.get("learning_rate") for rank, r in reports.items()}

@@ -1,6 +1,6 @@
 """A deterministic distcb job for the exact-resume tests: Keras 3 replicas, seeded, with op
 determinism, EarlyStopping(restore_best_weights), ReduceLROnPlateau, ModelCheckpoint
-(save_best_only) and CSVLogger on the coordinator.
+(save_best_only), CSVLogger and TensorBoard (epoch and batch scalars) on the coordinator.
 
     python -m tests.helpers.resume_job RUN_DIR [--faults JSON] [--max-restarts N] [--resume]
         [--epochs N]
@@ -165,7 +165,17 @@ def _fault_before_done(run_dir: str, fault: dict[str, Any], report: Any) -> Any:
 
 
 def callbacks(run_dir: str, epochs: int = EPOCHS) -> list[Any]:
-    from distcb.callbacks import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+    from distcb.callbacks import (
+        CSVLogger,
+        EarlyStopping,
+        ModelCheckpoint,
+        ReduceLROnPlateau,
+        TensorBoard,
+    )
+
+    # Scalars per epoch and per step (train/, validation/): compared as TensorBoard reads
+    # them back (tests/helpers/tensorboard_scalars.py).
+    tensorboard = TensorBoard(os.path.join(run_dir, "tb"), update_freq="batch", write_graph=False)
 
     if epochs < EPOCHS:  # the chaos job: fewer epochs, so a stop and LR cuts come sooner
         return [
@@ -180,6 +190,7 @@ def callbacks(run_dir: str, epochs: int = EPOCHS) -> list[Any]:
                 save_weights_only=True,
             ),
             CSVLogger(os.path.join(run_dir, "log.csv")),
+            tensorboard,
         ]
 
     return [
@@ -192,6 +203,7 @@ def callbacks(run_dir: str, epochs: int = EPOCHS) -> list[Any]:
             save_weights_only=True,
         ),
         CSVLogger(os.path.join(run_dir, "log.csv")),
+        tensorboard,
     ]
 
 

@@ -6,7 +6,9 @@ The job is tests/helpers/resume_job.py's deterministic Keras one, shortened (8 e
 stop, LR cuts and a restore of the best weights still happen). The schedule is drawn from
 a seed, printed, and can be set with ``DISTCB_CHAOS_SEED``; every kill must end in a run
 identical to the uninterrupted one (History, decisions, stopped and best epochs, final
-learning rates, every rank's weights, CSV and checkpoint bytes). The harness also counts a
+learning rates, every rank's weights, CSV and checkpoint bytes, and the scalar series,
+epoch and batch, that TensorBoard reads back from the job's event files: every run, tag,
+step and value, read with TensorBoard's own EventAccumulator). The harness also counts a
 failure that names its cause ("loud") apart from a silent difference; here no kill may
 fail at all, since every phase is one the job recovers from.
 """

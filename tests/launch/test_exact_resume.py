@@ -3,10 +3,11 @@ ends exactly as the uninterrupted job does.
 
 The job (tests/helpers/resume_job.py) is deterministic: Keras 3 replicas, seeded, with op
 determinism and dropout, EarlyStopping(restore_best_weights), ReduceLROnPlateau,
-ModelCheckpoint(save_best_only) and CSVLogger on the coordinator. Every run compares, with
-the uninterrupted run: the per-epoch History (float-equal), the decisions with their effect
-points, EarlyStopping's stopped and best epochs, the final learning rate, the final weights
-digest of every rank, the best checkpoint's bytes and the CSV's bytes.
+ModelCheckpoint(save_best_only), CSVLogger and TensorBoard on the coordinator. Every run
+compares, with the uninterrupted run: the per-epoch History (float-equal), the decisions
+with their effect points, EarlyStopping's stopped and best epochs, the final learning rate,
+the final weights digest of every rank, the best checkpoint's bytes, the CSV's bytes, and
+the scalar series TensorBoard reads back from the event files (every run, tag, step, value).
 """
 
 from __future__ import annotations
@@ -24,9 +25,21 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.tensorboard_scalars import read_scalars
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMPARED = ("epochs", "history", "decisions", "stopped_epoch", "best_epoch", "final", "csv", "ckpt")
+COMPARED = (
+    "epochs",
+    "history",
+    "decisions",
+    "stopped_epoch",
+    "best_epoch",
+    "final",
+    "csv",
+    "ckpt",
+    "tensorboard",
+)
 
 
 def command(run_dir: str, *args: str) -> list[str]:
@@ -59,6 +72,7 @@ def outcome(run_dir: str, output: str) -> dict[str, Any]:
         result["csv"] = handle.read()
     with open(os.path.join(run_dir, "best.weights.h5"), "rb") as handle:
         result["ckpt"] = hashlib.sha256(handle.read()).hexdigest()
+    result["tensorboard"] = read_scalars(os.path.join(run_dir, "tb"))
     result["final"] = {rank: r["weights_sha256"] for rank, r in result["reports"].items()}
     result["final_lr"] = {rank: r["learning_rate"] for rank, r in result["reports"].items()}
     result["resumed_after"] = {rank: r["resumed_after"] for rank, r in result["reports"].items()}
@@ -86,6 +100,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert len(set(result["history"]["learning_rate"])) >= 3
     assert [d[0] for d in result["decisions"]][-1] == "restore"
     assert result["resumed_after"] == {"0": None, "1": None}
+    epochs = len(result["epochs"])
+    assert [s for s, _ in result["tensorboard"]["train"]["epoch_loss"]] == list(range(epochs))
+    assert len(result["tensorboard"]["train"]["batch_loss"]) == epochs * 4  # 64 / 16 steps
     return result
 
 
