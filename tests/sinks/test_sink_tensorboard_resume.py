@@ -20,6 +20,7 @@ from distcb.callbacks.tensorboard import TensorBoard
 from distcb.coordinator.aggregate import Spread
 from distcb.coordinator.runtime import JobState, Runtime
 from distcb.protocol.config import Config
+from distcb.protocol.worker_data import EpochExtras
 from tests.helpers.tensorboard_scalars import read_scalars
 
 EPOCHS = 5
@@ -50,7 +51,7 @@ def train(sink: TensorBoard, state: JobState, epochs: range, stop_after_batch: i
         if last and stop_after_batch < STEPS:
             break
         state.epoch_spread = {"loss": Spread(0.5, 1.5, 1, 0), "val_loss": Spread(1, 2, 0, 1)}
-        state.epoch_extras = {0: {"iterations": state.global_step}}
+        state.epoch_extras = {0: EpochExtras(iterations=state.global_step)}
         sink.on_epoch_end(epoch, epoch_logs(epoch))
         sink.sync()  # what the journal does before it takes the states
         states[epoch] = sink.get_state()
