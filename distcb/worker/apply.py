@@ -178,7 +178,7 @@ class DecisionApplier:
                 raise DecisionError("this worker has no run directory to back up into")
             if store.writes:
                 outputs = self.outputs
-                oldest = store.write_epoch(
+                store.write_epoch(
                     decision.epoch,
                     self.target.save_state,
                     snapshots=decision.keep_snapshots,
@@ -186,7 +186,8 @@ class DecisionApplier:
                 )
                 store.keep_only_snapshots(decision.keep_snapshots)
                 if outputs is not None:
-                    outputs.backed_up(decision.epoch, oldest)
+                    kept = store.kept_epochs()
+                    outputs.backed_up(decision.epoch, kept[0] if kept else decision.epoch)
         except Exception as exc:  # reported: the epoch is then no rollback point
             return BackedUp(rank=self.rank, epoch=decision.epoch, error=_describe(exc))
         self.backups.append(decision.epoch)

@@ -86,11 +86,11 @@ class BackupStore:
         save: Callable[[str], None],
         snapshots: Iterable[int] = (),
         outputs: dict[str, dict[str, Any]] | None = None,
-    ) -> int:
+    ) -> None:
         """Back up epoch `epoch`: `save(directory)` writes into a fresh directory that then
         takes the backup's name, with a manifest of its files, of the `snapshots` it
         still holds and of the `outputs` saved so far (path -> size and SHA-256); older
-        backups beyond `KEEP_EPOCHS` go. Returns the oldest epoch still backed up."""
+        backups beyond `KEEP_EPOCHS` go."""
         os.makedirs(self.directory, exist_ok=True)
         check_directory(self.directory)
         self._remove_temporaries()
@@ -115,7 +115,7 @@ class BackupStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self._prune(epoch)
+        self._prune(epoch)
 
     def read_epoch(self, epoch: int) -> str:
         """The directory of epoch `epoch`'s backup, checked against its manifest.
@@ -208,15 +208,18 @@ class BackupStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.directory, name))
 
-    def _prune(self, newest: int) -> int:
-        epochs = sorted(
-            int(m.group(1))
-            for m in (_EPOCH.match(n) for n in os.listdir(self.directory))
-            if m and int(m.group(1)) <= newest
+    def kept_epochs(self) -> list[int]:
+        """The epochs backed up on disk, oldest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(
+            int(m.group(1)) for m in (_EPOCH.match(n) for n in os.listdir(self.directory)) if m
         )
+
+    def _prune(self, newest: int) -> None:
+        epochs = [e for e in self.kept_epochs() if e <= newest]
         for epoch in epochs[:-KEEP_EPOCHS]:
             shutil.rmtree(self.epoch_dir(epoch), ignore_errors=True)
-        return epochs[-KEEP_EPOCHS:][0]
 
     def _remove_temporaries(self) -> None:
         for name in os.listdir(self.directory):

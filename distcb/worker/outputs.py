@@ -13,9 +13,10 @@ every file it saves:
   file takes its name: a save after the newest barrier (by an attempt that was then lost)
   replaces a file with one the backup does not list, and the log tells that apart from
   damage. A kill between the log's write and the rename leaves the old file, which the
-  backup lists. (ModelCheckpoint observes: its save of barrier E goes out after E's
-  backup, so a resume from E often finds the file of that save, which only the log
-  names; the journal's pending decisions save it again.)
+  backup lists. (This is common: a job that fails without restarts left still ends the
+  epoch its survivors stopped in, with its callbacks, so a best checkpoint is often saved
+  after the newest barrier; only the log names that file, and the resumed job's replay
+  saves over it.)
 
 On resume from barrier E the chief checks every output the backup of E lists: it must
 have the recorded size and SHA-256, or those of a save logged after E (the replayed epochs
