@@ -90,10 +90,13 @@ class CallbackList:
         self.current: Any = None  # the callback whose hook runs now (decisions are its)
         self._batch_callbacks: list[Any] | None = None  # those with batch hooks (cached)
         self._has_batch_hooks: bool | None = None
+        # Which callbacks only observe, read once: a protocol check costs tens of
+        # microseconds, and the epoch hooks run on the barrier's path.
+        self._observers: list[bool] | None = None
 
     def append(self, callback: Any) -> None:
         self.callbacks.append(callback)
-        self._batch_callbacks = self._has_batch_hooks = None
+        self._batch_callbacks = self._has_batch_hooks = self._observers = None
 
     def set_params(self, params: dict[str, Any]) -> None:
         self.params = params
@@ -108,7 +111,7 @@ class CallbackList:
     def attach(self, params: dict[str, Any], model: Any, runtime: Runtime | None) -> None:
         """Give every callback the params, the model proxy, and (if it wants it) the runtime
         (without one, callbacks run as in a plain ``fit``)."""
-        self._batch_callbacks = self._has_batch_hooks = None
+        self._batch_callbacks = self._has_batch_hooks = self._observers = None
         self.set_params(params)
         self.set_model(model)
         for callback in self.callbacks:
@@ -138,12 +141,19 @@ class CallbackList:
     def decides_on_batch(self) -> bool:
         return any(decides_on_batch(cb) for cb in self.callbacks)
 
+    def observers(self) -> list[bool]:
+        """For each callback, whether it only observes (`observes_only`)."""
+        answer = self._observers
+        if answer is None:
+            answer = self._observers = [observes_only(cb) for cb in self.callbacks]
+        return answer
+
     def _call(
         self, hook: str, *args: Any, logs: Logs | None, defer: list[DeferredCall] | None = None
     ) -> Logs:
         logs = {} if logs is None else logs
-        for callback in self.callbacks:
-            if defer is not None and observes_only(callback):
+        for callback, observer in zip(self.callbacks, self.observers(), strict=True):
+            if defer is not None and observer:
                 # The logs as they stand at this callback's place in the chain.
                 defer.append(DeferredCall(callback, hook, args, dict(logs)))
             else:
@@ -173,8 +183,8 @@ class CallbackList:
         files) even when one raises; returns what they raised."""
         logs = {} if logs is None else logs
         errors: list[BaseException] = []
-        for callback in self.callbacks:
-            if observers_only and not observes_only(callback):
+        for callback, observer in zip(self.callbacks, self.observers(), strict=True):
+            if observers_only and not observer:
                 continue
             self.current = callback
             try:
