@@ -177,7 +177,12 @@ class Coordinator:
 
     @property
     def params(self) -> dict[str, Any]:
+        """What callbacks see as `params` (set at the start from the workers' joins)."""
         return self.machine.params
+
+    @params.setter
+    def params(self, params: dict[str, Any]) -> None:
+        self.machine.params = params
 
     @property
     def decision_log(self) -> list[DecisionRecord]:
@@ -195,9 +200,17 @@ class Coordinator:
     def last_epoch_logs(self) -> Logs:
         return self.machine.last_epoch_logs
 
+    @last_epoch_logs.setter
+    def last_epoch_logs(self, logs: Logs) -> None:
+        self.machine.last_epoch_logs = logs
+
     @property
     def last_batch_logs(self) -> Logs:
         return self.machine.last_batch_logs
+
+    @last_batch_logs.setter
+    def last_batch_logs(self, logs: Logs) -> None:
+        self.machine.last_batch_logs = logs
 
     @property
     def stop_requested(self) -> str | None:
