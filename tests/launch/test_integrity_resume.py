@@ -31,7 +31,7 @@ import pytest
 from tests.helpers.damage import DAMAGES, damage, files_under, kind
 from tests.launch.test_exact_resume import assert_same, faults, outcome, run_job
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 HARNESS = ("pid-", "report-", "faults", "timeline")  # the test job's own files
 OUTPUTS = ("log.csv", "best.weights.h5")
 BEFORE_DONE = dict(name="z", rank=0, epoch=-1, batch=-1, at="before_done", signal="KILL")
