@@ -68,10 +68,14 @@ async def _read_json(stream: asyncio.StreamReader) -> dict[str, Any]:
             return result
 
 
-async def run_job(n: int, mode: str, epochs: int, steps: int) -> dict[str, Any]:
-    """One coordinator process and its worker processes; what each measured."""
+async def run_job(
+    n: int, mode: str, epochs: int, steps: int, tree: str = ROOT, per_process: int = 0
+) -> dict[str, Any]:
+    """One coordinator process and its worker processes; what each measured. `tree` is
+    the PYTHONPATH of every process: the distcb they run (bench/bench_before_after.py
+    passes an older checkout); `per_process` workers share a process (0: the default)."""
     script = os.path.join(ROOT, "bench", "loadgen.py")
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, PYTHONPATH=tree, TF_CPP_MIN_LOG_LEVEL="3")
     coordinator = await asyncio.create_subprocess_exec(
         sys.executable,
         script,
@@ -87,7 +91,7 @@ async def run_job(n: int, mode: str, epochs: int, steps: int) -> dict[str, Any]:
     workers: list[asyncio.subprocess.Process] = []
     try:
         where = await _read_json(coordinator.stdout)
-        per = workers_per_process(n)
+        per = per_process or workers_per_process(n)
         for first in range(0, n, per):
             workers.append(
                 await asyncio.create_subprocess_exec(

@@ -2,7 +2,7 @@
 
 Two roles, each its own process:
 
-    python bench/loadgen.py coordinator --workers N --mode barrier|stream [--pin CPU]
+    python bench/loadgen.py coordinator --workers N --mode barrier|stream|deciding [--pin CPU]
     python bench/loadgen.py workers --address A --token T --world N --ranks 0:32 ...
 
 The coordinator process runs a real `Coordinator` behind a real
@@ -53,7 +53,11 @@ async def coordinator_main(options: argparse.Namespace) -> None:
     from distcb.callbacks import Callback
     from distcb.coordinator.engine import Coordinator
     from distcb.protocol.config import Config
-    from distcb.server import WebSocketServer
+
+    try:
+        from distcb.server import WebSocketServer
+    except ImportError:  # a tree from before issue 22 (bench/bench_before_after.py runs one)
+        from distcb.transport.websocket import WebSocketServer  # type: ignore[no-redef]
 
     samples: list[dict[str, float]] = []
 
@@ -82,7 +86,14 @@ async def coordinator_main(options: argparse.Namespace) -> None:
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.steps += 1
 
-    meter = StreamMeter(True) if options.mode == "stream" else Meter(False)
+    class DecidingMeter(StreamMeter):
+        """May decide on batch ends (it never does): the window rule is on."""
+
+        decides_on_batch = True
+
+    meter = {"stream": StreamMeter, "deciding": DecidingMeter}.get(options.mode, Meter)(
+        options.mode != "barrier"
+    )
     config = Config(
         join_timeout_s=300, heartbeat_timeout_s=60, reply_timeout_s=120, connect_timeout_s=120
     )
@@ -179,7 +190,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="role", required=True)
     coordinator = sub.add_parser("coordinator")
     coordinator.add_argument("--workers", type=int, required=True)
-    coordinator.add_argument("--mode", choices=("barrier", "stream"), required=True)
+    coordinator.add_argument("--mode", choices=("barrier", "stream", "deciding"), required=True)
     coordinator.add_argument("--pin", type=int, default=None)
     workers = sub.add_parser("workers")
     workers.add_argument("--address", required=True)

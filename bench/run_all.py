@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 MODULES = [
     "bench_worker",
     "bench_scale",
+    "bench_before_after",
     "bench_sync",
     "bench_codec",
     "bench_ingest",
