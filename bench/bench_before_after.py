@@ -21,7 +21,8 @@ real ``Coordinator`` behind the tree's websocket server on loopback, real
 
 BEFORE is commit 26789c1 (main before issue 22), extracted with ``git archive`` into a
 temporary directory unless ``--before-tree`` names a checkout of it; AFTER is this
-checkout. Every process of a job has PYTHONPATH set to one tree. The two trees
+checkout. Every process of a job has PYTHONPATH set to one tree (the workers too: the
+wire protocol went from version 2 to 3 in between). The two trees
 alternate job by job (the order flips every job kind and every round), and the report
 gives min–median–max over rounds per tree and the after/before ratio of each round's
 adjacent pair. About 8 minutes of wall time on a shared 2-core machine.
@@ -152,7 +153,8 @@ def main(quick: bool = False, rounds: int = ROUNDS, before: str | None = None) -
         "after: this checkout. Each job is one coordinator process behind its tree's "
         "websocket server on loopback and the workers' processes "
         f"({WORKERS_PER_PROCESS} `WorkerSession`s with a scripted model per process, "
-        "`bench/loadgen.py`), every process with PYTHONPATH set to one tree. The trees "
+        "`bench/loadgen.py`), every process with PYTHONPATH set to one tree (each tree's "
+        "own workers: the wire protocol is version 2 before, 3 after). The trees "
         "alternate job by job, the order flipping every job kind and every round; "
         f"{rounds} rounds, min–**median**–max over them, and the ratio after/before of "
         "each round's adjacent pair. Per step: 8 workers, 3 epochs measured between the "
