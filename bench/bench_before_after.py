@@ -28,6 +28,7 @@ gives min–median–max over rounds per tree and the after/before ratio of each
 adjacent pair. About 8 minutes of wall time on a shared 2-core machine.
 
     python bench/bench_before_after.py [--rounds 5] [--before-tree PATH] [--json]
+    python bench/bench_before_after.py --only deciding --rounds 10   # one path, more rounds
 """
 
 from __future__ import annotations
@@ -88,15 +89,18 @@ def figures(kind: str, report: dict[str, Any]) -> dict[str, float]:
     return {"logs_per_s": rate["records_per_s"], "cpu_us": 1e6 / rate["records_per_cpu_s"]}
 
 
-def measure(rounds: int, before: str | None = None) -> dict[str, Any]:
+def measure(
+    rounds: int, before: str | None = None, kinds: tuple[str, ...] = tuple(JOBS)
+) -> dict[str, Any]:
     """{kind: {tree: [figures per round]}}, each round's trees adjacent, order rotated."""
     results: dict[str, dict[str, list[dict[str, float]]]] = {
-        kind: {tree: [] for tree in TREES} for kind in JOBS
+        kind: {tree: [] for tree in TREES} for kind in kinds
     }
+    jobs = {kind: JOBS[kind] for kind in kinds}
     with tempfile.TemporaryDirectory() as scratch:
         paths = {"before": before_tree(before, scratch), "after": ROOT}
         for r in range(rounds):
-            for k, (kind, (n, mode, epochs, steps)) in enumerate(JOBS.items()):
+            for k, (kind, (n, mode, epochs, steps)) in enumerate(jobs.items()):
                 order = TREES if (r + k) % 2 == 0 else TREES[::-1]
                 for tree in order:
                     report = asyncio.run(
@@ -129,6 +133,8 @@ def table(results: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---|",
     ]
     for label, kind, key, fmt, higher in ROWS:
+        if kind not in results:
+            continue
         before = [f[key] for f in results[kind]["before"]]
         after = [f[key] for f in results[kind]["after"]]
         ratios = [a / b for a, b in zip(after, before, strict=True)]
@@ -139,10 +145,15 @@ def table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(quick: bool = False, rounds: int = ROUNDS, before: str | None = None) -> str:
+def main(
+    quick: bool = False,
+    rounds: int = ROUNDS,
+    before: str | None = None,
+    kinds: tuple[str, ...] = tuple(JOBS),
+) -> str:
     header = load_line()
     rounds = 1 if quick else rounds
-    results = measure(rounds, before)
+    results = measure(rounds, before, kinds)
     lines = [
         "## Coordinator before and after issue 22 (sans-IO machine, server layer, typed "
         "extension points)",
@@ -177,8 +188,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--before-tree", help=f"a checkout of {BEFORE_COMMIT} (default: extract)")
     parser.add_argument("--json", action="store_true", help="every round's figures, as JSON")
+    parser.add_argument(
+        "--only", nargs="+", choices=tuple(JOBS), default=tuple(JOBS), help="these jobs only"
+    )
     options = parser.parse_args()
+    kinds = tuple(options.only)
     if options.json:
-        print(json.dumps(measure(options.rounds, options.before_tree), indent=1))
+        print(json.dumps(measure(options.rounds, options.before_tree, kinds), indent=1))
     else:
-        print(main(rounds=options.rounds, before=options.before_tree))
+        print(main(rounds=options.rounds, before=options.before_tree, kinds=kinds))
