@@ -70,7 +70,7 @@ from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.base import Callback, Logs
 from distcb.callbacks.extension import JobView, Runtime, SpreadView
 from distcb.callbacks.learning_rates import log_name, optimizers_of
-from distcb.callbacks.tensorboard_events import EventFile, event_files, roll_back
+from distcb.callbacks.tensorboard_events import EventDigests, EventFile, roll_back
 from distcb.callbacks.tensorboard_local import ModelSummaryWriters
 from distcb.callbacks.tensorboard_profiling import BatchProfiler, parse_profile_batch
 from distcb.protocol.histograms import weight_histograms
@@ -228,7 +228,9 @@ class TensorBoard(Callback):
         self._resume: dict[str, Any] | None = None  # set_state(): where a resumed job goes on
         self._last_epoch = -1
         self._purge_step: int | None = None  # the step new writers purge from (an old state)
-        self._files: dict[str, int] = {}  # the event files and their sizes at the last sync
+        # The event files, their sizes and SHA-256 at the last sync (measured by the writer).
+        self._files: dict[str, dict[str, Any]] = {}
+        self._digests = EventDigests()
         self._synced = False  # `_files` measured, and nothing queued since
 
     def _warn_unused(self, *, keras2: dict[str, Any]) -> None:
@@ -278,7 +280,8 @@ class TensorBoard(Callback):
             "global_step": self._global_step,
             "epoch": self._last_epoch,
             "graph_written": self._graph_written,
-            "files": dict(self._files),
+            "files": {rel: measure["bytes"] for rel, measure in self._files.items()},
+            "digests": {rel: measure["sha256"] for rel, measure in self._files.items()},
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -308,7 +311,7 @@ class TensorBoard(Callback):
     def _flush_writers(self) -> None:
         for writer in self._writers.values():
             writer.flush()
-        self._files = event_files(self.log_dir, (TRAIN_RUN, VALIDATION_RUN))
+        self._files = self._digests.measure(self.log_dir, (TRAIN_RUN, VALIDATION_RUN))
 
     def statistics(self) -> dict[str, Any]:
         """The log directory, the scalars written so far, the runs (event files) open, and
@@ -337,7 +340,9 @@ class TensorBoard(Callback):
             with contextlib.suppress(Exception):  # its failure was reported by _guarded
                 self._closed.result()
         if resume is not None and "files" in resume:
-            roll_back(self.log_dir, (TRAIN_RUN, VALIDATION_RUN), resume["files"])
+            roll_back(
+                self.log_dir, (TRAIN_RUN, VALIDATION_RUN), resume["files"], resume.get("digests")
+            )
         self._synced = False
         self._global_step = 0 if resume is None else int(resume["global_step"])
         self._global_test_step = 0

@@ -6,20 +6,27 @@ tensorboardX's `SummaryWriter` queues events for a thread of its own and its `fl
 does not wait for that queue, so the size of a file at a barrier could not be known.
 
 `event_files` measures the event files of a log directory's runs (what a journal entry
-records), and `roll_back` sets them back to such a measure: each file cut to the size it
-had, and files that appeared since removed. TensorBoard then reads exactly what it read at
+records), `EventDigests` adds each file's SHA-256 up to that size (hashing only the bytes
+appended since the last measure), and `roll_back` sets them back to such a measure: each
+file checked against its digest, then cut to the size it had, and files that appeared
+since removed. TensorBoard then reads exactly what it read at
 that barrier, in every tag and step space at once (epochs, batch steps, iterations), which
 a ``SessionLog.START`` purge step cannot do: it is one step number for all of them.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from distcb.protocol.errors import IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -87,23 +94,110 @@ def event_files(log_dir: str, runs: Iterable[str]) -> dict[str, int]:
     return sizes
 
 
-def roll_back(log_dir: str, runs: Iterable[str], files: Mapping[str, int]) -> None:
+class EventDigests:
+    """Each event file's size and SHA-256 of its bytes up to that size, kept as running
+    hashes: a measure reads only what was appended since the one before (event files
+    only grow while a job writes them). Used on one thread: the sink's writer."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, tuple[int, Any]] = {}  # rel -> (bytes hashed, sha256 object)
+
+    def measure(self, log_dir: str, runs: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``run/name`` -> ``{"bytes": size, "sha256": hex}`` for every event file of `runs`."""
+        measured: dict[str, dict[str, Any]] = {}
+        for rel, size in event_files(log_dir, runs).items():
+            done, digest = self._running.get(rel, (0, None))
+            if digest is None or done > size:  # new here, or changed outside the job
+                done, digest = 0, hashlib.sha256()
+            if size > done:
+                with open(os.path.join(log_dir, *rel.split("/")), "rb") as handle:
+                    handle.seek(done)
+                    _hash_into(digest, handle, size - done)
+            self._running[rel] = (size, digest)
+            measured[rel] = {"bytes": size, "sha256": digest.hexdigest()}
+        self._running = {rel: self._running[rel] for rel in measured}
+        return measured
+
+
+def _hash_into(digest: Any, handle: Any, count: int) -> int:
+    """Feed the next `count` bytes of `handle` to `digest`; the number of bytes there were."""
+    left = count
+    while left > 0:
+        chunk = handle.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    return count - left
+
+
+def roll_back(
+    log_dir: str,
+    runs: Iterable[str],
+    files: Mapping[str, int],
+    digests: Mapping[str, str] | None = None,
+) -> None:
     """Set the event files of `runs` back to `files` (from `event_files`): each cut to its
-    size there, and each one it does not name (written after that point) removed."""
-    for rel, size in event_files(log_dir, runs).items():
+    size there, and each one it does not name (written after that point) removed.
+
+    With `digests` (``run/name`` -> SHA-256 of its first `files[run/name]` bytes), every
+    recorded file is checked before it is cut: a resumed job must not go on from event
+    files other than those it wrote. A file is opened without following a link.
+
+    Raises:
+        IntegrityError: a recorded event file is a link or not a regular file, is shorter
+            than it was at the barrier, or its bytes up to the barrier differ.
+    """
+    present = event_files(log_dir, runs)
+    for rel, kept in files.items():
         path = os.path.join(log_dir, *rel.split("/"))
-        kept = files.get(rel)
-        if kept is None:
-            os.remove(path)
-        elif size > kept:
-            with open(path, "r+b") as handle:
-                handle.truncate(kept)
-                os.fsync(handle.fileno())
-        elif size < kept:
+        if rel not in present and not os.path.islink(path):
             logger.warning(
-                "TensorBoard: %s is shorter (%d bytes) than when its epoch was committed "
-                "(%d bytes); it was changed outside the job.",
+                "TensorBoard: %s, written before the committed barrier, is gone; the resumed "
+                "job's event files lack what it held.",
                 path,
-                size,
-                kept,
             )
+            continue
+        expected = None if digests is None else digests.get(rel)
+        _check_and_cut(path, int(kept), expected)
+    for rel in present:
+        if rel not in files:
+            os.remove(os.path.join(log_dir, *rel.split("/")))
+
+
+def _check_and_cut(path: str, kept: int, sha256: str | None) -> None:
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise IntegrityError(
+                path,
+                "is a symbolic link; a resumed job cuts its TensorBoard event files back to "
+                "the committed barrier and never follows links",
+            ) from exc
+        raise
+    with os.fdopen(fd, "r+b") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise IntegrityError(path, "is not a regular file; TensorBoard writes regular files")
+        if info.st_size < kept:
+            raise IntegrityError(
+                path,
+                f"holds {info.st_size} bytes, fewer than the {kept} it held at the committed "
+                "barrier: it was changed outside the job. Restore it, or start the job again "
+                "in a new run_dir",
+            )
+        if sha256 is not None:
+            digest = hashlib.sha256()
+            _hash_into(digest, handle, kept)
+            if digest.hexdigest() != sha256:
+                raise IntegrityError(
+                    path,
+                    f"its first {kept} bytes (what the job had written at the committed "
+                    "barrier) differ from those the job wrote: it was changed outside the "
+                    "job. Restore it, or start the job again in a new run_dir",
+                )
+        if info.st_size > kept:
+            handle.truncate(kept)
+            os.fsync(handle.fileno())

@@ -16,7 +16,8 @@ are checked against the SHA-256 the journal recorded) and the best checkpoint (c
 against the chief's backup). These resumes must be loud: the CSV's rows and a best
 checkpoint that the replayed epochs need not save again are the job's results. One file
 per resume, so that the error can only be about that file; a loud resume ends before
-training, so they cost little. TensorBoard's event files are not checked (README).
+training, so they cost little. TensorBoard's event files are in the sample too (checked
+against the size and SHA-256 the journal recorded).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
     for name in ("model.weights.h5", "seed_generators.npz", "manifest.json"):
         assert kind(f"backups/rank-0/epoch-1/{name}") in kinds
     assert kind("backups/rank-0/snapshot-1.npz") in kinds
+    assert any(k.startswith(("tb/train/events.out", "tb/validation/events.out")) for k in kinds)
     outcomes = {}
     by_case = {}
     for relative, how in cases:

@@ -20,6 +20,7 @@ from distcb.callbacks.tensorboard import TensorBoard
 from distcb.coordinator.aggregate import Spread
 from distcb.coordinator.runtime import JobState, Runtime
 from distcb.protocol.config import Config
+from distcb.protocol.errors import IntegrityError
 from distcb.protocol.worker_data import EpochExtras
 from tests.helpers.tensorboard_scalars import read_scalars
 
@@ -159,3 +160,68 @@ async def test_a_resume_removes_files_written_after_the_barrier_and_keeps_older_
     assert os.listdir(log_dir / "train") == [older.name]
     assert os.listdir(log_dir / "validation") == []
     again.on_train_end()
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "symlink"])
+async def test_a_damaged_event_file_fails_the_resume_naming_it(tmp_path, how):
+    """An event file the committed barrier counts, changed since (a byte flipped, cut
+    shorter, replaced by a link): the resume refuses it, naming the file, instead of going
+    on with other scalars than the job wrote; a link's target is left as it was."""
+    log_dir = tmp_path / "tb"
+    sink = TensorBoard(str(log_dir), update_freq="batch", write_graph=False)
+    state = JobState(num_workers=2)
+    sink.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
+    _, states = await asyncio.to_thread(
+        lambda: (sink.on_train_begin(), train(sink, state, range(3)))
+    )
+    committed = states[1]
+    sink.on_train_end()
+    await sink.aclose()
+    rel = max(committed["files"], key=lambda r: committed["files"][r])  # the train run's
+    path = log_dir / rel
+    outside = tmp_path / "outside"
+    if how == "flip":
+        data = bytearray(path.read_bytes())
+        data[committed["files"][rel] // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "truncate":
+        os.truncate(path, committed["files"][rel] // 2)
+    else:
+        outside.write_bytes(path.read_bytes())
+        path.unlink()
+        path.symlink_to(outside)
+    again = TensorBoard(str(log_dir), update_freq="batch", write_graph=False)
+    again.set_state(committed)
+    with pytest.raises(IntegrityError) as raised:
+        again.on_train_begin()
+    assert raised.value.path == str(path)
+    if how == "symlink":
+        assert outside.stat().st_size > committed["files"][rel]  # not cut through the link
+
+
+async def test_a_resume_checks_only_what_the_barrier_counted(tmp_path):
+    """Bytes past the barrier (the lost attempt's) are cut unchecked: damage there is no
+    error, and the resumed files hold exactly the barrier's scalars."""
+    log_dir = tmp_path / "tb"
+    sink = TensorBoard(str(log_dir), update_freq="batch", write_graph=False)
+    state = JobState(num_workers=2)
+    sink.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
+    _, states = await asyncio.to_thread(
+        lambda: (sink.on_train_begin(), train(sink, state, range(3)))
+    )
+    committed = states[1]
+    sink.on_train_end()
+    await sink.aclose()
+    for rel, size in committed["files"].items():
+        path = log_dir / rel
+        data = bytearray(path.read_bytes())
+        if len(data) > size:
+            data[-1] ^= 0xFF
+            path.write_bytes(bytes(data))
+    again = TensorBoard(str(log_dir), update_freq="batch", write_graph=False)
+    again.set_state(committed)
+    again.on_train_begin()
+    again.on_train_end()
+    await again.aclose()
+    scalars = read_scalars(str(log_dir))
+    assert [s for s, _ in scalars["train"]["epoch_loss"]] == [0, 1]
