@@ -102,6 +102,18 @@ class CSVLogger(Callback):
         """Receive the coordinator's runtime: writes then happen on a writer thread."""
         self._runtime = runtime
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A launcher ships its callbacks to the coordinator (a Ray actor, a Tune trial) by
+        # pickling them before they run; a SHA-256 object cannot be pickled, and the copy's
+        # `on_train_begin` starts its hash anew (or from the file a resume checks).
+        state = self.__dict__.copy()
+        state["_digest"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._digest = hashlib.sha256()
+
     def statistics(self) -> dict[str, Any]:
         """The file, the epoch rows written to it (and flushed) so far, and whether a write
         failed (later rows are then dropped)."""

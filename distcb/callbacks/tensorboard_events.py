@@ -102,6 +102,11 @@ class EventDigests:
     def __init__(self) -> None:
         self._running: dict[str, tuple[int, Any]] = {}  # rel -> (bytes hashed, sha256 object)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Running hashes cannot be pickled (a launcher pickles its callbacks to ship them);
+        # a copy hashes each file anew at its first measure.
+        return {"_running": {}}
+
     def measure(self, log_dir: str, runs: Iterable[str]) -> dict[str, dict[str, Any]]:
         """``run/name`` -> ``{"bytes": size, "sha256": hex}`` for every event file of `runs`."""
         measured: dict[str, dict[str, Any]] = {}

@@ -11,9 +11,11 @@ with three step spaces, so no single purge step can drop exactly the uncommitted
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from typing import Any
 
+import cloudpickle
 import pytest
 
 from distcb.callbacks.tensorboard import TensorBoard
@@ -225,3 +227,22 @@ async def test_a_resume_checks_only_what_the_barrier_counted(tmp_path):
     await again.aclose()
     scalars = read_scalars(str(log_dir))
     assert [s for s, _ in scalars["train"]["epoch_loss"]] == [0, 1]
+
+
+async def test_a_shipped_sink_records_the_digests_of_what_it_wrote(tmp_path):
+    """A launcher pickles its callbacks to ship them (Ray's coordinator actor, Tune): the
+    copy's running hashes start empty, and what it records at a barrier is the SHA-256 of
+    each file's bytes then."""
+    log_dir = tmp_path / "tb"
+    sink = cloudpickle.loads(cloudpickle.dumps(TensorBoard(str(log_dir), update_freq="batch")))
+    assert sink._digests._running == {}
+    state = JobState(num_workers=2)
+    sink.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
+    _, states = await asyncio.to_thread(
+        lambda: (sink.on_train_begin(), train(sink, state, range(2)))
+    )
+    sink.on_train_end()
+    await sink.aclose()
+    for rel, size in states[1]["files"].items():
+        data = (log_dir / rel).read_bytes()[:size]
+        assert states[1]["digests"][rel] == hashlib.sha256(data).hexdigest()
