@@ -44,6 +44,7 @@ import numpy as np
 from distcb.callbacks.base import Callback, Logs
 from distcb.callbacks.extension import Runtime
 from distcb.protocol.errors import IntegrityError
+from distcb.protocol.integrity import hash_into
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +285,6 @@ class CSVLogger(Callback):
             self._file.close()
 
 
-_CHUNK_BYTES = 1 << 20
 _WHAT_TO_DO = (
     "; restore the file from a copy, or start the job again in a new run directory "
     "(its rows up to the barrier cannot be written again)"
@@ -294,15 +294,7 @@ _WHAT_TO_DO = (
 def _hash_prefix(handle: BinaryIO, limit: int | None) -> tuple[int, Any]:
     """(bytes read, their running SHA-256) of `handle`'s next `limit` bytes (None: all)."""
     digest = hashlib.sha256()
-    size = 0
-    while limit is None or size < limit:
-        want = _CHUNK_BYTES if limit is None else min(_CHUNK_BYTES, limit - size)
-        chunk = handle.read(want)
-        if not chunk:
-            break
-        digest.update(chunk)
-        size += len(chunk)
-    return size, digest
+    return hash_into(digest, handle, limit), digest
 
 
 def _reopen_at_barrier(

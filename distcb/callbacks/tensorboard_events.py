@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from distcb.protocol.errors import IntegrityError
+from distcb.protocol.integrity import hash_into
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +118,11 @@ class EventDigests:
             if size > done:
                 with open(os.path.join(log_dir, *rel.split("/")), "rb") as handle:
                     handle.seek(done)
-                    _hash_into(digest, handle, size - done)
+                    hash_into(digest, handle, size - done)
             self._running[rel] = (size, digest)
             measured[rel] = {"bytes": size, "sha256": digest.hexdigest()}
         self._running = {rel: self._running[rel] for rel in measured}
         return measured
-
-
-def _hash_into(digest: Any, handle: Any, count: int) -> int:
-    """Feed the next `count` bytes of `handle` to `digest`; the number of bytes there were."""
-    left = count
-    while left > 0:
-        chunk = handle.read(min(left, 1 << 20))
-        if not chunk:
-            break
-        digest.update(chunk)
-        left -= len(chunk)
-    return count - left
 
 
 def roll_back(
@@ -195,7 +184,7 @@ def _check_and_cut(path: str, kept: int, sha256: str | None) -> None:
             )
         if sha256 is not None:
             digest = hashlib.sha256()
-            _hash_into(digest, handle, kept)
+            hash_into(digest, handle, kept)
             if digest.hexdigest() != sha256:
                 raise IntegrityError(
                     path,

@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO
 
 from distcb.protocol.errors import IntegrityError
 
@@ -38,6 +38,7 @@ _SEAL = re.compile(rb'^\{"sha256": "([0-9a-f]{64})", "body": ')
 _SEAL_END = b"}\n"
 
 __all__ = [
+    "hash_into",
     "MANIFEST",
     "IntegrityError",
     "check_directory",
@@ -54,6 +55,19 @@ __all__ = [
     "write_manifest",
     "write_sealed",
 ]
+
+
+def hash_into(digest: Any, handle: BinaryIO, limit: int | None = None) -> int:
+    """Feed `handle`'s next `limit` bytes (None: the rest) to `digest` (a hashlib object),
+    a chunk at a time; the number of bytes there were."""
+    size = 0
+    while limit is None or size < limit:
+        chunk = handle.read(_CHUNK_BYTES if limit is None else min(_CHUNK_BYTES, limit - size))
+        if not chunk:
+            break
+        digest.update(chunk)
+        size += len(chunk)
+    return size
 
 
 def open_regular(path: str) -> int:
