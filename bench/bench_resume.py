@@ -221,13 +221,19 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "### Steady-state cost per epoch",
         "",
         "Two Keras 3 replicas; ms per epoch of the chief, from one epoch's begin to the "
-        "next (the barrier and the backup inside), median over the epochs after the first "
-        "two of one job, then the median over jobs; off / a journal and a backup at every "
-        "barrier / every 5 barriers run interleaved.",
+        "next (the barrier and the backup's capture inside; the persist runs on the "
+        "worker's backup writer thread during the next epoch), median over the epochs "
+        "after the first two of one job; off / a journal and a backup at every barrier / "
+        f"every 5 barriers, {results['repeats']} jobs each, run interleaved. "
+        "min / median / max over the jobs; the ratio is of the medians.",
         "",
         "| model | off ms | every 1 ms | every 5 ms | every 1 / off | every 5 / off |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+
+    def spread(values: list[float]) -> str:
+        return f"{min(values):.1f} / **{median(values):.1f}** / {max(values):.1f}"
+
     for name, runs in results["steady"].items():
         off, one, five = (median(runs[k]) for k in ("off", "every 1", "every 5"))
         label = {
@@ -235,7 +241,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
             "10M": "3 dense layers, 8.2M parameters",
         }.get(name, name)
         lines.append(
-            f"| {label} | {off:.1f} | {one:.1f} | {five:.1f} | {one / off:.2f} | {five / off:.2f} |"
+            f"| {label} | {spread(runs['off'])} | {spread(runs['every 1'])} | "
+            f"{spread(runs['every 5'])} | {one / off:.2f} | {five / off:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import math
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from distcb.callbacks.history import History
 from distcb.coordinator.engine import Coordinator
@@ -97,6 +98,12 @@ class ScriptedModel:
     # Backups: the weights (any JSON value) and the learning rate, as JSON files.
     snapshot_suffix = ".json"
 
+    def capture_state(self) -> _ScriptedState:
+        # A frozen copy: the writer writes it while the scripted worker goes on.
+        return _ScriptedState(
+            ScriptedModel(learning_rate=self.learning_rate, weights=copy.deepcopy(self.weights))
+        )
+
     def save_state(self, directory: str) -> None:
         state = {"weights": self.weights, "learning_rate": self.learning_rate}
         with open(os.path.join(directory, "state.json"), "w") as handle:
@@ -115,6 +122,18 @@ class ScriptedModel:
     def load_snapshot(self, path: str) -> Any:
         with open(path) as handle:
             return json.load(handle)
+
+
+@dataclass(frozen=True)
+class _ScriptedState:
+    """A scripted model's state as of a barrier (`ScriptedModel.capture_state`)."""
+
+    model: ScriptedModel
+    detached: ClassVar[bool] = True
+
+    def write(self, directory: str) -> dict[str, dict[str, Any]]:
+        self.model.save_state(directory)
+        return {}
 
 
 @dataclass
@@ -253,6 +272,9 @@ class ScriptedWorker:
             steps = self.batch_logs[index] if self.batch_logs is not None else []
             for step, batch in enumerate(steps):
                 if (epoch, step) == self.disconnect_at:
+                    # After the backups already taken are durable and reported: when a
+                    # backup lands is the writer thread's timing, which a script cannot fix.
+                    await session.flush()
                     await session.close()
                     raise ConnectionError(f"rank {self.rank} crashed at epoch {epoch} step {step}")
                 if (epoch, step) == self.preempt_at:

@@ -156,5 +156,3 @@ class BatchProfiler:
             logger.error("Failed to stop profiler: %s", exc)
         finally:
             self._profiler_started = False
-
-

@@ -8,13 +8,16 @@ lost)::
     -------------+----------------------------------------------------------------
     joined       |    -        -         -       -       -        -       x
     training     |    x        x         x       x       x        -       x
-    at_barrier   |    -        -         -       -       -        -       x
+    at_barrier   |    -        -         -       -       x        -       x
     train_ended  |    -        -         -       x       x        x*      x
     done         |    -        -         -       -       -        -       -
 
     worker_failed and heartbeat are valid in every state but done (heartbeat: there too).
 
     * done only once the coordinator sent its train-end reply.
+
+    backed_up may come while a rank waits at a barrier: a worker persists its backup of
+    one barrier off its training thread, during the next epoch (`distcb.worker.backup_writer`).
 
 A join is valid only as a connection's first message, and only while the job
 is joining (or, during the join phase, to replace a rank's dropped connection).
@@ -58,7 +61,7 @@ _ANY_TIME = (WorkerFailed, Heartbeat, Preempted)
 ALLOWED: dict[RankState, tuple[type[Message], ...]] = {
     RankState.JOINED: _ANY_TIME,
     RankState.TRAINING: (BatchFrame, EpochEnd, TrainEnd, Saved, BackedUp, *_ANY_TIME),
-    RankState.AT_BARRIER: _ANY_TIME,
+    RankState.AT_BARRIER: (BackedUp, *_ANY_TIME),
     RankState.TRAIN_ENDED: (Saved, BackedUp, Done, *_ANY_TIME),
     RankState.DONE: (Heartbeat,),
 }

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from distcb.keras import models as keras_models
+from distcb.keras import training_state
+from distcb.worker.apply import LiveState
 
 TEMP_PREFIX = ".distcb-"
 
@@ -24,11 +26,12 @@ class KerasModelTarget:
     files a killed save left behind are removed at the next save: the chief is
     the only writer of these files, so any that exists then is stale.
 
-    Backups (`save_state`) hold everything training goes on from, in Keras's own
-    formats: Keras 3's weights file, which holds the optimizer's variables (Adam's
-    moments and its iteration count) with the model's, plus the random generators'
-    states its weights file leaves out (dropout masks continue exactly); tf_keras's
-    TensorFlow checkpoint (`save_weights` in the TF format also tracks the optimizer).
+    Backups hold everything training goes on from. Keras 3: every variable of the model
+    (with the seed generators' states: dropout masks continue exactly) and of its
+    optimizer (moments, iteration count, learning rate), captured in memory at the
+    barrier and written off the training thread (`distcb.keras.training_state`).
+    tf_keras: its TensorFlow checkpoint (`save_weights` in the TF format also tracks the
+    optimizer), written from the live model while training waits.
     """
 
     snapshot_suffix = ".npz"
@@ -80,12 +83,24 @@ class KerasModelTarget:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def capture_state(self) -> training_state.CapturedKerasState | LiveState:
+        if keras_models.is_tf_keras(self.model):
+            # tf_keras's checkpoint is written from the live variables (optimizer slots
+            # restore lazily through it): written while training waits.
+            return LiveState(self.save_state)
+        with keras_models.writing_alone(self.model):
+            return training_state.capture(self.model)
+
     def save_state(self, directory: str) -> None:
         with keras_models.writing_alone(self.model):
             keras_models.save_training_state(self.model, directory)
 
     def load_state(self, directory: str) -> None:
-        keras_models.load_training_state(self.model, directory)
+        if os.path.exists(os.path.join(directory, training_state.STATE_FILE)):
+            with keras_models.writing_alone(self.model):
+                training_state.load(self.model, directory)
+        else:  # a backup in Keras's own formats (tf_keras; distcb before issue 24)
+            keras_models.load_training_state(self.model, directory)
 
     def save_snapshot(self, weights: Any, path: str) -> None:
         with open(path, "wb") as handle:

@@ -210,14 +210,27 @@ def fsync_directory(directory: str) -> None:
 MANIFEST = "manifest.json"
 
 
-def write_manifest(directory: str, extra: dict[str, Any] | None = None) -> None:
-    """Seal the size and SHA-256 of every file below `directory` into its manifest."""
+def write_manifest(
+    directory: str,
+    extra: dict[str, Any] | None = None,
+    known: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Seal the size and SHA-256 of every file below `directory` into its manifest.
+
+    `known` gives them for files hashed as they were written (by relative path): those
+    are not read again."""
     files: dict[str, dict[str, Any]] = {}
     for base, _, names in os.walk(directory):
         for name in names:
             path = os.path.join(base, name)
             relative = os.path.relpath(path, directory)
             if relative == MANIFEST:
+                continue
+            if known and relative in known:
+                files[relative] = {
+                    "bytes": int(known[relative]["bytes"]),
+                    "sha256": str(known[relative]["sha256"]),
+                }
                 continue
             size, digest = file_digest(path)
             files[relative] = {"bytes": size, "sha256": digest}

@@ -9,9 +9,10 @@ turns a save or a backup into the report the worker sends back.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from distcb.protocol.decisions import (
     BackupModel,
@@ -26,7 +27,10 @@ from distcb.protocol.decisions import (
 from distcb.protocol.errors import DecisionError
 from distcb.protocol.messages import BackedUp, Message, Resume, Saved
 from distcb.worker.backup import BackupStore
+from distcb.worker.backup_writer import BackupWriter
 from distcb.worker.outputs import Digest, SavedOutputs
+
+logger = logging.getLogger("distcb.worker")
 
 
 class DecisionTarget(Protocol):
@@ -59,9 +63,9 @@ class DecisionTarget(Protocol):
     snapshot_suffix: str
     """The file suffix of a persisted weight snapshot."""
 
-    def save_state(self, directory: str) -> None:
-        """Write model and optimizer state (everything training goes on from) into
-        `directory`, which exists and is empty."""
+    def capture_state(self) -> CapturedState:
+        """Model and optimizer state (everything training goes on from) as of now, to be
+        written by the backup writer (`distcb.worker.backup_writer`)."""
 
     def load_state(self, directory: str) -> None:
         """Set model and optimizer state back to what `save_state` wrote in `directory`."""
@@ -71,6 +75,33 @@ class DecisionTarget(Protocol):
 
     def load_snapshot(self, path: str) -> Any:
         """Weights as `get_weights` returns them, from a file `save_snapshot` wrote."""
+
+
+class CapturedState(Protocol):
+    """A target's state as `capture_state` took it."""
+
+    @property
+    def detached(self) -> bool:
+        """Whether it stays as captured while training goes on (then it is written while
+        training goes on; otherwise training waits until it is written)."""
+
+    def write(self, directory: str) -> dict[str, dict[str, Any]]:
+        """Write it into `directory`, which exists and is empty; returns the size and
+        SHA-256 (``{"bytes", "sha256"}``) of the files it hashed while writing, by their
+        path relative to `directory` (the others are hashed after)."""
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """The state of a target that is written from the live model (`save(directory)`):
+    training waits until it is written."""
+
+    save: Callable[[str], None]
+    detached: ClassVar[bool] = False
+
+    def write(self, directory: str) -> dict[str, dict[str, Any]]:
+        self.save(directory)
+        return {}
 
 
 @dataclass(frozen=True)
@@ -96,10 +127,22 @@ class DecisionApplier:
             directory, which cannot back up).
     """
 
-    def __init__(self, target: DecisionTarget, rank: int, store: BackupStore | None = None):
+    def __init__(
+        self,
+        target: DecisionTarget,
+        rank: int,
+        store: BackupStore | None = None,
+        report: Callable[[Message], None] | None = None,
+    ):
         self.target = target
         self.rank = rank
         self.store = store
+        # Where the backup writer's reports go (`BackedUp` once a backup is durable); the
+        # session's send. Without one they are kept in `late_reports`.
+        self.report = report
+        self.late_reports: list[Message] = []
+        self.writer = BackupWriter(f"distcb-backup-{rank}")
+        self._unpersisted: set[int] = set()  # snapshots whose persist failed
         # The coordinator journals: snapshots go to disk too, and the chief records the
         # checksums of the files it saves (checked on resume).
         self.persist_snapshots = False
@@ -148,14 +191,28 @@ class DecisionApplier:
         self.target.set_learning_rate(decision.learning_rate)
 
     def _snapshot(self, decision: SnapshotWeights) -> None:
-        weights = self.target.get_weights()
-        self.snapshots[decision.snapshot_id] = weights
+        weights = self.target.get_weights()  # a copy: the weights as of this decision
+        snapshot_id = decision.snapshot_id
+        self.snapshots[snapshot_id] = weights
         store = self.store
         if self.persist_snapshots and store is not None and store.writes:
             suffix = self.target.snapshot_suffix
-            store.write_snapshot(
-                decision.snapshot_id, suffix, lambda path: self.target.save_snapshot(weights, path)
-            )
+
+            def persist() -> None:  # on the writer, before any backup that names it
+                try:
+                    store.write_snapshot(
+                        snapshot_id, suffix, lambda path: self.target.save_snapshot(weights, path)
+                    )
+                except Exception as exc:
+                    self._unpersisted.add(snapshot_id)
+                    logger.error(
+                        "rank %d: weight snapshot %d not persisted: %s",
+                        self.rank,
+                        snapshot_id,
+                        _describe(exc),
+                    )
+
+            self.writer.submit(persist)
 
     def _restore(self, decision: RestoreWeights) -> None:
         snapshot_id = decision.snapshot_id
@@ -171,27 +228,79 @@ class DecisionApplier:
         self.snapshots.pop(decision.snapshot_id, None)
         self.on_disk.discard(decision.snapshot_id)
 
-    def _backup(self, decision: BackupModel) -> BackedUp:
+    def _backup(self, decision: BackupModel) -> BackedUp | None:
+        """Capture the state now; the writer persists it and reports `BackedUp` once it is
+        durable (None here), or at once when there is nothing to write."""
         store = self.store
+        if store is None:
+            return self._backed_up(
+                decision.epoch, DecisionError("this worker has no run directory to back up into")
+            )
+        if not store.writes:  # the chief holds the one model and writes it
+            return self._backed_up(decision.epoch, None)
+        self.writer.wait_for_backup()  # at most one backup in flight, and one capture
         try:
-            if store is None:
-                raise DecisionError("this worker has no run directory to back up into")
-            if store.writes:
-                outputs = self.outputs
+            captured = self.target.capture_state()
+        except Exception as exc:  # reported: the epoch is then no rollback point
+            return self._backed_up(decision.epoch, exc)
+        saved = self.outputs
+        outputs = None if saved is None else saved.backing_up(decision.epoch)
+
+        def persist() -> None:
+            error: Exception | None = None
+            try:
+                lost = self._unpersisted & set(decision.keep_snapshots)
+                if lost:
+                    raise DecisionError(
+                        f"the weight snapshots {sorted(lost)} this barrier holds could not be "
+                        "persisted"
+                    )
                 store.write_epoch(
                     decision.epoch,
-                    self.target.save_state,
+                    captured.write,
                     snapshots=decision.keep_snapshots,
-                    outputs=None if outputs is None else dict(outputs.recorded),
+                    outputs=outputs,
                 )
                 store.keep_only_snapshots(decision.keep_snapshots)
-                if outputs is not None:
+                self._unpersisted &= set(decision.keep_snapshots)
+                if saved is not None:
                     kept = store.kept_epochs()
-                    outputs.backed_up(decision.epoch, kept[0] if kept else decision.epoch)
-        except Exception as exc:  # reported: the epoch is then no rollback point
-            return BackedUp(rank=self.rank, epoch=decision.epoch, error=_describe(exc))
-        self.backups.append(decision.epoch)
-        return BackedUp(rank=self.rank, epoch=decision.epoch)
+                    saved.backed_up(kept[0] if kept else decision.epoch)
+            except Exception as exc:
+                error = exc
+            self._send_late(self._backed_up(decision.epoch, error))
+
+        if captured.detached:
+            self.writer.submit(persist, backup=True)
+        else:
+            self.writer.run_now(persist, backup=True)
+        return None
+
+    def _backed_up(self, epoch: int, error: Exception | None) -> BackedUp:
+        if error is not None:
+            return BackedUp(rank=self.rank, epoch=epoch, error=_describe(error))
+        self.backups.append(epoch)
+        return BackedUp(rank=self.rank, epoch=epoch)
+
+    def _send_late(self, message: Message) -> None:
+        if self.report is not None:
+            self.report(message)
+        else:
+            self.late_reports.append(message)
+
+    def take_late_reports(self) -> list[Message]:
+        """The writer's reports kept for want of a `report` function (and forget them)."""
+        reports, self.late_reports = self.late_reports, []
+        return reports
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until every backup and snapshot taken so far is persisted and reported
+        (before the train end is sent: its last barrier can commit). False on timeout."""
+        return self.writer.drain(timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Let what is being persisted finish (up to `timeout_s`), then end the writer."""
+        self.writer.close(timeout_s)
 
     def _save(self, decision: SaveModel) -> Saved | None:
         if self.rank != 0:

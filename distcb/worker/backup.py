@@ -2,8 +2,9 @@
 
 Layout, under the run directory::
 
-    backups/rank-<r>/epoch-<e>/           what the target's `save_state` wrote at the end of
-                                          epoch e (Keras's own formats)
+    backups/rank-<r>/epoch-<e>/           the state the target captured at the end of epoch e
+                                          (`DecisionTarget.capture_state`), as its writer
+                                          wrote it off the training thread
     backups/rank-<r>/epoch-<e>/manifest.json  the size and SHA-256 of each of those files,
                                           of the snapshot files epoch e still holds, and
                                           (the chief) of the files it saved for the job
@@ -83,27 +84,28 @@ class BackupStore:
     def write_epoch(
         self,
         epoch: int,
-        save: Callable[[str], None],
+        save: Callable[[str], dict[str, dict[str, Any]] | None],
         snapshots: Iterable[int] = (),
         outputs: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Back up epoch `epoch`: `save(directory)` writes into a fresh directory that then
-        takes the backup's name, with a manifest of its files, of the `snapshots` it
-        still holds and of the `outputs` saved so far (path -> size and SHA-256); older
-        backups beyond `KEEP_EPOCHS` go."""
+        takes the backup's name, with a manifest of its files (`save` may return the
+        digests of those it hashed while writing), of the `snapshots` it still holds and
+        of the `outputs` saved so far (path -> size and SHA-256); older backups beyond
+        `KEEP_EPOCHS` go. Called by one thread at a time (the backup writer)."""
         os.makedirs(self.directory, exist_ok=True)
         check_directory(self.directory)
         self._remove_temporaries()
         tmp = tempfile.mkdtemp(prefix=".tmp-epoch-", dir=self.directory)
         try:
-            save(tmp)
+            known = save(tmp)
             held = {
                 str(i): self.snapshot_digests[i] for i in snapshots if i in self.snapshot_digests
             }
             extra: dict[str, Any] = {"epoch": epoch, "rank": self.owner, "snapshots": held}
             if outputs is not None:
                 extra["outputs"] = outputs
-            write_manifest(tmp, extra)
+            write_manifest(tmp, extra, known=known)
             _fsync_tree(tmp)
             target = self.epoch_dir(epoch)
             if os.path.islink(target):  # never delete through a link

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from distcb.protocol.errors import IntegrityError
@@ -60,6 +61,8 @@ class SavedOutputs:
         self.recorded: dict[str, Digest] = {}  # absolute path -> its newest save's digest
         self._later: list[dict[str, Any]] = []  # saves logged, each after backup "after"
         self._last_backup = -1
+        # The training thread saves and takes backups; the backup writer prunes the log.
+        self._lock = threading.Lock()
 
     @property
     def log_path(self) -> str:
@@ -70,21 +73,30 @@ class SavedOutputs:
         before it takes that name; returns its digest."""
         size, sha256 = file_digest(finished)
         digest = {"bytes": size, "sha256": sha256}
-        self._later.append(
-            {"path": os.path.abspath(filepath), **digest, "after": self._last_backup}
-        )
-        write_sealed(self.directory, LOG_NAME, {"saves": self._later})
+        with self._lock:
+            self._later.append(
+                {"path": os.path.abspath(filepath), **digest, "after": self._last_backup}
+            )
+            write_sealed(self.directory, LOG_NAME, {"saves": self._later})
         return digest
 
     def saved(self, filepath: str, digest: Digest) -> None:
         """`filepath` now holds the file `before_replace` logged."""
-        self.recorded[os.path.abspath(filepath)] = dict(digest)
+        with self._lock:
+            self.recorded[os.path.abspath(filepath)] = dict(digest)
 
-    def backed_up(self, epoch: int, oldest_kept: int) -> None:
-        """The backup of `epoch` lists `recorded`; saves logged before the oldest backup
-        kept can no longer matter to a resume."""
-        self._last_backup = epoch
-        self._later = [s for s in self._later if s["after"] >= oldest_kept]
+    def backing_up(self, epoch: int) -> dict[str, Digest]:
+        """The backup of `epoch` is being taken: what it lists (`recorded` now); saves
+        from now on come after it."""
+        with self._lock:
+            self._last_backup = epoch
+            return {path: dict(digest) for path, digest in self.recorded.items()}
+
+    def backed_up(self, oldest_kept: int) -> None:
+        """A backup is durable, and the oldest kept is of `oldest_kept`: saves logged
+        before it can no longer matter to a resume (the backup writer's thread)."""
+        with self._lock:
+            self._later = [s for s in self._later if s["after"] >= oldest_kept]
 
     def resume(self, epoch: int, recorded: dict[str, Digest]) -> None:
         """Check the outputs the backup of `epoch` lists (`recorded`), and go on from them.

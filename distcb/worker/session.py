@@ -79,7 +79,7 @@ class WorkerSession:
         self.rank = rank
         self.config = config
         self.protocol = WorkerProtocol(rank, world_size, record_steps=record_steps)
-        self.applier = DecisionApplier(target, rank, store)
+        self.applier = DecisionApplier(target, rank, store, report=self.send_nowait)
         self.buffer = BatchBuffer(rank, config.max_frame_entries)
         self._connect = connect
         self._connection: Connection | None = None
@@ -164,12 +164,20 @@ class WorkerSession:
 
     async def end_training(self) -> tuple[list[Decision], str | None]:
         """Send the train end; returns the last decisions and the job's error (or None)."""
+        # The last barrier's backup is reported first: the barrier can then commit.
+        await asyncio.to_thread(self.applier.drain)
         await self._send(self.protocol.end_training())
         await self._wait(self.protocol.train_end_ready, None, "the train-end decisions")
         return self.protocol.finish_training()
 
+    async def flush(self) -> None:
+        """Wait until every backup taken so far is persisted, and send what is queued."""
+        await asyncio.to_thread(self.applier.drain)
+        await self._send()
+
     async def finish(self, report: dict[str, Any]) -> None:
         """Say goodbye with this worker's report, then close."""
+        await asyncio.to_thread(self.applier.drain)
         await self._send(Done(rank=self.rank, report=report))
         await self.close()
 
@@ -191,6 +199,9 @@ class WorkerSession:
         if self._closed:
             return
         self._closed = True
+        # A persist in flight finishes before this worker is gone: a restarted attempt
+        # must never find a writer of the ended one still at work in its directory.
+        await asyncio.to_thread(self.applier.close, self.config.reply_timeout_s)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -247,11 +258,15 @@ class WorkerSession:
         self._call_soon(lambda: self._spawn(self._send(), "distcb-send"))
 
     def statistics(self) -> dict[str, float]:
-        """How often this worker waited on the window rule, for how long, frames sent."""
+        """How often this worker waited on the window rule, for how long, frames sent; how
+        often and how long training waited for a previous backup to be persisted."""
+        writer = self.applier.writer
         return {
             "window_waits": self.window_waits,
             "window_wait_s": self.window_wait_s,
             "frames_sent": self.buffer.frames_made,
+            "backup_waits": writer.waits,
+            "backup_wait_s": writer.wait_s,
         }
 
     # ------------------------------------------------------------------ internals

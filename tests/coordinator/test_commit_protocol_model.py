@@ -32,7 +32,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -61,6 +62,20 @@ def logs_of(epoch: int) -> dict[str, float]:
     return {"loss": 1.0 / (epoch + 1), "val_loss": 2.0 / (epoch + 2)}
 
 
+@dataclass(frozen=True)
+class Captured:
+    """A model's state as of its barrier, written later by the worker's backup writer."""
+
+    rank: int
+    trained: int
+    detached: ClassVar[bool] = True
+
+    def write(self, directory: str) -> dict[str, dict[str, Any]]:
+        with open(os.path.join(directory, "state.json"), "w") as handle:
+            json.dump({"rank": self.rank, "trained": self.trained}, handle)
+        return {}
+
+
 class Model:
     """A worker's model, reduced to what a backup must carry: the last epoch trained."""
 
@@ -70,9 +85,8 @@ class Model:
         self.rank = rank
         self.trained = -1
 
-    def save_state(self, directory: str) -> None:
-        with open(os.path.join(directory, "state.json"), "w") as handle:
-            json.dump({"rank": self.rank, "trained": self.trained}, handle)
+    def capture_state(self) -> Captured:
+        return Captured(self.rank, self.trained)
 
     def load_state(self, directory: str) -> None:
         with open(os.path.join(directory, "state.json")) as handle:
@@ -160,6 +174,7 @@ class CommitProtocol(RuleBasedStateMachine):
         self._start(resume=False)
 
     def teardown(self) -> None:
+        self._close_appliers()
         recovery = getattr(self, "recovery", None)
         if recovery is not None:
             recovery.close()
@@ -227,8 +242,13 @@ class CommitProtocol(RuleBasedStateMachine):
         self.backed: set[int] = set(RANKS)
         self.journaled = True
 
+    def _close_appliers(self) -> None:
+        for applier in getattr(self, "appliers", {}).values():
+            applier.close()  # their writer threads (idle: every backup was drained)
+
     def _crash(self) -> None:
         """The job dies: nothing in memory survives; a resumed launcher starts again."""
+        self._close_appliers()
         self.recovery.close()
         self.sink._close_file()  # a killed process leaves its rows as flushed
         self.tb._close_writers()  # (and its events: here all of them, a superset)
@@ -275,8 +295,11 @@ class CommitProtocol(RuleBasedStateMachine):
         """A worker carries out the barrier's BackupModel and reports BackedUp."""
         rank = data.draw(st.sampled_from(sorted(set(RANKS) - self.backed)))
         decision = BackupModel(at=EffectPoint.epoch_end(self.epoch), epoch=self.epoch)
-        reports = self.appliers[rank].apply([decision], epoch=self.epoch, step=-1, max_step_begun=0)
-        assert reports == [BackedUp(rank=rank, epoch=self.epoch)]
+        applier = self.appliers[rank]
+        # Captured now; persisted off the training thread, and reported once durable.
+        assert applier.apply([decision], epoch=self.epoch, step=-1, max_step_begun=0) == []
+        applier.drain()
+        assert applier.take_late_reports() == [BackedUp(rank=rank, epoch=self.epoch)]
         self.backed.add(rank)
         self.recovery.backed_up(self.epoch, rank, None)
         asyncio.run(self.recovery.maybe_commit(self.epoch, set(RANKS)))

@@ -42,7 +42,7 @@ ANY_TIME = {"preempted", "worker_failed", "heartbeat"}
 VALID = {
     RankState.JOINED: ANY_TIME,
     RankState.TRAINING: {"batches", "epoch_end", "train_end", "saved", "backed_up"} | ANY_TIME,
-    RankState.AT_BARRIER: ANY_TIME,
+    RankState.AT_BARRIER: {"backed_up"} | ANY_TIME,  # a backup persisted off the training path
     RankState.TRAIN_ENDED: {"saved", "backed_up", "done"} | ANY_TIME,
     RankState.DONE: {"heartbeat"},
 }

@@ -124,14 +124,15 @@ def install_worker(rank: int) -> _WorkerHooks:
         original = backup.BackupStore.write_epoch
 
         def write_epoch(
-            self: Any, epoch: int, save: Callable[[str], None], *args: Any, **kwargs: Any
+            self: Any, epoch: int, save: Callable[[str], Any], *args: Any, **kwargs: Any
         ) -> None:
             hold_s = _hold_for("backup", rank, epoch)
 
-            def held_save(directory: str) -> None:
+            def held_save(directory: str) -> Any:
                 time.sleep(hold_s / 2)  # the temporary directory exists, empty
-                save(directory)
+                known = save(directory)
                 time.sleep(hold_s / 2)  # its files are written, not yet renamed
+                return known
 
             mark("backup_begin", rank, epoch)
             original(self, epoch, held_save, *args, **kwargs)

@@ -89,7 +89,7 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
         *OUTPUTS,
     ):
         assert kind(expected) in kinds
-    for name in ("model.weights.h5", "seed_generators.npz", "manifest.json"):
+    for name in ("training_state.bin", "manifest.json"):
         assert kind(f"backups/rank-0/epoch-1/{name}") in kinds
     assert kind("backups/rank-0/snapshot-1.npz") in kinds
     assert any(k.startswith(("tb/train/events.out", "tb/validation/events.out")) for k in kinds)
@@ -126,7 +126,7 @@ def test_damage_anywhere_resumes_identically_or_fails_naming_the_file(tmp_path, 
     marker = [p for p, _ in cases if kind(p) == "state/epoch-N.committed"][0]
     assert outcomes[entry].endswith("identical")
     assert outcomes[marker].endswith("identical")
-    weights = [p for p, _ in cases if p.endswith("model.weights.h5")][0]
+    weights = [p for p, _ in cases if p.endswith("training_state.bin")][0]
     assert outcomes[weights].endswith("loud")
     # The outputs: every damage to the CSV's rows or to the best checkpoint is loud.
     for output in OUTPUTS:

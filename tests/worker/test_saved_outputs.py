@@ -19,7 +19,7 @@ from distcb.protocol.decisions import BackupModel, EffectPoint, SaveModel
 from distcb.protocol.errors import IntegrityError
 from distcb.protocol.integrity import read_sealed
 from distcb.protocol.messages import Resume
-from distcb.worker.apply import DecisionApplier
+from distcb.worker.apply import DecisionApplier, LiveState
 from distcb.worker.backup import BackupStore
 from distcb.worker.outputs import LOG_NAME
 from tests.helpers.damage import damage
@@ -52,6 +52,9 @@ class FileModel:
         if self.kill_before_replace:  # the process dies here: the temporary file stays
             raise KeyboardInterrupt
         os.replace(tmp, filepath)
+
+    def capture_state(self) -> LiveState:
+        return LiveState(self.save_state)
 
     def save_state(self, directory: str) -> None:
         with open(os.path.join(directory, "state.json"), "w") as handle:
@@ -91,6 +94,8 @@ def epoch(applier: DecisionApplier, e: int, *saves: str) -> None:
     reports = applier.apply(
         [*decisions, BackupModel(at=END(e), epoch=e)], epoch=e, step=-1, max_step_begun=3
     )
+    applier.drain()  # the backup is persisted by the writer, which reports it
+    reports += applier.take_late_reports()
     assert all(getattr(r, "error", None) is None for r in reports), reports
 
 
