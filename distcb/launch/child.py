@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import NoReturn
 
 ENV_LAUNCHER_PID = "DISTCB_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -73,11 +74,23 @@ def main(spec_path: str) -> int:
     return exit_codes.FINISHED
 
 
-if __name__ == "__main__":
-    _launcher = os.environ.get(ENV_LAUNCHER_PID)
-    die_with_parent(int(_launcher) if _launcher and _launcher.isdigit() else None)
-    _code = main(sys.argv[1])
+def launcher_pid_from_env() -> int | None:
+    """The launcher's pid its environment names (None: not started by a launcher)."""
+    value = os.environ.get(ENV_LAUNCHER_PID)
+    return int(value) if value and value.isdigit() else None
+
+
+def run_and_exit(spec_path: str) -> NoReturn:
+    """Run the worker of `spec_path` (`main`) and end this process with its exit code: what
+    a worker process does once it knows its rank (a cold child here, or a warm spare,
+    `distcb.launch.spare`, once it was given one)."""
+    code = main(spec_path)
     from distcb.launch.keras_distribution import exit_past_jax_shutdown
 
-    exit_past_jax_shutdown(_code)
-    sys.exit(_code)
+    exit_past_jax_shutdown(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    die_with_parent(launcher_pid_from_env())
+    run_and_exit(sys.argv[1])

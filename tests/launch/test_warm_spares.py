@@ -1,0 +1,253 @@
+"""Warm spares (issue 24): a restart gives every rank a process that imported TensorFlow and
+Keras ahead of time, and the job still ends exactly as the uninterrupted one does.
+
+The job is tests/helpers/resume_job.py (deterministic Keras 3 replicas, compared as
+tests/launch/test_exact_resume.py compares them). Its fault waits for a gate file, so that
+the test can see the spares (children of the launcher running ``distcb.launch.spare``)
+before the kill, and kill one of them first.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+import distcb
+from distcb.launch.options import LaunchOptions
+from distcb.launch.process import warm_spare_count
+from distcb.launch.spare import read_assignment
+from distcb.launch.spare_pool import warm_imports
+from tests.launch.test_exact_resume import (
+    assert_same,
+    command,
+    environment,
+    faults,
+    outcome,
+    run_job,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("value", ["2", 1.0, True])
+def test_warm_spares_of_another_type_is_a_type_error_naming_it(value):
+    with pytest.raises(TypeError, match=f"warm_spares must be an int >= 0 or None.*{value!r}"):
+        LaunchOptions(warm_spares=value)
+
+
+def test_negative_warm_spares_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="warm_spares must be an int >= 0.*received -1"):
+        LaunchOptions(warm_spares=-1)
+
+
+def test_warm_spare_count_defaults_to_one_per_worker_when_the_job_may_restart():
+    assert warm_spare_count(None, 3, max_restarts=1) == 3
+    assert warm_spare_count(None, 3, max_restarts=0) == 0
+    assert warm_spare_count(0, 3, max_restarts=1) == 0
+    assert warm_spare_count(2, 3, max_restarts=1) == 2
+
+
+def test_more_spares_than_workers_fails_before_any_process_starts(tmp_path):
+    with pytest.raises(ValueError, match="warm_spares=3 is more than num_workers=2"):
+        distcb.run(
+            _never_called,
+            num_workers=2,
+            run_dir=str(tmp_path),
+            max_restarts=1,
+            warm_spares=3,
+        )
+    with pytest.raises(ValueError, match="warm_spares=1 needs max_restarts > 0"):
+        distcb.run(_never_called, num_workers=2, warm_spares=1)
+
+
+def _never_called() -> None:
+    raise AssertionError("no worker may start")
+
+
+def test_the_thread_backend_refuses_warm_spares():
+    with pytest.raises(TypeError, match="does not support the option 'warm_spares'"):
+        distcb.run(_never_called, num_workers=1, backend="thread", warm_spares=1)
+
+
+def test_warm_imports_follow_the_launcher_else_keras():
+    assert warm_imports(["tensorflow", "numpy", "keras"]) == ["tensorflow", "keras"]
+    assert warm_imports(["numpy"], installed=lambda name: True) == ["keras"]
+    assert warm_imports(["numpy"], installed=lambda name: False) == []
+
+
+def test_a_bad_assignment_names_what_was_received():
+    assert read_assignment('{"env": {"A": "1"}, "spec": "/s"}\n') == ({"A": "1"}, "/s")
+    with pytest.raises(ValueError, match="received 'hello"):
+        read_assignment("hello\n")
+    with pytest.raises(ValueError, match="must map str to str"):
+        read_assignment('{"env": {"A": 1}, "spec": "/s"}')
+
+
+# ----------------------------------------------------------------------------- real jobs
+
+
+KILL_EPOCH = 5
+
+
+@pytest.fixture(scope="module")
+def cold_uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The job without a fault and without spares: what every warm run must match."""
+    run_dir = str(tmp_path_factory.mktemp("cold"))
+    _, output = run_job(run_dir, "--max-restarts", "1", "--warm-spares", "0")
+    result = outcome(run_dir, output)
+    assert result["stopped_epoch"] > KILL_EPOCH
+    assert all(not w["warm"] for w in _workers(run_dir).values())
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_killed_worker_restarts_from_the_warm_spares_exactly(tmp_path, cold_uninterrupted):
+    run_dir = str(tmp_path)
+    gated = _GatedJob(run_dir)
+    try:
+        spares = gated.wait_spares(2)
+        first = set(_workers(run_dir))
+        gated.open_gate()
+        result, output = gated.finish()
+    finally:
+        gated.kill()
+    assert_same(result, cold_uninterrupted)
+    assert result["resumed_after"] == {"0": KILL_EPOCH - 1, "1": KILL_EPOCH - 1}
+    workers = _workers(run_dir)
+    restarted = {pid: w for pid, w in workers.items() if pid not in first}
+    assert sorted(w["rank"] for w in restarted.values()) == [0, 1], output[-3000:]
+    # The restarted workers are the spares seen before the kill, and knew it.
+    assert set(restarted) == set(spares), (restarted, spares)
+    assert all(w["warm"] for w in restarted.values())
+    # Importing ahead of time did not start TensorFlow's runtime (threads, devices).
+    assert all(w["tf_context_initialized"] is False for w in restarted.values())
+    assert all(not workers[pid]["warm"] for pid in first)
+    _assert_gone([*workers, *spares, *gated.spares_seen])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_spare_killed_before_the_restart_is_replaced_and_the_job_is_exact(
+    tmp_path, cold_uninterrupted
+):
+    run_dir = str(tmp_path)
+    gated = _GatedJob(run_dir)
+    try:
+        spares = gated.wait_spares(2)
+        victim = min(spares)
+        os.kill(victim, signal.SIGKILL)
+        replaced = gated.wait_spares(2, without={victim})
+        first = set(_workers(run_dir))
+        gated.open_gate()
+        result, output = gated.finish()
+    finally:
+        gated.kill()
+    assert_same(result, cold_uninterrupted)
+    assert "before it was needed; starting another" in output
+    workers = _workers(run_dir)
+    restarted = {pid for pid in workers if pid not in first}
+    assert victim not in restarted
+    assert restarted == set(replaced)
+    assert all(workers[pid]["warm"] for pid in restarted)
+    _assert_gone([*workers, *gated.spares_seen])
+
+
+class _GatedJob:
+    """resume_job.py in a subprocess with warm spares (the default), rank 1 SIGKILLed in
+    epoch `KILL_EPOCH` once the test opens the gate."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.gate = os.path.join(run_dir, "gate")
+        fault = {
+            "name": "k",
+            "rank": 1,
+            "epoch": KILL_EPOCH,
+            "batch": 2,
+            "signal": "KILL",
+            "after_file": self.gate,
+        }
+        self.log = open(os.path.join(run_dir, "launcher.log"), "w+")  # noqa: SIM115
+        self.launcher = subprocess.Popen(
+            command(run_dir, "--max-restarts", "1", "--faults", faults(fault)),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=environment(),
+            cwd=ROOT,
+        )
+        self.spares_seen: set[int] = set()
+
+    def wait_spares(self, count: int, without: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
+        deadline = time.monotonic() + 300
+        while True:
+            spares = [pid for pid in _spares_of(self.launcher.pid) if pid not in without]
+            self.spares_seen.update(spares)
+            if len(spares) == count:
+                return spares
+            assert self.launcher.poll() is None, self.output()[-3000:]
+            assert time.monotonic() < deadline, f"no {count} spares in 300 s: {spares}"
+            time.sleep(0.05)
+
+    def open_gate(self) -> None:
+        open(self.gate, "w").close()
+
+    def finish(self) -> tuple[dict[str, Any], str]:
+        code = self.launcher.wait(timeout=600)
+        output = self.output()
+        assert code == 0, output[-4000:]
+        return outcome(self.run_dir, output), output
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log.name) as handle:
+            return handle.read()
+
+    def kill(self) -> None:
+        if self.launcher.poll() is None:
+            self.launcher.kill()
+            self.launcher.wait()
+        self.log.close()
+
+
+def _spares_of(launcher_pid: int) -> list[int]:
+    """The warm spares now waiting: the launcher's children running distcb.launch.spare."""
+    found = []
+    for path in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(path) as handle:
+                stat = handle.read()
+            with open(path[: -len("stat")] + "cmdline", "rb") as handle:
+                cmdline = handle.read().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == launcher_pid and b"distcb.launch.spare" in cmdline:
+            found.append(int(path.split("/")[2]))
+    return found
+
+
+def _workers(run_dir: str) -> dict[int, dict[str, Any]]:
+    """Every worker process the job ran, by pid: its rank and what it recorded."""
+    workers = {}
+    for path in glob.glob(os.path.join(run_dir, "pid-*")):
+        _, rank, pid = os.path.basename(path).split("-")
+        with open(path) as handle:
+            workers[int(pid)] = {"rank": int(rank), **json.load(handle)}
+    return workers
+
+
+def _assert_gone(pids: list[int]) -> None:
+    """No process of the job is left (the launcher reaped its children before it exited)."""
+    alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    assert not alive, f"processes left after the job: {alive}"
