@@ -9,7 +9,9 @@ before the kill, and kill one of them first.
 
 from __future__ import annotations
 
+import asyncio
 import glob
+import io
 import json
 import os
 import signal
@@ -20,10 +22,13 @@ from typing import Any
 import pytest
 
 import distcb
+from distcb.launch import spec
+from distcb.launch.children import ChildProcess
 from distcb.launch.options import LaunchOptions
 from distcb.launch.process import warm_spare_count
-from distcb.launch.spare import read_assignment
-from distcb.launch.spare_pool import warm_imports
+from distcb.launch.spare import READY_LINE, read_assignment
+from distcb.launch.spare_pool import SparePool, assign, spare_command, warm_imports
+from distcb.worker.context import WorkerContext
 from tests.launch.test_exact_resume import (
     assert_same,
     command,
@@ -251,3 +256,86 @@ def _assert_gone(pids: list[int]) -> None:
     """No process of the job is left (the launcher reaped its children before it exited)."""
     alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
     assert not alive, f"processes left after the job: {alive}"
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+def _pool(out: io.StringIO, imports: str = "") -> SparePool:
+    def spawn(rank: int) -> ChildProcess:
+        env = dict(environment(), SPARE_ONLY="1", DISTCB_WARM_IMPORTS=imports)
+        return ChildProcess(
+            rank,
+            spare_command(),
+            env,
+            out,
+            prefix=f"[spare for rank {rank}] ",
+            ready_line=READY_LINE,
+            stdin_pipe=True,
+        )
+
+    return SparePool([0, 1], spawn, max_deaths=1)
+
+
+async def test_the_pool_replaces_a_dead_spare_and_close_leaves_no_process():
+    out = io.StringIO()
+    pool = _pool(out)
+    pool.fill()
+    await pool.wait_filled()
+    first = pool.spares()
+    assert sorted(first) == [0, 1]
+    os.kill(first[0].pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while pool.spares().get(0) in (None, first[0]):
+        assert time.monotonic() < deadline, "the dead spare of rank 0 was not replaced"
+        await asyncio.sleep(0.02)
+    await pool.wait_filled()
+    second = pool.spares()
+    assert second[1] is first[1]
+    pids = [s.pid for s in (*first.values(), *second.values())]
+    await pool.close()
+    # This process (their parent) lives on: close, not the kernel, ended them.
+    _assert_gone(pids)
+    assert pool.spares() == {}
+    pool.fill()  # after close: nothing starts
+    await pool.wait_filled()
+    assert pool.spares() == {}
+
+
+async def test_a_spare_given_its_rank_runs_the_worker_in_the_rank_environment(tmp_path):
+    out = io.StringIO()
+    pool = _pool(out, imports="json,no_such_module_xyz")
+    try:
+        pool.fill()
+        await pool.wait_filled()
+        spare = pool.take(1)
+        assert spare is not None
+        assert pool.take(1) is None
+        await asyncio.to_thread(spare.ready.wait, 60)
+        report = str(tmp_path / "env.json")
+        spec_path = spec.write(str(tmp_path), _report_environment, (report,), {})
+        context = WorkerContext(rank=1, world_size=2, address="127.0.0.1:1", token="t")
+        env = {**environment(), **context.to_env(), "ASSIGNED": "yes"}
+        assert assign(spare, env, spec_path)
+        assert await asyncio.to_thread(spare.wait, 60) == 0
+        spare.finish_output()
+    finally:
+        await pool.close()
+    seen = json.loads(await asyncio.to_thread((tmp_path / "env.json").read_text))
+    assert seen["env"] == env  # replaced whole: nothing of the spare's own is left
+    assert seen["argv"][1:] == [spec_path]
+    assert seen["argv"][0].endswith(os.path.join("distcb", "launch", "child.py"))
+    assert seen["stdin"] == ""
+    assert "[rank 1] hello from the worker\n" in out.getvalue()
+    assert "[spare for rank 1] distcb: warm spare could not import no_such_module_xyz" in (
+        out.getvalue()
+    )
+    assert READY_LINE not in out.getvalue()
+
+
+def _report_environment(path: str) -> None:
+    import sys
+
+    print("hello from the worker", flush=True)
+    with open(path, "w") as handle:
+        json.dump({"env": dict(os.environ), "argv": sys.argv, "stdin": sys.stdin.read()}, handle)
