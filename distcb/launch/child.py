@@ -5,7 +5,8 @@
 on failure reports the error through the worker's open sessions and in a file
 its launcher reads, before exiting non-zero. Exit codes (`distcb.protocol.exit_codes`):
 0 finished, 143 stopped so that the job restarts (preempted, a restart, or the
-coordinator lost), 1 the training function raised.
+coordinator lost), 1 the training function raised. A worker exiting 143 skips the
+interpreter's teardown (`run_and_exit`): the restart waits for it.
 
 A worker never outlives its launcher: on Linux it asks the kernel for SIGKILL
 when its parent dies (``PR_SET_PDEATHSIG``), first thing, before any import
@@ -86,8 +87,17 @@ def run_and_exit(spec_path: str) -> NoReturn:
     `distcb.launch.spare`, once it was given one)."""
     code = main(spec_path)
     from distcb.launch.keras_distribution import exit_past_jax_shutdown
+    from distcb.protocol import exit_codes
 
     exit_past_jax_shutdown(code)
+    if code == exit_codes.PREEMPTED:
+        # "Retry me": the attempt is over, the worker said so, and a restart waits for this
+        # process to end. The interpreter's teardown (TensorFlow's, JAX's, their threads)
+        # took 4 to 10 s on a loaded machine; skipping it ends the process as a SIGKILL
+        # would at this point, which the resume is exact against.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
     sys.exit(code)
 
 

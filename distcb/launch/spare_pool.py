@@ -15,8 +15,13 @@ still sooner than a cold start).
 
 When: the process backend fills the pool once every worker of an attempt released an
 epoch (`JobListener.epoch_released`), so that spares do not compete with the workers'
-own start-up (imports, model, join) for the CPUs, and fills it again after each
-restart, once the new attempt released an epoch. A spare that dies before it is given
+own start-up (imports, model, join) for the CPUs: a spare's import is as much CPU as a
+worker's (on the 2-core test machine, under load, 4 to 30 s each), and a job's start
+is what every run pays, while a restart is rare. The pool is filled again after each
+restart, once the new attempt released an epoch (not at once: the restarted workers
+restore meanwhile). A failure before the first epoch's release restarts cold. The
+cost: one more interpreter with TensorFlow and Keras imported per worker (memory, a
+few hundred MB each), for the job's life. A spare that dies before it is given
 a rank is replaced, at most `max_deaths` times per rank (a spare that cannot start
 must not spin); a rank without a spare is started cold. Every spare is stopped with
 the job (`close`). Which modules a spare imports: `warm_imports`.
