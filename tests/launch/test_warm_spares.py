@@ -339,3 +339,32 @@ def _report_environment(path: str) -> None:
     print("hello from the worker", flush=True)
     with open(path, "w") as handle:
         json.dump({"env": dict(os.environ), "argv": sys.argv, "stdin": sys.stdin.read()}, handle)
+
+
+# ----------------------------------------------------------------------------- "retry me"
+
+
+def test_a_worker_exiting_retry_me_does_not_wait_for_its_threads(tmp_path):
+    """A restart waits for the ended attempt's processes: one that exits 143 skips the
+    interpreter's teardown (here a thread that never ends would hold it forever)."""
+    spec_path = spec.write(str(tmp_path), _interrupted_with_a_thread_left, (), {})
+    context = WorkerContext(rank=0, world_size=1, address="127.0.0.1:1", token="t")
+    done = subprocess.run(
+        [*spare_command()[:2], "distcb.launch.child", spec_path],
+        env={**environment(), **context.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 143, done.stdout + done.stderr
+    assert "a thread is still running" in done.stdout
+
+
+def _interrupted_with_a_thread_left() -> None:
+    import threading
+
+    from distcb.protocol.errors import JobInterrupted
+
+    threading.Thread(target=threading.Event().wait, daemon=False).start()
+    print("a thread is still running", flush=True)
+    raise JobInterrupted("the test restarts the job")
