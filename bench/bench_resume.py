@@ -2,12 +2,15 @@
 
     python bench/bench_resume.py [--repeats 3] [--quick]
 
+    python bench/bench_resume.py --recovery-only [--recovery-repeats 5]
+
 1. Recovery time on the process backend: the deterministic job of
-   tests/helpers/resume_job.py, one worker SIGKILLed mid-epoch, max_restarts=1. From the
-   kill to the first training step after the restore, in parts: detection (the kill to
-   the coordinator's restart decision), restart (to the new worker processes' first
-   line of Python), restore (to their first training step, the backup loaded and the
-   job joined). Medians over the repeats.
+   tests/helpers/resume_job.py, one worker SIGKILLed mid-epoch, max_restarts=1, with cold
+   restarts and with warm spares (issue 24), interleaved. From the kill to the first
+   training step after the restore, in parts: detection (the kill to the coordinator's
+   restart decision), restart (to the new worker processes' first line of the training
+   function), restore (to their first training step, the backup loaded and the job
+   joined); min / median / max over the jobs, and where the time after the decision goes.
 2. Steady-state cost: ms per epoch with a journal and a backup at every barrier against
    the same job without, measured in one job each, interleaved, for the seed's moons
    model (2 Keras 3 replicas) and a model of about 10M parameters; and with backups
@@ -36,24 +39,66 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 class _Timeline(logging.Handler):
-    """Records when the coordinator decided to restart."""
+    """Records when the coordinator decided to restart, when the old workers were stopped
+    and the new ones started (the launcher's debug records), and opens the fault's gate
+    once `spares` warm spares are ready (at once without spares)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.restart_s: float | None = None
+    def __init__(self, gate: str, spares: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.gate = gate
+        self.spares = spares
+        self.ready = 0
+        self.times: dict[str, float] = {}
+        if not spares:
+            open(gate, "w").close()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "the job goes on from its last committed barrier" in record.getMessage():
-            self.restart_s = record.created if self.restart_s is None else self.restart_s
+        message = record.getMessage()
+        if "the job goes on from its last committed barrier" in message:
+            self.times.setdefault("restart", record.created)
+        elif "stopped in" in message and "restart" in self.times:
+            self.times.setdefault("stopped", record.created)
+        elif message.startswith("distcb: attempt") and "restart" in self.times:
+            self.times.setdefault("started", record.created)
+        elif "warm spare for rank" in message and message.split()[-3] == "ready":
+            self.ready += 1
+            if self.ready == self.spares:  # the kill waits for the gate (resume_job.py)
+                open(self.gate, "w").close()
 
 
-def recovery_once(run_dir: str) -> dict[str, float]:
+PHASES = ("detection_s", "restart_s", "restore_s", "total_s")
+# Where the time after the restart decision goes (the launcher's and the worker's clocks).
+PROFILE = (
+    ("stop survivors", "restart", "stopped"),
+    ("start or assign", "stopped", "started"),
+    ("to train_fn", "started", "process"),
+    ("import keras/TF", "process", "imported"),
+    ("build model", "imported", "model"),
+    ("to fit", "model", "fit"),
+    ("join, load backup", "fit", "first_step"),
+)
+
+
+def recovery_once(run_dir: str, warm: bool = False) -> dict[str, float]:
+    """One job, rank 1 SIGKILLed in epoch 4; with `warm`, the kill waits until both warm
+    spares are ready (in a long job they are, long before a failure)."""
     import distcb
     from tests.helpers import resume_job
 
-    timeline = _Timeline()
-    logging.getLogger("distcb.coordinator").addHandler(timeline)
-    fault = {"name": "k", "rank": 1, "epoch": 4, "batch": 2, "signal": "KILL"}
+    timeline = _Timeline(os.path.join(run_dir, "gate"), 2 if warm else 0)
+    loggers = [logging.getLogger("distcb.coordinator"), logging.getLogger("distcb.launch.process")]
+    level = loggers[1].level
+    loggers[1].setLevel(logging.DEBUG)
+    for logger in loggers:
+        logger.addHandler(timeline)
+    fault = {
+        "name": "k",
+        "rank": 1,
+        "epoch": 4,
+        "batch": 2,
+        "signal": "KILL",
+        "after_file": timeline.gate,
+    }
     try:
         distcb.run(
             resume_job.train,
@@ -64,20 +109,67 @@ def recovery_once(run_dir: str) -> dict[str, float]:
             max_restarts=1,
             config=distcb.Config(**resume_job.FAST),
             output=open(os.devnull, "w"),  # noqa: SIM115
+            warm_spares=2 if warm else 0,
         )
     finally:
-        logging.getLogger("distcb.coordinator").removeHandler(timeline)
+        for logger in loggers:
+            logger.removeHandler(timeline)
+        loggers[1].setLevel(level)
     events = resume_job.read_timeline(run_dir)
     killed = events["kill"][0]
-    assert timeline.restart_s is not None
-    started = min(t for t in events["process"] if t > killed)
-    first_step = min(t for t in events["first_step"] if t > started)
-    return {
-        "detection_s": timeline.restart_s - killed,
-        "restart_s": started - timeline.restart_s,
-        "restore_s": first_step - started,
-        "total_s": first_step - killed,
+    times = dict(timeline.times, kill=killed)
+    assert "restart" in times, "no restart decision was logged"
+    times["process"] = min(t for t in events["process"] if t > killed)
+    for name in ("imported", "model", "fit", "first_step"):
+        times[name] = min(t for t in events[name] if t > times["process"])
+    result = {
+        "detection_s": times["restart"] - killed,
+        "restart_s": times["process"] - times["restart"],
+        "restore_s": times["first_step"] - times["process"],
+        "total_s": times["first_step"] - killed,
     }
+    for label, begin, end in PROFILE:
+        if begin in times and end in times:
+            result[label] = times[end] - times[begin]
+    return result
+
+
+def measure_recovery(repeats: int) -> dict[str, list[dict[str, float]]]:
+    """Cold restarts and warm spares, interleaved (alternating which goes first)."""
+    runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
+    for index in range(repeats):
+        order = ("warm", "cold") if index % 2 else ("cold", "warm")
+        for kind in order:
+            with tempfile.TemporaryDirectory(prefix="distcb-bench-recovery-") as run_dir:
+                runs[kind].append(recovery_once(run_dir, warm=kind == "warm"))
+            print("recovery", kind, json.dumps(runs[kind][-1]), flush=True)
+    return runs
+
+
+def recovery_markdown(runs: dict[str, list[dict[str, float]]]) -> list[str]:
+    def spread(kind: str, part: str) -> str:
+        values = [r[part] for r in runs[kind] if part in r]
+        if not values:
+            return "-"
+        return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+    lines = [
+        "| part | cold restart, s (min / median / max) | warm spares, s (min / median / max) |",
+        "|---|---:|---:|",
+    ]
+    for part in PHASES:
+        lines.append(f"| {part[:-2]} | {spread('cold', part)} | {spread('warm', part)} |")
+    lines += [
+        "",
+        "Where the time after the restart decision goes (the launcher's debug records and "
+        "the worker's timeline; min / median / max, s):",
+        "",
+        "| step | cold restart | warm spares |",
+        "|---|---:|---:|",
+    ]
+    for label, _, _ in PROFILE:
+        lines.append(f"| {label} | {spread('cold', label)} | {spread('warm', label)} |")
+    return lines
 
 
 # ----------------------------------------------------------------------------- steady state
@@ -166,13 +258,18 @@ def steady_once(big: bool, resumable: bool, epochs: int, every: int) -> float:
     return statistics.median(times[2:]) * 1e3
 
 
-def measure(repeats: int, quick: bool) -> dict[str, Any]:
+def measure(
+    repeats: int, quick: bool, recovery_repeats: int = 5, recovery_only: bool = False
+) -> dict[str, Any]:
     load_before = os.getloadavg()
-    recoveries = []
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory(prefix="distcb-bench-recovery-") as run_dir:
-            recoveries.append(recovery_once(run_dir))
-    print("recovery", json.dumps(recoveries), flush=True)
+    recoveries = measure_recovery(recovery_repeats)
+    if recovery_only:
+        return {
+            "recovery": recoveries,
+            "steady": None,
+            "load": (load_before, os.getloadavg()),
+            "repeats": recovery_repeats,
+        }
     cases = {"moons": (False, 10 if quick else 40), "10M": (True, 5 if quick else 12)}
     steady: dict[str, dict[str, list[float]]] = {}
     for name, (big, epochs) in cases.items():
@@ -187,13 +284,12 @@ def measure(repeats: int, quick: bool) -> dict[str, Any]:
         "recovery": recoveries,
         "steady": steady,
         "load": (load_before, os.getloadavg()),
-        "repeats": repeats,
+        "repeats": recovery_repeats,
     }
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
     median = statistics.median
-    parts = ("detection_s", "restart_s", "restore_s", "total_s")
     lines = [
         "## Exact resume: recovery time and the cost of journaling (issue 10)",
         "",
@@ -204,18 +300,17 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "### Recovery on the process backend",
         "",
         "The deterministic job of tests/helpers/resume_job.py (2 Keras 3 replicas), one "
-        "worker SIGKILLed mid-epoch 4, `max_restarts=1`. Detection: the kill to the "
+        "worker SIGKILLed mid-epoch 4, `max_restarts=1`; cold restarts (`warm_spares=0`) "
+        "and warm spares (`warm_spares=2`: the kill waits until both spares are ready) "
+        f"interleaved, {results['repeats']} jobs each. Detection: the kill to the "
         "coordinator's restart decision; restart: to the new worker processes' first line "
-        "of Python; restore: to their first training step (TensorFlow imported, the job "
-        f"joined, the backup loaded). Medians of {results['repeats']} runs.",
+        "of the training function; restore: to their first training step (Keras and "
+        "TensorFlow imported, the model built, the job joined, the backup loaded).",
         "",
-        "| part | median s | per run |",
-        "|---|---:|---|",
+        *recovery_markdown(results["recovery"]),
     ]
-    for part in parts:
-        values = [r[part] for r in results["recovery"]]
-        shown = ", ".join(f"{v:.2f}" for v in values)
-        lines.append(f"| {part[:-2]} | {median(values):.2f} | {shown} |")
+    if results["steady"] is None:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "### Steady-state cost per epoch",
@@ -247,14 +342,27 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(repeats: int = 3, quick: bool = False) -> str:
+def main(
+    repeats: int = 3, quick: bool = False, recovery_repeats: int = 5, recovery_only: bool = False
+) -> str:
     command = "python bench/bench_resume.py" + (f" --repeats {repeats}" if repeats != 3 else "")
-    return markdown(measure(repeats, quick), command + (" --quick" if quick else ""))
+    if recovery_repeats != 5:
+        command += f" --recovery-repeats {recovery_repeats}"
+    if recovery_only:
+        command += " --recovery-only"
+    results = measure(repeats, quick, recovery_repeats, recovery_only)
+    return markdown(results, command + (" --quick" if quick else ""))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer epochs")
+    parser.add_argument(
+        "--recovery-repeats", type=int, default=5, help="jobs each, cold and warm (interleaved)"
+    )
+    parser.add_argument(
+        "--recovery-only", action="store_true", help="only the recovery part (no steady state)"
+    )
     options = parser.parse_args()
-    print(main(options.repeats, options.quick))
+    print(main(options.repeats, options.quick, options.recovery_repeats, options.recovery_only))

@@ -60,8 +60,8 @@ def run(
             died); with no journal there yet, start afresh.
         **options: backend options, see `distcb.launch.options.LaunchOptions`
             (process: ``tf_config``, ``keras_distribution``, ``gpus_per_worker``,
-            ``threads_per_worker``, ``run_dir``, ``env``, ``output``; ray: ``tf_config``,
-            ``gpus_per_worker``, ``cpus_per_worker``, ``resources_per_worker``,
+            ``threads_per_worker``, ``run_dir``, ``env``, ``output``, ``warm_spares``; ray:
+            ``tf_config``, ``gpus_per_worker``, ``cpus_per_worker``, ``resources_per_worker``,
             ``runtime_env``, ``run_dir``, ``env``, ``ray_init``; thread: ``run_dir``).
             ``progress=False`` (process and thread) turns off the progress line on
             stderr (`distcb.launch.progress`).

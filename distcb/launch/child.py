@@ -5,7 +5,8 @@
 on failure reports the error through the worker's open sessions and in a file
 its launcher reads, before exiting non-zero. Exit codes (`distcb.protocol.exit_codes`):
 0 finished, 143 stopped so that the job restarts (preempted, a restart, or the
-coordinator lost), 1 the training function raised.
+coordinator lost), 1 the training function raised. A worker exiting 143 skips the
+interpreter's teardown (`run_and_exit`): the restart waits for it.
 
 A worker never outlives its launcher: on Linux it asks the kernel for SIGKILL
 when its parent dies (``PR_SET_PDEATHSIG``), first thing, before any import
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import traceback
+from typing import NoReturn
 
 ENV_LAUNCHER_PID = "DISTCB_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -73,11 +75,32 @@ def main(spec_path: str) -> int:
     return exit_codes.FINISHED
 
 
-if __name__ == "__main__":
-    _launcher = os.environ.get(ENV_LAUNCHER_PID)
-    die_with_parent(int(_launcher) if _launcher and _launcher.isdigit() else None)
-    _code = main(sys.argv[1])
-    from distcb.launch.keras_distribution import exit_past_jax_shutdown
+def launcher_pid_from_env() -> int | None:
+    """The launcher's pid its environment names (None: not started by a launcher)."""
+    value = os.environ.get(ENV_LAUNCHER_PID)
+    return int(value) if value and value.isdigit() else None
 
-    exit_past_jax_shutdown(_code)
-    sys.exit(_code)
+
+def run_and_exit(spec_path: str) -> NoReturn:
+    """Run the worker of `spec_path` (`main`) and end this process with its exit code: what
+    a worker process does once it knows its rank (a cold child here, or a warm spare,
+    `distcb.launch.spare`, once it was given one)."""
+    code = main(spec_path)
+    from distcb.launch.keras_distribution import exit_past_jax_shutdown
+    from distcb.protocol import exit_codes
+
+    exit_past_jax_shutdown(code)
+    if code == exit_codes.PREEMPTED:
+        # "Retry me": the attempt is over, the worker said so, and a restart waits for this
+        # process to end. The interpreter's teardown (TensorFlow's, JAX's, their threads)
+        # took 4 to 10 s on a loaded machine; skipping it ends the process as a SIGKILL
+        # would at this point, which the resume is exact against.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    die_with_parent(launcher_pid_from_env())
+    run_and_exit(sys.argv[1])

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 from distcb.launch import quiet
@@ -29,17 +29,38 @@ class ChildProcess:
         command: the command line.
         env: its whole environment.
         out: where its output goes (stdout and stderr, merged, in order).
+        prefix: another prefix, until `prefix` is set again (a warm spare's, until it is
+            given its rank: `distcb.launch.spare_pool`).
+        ready_line: a line of output that is not copied but means "ready": it sets `ready`
+            and calls `on_ready`.
+        on_ready: called (from the output thread) when `ready_line` arrives.
+        stdin_pipe: give the child a pipe as stdin (`process.stdin`) instead of /dev/null.
     """
 
-    def __init__(self, rank: int, command: Sequence[str], env: Mapping[str, str], out: TextIO):
+    def __init__(
+        self,
+        rank: int,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        out: TextIO,
+        *,
+        prefix: str | None = None,
+        ready_line: str | None = None,
+        on_ready: Callable[[], None] | None = None,
+        stdin_pipe: bool = False,
+    ):
         self.rank = rank
+        self.prefix = f"[rank {rank}] " if prefix is None else prefix
+        self.ready = threading.Event()
+        self._ready_line = ready_line
+        self._on_ready = on_ready
         self._tf_level = quiet.min_level(env)  # TensorFlow's start-up lines it hides
         self.process = subprocess.Popen(
             list(command),
             env=dict(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             text=True,
             errors="replace",
             start_new_session=True,
@@ -56,13 +77,18 @@ class ChildProcess:
     def _copy(self, out: TextIO) -> None:
         # Keep draining whatever happens: a child blocked on a full pipe would hang the job.
         assert self.process.stdout is not None
-        prefix = f"[rank {self.rank}] "
         with self.process.stdout:
             for line in self.process.stdout:
+                if self._ready_line is not None and line.rstrip("\n") == self._ready_line:
+                    self.ready.set()
+                    if self._on_ready is not None:
+                        with contextlib.suppress(Exception):
+                            self._on_ready()
+                    continue
                 if quiet.is_hidden(line, self._tf_level):
                     continue
                 with contextlib.suppress(Exception):
-                    out.write(prefix + line)
+                    out.write(self.prefix + line)
                     out.flush()
 
     def signal(self, signum: int) -> None:

@@ -37,6 +37,10 @@ class LaunchOptions:
         ray_init: options for ``ray.init`` when no cluster is connected yet.
         output: where the process backend writes its workers' output (default stdout).
         progress: show the job's progress on stderr (`distcb.launch.progress`).
+        warm_spares: worker processes kept started, TensorFlow and Keras imported, so that
+            a restart skips that (process backend; `distcb.launch.spare_pool`): one per
+            rank, for ranks 0 to warm_spares - 1. None: one per worker when
+            ``max_restarts > 0``, else none; 0: none.
     """
 
     tf_config: bool = False
@@ -51,6 +55,7 @@ class LaunchOptions:
     ray_init: Mapping[str, Any] | None = None
     output: TextIO | None = None
     progress: bool = True
+    warm_spares: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("tf_config", "progress"):
@@ -91,6 +96,17 @@ class LaunchOptions:
             ]
             if bad:
                 raise TypeError(f"env must map str to str; these keys do not: {bad}")
+        spares = self.warm_spares
+        if spares is not None and (isinstance(spares, bool) or not isinstance(spares, int)):
+            raise TypeError(
+                f"warm_spares must be an int >= 0 or None (one per worker when max_restarts "
+                f"> 0), received {spares!r} of type {type(spares).__name__}"
+            )
+        if spares is not None and spares < 0:
+            raise ValueError(
+                f"warm_spares must be an int >= 0 (0: no spares) or None (one per worker when "
+                f"max_restarts > 0), received {spares!r}"
+            )
         if self.run_dir is not None and not isinstance(self.run_dir, str):
             raise TypeError(f"run_dir must be a str or None, received {self.run_dir!r}")
 

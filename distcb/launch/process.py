@@ -1,13 +1,21 @@
-"""The process backend: coordinator in this process, workers as child processes on loopback."""
+"""The process backend: coordinator in this process, workers as child processes on loopback.
+
+A restart of a resumable job stops every worker process of the attempt and starts every
+rank again; with warm spares (`distcb.launch.spare_pool`: by default one per worker when
+``max_restarts > 0``), each rank is given a process that already imported TensorFlow and
+Keras instead of a cold one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -22,6 +30,8 @@ from distcb.launch.env import worker_env
 from distcb.launch.job_spec import JobSpec
 from distcb.launch.keras_distribution import AttemptPorts
 from distcb.launch.progress import JobProgress, is_interactive
+from distcb.launch.spare import ENV_WARM_IMPORTS, READY_LINE
+from distcb.launch.spare_pool import SparePool, assign, spare_command, warm_imports
 from distcb.protocol import exit_codes
 from distcb.worker.context import WorkerContext
 
@@ -35,8 +45,10 @@ SUPPORTED_OPTIONS = frozenset(
         "env",
         "output",
         "progress",
+        "warm_spares",
     }
 )
+_logger = logging.getLogger(__name__)
 
 
 def free_ports(count: int) -> list[int]:
@@ -70,6 +82,7 @@ async def launch(job: JobSpec) -> History:
             f"the process backend gives whole GPUs (CUDA_VISIBLE_DEVICES): gpus_per_worker must "
             f"be a whole number, received {gpus!r}"
         )
+    spares = warm_spare_count(options.warm_spares, num_workers, job.max_restarts)
     coordinator = Coordinator(
         list(job.callbacks),
         world_size=num_workers,
@@ -96,9 +109,9 @@ async def launch(job: JobSpec) -> History:
             threads = options.threads_per_worker or max(1, (os.cpu_count() or 1) // num_workers)
             jax_ports = AttemptPorts() if options.keras_distribution else None
 
-            def environment(rank: int) -> dict[str, str]:
+            def environment(rank: int, attempt: int) -> dict[str, str]:
                 # A restart starts every process again, around a new JAX coordination service.
-                jax_address = None if jax_ports is None else jax_ports.address(group.attempt)
+                jax_address = None if jax_ports is None else jax_ports.address(attempt)
                 context = WorkerContext(
                     rank=rank,
                     world_size=num_workers,
@@ -131,6 +144,7 @@ async def launch(job: JobSpec) -> History:
                 environment,
                 options.output or sys.stdout,
                 config.stop_timeout_s,
+                spares=spares,
             )
             coordinator.add_listener(group)
             progress = JobProgress(coordinator, show=options.progress)
@@ -141,6 +155,29 @@ async def launch(job: JobSpec) -> History:
                 return await coordinator.run()
             finally:
                 await group.stop()
+
+
+def warm_spare_count(warm_spares: int | None, num_workers: int, max_restarts: int) -> int:
+    """How many warm spares the job keeps: `warm_spares`, or with None one per worker when
+    the job may restart (``max_restarts > 0``), else none.
+
+    Raises:
+        ValueError: more spares than workers (a spare is kept for one rank), or spares for
+            a job that never restarts.
+    """
+    if warm_spares is None:
+        return num_workers if max_restarts > 0 else 0
+    if warm_spares > num_workers:
+        raise ValueError(
+            f"warm_spares={warm_spares} is more than num_workers={num_workers}: a spare is "
+            f"kept for one rank; use at most {num_workers}, or None for one per worker"
+        )
+    if warm_spares and not max_restarts:
+        raise ValueError(
+            f"warm_spares={warm_spares} needs max_restarts > 0 (spares only serve a restart); "
+            f"received max_restarts={max_restarts}"
+        )
+    return warm_spares
 
 
 def state_dir(run_dir: str | None) -> str:
@@ -157,16 +194,19 @@ def state_dir(run_dir: str | None) -> str:
 
 
 class _WorkerGroup(JobListener):
-    """The worker processes of one job: started, watched, and started again on a restart."""
+    """The worker processes of one job: started, watched, and started again on a restart
+    (ranks 0 to `spares` - 1 from their warm spare, when it is there)."""
 
     def __init__(
         self,
         coordinator: Coordinator,
         num_workers: int,
         spec_path: str,
-        environment: Callable[[int], dict[str, str]],
+        environment: Callable[[int, int], dict[str, str]],
         out: TextIO,
         grace_s: float,
+        *,
+        spares: int = 0,
     ):
         self.coordinator = coordinator
         self.num_workers = num_workers
@@ -179,26 +219,89 @@ class _WorkerGroup(JobListener):
         self.children: list[_Child] = []
         self.watchers: list[asyncio.Task[None]] = []
         self._respawn: asyncio.Task[None] | None = None
+        self.pool: SparePool | None = None
+        self._pool_filled_for = -1  # the attempt whose spares the pool holds or is starting
+        if spares:
+            imports = ",".join(warm_imports(sys.modules))
+            self.pool = SparePool(range(spares), lambda rank: self._spawn_spare(rank, imports))
+        self.warm_ranks: list[int] = []  # the ranks of this attempt that started from a spare
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.warm_ranks = []
         for rank in range(self.num_workers):
             with contextlib.suppress(FileNotFoundError):  # a failure of an ended attempt
                 os.unlink(spec.failure_path(self.spec_dir, rank))
-            child = await asyncio.to_thread(
-                _spawn, rank, self.spec_path, self.environment(rank), self.out
-            )
+            env = self.environment(rank, self.attempt)
+            child = await self._assign_spare(rank, env)
+            if child is None:
+                child = await asyncio.to_thread(_spawn, rank, self.spec_path, env, self.out)
+            else:
+                self.warm_ranks.append(rank)
             child.attempt = self.attempt
             self.children.append(child)
             self.watchers.append(loop.create_task(self._watch(child), name=f"distcb-watch-{rank}"))
+        _logger.debug(
+            "distcb: attempt %d started at %.6f, ranks %s from warm spares",
+            self.attempt,
+            time.time(),
+            self.warm_ranks,
+        )
+
+    async def _assign_spare(self, rank: int, env: dict[str, str]) -> _Child | None:
+        spare = self.pool.take(rank) if self.pool is not None else None
+        if spare is None:
+            return None
+        assert isinstance(spare, _Child)
+        if await asyncio.to_thread(assign, spare, env, self.spec_path):
+            return spare
+        await asyncio.to_thread(stop_all, [spare], 0.0, 1.0)  # it died meanwhile: reap it
+        return None
+
+    def _spawn_spare(self, rank: int, imports: str) -> _Child:
+        # The environment of the rank in the attempt the spare is kept for: what a cold
+        # worker of that attempt would read while importing.
+        env = self.environment(rank, self.attempt + 1)
+        env[ENV_WARM_IMPORTS] = imports
+        return _Child(
+            rank,
+            spare_command(),
+            env,
+            self.out,
+            prefix=f"[spare for rank {rank}] ",
+            ready_line=READY_LINE,
+            on_ready=lambda: _logger.debug(
+                "distcb: warm spare for rank %d ready at %.6f", rank, time.time()
+            ),
+            stdin_pipe=True,
+        )
+
+    def epoch_released(self, epoch: int, logs: object, records: object) -> None:
+        """Every worker of the attempt trains: start the spares of the next one."""
+        if self.pool is not None and self._pool_filled_for != self.attempt:
+            self._pool_filled_for = self.attempt
+            self.pool.fill()
 
     async def stop(self) -> None:
+        """Stop the job's processes: the workers and the spares."""
+        await self._stop_workers()
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def _stop_workers(self) -> None:
         if self._respawn is not None and self._respawn is not asyncio.current_task():
             self._respawn.cancel()
             await asyncio.gather(self._respawn, return_exceptions=True)
         children, self.children = self.children, []
         watchers, self.watchers = self.watchers, []
+        began = time.perf_counter()
         await _stop_children(children, self.grace_s)
+        _logger.debug(
+            "distcb: the workers of attempt %d stopped in %.3f s at %.6f",
+            self.attempt,
+            time.perf_counter() - began,
+            time.time(),
+        )
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
@@ -209,7 +312,7 @@ class _WorkerGroup(JobListener):
         self._respawn = asyncio.get_running_loop().create_task(self._start_again())
 
     async def _start_again(self) -> None:
-        await self.stop()
+        await self._stop_workers()
         await self.start()
 
     async def _watch(self, child: _Child) -> None:

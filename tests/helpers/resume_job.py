@@ -11,7 +11,12 @@ first: ``{"name": ..., "rank": r, "epoch": e, "batch": b, "signal": "KILL" | "TE
 "RAISE"}``; the worker of that rank sends itself the signal (or raises) from
 ``on_train_batch_begin(b)`` of epoch e (a marker file in RUN_DIR/faults makes it fire once).
 A fault with ``"at": "before_done"`` (and epoch/batch -1) fires after the train-end reply,
-before the worker says it is done.
+before the worker says it is done. A fault with ``"after_file": PATH`` waits, when it is
+reached, until PATH exists (a test does something first: tests/launch/test_warm_spares.py).
+
+Every worker process writes RUN_DIR/pid-RANK-PID, holding JSON: whether Keras was imported
+before the training function began (``warm``: a warm spare ran it) and whether TensorFlow's
+eager context was already initialized then (it must not be).
 
 With ``DISTCB_CHAOS`` set (tests/helpers/chaos.py), every process of the job appends what it
 is doing to an events file, and may hold one phase open for a while, so that a SIGKILL from
@@ -74,6 +79,8 @@ def train(
     """The worker: a Keras 3 replica of the job (module level: picklable)."""
     if timeline:
         note(run_dir, "process")
+    warm = "keras" in sys.modules  # a warm spare imported it before it was given its rank
+    context_initialized = _tf_context_initialized()
     import keras
     import tensorflow as tf
 
@@ -82,8 +89,10 @@ def train(
 
     tf.config.experimental.enable_op_determinism()
     ctx = distcb.worker_context()
-    with open(os.path.join(run_dir, f"pid-{ctx.rank}-{os.getpid()}"), "w"):
-        pass
+    with open(os.path.join(run_dir, f"pid-{ctx.rank}-{os.getpid()}"), "w") as handle:
+        json.dump({"warm": warm, "tf_context_initialized": context_initialized}, handle)
+    if timeline:
+        note(run_dir, "imported")
     keras.utils.set_random_seed(SEED)
     x, y = data(ctx.rank, SAMPLES)
     vx, vy = data(ctx.rank + 50, SAMPLES // 2)
@@ -96,6 +105,8 @@ def train(
         ]
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    if timeline:
+        note(run_dir, "model")
     mine = [f for f in faults if f["rank"] == ctx.rank]
     from tests.helpers import chaos_hooks
 
@@ -103,6 +114,10 @@ def train(
 
     class Faults(keras.callbacks.Callback):
         first_step = True
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            if timeline:  # the worker callback (join, backup) comes after this one
+                note(run_dir, "fit")
 
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.epoch = epoch
@@ -120,6 +135,7 @@ def train(
                     os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                 except FileExistsError:
                     continue  # fired in an earlier attempt
+                _wait_for(fault.get("after_file"))
                 if fault["signal"] == "RAISE":
                     raise RuntimeError(f"a bug at epoch {self.epoch}")
                 if timeline:
@@ -145,6 +161,23 @@ def train(
     report = {"weights": digest(model.get_weights()), "resumed_after": worker.resumed_after}
     with open(os.path.join(run_dir, f"report-{ctx.rank}.json"), "w") as handle:
         json.dump(report, handle)
+
+
+def _tf_context_initialized() -> bool | None:
+    """Whether TensorFlow's eager runtime started already (None: TensorFlow not imported)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    from tensorflow.python.eager import context
+
+    return bool(context.context()._initialized)
+
+
+def _wait_for(path: str | None, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while path is not None and not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear in {timeout_s} s")
+        time.sleep(0.02)
 
 
 def _fault_before_done(run_dir: str, fault: dict[str, Any], report: Any) -> Any:
@@ -214,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--warm-spares", type=int, default=None)
     options = parser.parse_args(argv)
     import distcb
     from tests.helpers import chaos_hooks
@@ -232,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         max_restarts=options.max_restarts,
         resume=options.resume,
         config=distcb.Config(**FAST),
+        warm_spares=options.warm_spares,
     )
     result = {
         "epochs": history.epoch,
