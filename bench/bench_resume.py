@@ -1,6 +1,6 @@
 """Exact resume: what a restart costs, and what journaling and backups cost per epoch.
 
-    python bench/bench_resume.py [--repeats 3] [--quick]
+    python bench/bench_resume.py [--repeats 5] [--quick]
 
     python bench/bench_resume.py --recovery-only [--recovery-repeats 5]
 
@@ -285,6 +285,7 @@ def measure(
         "steady": steady,
         "load": (load_before, os.getloadavg()),
         "repeats": recovery_repeats,
+        "steady_repeats": repeats,
     }
 
 
@@ -319,7 +320,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "next (the barrier and the backup's capture inside; the persist runs on the "
         "worker's backup writer thread during the next epoch), median over the epochs "
         "after the first two of one job; off / a journal and a backup at every barrier / "
-        f"every 5 barriers, {results['repeats']} jobs each, run interleaved. "
+        f"every 5 barriers, {results['steady_repeats']} jobs each, run interleaved. "
         "min / median / max over the jobs; the ratio is of the medians.",
         "",
         "| model | off ms | every 1 ms | every 5 ms | every 1 / off | every 5 / off |",
@@ -343,9 +344,9 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def main(
-    repeats: int = 3, quick: bool = False, recovery_repeats: int = 5, recovery_only: bool = False
+    repeats: int = 5, quick: bool = False, recovery_repeats: int = 5, recovery_only: bool = False
 ) -> str:
-    command = "python bench/bench_resume.py" + (f" --repeats {repeats}" if repeats != 3 else "")
+    command = "python bench/bench_resume.py" + (f" --repeats {repeats}" if repeats != 5 else "")
     if recovery_repeats != 5:
         command += f" --recovery-repeats {recovery_repeats}"
     if recovery_only:
@@ -356,7 +357,7 @@ def main(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="steady-state jobs per case")
     parser.add_argument("--quick", action="store_true", help="fewer epochs")
     parser.add_argument(
         "--recovery-repeats", type=int, default=5, help="jobs each, cold and warm (interleaved)"
