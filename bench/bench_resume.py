@@ -250,6 +250,7 @@ def steady_once(big: bool, resumable: bool, epochs: int, every: int) -> float:
             args=(epochs, run_dir, big),
             run_dir=run_dir,
             max_restarts=1 if resumable else 0,
+            warm_spares=0,  # spares importing TensorFlow would take CPU from these epochs only
             config=distcb.Config(backup_every_epochs=every),
             output=open(os.devnull, "w"),  # noqa: SIM115
         )

@@ -68,7 +68,7 @@ class DecisionTarget(Protocol):
         written by the backup writer (`distcb.worker.backup_writer`)."""
 
     def load_state(self, directory: str) -> None:
-        """Set model and optimizer state back to what `save_state` wrote in `directory`."""
+        """Set model and optimizer state back to what a `capture_state` wrote in `directory`."""
 
     def save_snapshot(self, weights: Any, path: str) -> None:
         """Persist weights that `get_weights` returned to the file `path`."""
