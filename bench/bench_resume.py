@@ -293,7 +293,7 @@ def measure(
 def markdown(results: dict[str, Any], command: str) -> str:
     median = statistics.median
     lines = [
-        "## Exact resume: recovery time and the cost of journaling (issue 10)",
+        "## Exact resume: recovery time and the cost of backups (issues 10 and 24)",
         "",
         f"Command: `{command}` (also run by `make bench`). Load average (1, 5, 15 min) "
         f"before / after: {[round(x, 2) for x in results['load'][0]]} / "

@@ -185,10 +185,11 @@ class Watch:
         for line in data[:end].splitlines():
             self.events.append(json.loads(line))
         now = time.time()
-        for pid, rank in children(self.launcher_pid):
+        for pid, rank, spare in children(self.launcher_pid):
             # Between fork and exec a child still shows its parent's environment: it is
-            # counted once its own (with its rank) shows.
-            if pid not in self._seen and rank is not None:
+            # counted once its own (with its rank) shows. A warm spare is not a worker
+            # (it becomes one when given a rank, and its events say so then).
+            if pid not in self._seen and rank is not None and not spare:
                 self._seen.add(pid)
                 self.events.append({"t": now, "pid": pid, "rank": rank, "event": "spawn"})
 
@@ -206,8 +207,12 @@ class Watch:
         return None
 
 
-def children(parent: int) -> list[tuple[int, int | None]]:
-    """(pid, DISTCB_RANK) of the live child processes of `parent`."""
+def children(parent: int) -> list[tuple[int, int | None, bool]]:
+    """(pid, DISTCB_RANK, is a warm spare) of the live child processes of `parent`.
+
+    A warm spare (`distcb.launch.spare`) carries its rank's environment before it is
+    given the rank, and keeps its command line after: it is told apart by that command
+    line, and once given its rank by the events it marks (`_target_pid`)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -221,10 +226,12 @@ def children(parent: int) -> list[tuple[int, int | None]]:
                 env = dict(
                     item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item
                 )
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                spare = b"distcb.launch.spare" in handle.read()
         except (OSError, IndexError, ValueError):
             continue
         rank = env.get(b"DISTCB_RANK")
-        found.append((int(name), int(rank) if rank is not None and rank.isdigit() else None))
+        found.append((int(name), int(rank) if rank is not None and rank.isdigit() else None, spare))
     return found
 
 
@@ -447,7 +454,7 @@ class _Run:
     def relaunch(self) -> None:
         """After the launcher's death: its workers end; the job runs again, resumed."""
         self.process.wait()
-        for pid in self.worker_pids | {pid for pid, _ in children(self.process.pid)}:
+        for pid in self.worker_pids | {pid for pid, _, _ in children(self.process.pid)}:
             while alive(pid) and not self.stalled():
                 time.sleep(POLL_S)
         self.process = start(
@@ -559,10 +566,18 @@ def _judge(run: _Run, reference: dict[str, Any]) -> tuple[str, str]:
 
 
 def _target_pid(kill: Kill, launcher: int, watch: Watch) -> int | None:
+    """The launcher, or the process that is rank r's worker now: a child started as one,
+    or a warm spare that was given rank r (it marked an event as rank r); never a spare
+    still waiting (killing one is a different failure: tests/launch/test_warm_spares.py)."""
     if kill.target == "launcher":
         return launcher
     rank = int(kill.target[-1])
-    live = [pid for pid, r in children(launcher) if r == rank]
+    marked = {e["pid"]: e["t"] for e in watch.events if e.get("rank") == rank}
+    live = [
+        pid for pid, r, spare in children(launcher) if r == rank and (not spare or pid in marked)
+    ]
+    # The newest: the one that marked an event last (one just started marked none yet).
+    live.sort(key=lambda pid: marked.get(pid, float("inf")))
     return live[-1] if live else None
 
 
