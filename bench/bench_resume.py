@@ -13,13 +13,20 @@
    joined); min / median / max over the jobs, and where the time after the decision goes.
 2. Steady-state cost: ms per epoch with a journal and a backup at every barrier against
    the same job without, measured in one job each, interleaved, for the seed's moons
-   model (2 Keras 3 replicas) and a model of about 10M parameters; and with backups
-   every 5 epochs.
+   model (2 Keras 3 replicas) and a model of 8.2M parameters; and with backups
+   every 5 epochs. The 8.2M model once more with one worker on one TensorFlow thread,
+   so that a core is left for the backup writer (as on a GPU node, where training does
+   not take every core): what the persist costs when it has a core, against what it
+   costs when training already uses every one.
+
+    python bench/bench_resume.py --cases 10M 10M-free-core   # some steady-state cases only
+    python bench/bench_resume.py --persist-cpu   # one backup's CPU, part by part
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -172,11 +179,81 @@ def recovery_markdown(runs: dict[str, list[dict[str, float]]]) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- persist CPU
+
+
+def persist_cpu(repeats: int = 5) -> list[str]:
+    """What one backup of the 8.2M model costs in CPU, part by part (the writer thread's
+    CPU time, `time.thread_time`): the whole `write_arrays` (hash and write, fsync
+    included), the SHA-256 alone, and a copy of the same bytes (what TensorFlow does on
+    the training thread when its next update meets a captured buffer)."""
+    import hashlib
+
+    import numpy as np
+
+    from distcb.keras.training_state import write_arrays
+
+    # Dense(1000 -> 2400), Dense(2400 -> 2400), Dense(2400 -> 10); weights and Adam's
+    # two moments: 98 MB as float32.
+    sizes = [1000 * 2400, 2400, 2400 * 2400, 2400, 2400 * 10, 10] * 3
+    rng = np.random.default_rng(0)
+    arrays = tuple((f"v{i}", rng.random(n, dtype=np.float32)) for i, n in enumerate(sizes))
+    nbytes = sum(a.nbytes for _, a in arrays)
+    parts: dict[str, list[tuple[float, float]]] = {"write_arrays": [], "sha256": [], "copy": []}
+
+    def hash_all(named: tuple[tuple[str, np.ndarray], ...]) -> str:
+        digest = hashlib.sha256()
+        for _, array in named:
+            digest.update(array.data)
+        return digest.hexdigest()
+
+    def timed(name: str, fn: Any) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        fn()
+        parts[name].append(((time.perf_counter() - wall) * 1e3, (time.thread_time() - cpu) * 1e3))
+
+    with tempfile.TemporaryDirectory(prefix="distcb-bench-persist-") as directory:
+        for i in range(repeats):
+            path = os.path.join(directory, f"state-{i}.bin")
+            timed("write_arrays", lambda path=path: write_arrays(path, arrays))
+            os.unlink(path)
+            timed("sha256", lambda: hash_all(arrays))
+            timed("copy", lambda: [a.copy() for _, a in arrays])
+    median = statistics.median
+    lines = [
+        "",
+        f"### What one backup of the 8.2M model costs in CPU ({nbytes / 1e6:.0f} MB)",
+        "",
+        f"`python bench/bench_resume.py --persist-cpu`: medians of {repeats}, one thread, "
+        f"nothing else of this benchmark running. Load average: {os.getloadavg()[0]:.2f}.",
+        "",
+        "| part | wall ms | CPU ms (that thread) |",
+        "|---|---:|---:|",
+    ]
+    labels = {
+        "write_arrays": "the writer's persist (`write_arrays`: SHA-256, write, fsync)",
+        "sha256": "of which the SHA-256",
+        "copy": "a copy of the same bytes (TensorFlow's copy on the next update)",
+    }
+    for name, runs in parts.items():
+        lines.append(
+            f"| {labels[name]} | {median(w for w, _ in runs):.1f} | "
+            f"{median(c for _, c in runs):.1f} |"
+        )
+    return lines
+
+
 # ----------------------------------------------------------------------------- steady state
 
 
-def _moons_train(epochs: int, run_dir: str, big: bool) -> None:
-    """A Keras 3 replica: the seed's moons model, or one of about 10M parameters."""
+def _moons_train(epochs: int, run_dir: str, big: bool, one_thread: bool = False) -> None:
+    """A Keras 3 replica: the seed's moons model, or one of 8.2M parameters; with
+    `one_thread`, TensorFlow runs its ops on one thread (before it starts any)."""
+    if one_thread:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
     import numpy as np
 
@@ -238,7 +315,33 @@ def _moons_train(epochs: int, run_dir: str, big: bool) -> None:
         json.dump(times, handle)
 
 
-def steady_once(big: bool, resumable: bool, epochs: int, every: int) -> float:
+@dataclasses.dataclass(frozen=True)
+class SteadyCase:
+    """One model and layout of the steady-state measure."""
+
+    label: str
+    big: bool
+    epochs: int
+    quick_epochs: int
+    workers: int = 2
+    one_thread: bool = False
+
+
+STEADY_CASES = {
+    "moons": SteadyCase("the seed's moons model (2k parameters)", False, 40, 10),
+    "10M": SteadyCase("3 dense layers, 8.2M parameters", True, 12, 5),
+    "10M-free-core": SteadyCase(
+        "8.2M parameters, 1 worker on 1 TensorFlow thread (a core left for the writer)",
+        True,
+        12,
+        5,
+        workers=1,
+        one_thread=True,
+    ),
+}
+
+
+def steady_once(case: SteadyCase, resumable: bool, epochs: int, every: int) -> float:
     """Median ms per epoch (begin to next begin, after the first two) of the chief, in
     one job."""
     import distcb
@@ -246,8 +349,8 @@ def steady_once(big: bool, resumable: bool, epochs: int, every: int) -> float:
     with tempfile.TemporaryDirectory(prefix="distcb-bench-resume-") as run_dir:
         distcb.run(
             _moons_train,
-            num_workers=2,
-            args=(epochs, run_dir, big),
+            num_workers=case.workers,
+            args=(epochs, run_dir, case.big, case.one_thread),
             run_dir=run_dir,
             max_restarts=1 if resumable else 0,
             warm_spares=0,  # spares importing TensorFlow would take CPU from these epochs only
@@ -260,10 +363,14 @@ def steady_once(big: bool, resumable: bool, epochs: int, every: int) -> float:
 
 
 def measure(
-    repeats: int, quick: bool, recovery_repeats: int = 5, recovery_only: bool = False
+    repeats: int,
+    quick: bool,
+    recovery_repeats: int = 5,
+    recovery_only: bool = False,
+    cases: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
-    recoveries = measure_recovery(recovery_repeats)
+    recoveries = measure_recovery(recovery_repeats) if cases is None else None
     if recovery_only:
         return {
             "recovery": recoveries,
@@ -271,14 +378,15 @@ def measure(
             "load": (load_before, os.getloadavg()),
             "repeats": recovery_repeats,
         }
-    cases = {"moons": (False, 10 if quick else 40), "10M": (True, 5 if quick else 12)}
     steady: dict[str, dict[str, list[float]]] = {}
-    for name, (big, epochs) in cases.items():
+    for name in cases or tuple(STEADY_CASES):
+        case = STEADY_CASES[name]
+        epochs = case.quick_epochs if quick else case.epochs
         runs: dict[str, list[float]] = {"off": [], "every 1": [], "every 5": []}
         for _ in range(repeats):  # interleaved: each repeat runs all three
-            runs["off"].append(steady_once(big, False, epochs, 1))
-            runs["every 1"].append(steady_once(big, True, epochs, 1))
-            runs["every 5"].append(steady_once(big, True, epochs, 5))
+            runs["off"].append(steady_once(case, False, epochs, 1))
+            runs["every 1"].append(steady_once(case, True, epochs, 1))
+            runs["every 5"].append(steady_once(case, True, epochs, 5))
         steady[name] = runs
         print(name, json.dumps(runs), flush=True)
     return {
@@ -291,13 +399,23 @@ def measure(
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
-    median = statistics.median
     lines = [
         "## Exact resume: recovery time and the cost of backups (issues 10 and 24)",
         "",
         f"Command: `{command}` (also run by `make bench`). Load average (1, 5, 15 min) "
         f"before / after: {[round(x, 2) for x in results['load'][0]]} / "
         f"{[round(x, 2) for x in results['load'][1]]}.",
+    ]
+    if results["recovery"] is not None:
+        lines += _recovery_section(results)
+    if results["steady"] is None:
+        return "\n".join(lines) + "\n"
+    lines += _steady_section(results)
+    return "\n".join(lines) + "\n"
+
+
+def _recovery_section(results: dict[str, Any]) -> list[str]:
+    return [
         "",
         "### Recovery on the process backend",
         "",
@@ -311,14 +429,17 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "",
         *recovery_markdown(results["recovery"]),
     ]
-    if results["steady"] is None:
-        return "\n".join(lines) + "\n"
-    lines += [
+
+
+def _steady_section(results: dict[str, Any]) -> list[str]:
+    median = statistics.median
+    lines = [
         "",
         "### Steady-state cost per epoch",
         "",
-        "Two Keras 3 replicas; ms per epoch of the chief, from one epoch's begin to the "
-        "next (the barrier and the backup's capture inside; the persist runs on the "
+        "Keras 3 replicas (two, unless the row says otherwise); ms per epoch of the "
+        "chief, from one epoch's begin to the next (the barrier and the backup's "
+        "capture inside; the persist runs on the "
         "worker's backup writer thread during the next epoch), median over the epochs "
         "after the first two of one job; off / a journal and a backup at every barrier / "
         f"every 5 barriers, {results['steady_repeats']} jobs each, run interleaved. "
@@ -333,27 +454,33 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
     for name, runs in results["steady"].items():
         off, one, five = (median(runs[k]) for k in ("off", "every 1", "every 5"))
-        label = {
-            "moons": "the seed's moons model (2k parameters)",
-            "10M": "3 dense layers, 8.2M parameters",
-        }.get(name, name)
+        label = STEADY_CASES[name].label
         lines.append(
             f"| {label} | {spread(runs['off'])} | {spread(runs['every 1'])} | "
             f"{spread(runs['every 5'])} | {one / off:.2f} | {five / off:.2f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(
-    repeats: int = 5, quick: bool = False, recovery_repeats: int = 5, recovery_only: bool = False
+    repeats: int = 5,
+    quick: bool = False,
+    recovery_repeats: int = 5,
+    recovery_only: bool = False,
+    cases: tuple[str, ...] | None = None,
 ) -> str:
     command = "python bench/bench_resume.py" + (f" --repeats {repeats}" if repeats != 5 else "")
     if recovery_repeats != 5:
         command += f" --recovery-repeats {recovery_repeats}"
     if recovery_only:
         command += " --recovery-only"
-    results = measure(repeats, quick, recovery_repeats, recovery_only)
-    return markdown(results, command + (" --quick" if quick else ""))
+    if cases is not None:
+        command += " --cases " + " ".join(cases)
+    results = measure(repeats, quick, recovery_repeats, recovery_only, cases)
+    text = markdown(results, command + (" --quick" if quick else ""))
+    if results["steady"] is not None:
+        text += "\n".join(persist_cpu()) + "\n"
+    return text
 
 
 if __name__ == "__main__":
@@ -366,5 +493,22 @@ if __name__ == "__main__":
     parser.add_argument(
         "--recovery-only", action="store_true", help="only the recovery part (no steady state)"
     )
+    parser.add_argument(
+        "--persist-cpu",
+        action="store_true",
+        help="only what one backup of the 8.2M model costs in CPU, part by part",
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=sorted(STEADY_CASES),
+        help="only these steady-state cases (and no recovery part)",
+    )
     options = parser.parse_args()
-    print(main(options.repeats, options.quick, options.recovery_repeats, options.recovery_only))
+    if options.persist_cpu:
+        print("\n".join(persist_cpu()))
+        raise SystemExit(0)
+    cases = tuple(options.cases) if options.cases else None
+    print(
+        main(options.repeats, options.quick, options.recovery_repeats, options.recovery_only, cases)
+    )
