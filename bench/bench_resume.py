@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -182,28 +183,42 @@ def recovery_markdown(runs: dict[str, list[dict[str, float]]]) -> list[str]:
 # ----------------------------------------------------------------------------- persist CPU
 
 
+def _big_model() -> Any:
+    """The 8.2M-parameter model: 3 dense layers, compiled with Adam."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((1000,)),
+            keras.layers.Dense(2400, activation="relu"),
+            keras.layers.Dense(2400, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
 def persist_cpu(repeats: int = 5) -> list[str]:
-    """What one backup of the 8.2M model costs in CPU, part by part (the writer thread's
-    CPU time, `time.thread_time`): the whole `write_arrays` (hash and write, fsync
-    included), the SHA-256 alone, and a copy of the same bytes (what TensorFlow does on
-    the training thread when its next update meets a captured buffer)."""
+    """What one backup of the 8.2M model costs in CPU, part by part (that thread's CPU
+    time, `time.thread_time`): the writer's persist of a real capture
+    (`CapturedKerasState.write`: hash, write, fsync), the SHA-256 of the same bytes alone,
+    and a copy of them (what TensorFlow does on the training thread when its next update
+    meets a captured buffer)."""
     import hashlib
 
-    import numpy as np
+    from distcb.keras.training_state import capture
 
-    from distcb.keras.training_state import write_arrays
+    captured = capture(_big_model())  # weights and Adam's two moments (built by capture)
+    arrays = [array for _, array in captured.arrays]
+    parts: dict[str, list[tuple[float, float]]] = {"write": [], "sha256": [], "copy": []}
 
-    # Dense(1000 -> 2400), Dense(2400 -> 2400), Dense(2400 -> 10); weights and Adam's
-    # two moments: 98 MB as float32.
-    sizes = [1000 * 2400, 2400, 2400 * 2400, 2400, 2400 * 10, 10] * 3
-    rng = np.random.default_rng(0)
-    arrays = tuple((f"v{i}", rng.random(n, dtype=np.float32)) for i, n in enumerate(sizes))
-    nbytes = sum(a.nbytes for _, a in arrays)
-    parts: dict[str, list[tuple[float, float]]] = {"write_arrays": [], "sha256": [], "copy": []}
-
-    def hash_all(named: tuple[tuple[str, np.ndarray], ...]) -> str:
+    def hash_all() -> str:
         digest = hashlib.sha256()
-        for _, array in named:
+        for array in arrays:
             digest.update(array.data)
         return digest.hexdigest()
 
@@ -212,13 +227,15 @@ def persist_cpu(repeats: int = 5) -> list[str]:
         fn()
         parts[name].append(((time.perf_counter() - wall) * 1e3, (time.thread_time() - cpu) * 1e3))
 
-    with tempfile.TemporaryDirectory(prefix="distcb-bench-persist-") as directory:
+    with tempfile.TemporaryDirectory(prefix="distcb-bench-persist-") as root:
         for i in range(repeats):
-            path = os.path.join(directory, f"state-{i}.bin")
-            timed("write_arrays", lambda path=path: write_arrays(path, arrays))
-            os.unlink(path)
-            timed("sha256", lambda: hash_all(arrays))
-            timed("copy", lambda: [a.copy() for _, a in arrays])
+            directory = os.path.join(root, str(i))
+            os.mkdir(directory)
+            timed("write", lambda directory=directory: captured.write(directory))
+            shutil.rmtree(directory)
+            timed("sha256", hash_all)
+            timed("copy", lambda: [array.copy() for array in arrays])
+    nbytes = captured.nbytes
     median = statistics.median
     lines = [
         "",
@@ -231,7 +248,7 @@ def persist_cpu(repeats: int = 5) -> list[str]:
         "|---|---:|---:|",
     ]
     labels = {
-        "write_arrays": "the writer's persist (`write_arrays`: SHA-256, write, fsync)",
+        "write": "the writer's persist (`CapturedKerasState.write`: SHA-256, write, fsync)",
         "sha256": "of which the SHA-256",
         "copy": "a copy of the same bytes (TensorFlow's copy on the next update)",
     }
@@ -266,18 +283,7 @@ def _moons_train(epochs: int, run_dir: str, big: bool, one_thread: bool = False)
         rng = np.random.default_rng(ctx.rank)
         x = rng.normal(size=(256, 1000)).astype("float32")
         y = rng.integers(0, 10, size=256)
-        model = keras.Sequential(
-            [
-                keras.Input((1000,)),
-                keras.layers.Dense(2400, activation="relu"),
-                keras.layers.Dense(2400, activation="relu"),
-                keras.layers.Dense(10),
-            ]
-        )
-        model.compile(
-            optimizer="adam",
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
+        model = _big_model()
         batch = 64
     else:
         sys.path.insert(0, os.path.join(ROOT, "examples"))
