@@ -13,7 +13,7 @@
 - each connection must deliver a complete HTTP request within
   `Config.handshake_timeout_s` of its accept, its TLS handshake included; else
   ``408`` and closed (slowloris), or, mid-handshake, closed;
-- with TLS, the server reads a connection's first byte itself (`_TlsGate`): a
+- with TLS, the server reads a connection's first byte itself (`distcb.server.tls_gate`): a
   TLS handshake goes on to the TLS layer, anything else (plain HTTP on the TLS
   port) is answered ``400`` saying that the coordinator speaks TLS. A
   connection's slot is freed when its TCP connection ends, whether or not its
@@ -29,83 +29,21 @@ it left out: the rate of log lines is ours to decide, not the attacker's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import json
-import logging
 import os
 import ssl
-import time
 import weakref
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
 from distcb.protocol.config import Config
-from distcb.transport.tls import PLAINTEXT_TO_TLS
+from distcb.server.raw_answers import answer_and_close, http_response, peer_host, peer_name
+from distcb.server.rejections import KINDS, RejectionLog
+from distcb.server.tls_gate import GuardedConnection, TlsGate
 
 __all__ = ["KINDS", "Admission", "RejectionLog", "connection_room"]
 
-logger = logging.getLogger("distcb.server")
-
-KINDS = (
-    "token",
-    "over_capacity",
-    "handshake_timeout",
-    "join_timeout",
-    "accept_error",
-    "plaintext",
-    "over_address_limit",
-)
-"""Why connections are rejected, as counted in ``/status``."""
-
 _FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-_LINGER_S = 1.0  # after an answer that closes a connection: how long it may still send
-
-
-def _answer_and_close(transport: asyncio.Transport, response: bytes) -> asyncio.TimerHandle | None:
-    """Write `response`, end our side, and close once the peer is done or after a linger
-    (closing on unread data would reset the connection and lose the answer)."""
-    transport.write(response)
-    if not transport.can_write_eof():  # TLS
-        transport.close()
-        return None
-    transport.write_eof()
-    return asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
-
-
-class RejectionLog:
-    """Counts rejected connections by kind; logs at most one warning per kind and interval.
-
-    Args:
-        interval_s: the shortest time between two warnings of one kind.
-        clock: seconds, monotonic (tests pass their own).
-    """
-
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
-        self.interval_s = interval_s
-        self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._left_out: dict[str, int] = dict.fromkeys(KINDS, 0)
-
-    def reject(self, kind: str, detail: str) -> None:
-        """Count one rejection of `kind`; log `detail` unless one was logged recently."""
-        self.counts[kind] += 1
-        now = self._clock()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval_s:
-            self._left_out[kind] += 1
-            return
-        self._last[kind] = now
-        left_out, self._left_out[kind] = self._left_out[kind], 0
-        more = (
-            f" ({left_out} more of this kind since the last warning; at most one warning per "
-            f"Config.rejection_log_interval_s={self.interval_s:g} s, all counted in /status)"
-            if left_out
-            else ""
-        )
-        logger.warning("rejected a connection: %s%s", detail, more)
 
 
 def connection_room(requested: int) -> tuple[int, str | None]:
@@ -158,7 +96,7 @@ class _Slot:
         """Count this connection against its peer's address; False when that address holds
         `Config.max_anonymous_per_address` anonymous connections already."""
         admission = self.admission
-        address = _host(transport)
+        address = peer_host(transport)
         held = admission.anonymous_by_address.get(address, 0)
         if held >= admission.config.max_anonymous_per_address:
             return False
@@ -194,7 +132,7 @@ class _Slot:
             del by_address[address]
 
 
-class _Guarded(asyncio.Protocol):
+class _Guarded(GuardedConnection):
     """aiohttp's protocol for one connection, behind the handshake deadline."""
 
     def __init__(self, admission: Admission, inner: Any, slot: _Slot):
@@ -222,7 +160,7 @@ class _Guarded(asyncio.Protocol):
         if self.deadline is None and not self._slot.count_address(transport):  # plain TCP
             self.request_arrived()
             self._expired = True  # aiohttp hears nothing more of this connection
-            self._linger = _answer_and_close(transport, _over_address_limit(admission, transport))
+            self._linger = answer_and_close(transport, _over_address_limit(admission, transport))
 
     def data_received(self, data: bytes) -> None:
         if not self._expired:
@@ -278,142 +216,14 @@ class _Guarded(asyncio.Protocol):
         timeout_s = self._admission.config.handshake_timeout_s
         self._admission.rejections.reject(
             "handshake_timeout",
-            f"{_peer(transport)} sent no complete HTTP request within "
+            f"{peer_name(transport)} sent no complete HTTP request within "
             f"Config.handshake_timeout_s={timeout_s:g} s",
         )
         body = (
             f"no complete HTTP request within Config.handshake_timeout_s={timeout_s:g} s\n"
         ).encode()
         self._expired = True  # aiohttp hears nothing more of this connection
-        self._linger = _answer_and_close(transport, _response(408, "Request Timeout", body))
-
-
-class _TlsGate(asyncio.BufferedProtocol):
-    """A TLS connection's own protocol: reads the first byte, then hands the connection to
-    the TLS layer (a handshake record) or answers plain HTTP with ``400`` (anything else).
-
-    It stays the TCP transport's protocol and forwards to asyncio's TLS protocol, so that
-    it hears the connection end even when the handshake never finished (asyncio tells the
-    application nothing then): the slot is freed, and a handshake that outlives the
-    deadline is cut off and counted.
-    """
-
-    def __init__(self, admission: Admission, guarded: _Guarded, context: ssl.SSLContext):
-        self._admission = admission
-        self._guarded = guarded
-        self._context = context
-        self._transport: asyncio.Transport | None = None
-        self._first = bytearray(1)
-        self._tls: sslproto.SSLProtocol | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        loop = asyncio.get_running_loop()
-        timeout_s = self._admission.config.handshake_timeout_s
-        self._deadline = loop.time() + timeout_s
-        self._guarded.deadline = self._deadline  # the HTTP request: the same deadline
-        self._timer = loop.call_at(self._deadline, self._expire)
-        if not self._guarded.count_address(transport):
-            _over_address_limit(self._admission, transport)
-            transport.abort()  # no handshake yet: nothing can be said to it
-
-    def get_buffer(self, sizehint: int) -> Any:
-        if self._tls is not None:
-            return self._tls.get_buffer(sizehint)
-        return memoryview(self._first)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._tls is not None:
-            self._tls.buffer_updated(nbytes)
-        elif self._linger is not None:
-            pass  # the rest of a plain request, answered already: read and dropped
-        elif self._transport is not None and not self._transport.is_closing() and nbytes:
-            if self._first[0] == 0x16:  # a TLS handshake record
-                self._start_tls(self._transport)
-            else:
-                self._answer_plaintext(self._transport)
-
-    def _start_tls(self, transport: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        waiter.add_done_callback(self._handshake_done)
-        tls = sslproto.SSLProtocol(
-            loop,
-            self._guarded,
-            self._context,
-            waiter,
-            server_side=True,
-            # Ours cuts it off at the deadline (and counts it); asyncio's is a backstop.
-            ssl_handshake_timeout=max(0.001, self._deadline - loop.time()) + 1.0,  # type: ignore[arg-type]
-        )
-        self._tls = tls
-        tls.connection_made(transport)
-        buffer = tls.get_buffer(1)
-        buffer[0] = self._first[0]
-        tls.buffer_updated(1)
-
-    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.cancelled():
-            return
-        if waiter.exception() is None and self._timer is not None:
-            self._timer.cancel()  # the HTTP request's deadline is _Guarded's now
-            self._timer = None
-
-    def _answer_plaintext(self, transport: asyncio.Transport) -> None:
-        self._cancel_timer()
-        self._admission.rejections.reject(
-            "plaintext", f"{_peer(transport)} spoke plain HTTP to the TLS port"
-        )
-        body = json.dumps({"error": f"{PLAINTEXT_TO_TLS}; dial https:// or wss://"}) + "\n"
-        response = _response(400, "Bad Request", body.encode(), content_type="application/json")
-        self._linger = _answer_and_close(transport, response)
-
-    def _expire(self) -> None:
-        """No first byte, or no finished handshake, by the deadline: cut it off."""
-        self._timer = None
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        timeout_s = self._admission.config.handshake_timeout_s
-        self._admission.rejections.reject(
-            "handshake_timeout",
-            f"{_peer(transport)} finished no TLS handshake within "
-            f"Config.handshake_timeout_s={timeout_s:g} s",
-        )
-        transport.abort()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def eof_received(self) -> bool | None:
-        if self._tls is not None:
-            self._tls.eof_received()
-            return None
-        if self._transport is not None:
-            self._transport.close()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        if self._linger is not None:
-            self._linger.cancel()
-        self._guarded.release()
-        if self._tls is not None:
-            self._tls.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._tls is not None:
-            self._tls.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._tls is not None:
-            self._tls.resume_writing()
+        self._linger = answer_and_close(transport, http_response(408, "Request Timeout", body))
 
 
 class _Refusal(asyncio.Protocol):
@@ -432,19 +242,19 @@ class _Refusal(asyncio.Protocol):
         limit = admission.max_connections
         admission.rejections.reject(
             "over_capacity",
-            f"{_peer(transport)} connected while {limit} connections were open "
+            f"{peer_name(transport)} connected while {limit} connections were open "
             "(Config.max_connections)",
         )
         body = (
             f"the coordinator holds its limit of {limit} connections (Config.max_connections); "
             "retry later\n"
         ).encode()
-        response = _response(503, "Service Unavailable", body, retry_after=True)
+        response = http_response(503, "Service Unavailable", body, retry_after=True)
         if admission.refusing >= admission.max_refusing:
             transport.write(response)
             transport.abort()  # a flood: no linger, free the descriptor now
             return
-        self._timer = _answer_and_close(transport, response)
+        self._timer = answer_and_close(transport, response)
         if self._timer is not None:
             admission.refusing += 1
 
@@ -472,7 +282,7 @@ class Admission:
             `rejection_log_interval_s`).
         max_connections: the cap actually applied (see `connection_room`).
         ssl_context: the server's TLS context: the server itself then listens on plain TCP
-            and each connection's TLS is set up here (`_TlsGate`).
+            and each connection's TLS is set up here (`distcb.server.tls_gate`).
     """
 
     def __init__(
@@ -507,7 +317,13 @@ class Admission:
         guarded = _Guarded(self, self._factory(), slot)
         weakref.finalize(guarded, slot.release)  # a last resort; connection_lost frees it
         if self._ssl is not None:
-            return _TlsGate(self, guarded, self._ssl)
+            return TlsGate(
+                self.config,
+                self.rejections,
+                guarded,
+                self._ssl,
+                lambda transport: _over_address_limit(self, transport),
+            )
         return guarded
 
     def authenticate(self, transport: Any) -> None:
@@ -583,42 +399,11 @@ def _over_address_limit(admission: Admission, transport: asyncio.BaseTransport) 
     limit = admission.config.max_anonymous_per_address
     admission.rejections.reject(
         "over_address_limit",
-        f"{_peer(transport)} connected while its address held {limit} connections without "
+        f"{peer_name(transport)} connected while its address held {limit} connections without "
         "the token (Config.max_anonymous_per_address)",
     )
     body = (
         f"this address holds {limit} connections that sent no token "
         "(Config.max_anonymous_per_address); retry later\n"
     ).encode()
-    return _response(503, "Service Unavailable", body, retry_after=True)
-
-
-def _host(transport: asyncio.BaseTransport) -> str:
-    peername = transport.get_extra_info("peername")
-    with contextlib.suppress(TypeError, IndexError):
-        return str(peername[0])
-    return "?"
-
-
-def _peer(transport: asyncio.BaseTransport) -> str:
-    peername = transport.get_extra_info("peername")
-    with contextlib.suppress(TypeError, IndexError):
-        return f"{peername[0]}:{peername[1]}"
-    return "a peer"
-
-
-def _response(
-    status: int,
-    phrase: str,
-    body: bytes,
-    *,
-    retry_after: bool = False,
-    content_type: str = "text/plain; charset=utf-8",
-) -> bytes:
-    head = (
-        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
-        + ("Retry-After: 1\r\n" if retry_after else "")
-        + "\r\n"
-    )
-    return head.encode() + body
+    return http_response(503, "Service Unavailable", body, retry_after=True)
