@@ -53,15 +53,12 @@ barrier never waits on the disk. Without a runtime the writes happen in the hook
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import itertools
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -70,9 +67,9 @@ from distcb.callbacks import tensorboard_projector as projector
 from distcb.callbacks.base import Callback, Logs
 from distcb.callbacks.extension import JobView, Runtime, SpreadView
 from distcb.callbacks.learning_rates import log_name, optimizers_of
-from distcb.callbacks.tensorboard_events import EventDigests, EventFile, roll_back
 from distcb.callbacks.tensorboard_local import ModelSummaryWriters
 from distcb.callbacks.tensorboard_profiling import BatchProfiler, parse_profile_batch
+from distcb.callbacks.tensorboard_runs import TRAIN_RUN, VALIDATION_RUN, RunWriters
 from distcb.protocol.histograms import weight_histograms
 from distcb.protocol.weight_images import weight_images
 from distcb.protocol.worker_data import (
@@ -82,17 +79,10 @@ from distcb.protocol.worker_data import (
     EpochExtras,
     HistogramRequest,
     ModelJsonRequest,
-    Profile,
     ProfileRequest,
-    WeightHistogram,
-    WeightImage,
 )
 
 logger = logging.getLogger(__name__)
-_WRITER_IDS = itertools.count()  # event file names unique within this process
-
-TRAIN_RUN = "train"
-VALIDATION_RUN = "validation"
 
 
 def _as_float(value: Any) -> float | None:
@@ -208,11 +198,7 @@ class TensorBoard(Callback):
             },
         )
         self._runtime: Runtime | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._closed: concurrent.futures.Future[None] | None = None
-        self._writers: dict[str, EventFile] = {}  # run -> its file, touched by the writer only
-        self._write_failed = False
-        self._scalars_written = 0  # counted by the writer
+        self._runs = RunWriters(self.log_dir, embeddings_metadata)
         self._global_step = 0
         self._in_batch = False
         self._graph_written = False
@@ -227,11 +213,6 @@ class TensorBoard(Callback):
         self._training = False  # between on_train_begin and on_train_end
         self._resume: dict[str, Any] | None = None  # set_state(): where a resumed job goes on
         self._last_epoch = -1
-        self._purge_step: int | None = None  # the step new writers purge from (an old state)
-        # The event files, their sizes and SHA-256 at the last sync (measured by the writer).
-        self._files: dict[str, dict[str, Any]] = {}
-        self._digests = EventDigests()
-        self._synced = False  # `_files` measured, and nothing queued since
 
     def _warn_unused(self, *, keras2: dict[str, Any]) -> None:
         if self.write_images and not self.histogram_freq:
@@ -274,14 +255,13 @@ class TensorBoard(Callback):
     def get_state(self) -> dict[str, Any]:
         """Where the event files stand: the step count, the last epoch written, and every
         event file of the runs with its size (on disk: synced first)."""
-        if not self._synced:
-            self.sync()
+        measured = self._runs.measured()
         return {
             "global_step": self._global_step,
             "epoch": self._last_epoch,
             "graph_written": self._graph_written,
-            "files": {rel: measure["bytes"] for rel, measure in self._files.items()},
-            "digests": {rel: measure["sha256"] for rel, measure in self._files.items()},
+            "files": {rel: measure["bytes"] for rel, measure in measured.items()},
+            "digests": {rel: measure["sha256"] for rel, measure in measured.items()},
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -292,35 +272,25 @@ class TensorBoard(Callback):
         are logged, else of the epochs.)"""
         self._resume = dict(state)
         if "files" in state:
-            self._purge_step = None
+            self._runs.purge_step = None
             return
         batches = self._every is not None
-        self._purge_step = int(state["global_step"]) + 1 if batches else int(state["epoch"]) + 1
+        step = int(state["global_step"]) if batches else int(state["epoch"])
+        self._runs.purge_step = step + 1
 
     def sync(self) -> None:
         """Block until every write queued so far is on disk, fsynced, and measure the event
         files (the journal calls this before `get_state`)."""
-        executor = self._executor
-        if executor is not None:
-            with contextlib.suppress(RuntimeError):  # shut down: nothing is queued
-                executor.submit(self._flush_writers).result()
-        else:
-            self._flush_writers()
-        self._synced = True
-
-    def _flush_writers(self) -> None:
-        for writer in self._writers.values():
-            writer.flush()
-        self._files = self._digests.measure(self.log_dir, (TRAIN_RUN, VALIDATION_RUN))
+        self._runs.sync()
 
     def statistics(self) -> dict[str, Any]:
         """The log directory, the scalars written so far, the runs (event files) open, and
         whether a write failed."""
         return {
             "log_dir": self.log_dir,
-            "scalars_written": self._scalars_written,
-            "runs": sorted(self._writers.copy()),  # the writer thread adds runs
-            "write_failed": self._write_failed,
+            "scalars_written": self._runs.scalars_written,
+            "runs": self._runs.runs_open,
+            "write_failed": self._runs.write_failed,
         }
 
     @property
@@ -336,26 +306,17 @@ class TensorBoard(Callback):
     def on_train_begin(self, logs: Logs | None = None) -> None:
         self._training = True
         resume, self._resume = self._resume, None
-        if self._closed is not None:  # an earlier attempt's files: closed before a roll-back
-            with contextlib.suppress(Exception):  # its failure was reported by _guarded
-                self._closed.result()
-        if resume is not None and "files" in resume:
-            roll_back(
-                self.log_dir, (TRAIN_RUN, VALIDATION_RUN), resume["files"], resume.get("digests")
-            )
-        self._synced = False
+        self._runs.start(  # a resumed state's files are cut back to their sizes then
+            threaded=self._runtime is not None,
+            resume_files=None if resume is None else resume.get("files"),
+            resume_digests=None if resume is None else resume.get("digests"),
+        )
         self._global_step = 0 if resume is None else int(resume["global_step"])
         self._global_test_step = 0
         self._in_batch = False
         self._graph_written = False if resume is None else bool(resume["graph_written"])
         self._projector_written = False
-        self._closed = None
-        self._write_failed = False
         self._last_batch_end_s = self._epoch_start_s = time.monotonic()
-        if self._runtime is not None and self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="distcb-tensorboard"
-            )
         to_json = getattr(self.model, "to_json", None)
         if self.write_graph and callable(to_json) and not self._graph_written:
             try:
@@ -364,7 +325,7 @@ class TensorBoard(Callback):
                 logger.warning("TensorBoard: the model failed to serialize as JSON (%s).", exc)
             else:
                 self._graph_written = True
-                self._run(self._write_graph, model_json)
+                self._runs.write_graph(model_json)
         model = self._local_model
         if model is not None:
             self._begin_local(model)
@@ -421,7 +382,7 @@ class TensorBoard(Callback):
             train["batch_steps_per_second"] = 1.0 / elapsed
         runs = {TRAIN_RUN: train}
         self._add_spread(runs, "batch")
-        self._run(self._write_scalars, step, runs)
+        self._runs.write_scalars(step, runs)
 
     # Evaluation hooks: Keras calls them in a plain fit (validation) and model.evaluate.
     def on_test_begin(self, logs: Logs | None = None) -> None:
@@ -442,9 +403,9 @@ class TensorBoard(Callback):
                 if number is not None
             }
             step = int(np.asarray(iterations))
-            self._run(self._write_scalars, step, {VALIDATION_RUN: values})
+            self._runs.write_scalars(step, {VALIDATION_RUN: values})
             if not self._training:  # model.evaluate alone: nothing closes the files later
-                self._run(self._close_writers)
+                self._runs.close_later()
         if self._model_writers is not None:
             self._model_writers.pop()
 
@@ -472,13 +433,13 @@ class TensorBoard(Callback):
         evaluation = {f"evaluation_{t[6:]}_vs_iterations": v for t, v in val.items()}
         runs = {TRAIN_RUN: train, VALIDATION_RUN: val}
         self._add_spread(runs, "epoch")
-        self._run(self._write_scalars, epoch, runs)
+        self._runs.write_scalars(epoch, runs)
         model = self._local_model
         if model is None and evaluation:
             iterations = self._chief_extras().iterations
             if iterations is None:
                 iterations = self._steps_done()
-            self._run(self._write_scalars, iterations, {VALIDATION_RUN: evaluation})
+            self._runs.write_scalars(iterations, {VALIDATION_RUN: evaluation})
         if self.histogram_freq and epoch % self.histogram_freq == 0:
             self._epoch_weights(epoch, model)
         if self.embeddings_freq and epoch % self.embeddings_freq == 0 and model is not None:
@@ -490,7 +451,7 @@ class TensorBoard(Callback):
                 )
             )
         self._chief_files()
-        self._run(self._flush)
+        self._runs.flush()
 
     def on_train_end(self, logs: Logs | None = None) -> None:
         self._training = False
@@ -500,17 +461,13 @@ class TensorBoard(Callback):
         if self._model_writers is not None:
             self._model_writers.close()
             self._model_writers = None
-        if self._executor is None:
-            self._close_writers()
-            return
-        executor, self._executor = self._executor, None
-        self._closed = executor.submit(self._close_writers)
-        executor.shutdown(wait=False)
+        self._runs.finish()
 
     async def aclose(self) -> None:
         """Wait until every event is written and the files are closed."""
-        if self._closed is not None:
-            await asyncio.wrap_future(self._closed)
+        closed = self._runs.closed
+        if closed is not None:
+            await asyncio.wrap_future(closed)
 
     # ------------------------------------------------------------------ snapshots (callback thread)
 
@@ -575,29 +532,29 @@ class TensorBoard(Callback):
             from distcb.callbacks import local_model
 
             named = _named_weights(model)
-            self._run(self._write_histograms, epoch, weight_histograms(named))
+            self._runs.write_histograms(epoch, weight_histograms(named))
             if self.write_images:
                 images = weight_images(named, channels_last=local_model.channels_last(model))
-                self._run(self._write_images, epoch, images)
+                self._runs.write_images(epoch, images)
             return
         extras = self._chief_extras()
         if extras.histograms:
-            self._run(self._write_histograms, epoch, extras.histograms)
+            self._runs.write_histograms(epoch, extras.histograms)
         if extras.images:
-            self._run(self._write_images, epoch, extras.images)
+            self._runs.write_images(epoch, extras.images)
 
     def _chief_files(self) -> None:
         """What the chief sent besides histograms: the traced profile, the embedding layers."""
         extras = self._chief_extras()
         if self.write_graph and not self._graph_written and extras.model_json is not None:
             self._graph_written = True
-            self._run(self._write_graph, extras.model_json)
+            self._runs.write_graph(extras.model_json)
         if extras.profile is not None:
-            self._run(self._write_profile, extras.profile)
+            self._runs.write_profile(extras.profile)
         layers = extras.embedding_layers
         if self.embeddings_freq and not self._projector_written and layers is not None:
             self._projector_written = True
-            self._run(self._write_projector, list(layers))
+            self._runs.write_projector(list(layers))
 
     def _model_learning_rates(self) -> dict[str, float]:
         """``epoch_learning_rate`` (or one per optimizer of a MultiOptimizer) from the model."""
@@ -614,127 +571,3 @@ class TensorBoard(Callback):
             if math.isfinite(value):
                 out[f"epoch_{log_name(name)}"] = value
         return out
-
-    def _run(self, fn: Callable[..., None], *args: Any) -> None:
-        self._synced = False
-        if self._executor is None:
-            fn(*args)
-        else:
-            self._executor.submit(self._guarded, fn, *args)
-
-    # ------------------------------------------------------------------ writer side
-
-    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:  # the writer thread must survive a bad payload or a full disk
-            if not self._write_failed:
-                self._write_failed = True
-                logger.warning(
-                    "TensorBoard could not write to %s (%s: %s); later failures are not reported.",
-                    self.log_dir,
-                    type(exc).__name__,
-                    exc,
-                )
-
-    def _writer(self, run: str) -> EventFile:
-        writer = self._writers.get(run)
-        if writer is None:
-            # An event file is named by the second and the host, and opened with "wb": a
-            # file reopened for the same run within a second (evaluate() right after fit(),
-            # a quick restart) would truncate what the last one wrote without the suffix.
-            # Zero-padded: TensorBoard reads a run's files in name order.
-            writer = EventFile(
-                os.path.join(self.log_dir, run),
-                f".{os.getpid()}.{next(_WRITER_IDS):06d}",
-                self._purge_step,
-            )
-            self._writers[run] = writer
-        return writer
-
-    def _write_scalars(self, step: int, runs: dict[str, dict[str, float]]) -> None:
-        for run, tags in runs.items():
-            if tags:
-                writer = self._writer(run)
-                for tag, value in tags.items():
-                    writer.add_scalar(tag, value, step)
-                    self._scalars_written += 1
-
-    def _write_histograms(self, epoch: int, histograms: tuple[WeightHistogram, ...]) -> None:
-        writer = self._writer(TRAIN_RUN)
-        for histogram in histograms:
-            if not histogram.bucket_counts:
-                continue  # no finite value: nothing TensorBoard can draw
-            writer.add_histogram_raw(
-                histogram.tag,
-                min=histogram.min,
-                max=histogram.max,
-                num=histogram.num,
-                sum=histogram.sum,
-                sum_squares=histogram.sum_squares,
-                bucket_limits=list(histogram.bucket_limits),
-                bucket_counts=list(histogram.bucket_counts),
-                global_step=epoch,
-            )
-
-    def _write_images(self, epoch: int, images: tuple[WeightImage, ...]) -> None:
-        from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboardX.proto.tensor_pb2 import TensorProto
-        from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
-
-        writer = self._writer(TRAIN_RUN)
-        for image in images:
-            # What tf.summary.image writes: [width, height, png...] for the image plugin.
-            metadata = SummaryMetadata()
-            metadata.plugin_data.plugin_name = "images"
-            strings = [str(image.width).encode(), str(image.height).encode(), *image.pngs]
-            tensor = TensorProto(
-                dtype="DT_STRING",
-                string_val=strings,
-                tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(strings))]),
-            )
-            value = Summary.Value(tag=image.tag, metadata=metadata, tensor=tensor)
-            writer.add_summary(Summary(value=[value]), global_step=epoch)
-
-    def _write_profile(self, profile: Profile) -> None:
-        from tensorboardX.proto.summary_pb2 import Summary
-
-        if profile.error is not None:
-            logger.warning("TensorBoard: the chief sent no profile: %s", profile.error)
-            return
-        train_dir = os.path.join(self.log_dir, TRAIN_RUN)
-        for profile_file in profile.files:  # under plugins/profile/: checked when decoded
-            path = os.path.join(train_dir, *profile_file.path.split("/"))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as file:
-                file.write(profile_file.data)
-        writer = self._writer(TRAIN_RUN)
-        for summary in profile.summaries:
-            writer.add_summary(Summary.FromString(summary.summary), global_step=summary.step)
-
-    def _write_projector(self, layers: list[str]) -> None:
-        try:
-            projector.write_config(self.log_dir, layers, self.embeddings_metadata)
-        except ValueError as exc:  # known only now, from the chief: reported, not raised
-            logger.warning("TensorBoard: no projector config written: %s", exc)
-
-    def _write_graph(self, model_json: str) -> None:
-        from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
-        from tensorboardX.proto.tensor_pb2 import TensorProto
-
-        # What keras_model_summary writes: TensorBoard's graph plugin draws it.
-        metadata = SummaryMetadata()
-        metadata.plugin_data.plugin_name = "graph_keras_model"
-        metadata.plugin_data.content = b"1"
-        tensor = TensorProto(dtype="DT_STRING", string_val=[model_json.encode()])
-        summary = Summary(value=[Summary.Value(tag="keras", metadata=metadata, tensor=tensor)])
-        self._writer(TRAIN_RUN).add_summary(summary, global_step=0)
-
-    def _flush(self) -> None:
-        for writer in self._writers.values():
-            writer.flush()
-
-    def _close_writers(self) -> None:
-        writers, self._writers = self._writers, {}
-        for writer in writers.values():
-            writer.close()

@@ -251,7 +251,7 @@ class CommitProtocol(RuleBasedStateMachine):
         self._close_appliers()
         self.recovery.close()
         self.sink._close_file()  # a killed process leaves its rows as flushed
-        self.tb._close_writers()  # (and its events: here all of them, a superset)
+        self.tb._runs.close_now()  # (and its events: here all of them, a superset)
         self.restarts += 1
         self._start(resume=True)
         # Nothing committed is lost; nothing not yet released is committed.

@@ -235,7 +235,7 @@ async def test_a_shipped_sink_records_the_digests_of_what_it_wrote(tmp_path):
     each file's bytes then."""
     log_dir = tmp_path / "tb"
     sink = cloudpickle.loads(cloudpickle.dumps(TensorBoard(str(log_dir), update_freq="batch")))
-    assert sink._digests._running == {}
+    assert sink._runs._digests._running == {}
     state = JobState(num_workers=2)
     sink.set_runtime(Runtime(asyncio.get_running_loop(), Config(), state))
     _, states = await asyncio.to_thread(
