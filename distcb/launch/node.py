@@ -63,9 +63,9 @@ from distcb.launch.rendezvous import (
     NodeInfo,
     Outcome,
     Rendezvous,
-    RendezvousClient,
     RendezvousError,
 )
+from distcb.launch.rendezvous_client import RendezvousClient
 from distcb.launch.usage import UsageError, bind_error
 from distcb.protocol import exit_codes
 from distcb.protocol.config import Config

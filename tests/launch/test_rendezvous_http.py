@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from distcb.coordinator.engine import Coordinator
-from distcb.launch.rendezvous import NodeInfo, Rendezvous, RendezvousClient
+from distcb.launch.rendezvous import NodeInfo, Rendezvous
+from distcb.launch.rendezvous_client import RendezvousClient
 from distcb.protocol.config import Config
 from distcb.server import WebSocketServer
 
