@@ -194,13 +194,13 @@ def _timed_worker_class(waits: dict[int, list[float]]) -> Any:
 
     class TimedWorker(ScriptedWorker):
         async def run(self, connection: Any) -> None:
-            import distcb.testing
+            import distcb.testing.scripted
 
-            distcb.testing.WorkerSession = TimedSession  # type: ignore[misc]
+            distcb.testing.scripted.WorkerSession = TimedSession  # type: ignore[misc]
             try:
                 await super().run(connection)
             finally:
-                distcb.testing.WorkerSession = WorkerSession  # type: ignore[misc]
+                distcb.testing.scripted.WorkerSession = WorkerSession  # type: ignore[misc]
 
     return TimedWorker
 
