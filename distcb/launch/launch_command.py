@@ -27,7 +27,8 @@ import sys
 
 from distcb.launch import callback_spec, quiet
 from distcb.launch import serve as serving
-from distcb.launch.node import NodeLauncher, NodePlan
+from distcb.launch.node import NodeLauncher
+from distcb.launch.node_plan import NodePlan
 from distcb.launch.usage import (
     HelpFormatter,
     UsageError,

@@ -39,16 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
 import os
 import signal
-import socket
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from distcb.callbacks.history import History
@@ -57,6 +54,7 @@ from distcb.coordinator.listener import JobListener
 from distcb.coordinator.status import describe
 from distcb.launch.children import ChildProcess, describe_exit, stop_all, wait_all
 from distcb.launch.env import worker_env
+from distcb.launch.node_plan import NodePlan, free_ports, join_address, node_host
 from distcb.launch.progress import JobProgress
 from distcb.launch.rendezvous import (
     Cluster,
@@ -79,78 +77,6 @@ ENV_NODE_RANK = "DISTCB_NODE_RANK"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # A worker that ended with one of these was stopped from outside, not broken: retry the job.
 _STOPPED_FROM_OUTSIDE = {*exit_codes.RETRYABLE, -signal.SIGTERM, -signal.SIGKILL}
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """What one node's launcher does.
-
-    Attributes:
-        command: the worker's command line (``python train.py args...``).
-        nproc_per_node: workers on this node (every node has as many).
-        nnodes: nodes in the job.
-        node_rank: this node (0 runs the coordinator).
-        coordinator: ``(host, port)`` the workers and nodes reach the coordinator at; port 0
-            picks a free one (one node only).
-        bind_host: where node 0 listens (default: the coordinator's host).
-        node_host: where the other nodes reach this node's workers (default: the address
-            this machine uses towards the coordinator; loopback when that is loopback).
-        callbacks: the coordinator's callbacks (node 0).
-        config: timeouts and limits; the other nodes take node 0's.
-        tf_config: give every worker ``TF_CONFIG`` (MultiWorkerMirroredStrategy).
-        keras_distribution: run every worker on Keras 3's JAX backend with its
-            ``keras.distribution`` coordinates; JAX's coordination service listens at
-            rank 0's collective address.
-        threads_per_worker: TensorFlow/OpenMP threads per worker (default: the CPUs / the
-            local workers).
-        gpus_per_worker: whole GPUs per worker (``CUDA_VISIBLE_DEVICES`` by local rank).
-        run_dir: the job's run directory (``DISTCB_RUN_DIR``).
-        token: the job's token (None: a random one, one node on loopback only).
-        token_generated: the token was made here (node 0 then prints its login link).
-        history_path: node 0 writes the History there as JSON.
-        tls_cert, tls_key: node 0 serves TLS with this PEM certificate and key.
-        tls_ca: the PEM CA every node and worker verifies node 0's certificate against
-            (set: they dial https/wss).
-        insecure: node 0 may serve plaintext beyond loopback.
-        max_restarts: how many times a lost or preempted worker may restart the job from
-            its last epoch barrier (one node; needs `run_dir`).
-        resume: go on from the journal in ``<run_dir>/state`` (one node; needs `run_dir`).
-        progress: node 0 shows the job's progress (`distcb.launch.progress`).
-    """
-
-    command: tuple[str, ...]
-    nproc_per_node: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
-    coordinator: tuple[str, int] = ("127.0.0.1", 0)
-    bind_host: str | None = None
-    node_host: str | None = None
-    callbacks: tuple[Any, ...] = field(default=(), repr=False)
-    config: Config = field(default_factory=Config)
-    tf_config: bool = False
-    keras_distribution: bool = False
-    threads_per_worker: int | None = None
-    gpus_per_worker: int | None = None
-    run_dir: str | None = None
-    token: str | None = field(default=None, repr=False)
-    token_generated: bool = False
-    history_path: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    insecure: bool = False
-    max_restarts: int = 0
-    resume: bool = False
-    progress: bool = True
-
-    @property
-    def world_size(self) -> int:
-        return self.nnodes * self.nproc_per_node
-
-    @property
-    def coordinator_address(self) -> str:
-        host, port = self.coordinator
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class NodeLauncher:
@@ -266,7 +192,7 @@ class NodeLauncher:
             raise bind_error(exc, bind_host, port, "--coordinator (or --bind)") from None
         try:
             bound_port = int(server.address.rpartition(":")[2])
-            address = _join(host, bound_port)  # what workers dial (never 0.0.0.0)
+            address = join_address(host, bound_port)  # what workers dial (never 0.0.0.0)
             scheme = "http" if plan.tls_cert is None else "https"
             self._say(
                 f"coordinator listening on {server.address}; {plan.world_size} workers on "
@@ -279,8 +205,8 @@ class NodeLauncher:
                 self._say("set DISTCB_TOKEN to sign in to the status page")
             job = asyncio.get_running_loop().create_task(coordinator.run(), name="distcb-job")
             self._keep(job)
-            ports = _free_ports(plan.nproc_per_node)
-            rendezvous.register(NodeInfo(0, plan.node_host or _node_host(host, bound_port), ports))
+            ports = free_ports(plan.nproc_per_node)
+            rendezvous.register(NodeInfo(0, plan.node_host or node_host(host, bound_port), ports))
             cluster_task = asyncio.ensure_future(rendezvous.wait_complete())
             await asyncio.wait({job, cluster_task}, return_when=asyncio.FIRST_COMPLETED)
             if cluster_task.done():
@@ -367,8 +293,8 @@ class NodeLauncher:
             ca_file=plan.tls_ca,
         )
         self._client = client
-        ports = _free_ports(plan.nproc_per_node)
-        node = NodeInfo(plan.node_rank, plan.node_host or _node_host(host, port), ports)
+        ports = free_ports(plan.nproc_per_node)
+        node = NodeInfo(plan.node_rank, plan.node_host or node_host(host, port), ports)
         self._say(f"joining the coordinator at {plan.coordinator_address}")
         try:
             cluster = await client.join(node, plan.nnodes, plan.nproc_per_node)
@@ -568,39 +494,6 @@ def _wait_all(children: Sequence[ChildProcess]) -> None:
 
 def _describe(error: BaseException) -> str:
     return describe(error)
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _free_ports(count: int) -> tuple[int, ...]:
-    """`count` distinct TCP ports free on every interface (for TF collectives)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("", 0))
-            sockets.append(sock)
-        return tuple(s.getsockname()[1] for s in sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _node_host(coordinator_host: str, port: int) -> str:
-    """The address this machine uses towards the coordinator (so the other nodes can reach
-    it on the same network); loopback when the coordinator is on loopback."""
-    try:
-        if ipaddress.ip_address(coordinator_host).is_loopback:
-            return coordinator_host
-    except ValueError:
-        if coordinator_host == "localhost":
-            return "127.0.0.1"
-    family = socket.AF_INET6 if ":" in coordinator_host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:  # no packet is sent
-        probe.connect((coordinator_host, port or 1))
-        return str(probe.getsockname()[0])
 
 
 def _write_history(path: str, history: History) -> None:
