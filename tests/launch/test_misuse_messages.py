@@ -46,7 +46,8 @@ def worker_exit_codes(out: str) -> dict[int, int]:
 
 def assert_nothing_says_retry(out: str) -> None:
     assert "CoordinatorLostError" not in out, out
-    assert "143" not in out, out
+    # 143 as a number of its own: a loss of 1.143 in the progress line is not an exit code
+    assert not re.search(r"(?<![\d.])143(?!\.?\d)", out), out
     assert "retry me" not in out, out
     assert "[Rank" not in out, out
 
